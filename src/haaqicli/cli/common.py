@@ -1,0 +1,75 @@
+"""Options and error handling shared by every subcommand."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from haaqicli.constants import DEFAULT_SPL
+from haaqicli.errors import HaaqiError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit codes used by every command.
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1  # some files failed, or a gate failed
+EXIT_USAGE = 2  # bad options, unreadable profile, ...
+
+
+def one_line_errors(func: F) -> F:
+    """Turn library errors into a one-line message and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HaaqiError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        "profiles",
+        multiple=True,
+        default=("normal",),
+        show_default=True,
+        help="Audiogram profile: a CSV/JSON path or a built-in name (repeatable).",
+    )(func)
+
+
+def spl_option(func: F) -> F:
+    return click.option(
+        "--spl",
+        type=click.FloatRange(0, 130),
+        default=DEFAULT_SPL,
+        show_default=True,
+        help="Presentation level in dB SPL that the file's RMS is mapped to.",
+    )(func)
+
+
+def output_options(func: F) -> F:
+    func = click.option(
+        "--report",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write a report (.md or .html).",
+    )(func)
+    func = click.option(
+        "--out",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write the score table (.csv, .parquet or .jsonl).",
+    )(func)
+    return func
+
+
+def quiet_option(func: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(func)
