@@ -11,20 +11,20 @@ import click
 
 from haaqicli import __version__
 
-# command name -> "module:attribute" (module relative to haaqicli.cli)
-COMMANDS: dict[str, str] = {
-    "score": "score:score",
-    "profiles": "score:profiles",
-    "models": "score:models",
-    "reference": "reference:reference",
-    "dataset": "dataset:dataset",
-    "train": "training:train",
-    "distill": "training:distill",
-    "evaluate": "training:evaluate",
-    "bench": "bench:bench",
-    "check": "gate:check",
-    "sweep": "gate:sweep",
-    "compare": "gate:compare",
+# command name -> ("module:attribute" relative to haaqicli.cli, one-line help shown by `haaqi --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("score:score", "Score music files and folders for each hearing profile (no reference needed)."),
+    "profiles": ("profiles:profiles", "List built-in audiogram profiles or show a profile file."),
+    "models": ("score:models", "List the shipped models with their size and measured accuracy."),
+    "reference": ("reference:reference", "Exact intrusive HAAQI of processed audio against references."),
+    "dataset": ("dataset:dataset", "Build, label and inspect the training corpus."),
+    "train": ("training:train", "Train the teacher model on labelled data."),
+    "distill": ("training:distill", "Distil the student model from the teacher."),
+    "evaluate": ("training:evaluate", "LCC/SRCC/MSE of a model on the validation packages."),
+    "bench": ("bench:bench", "Time scoring against pyclarity's HAAQI in the same run."),
+    "check": ("gate:check", "CI gate: fail when quality drops below thresholds or a baseline."),
+    "sweep": ("gate:sweep", "Score a codec bitrate ladder and find the lowest bitrate meeting a target."),
+    "compare": ("gate:compare", "Compare two score tables: deltas, worst regressions, paired test."),
 }
 
 
@@ -34,11 +34,17 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Static help text, so `haaqi --help` imports no subcommand (and no torch).
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
         if target is None:
             return None
-        module_name, attribute = target.split(":")
+        module_name, attribute = target[0].split(":")
         module = importlib.import_module(f"haaqicli.cli.{module_name}")
         return getattr(module, attribute)
 
