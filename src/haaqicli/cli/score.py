@@ -1,0 +1,207 @@
+"""`haaqi score` and `haaqi models`: thin shells over :mod:`haaqicli.engine` and the registry."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import click
+
+from haaqicli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    one_line_errors,
+    output_options,
+    profile_option,
+    quiet_option,
+    spl_option,
+)
+from haaqicli.constants import HOP_SECONDS, WINDOW_SECONDS
+
+
+def model_options(func):  # type: ignore[no-untyped-def]
+    """Model choice and execution options, shared by `score`, `check` and `sweep`."""
+    for decorator in reversed(
+        [
+            click.option("--model", default="distilled", show_default=True, help="teacher or distilled."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True),
+            click.option(
+                "--workers",
+                type=click.IntRange(1, 256),
+                default=1,
+                show_default=True,
+                help="Processes decoding and resampling ahead of the model (joblib).",
+            ),
+            click.option(
+                "--mix",
+                type=click.Choice(["stereo", "mono"]),
+                default="stereo",
+                show_default=True,
+                help="stereo: left channel with the left audiogram, right with the right; mono: downmix.",
+            ),
+            click.option(
+                "--beats-checkpoint",
+                type=click.Path(exists=True, dir_okay=False),
+                default=None,
+                help="Official BEATs checkpoint ({'cfg','model'}) for the teacher's encoder.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def show_warnings(func):  # type: ignore[no-untyped-def]
+    """Print library warnings (e.g. interpolated audiogram frequencies) as one line each."""
+
+    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = format_warning
+    return func
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@profile_option
+@spl_option
+@model_options
+@output_options
+@click.option("--resume", is_flag=True, help="Keep finished rows of --out and score only the rest.")
+@click.option("--window", "window_s", type=click.FloatRange(1.0, 60.0), default=WINDOW_SECONDS, show_default=True)
+@click.option("--hop", "hop_s", type=click.FloatRange(0.5, 60.0), default=HOP_SECONDS, show_default=True)
+@quiet_option
+@show_warnings
+@one_line_errors
+def score(
+    inputs: tuple[str, ...],
+    profiles: tuple[str, ...],
+    spl: float,
+    model: str,
+    device: str,
+    batch_size: int,
+    workers: int,
+    mix: str,
+    beats_checkpoint: str | None,
+    out: str | None,
+    report: str | None,
+    resume: bool,
+    window_s: float,
+    hop_s: float,
+    quiet: bool,
+) -> None:
+    """Score music INPUTS (files or folders) for each --profile, without a reference.
+
+    Exit status: 0 when every file was scored, 1 when some failed, 2 for usage errors.
+    """
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.errors import HaaqiError
+
+    if resume and not out:
+        raise click.UsageError("--resume needs --out (the table to continue)")
+    if hop_s > window_s:
+        raise click.UsageError("--hop must not exceed --window (windows must overlap or touch)")
+    if out:
+        _check_extension(out, (".csv", ".parquet", ".jsonl"), "--out")
+    if report:
+        _check_extension(report, (".md", ".html"), "--report")
+    loaded = resolve_profiles(profiles)
+    options = ScoreOptions(
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        spl=spl,
+        mix=mix,
+        window_s=window_s,
+        hop_s=hop_s,
+        beats_checkpoint=beats_checkpoint,
+    )
+    run = score_inputs(inputs, loaded, options, out=out, resume=resume, progress=not quiet)
+    if report:
+        from haaqicli.report import write_report
+
+        write_report(run.table, report, timelines=run.timelines, title="haaqi score report")
+    if not quiet or not out:
+        print_scores(run.table)
+    if run.interrupted:
+        click.echo(f"interrupted: {len(run.table)} finished rows kept" + (f" in {out}" if out else ""), err=True)
+        sys.exit(130)
+    if run.n_failed and not run.table.empty:
+        failed_files = run.table.loc[run.table["status"] != "ok", "file"].nunique()
+        click.echo(f"{failed_files} file(s) failed; see the error column", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+    if run.table.empty:
+        raise HaaqiError("no audio files found in " + ", ".join(inputs))
+    sys.exit(EXIT_OK)
+
+
+def _check_extension(path: str, allowed: tuple[str, ...], option: str) -> None:
+    if not path.lower().endswith(allowed):
+        raise click.BadParameter(f"{path}: extension must be one of {', '.join(allowed)}", param_hint=option)
+
+
+def print_scores(table) -> None:  # type: ignore[no-untyped-def]
+    """The score table on the terminal (stdout), one line per file x profile x ear."""
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_edge=False, header_style="bold")
+    for column in ("file", "profile", "ear", "score", "min", "p10", "worst at", "status"):
+        view.add_column(column, justify="right" if column in ("score", "min", "p10", "worst at") else "left")
+    for row in table.itertuples(index=False):
+        if row.status == "ok":
+            view.add_row(
+                row.file,
+                row.profile,
+                row.ear,
+                f"{row.score:.3f}",
+                f"{row.score_min:.3f}",
+                f"{row.score_p10:.3f}",
+                f"{row.worst_start_s:.1f}s",
+                "ok",
+            )
+        else:
+            view.add_row(row.file, row.profile, row.ear, "", "", "", "", f"[red]error[/]: {row.error}")
+    Console(soft_wrap=True).print(view)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@one_line_errors
+def models(as_json: bool) -> None:
+    """List the shipped models with their size and measured accuracy."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from haaqicli.models.registry import list_models
+
+    infos = list_models()
+    if as_json:
+        click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
+        return
+    view = Table(header_style="bold")
+    for column in ("model", "arch", "parameters", "file MB", "LCC", "SRCC", "MSE", "sha256"):
+        view.add_column(column)
+    for info in infos:
+        metrics = info.metrics.get("validation", info.metrics)
+        view.add_row(
+            info.name,
+            info.arch,
+            f"{info.n_params / 1e6:.2f} M",
+            f"{info.file_bytes / 1e6:.1f}",
+            _metric(metrics, "lcc"),
+            _metric(metrics, "srcc"),
+            _metric(metrics, "mse", ".4f"),
+            info.sha256[:12],
+        )
+    Console().print(view)
+
+
+def _metric(metrics: dict, key: str, fmt: str = ".3f") -> str:
+    value = metrics.get(key)
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"

@@ -1,0 +1,371 @@
+"""The scoring engine: files x profiles -> one row per (file, profile, ear).
+
+Flow per file: stream-decode -> RMS over the whole file (level calibration) -> full-length windows
+(the last one is shifted back to end at the file's end, so every window has the trained length and
+windows batch across files) -> resample to 24 kHz -> model -> window scores -> aggregation.
+
+The encoder runs once per window; only the small head runs once per profile.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from joblib import Parallel, delayed
+
+from haaqicli import audio
+from haaqicli.audiogram import Profile
+from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WINDOW_SECONDS
+from haaqicli.errors import HaaqiError
+from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
+
+RESUME_KEY = ("content_hash", "profile", "model_sha256")
+# Timelines kept for reports are thinned to at most this many points per row.
+MAX_TIMELINE_POINTS = 2000
+# Files longer than this are streamed in the main process instead of prefetched by workers,
+# so a 2-hour file never sits whole in memory.
+PREFETCH_MAX_SECONDS = 20 * 60.0
+
+
+@dataclass
+class ScoreOptions:
+    model: str = "distilled"
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = 1
+    spl: float = DEFAULT_SPL
+    mix: str = "stereo"  # "stereo": channel i scored with ear i; "mono": downmix first
+    window_s: float = WINDOW_SECONDS
+    hop_s: float = HOP_SECONDS
+    beats_checkpoint: str | None = None
+    weights_dir: str | None = None
+
+
+@dataclass
+class ScoreRun:
+    table: pd.DataFrame
+    timelines: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def n_failed(self) -> int:
+        return int((self.table["status"] != "ok").sum()) if len(self.table) else 0
+
+
+@dataclass
+class PreparedFile:
+    """One file decoded into model-ready windows (or the error that stopped it)."""
+
+    input: audio.InputFile
+    ears: list[str] = field(default_factory=list)  # one entry per scored channel
+    windows: np.ndarray | None = None  # (channels, n_windows, window_samples) at 24 kHz, calibrated
+    starts_s: np.ndarray | None = None
+    ends_s: np.ndarray | None = None
+    duration_s: float = float("nan")
+    sample_rate: int = 0
+    channels: int = 0
+    content_hash: str = ""
+    error: str = ""
+
+
+def plan_windows(n_frames: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    """Window (start, end) frames covering the file. All windows are full length; the last one is
+    shifted back to end exactly at the end. A file shorter than one window is one short window."""
+    window = int(round(window_s * sample_rate))
+    hop = max(1, int(round(hop_s * sample_rate)))
+    if n_frames <= window:
+        return [(0, n_frames)]
+    starts = list(range(0, n_frames - window + 1, hop))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    return [(s, s + window) for s in starts]
+
+
+def _read_windows(source: audio.AudioSource, plan: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """Yield the planned windows in order, streaming with a rolling buffer (bounded memory)."""
+    buffer = np.zeros((source.info.channels, 0), dtype=np.float32)
+    buffer_start = 0
+    next_window = 0
+    block = max(65536, plan[0][1] - plan[0][0])
+    for chunk in source.blocks(block):
+        buffer = np.concatenate([buffer, chunk], axis=1)
+        while next_window < len(plan) and plan[next_window][1] <= buffer_start + buffer.shape[1]:
+            start, end = plan[next_window]
+            yield buffer[:, start - buffer_start : end - buffer_start]
+            next_window += 1
+        # Drop what no later window needs.
+        keep_from = plan[next_window][0] if next_window < len(plan) else buffer_start + buffer.shape[1]
+        drop = keep_from - buffer_start
+        if drop > 0:
+            buffer = buffer[:, drop:]
+            buffer_start = keep_from
+    if next_window < len(plan):  # decoder delivered fewer frames than announced: take what is there
+        start, _ = plan[next_window]
+        tail = buffer[:, max(0, start - buffer_start) :]
+        if tail.shape[1] > 0:
+            yield tail
+
+
+def ears_for(channels: int, mix: str) -> list[str]:
+    """Which ear each scored channel is heard by."""
+    if mix == "mono" or channels == 1:
+        return ["both"]
+    return ["left", "right"]
+
+
+def prepare_file(item: audio.InputFile, options: ScoreOptions) -> PreparedFile:
+    """Decode, calibrate, window and resample one file. Errors become the row's reason."""
+    prepared = PreparedFile(input=item)
+    try:
+        prepared.content_hash = content_hash(item.path)
+        source = audio.open_audio(item.path)
+        info = source.info
+        prepared.duration_s = info.duration_s
+        prepared.sample_rate = info.sample_rate
+        prepared.channels = info.channels
+        rms = float(np.sqrt(np.mean(np.square(audio.channel_rms(source)))))
+        gain = audio.presentation_gain(rms, options.spl)
+        plan = plan_windows(info.frames, info.sample_rate, options.window_s, options.hop_s)
+        prepared.ears = ears_for(info.channels, options.mix)
+        windows = []
+        for raw in _read_windows(audio.open_audio(item.path), plan):
+            raw = raw.mean(axis=0, keepdims=True) if len(prepared.ears) == 1 else raw[:2]
+            windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, MODEL_SAMPLE_RATE))
+        length = min(w.shape[1] for w in windows)
+        prepared.windows = np.stack([w[:, :length] for w in windows], axis=1).astype(np.float32)
+        prepared.starts_s = np.array([s for s, _ in plan[: len(windows)]], dtype=np.float64) / info.sample_rate
+        prepared.ends_s = np.array([e for _, e in plan[: len(windows)]], dtype=np.float64) / info.sample_rate
+    except HaaqiError as error:
+        prepared.error = str(error)
+    except Exception as error:  # a batch never dies because of one file
+        prepared.error = f"{item.path}: {type(error).__name__}: {error}"
+    return prepared
+
+
+def aggregate(scores: np.ndarray, starts_s: np.ndarray, ends_s: np.ndarray) -> dict[str, float]:
+    """Length-weighted mean, min and 10th percentile of window scores, and the worst window."""
+    weights = np.maximum(ends_s - starts_s, 1e-9)
+    worst = int(np.argmin(scores))
+    return {
+        "score": float(np.sum(scores * weights) / np.sum(weights)),
+        "score_min": float(scores[worst]),
+        "score_p10": float(np.percentile(scores, 10)),
+        "worst_start_s": float(starts_s[worst]),
+        "worst_end_s": float(ends_s[worst]),
+    }
+
+
+def stitch_timeline(
+    frames: np.ndarray, starts_s: np.ndarray, ends_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join per-window frame scores into one timeline; in overlaps each frame comes from the window
+    whose centre is nearest, so nothing is counted twice."""
+    times, values = [], []
+    n_windows, n_frames = frames.shape
+    centres = (starts_s + ends_s) / 2
+    for k in range(n_windows):
+        t = starts_s[k] + (np.arange(n_frames) + 0.5) * (ends_s[k] - starts_s[k]) / n_frames
+        nearest = np.argmin(np.abs(t[:, None] - centres[None, :]), axis=1) == k
+        times.append(t[nearest])
+        values.append(frames[k][nearest])
+    t_all, v_all = np.concatenate(times), np.concatenate(values)
+    order = np.argsort(t_all, kind="stable")
+    t_all, v_all = t_all[order], v_all[order]
+    if len(t_all) > MAX_TIMELINE_POINTS:
+        step = math.ceil(len(t_all) / MAX_TIMELINE_POINTS)
+        t_all, v_all = t_all[::step], v_all[::step]
+    return t_all.astype(np.float32), v_all.astype(np.float32)
+
+
+class WindowScorer:
+    """Runs the model over windows: encoder once per window, head once per audiogram."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> None:
+        self.model = model.eval().to(device)
+        self.device = device
+        self.batch_size = max(1, batch_size)
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray, audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """windows (N, T), audiograms (P, 8) -> clip scores (P, N) and frame scores (P, N, F)."""
+        clips, frames = [], []
+        for start in range(0, len(windows), self.batch_size):
+            wave = torch.from_numpy(windows[start : start + self.batch_size]).to(self.device)
+            features = self.model.encode(wave)
+            clip_p, frame_p = [], []
+            for levels in audiograms:
+                gram = torch.as_tensor(levels, dtype=torch.float32, device=self.device).expand(len(wave), -1)
+                out = self.model.head(features, gram)
+                clip_p.append(out.clip.float().cpu().numpy())
+                frame_p.append(out.frames.float().cpu().numpy())
+            clips.append(np.stack(clip_p))
+            frames.append(np.stack(frame_p))
+        return np.concatenate(clips, axis=1), np.concatenate(frames, axis=1)
+
+
+def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> list[dict]:
+    return [
+        {**base, "profile": p.name, "ear": "", "status": "error", "error": prepared.error} for p in profiles
+    ]
+
+
+def score_prepared(
+    prepared: PreparedFile, profiles: Sequence[Profile], scorer: WindowScorer, base: dict
+) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]:
+    """Rows and timelines for one prepared file."""
+    if prepared.error or prepared.windows is None:
+        return _error_rows(prepared, profiles, base), {}
+    rows, timelines = [], {}
+    left = np.stack([p.ear("left").as_array() for p in profiles])
+    right = np.stack([p.ear("right").as_array() for p in profiles])
+    for channel, ear in enumerate(prepared.ears):
+        if ear == "both":
+            # A mono signal reaches both ears: score with each ear's audiogram (one encoder pass)
+            # and average the ears.
+            clip, frames = scorer(prepared.windows[channel], np.concatenate([left, right]))
+            n = len(profiles)
+            clip, frames = (clip[:n] + clip[n:]) / 2, (frames[:n] + frames[n:]) / 2
+        else:
+            clip, frames = scorer(prepared.windows[channel], left if ear == "left" else right)
+        for index, profile in enumerate(profiles):
+            stats = aggregate(clip[index], prepared.starts_s, prepared.ends_s)
+            rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "", **stats})
+            timelines[(prepared.input.relative, profile.name, ear)] = stitch_timeline(
+                frames[index], prepared.starts_s, prepared.ends_s
+            )
+    return rows, timelines
+
+
+def _prepared_stream(
+    items: Sequence[audio.InputFile], options: ScoreOptions
+) -> Iterator[PreparedFile]:
+    """Prepared files in input order; joblib workers decode ahead when asked for."""
+    if options.workers <= 1:
+        for item in items:
+            yield prepare_file(item, options)
+        return
+    parallel = Parallel(n_jobs=options.workers, return_as="generator", prefer="processes")
+    yield from parallel(delayed(prepare_file)(item, options) for item in items)
+
+
+def score_inputs(
+    inputs: Sequence[str | Path],
+    profiles: Sequence[Profile],
+    options: ScoreOptions | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | Callable[[int, int], None] = True,
+) -> ScoreRun:
+    """Score every discovered file for every profile. Returns the table (SCORE_COLUMNS) and timelines.
+
+    With ``out`` the table is written incrementally and atomically; with ``resume`` rows already done
+    (same content hash, profile and model sha256, status ok) are kept and their files skipped.
+    """
+    from haaqicli.models.registry import load_model, resolve_device
+
+    options = options or ScoreOptions()
+    if not profiles:
+        raise HaaqiError("no profile given (use --profile)")
+    items = audio.discover(inputs)
+    device = resolve_device(options.device)
+    model, info = load_model(
+        options.model, device=device, beats_checkpoint=options.beats_checkpoint, weights_dir=options.weights_dir
+    )
+    scorer = WindowScorer(model, device, options.batch_size)
+    torch.manual_seed(0)
+
+    table = IncrementalTable(out, SCORE_COLUMNS) if out else None
+    done: set[tuple] = set()
+    if table is not None and resume:
+        done = table.done_keys(RESUME_KEY)
+    elif table is not None:
+        table.clear()
+
+    profile_names = [p.name for p in profiles]
+    todo = []
+    for item in items:
+        if done and all((content_hash(item.path), name, info.sha256) in done for name in profile_names):
+            continue
+        todo.append(item)
+
+    rows: list[dict] = []
+    timelines: dict = {}
+    started = time.perf_counter()
+    audio_seconds = 0.0
+    interrupted = False
+    report_progress = _progress_callback(progress, len(todo))
+    try:
+        for count, prepared in enumerate(_prepared_stream(todo, options), start=1):
+            base = {
+                "file": prepared.input.relative,
+                "path": str(prepared.input.path),
+                "model": info.name,
+                "model_sha256": info.sha256,
+                "duration_s": prepared.duration_s,
+                "sample_rate": prepared.sample_rate,
+                "channels": prepared.channels,
+                "content_hash": prepared.content_hash,
+            }
+            file_rows, file_timelines = score_prepared(prepared, profiles, scorer, base)
+            rows.extend(file_rows)
+            timelines.update(file_timelines)
+            if table is not None:
+                table.add(file_rows)
+            if not prepared.error:
+                audio_seconds += prepared.duration_s
+            report_progress(count, len(todo))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if table is not None:
+            table.close()
+        report_progress(-1, len(todo))
+
+    frame = table.frame() if table is not None else pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return ScoreRun(
+        table=frame.reindex(columns=SCORE_COLUMNS),
+        timelines=timelines,
+        seconds=time.perf_counter() - started,
+        audio_seconds=audio_seconds,
+        interrupted=interrupted,
+    )
+
+
+def _progress_callback(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int, int], None]:
+    """A rich progress bar (files/s and ETA), a caller's callback, or nothing.
+    Called with (done, total); done == -1 closes the bar."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return lambda done, total: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[progress.data.speed]{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = bar.add_task("scoring", total=total, rate="")
+    bar.start()
+    started = time.perf_counter()
+
+    def update(done: int, total: int) -> None:
+        if done < 0:
+            bar.stop()
+            return
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        bar.update(task, completed=done, rate=f"{rate:.2f} files/s")
+
+    return update
