@@ -1,0 +1,397 @@
+"""Codec bitrate sweep: encode + decode each input along a bitrate ladder with ffmpeg, score every
+rung for every profile, and find the lowest bitrate per codec that meets a target score.
+
+Ladder: Kasperuk & Zielinski's rungs 24 ... 320 kb/s, each codec restricted to the bitrates its ffmpeg
+encoder accepts (see CODECS). A rung the encoder still rejects at run time (libvorbis' limits depend on
+sample rate and channel count) is kept in the table with status "unsupported" and never scored.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from haaqicli.errors import HaaqiError, ToolMissingError
+from haaqicli.gate import Scorer, ScoreSettings, file_scores
+
+DEFAULT_LADDER: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 160, 192, 256, 320)
+
+# MPEG-1 (32/44.1/48 kHz) bitrate tables: the encoders refuse (mp2) or silently round (lame) others.
+_MP3_RATES = frozenset({32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320})
+_MP2_RATES = frozenset({32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384})
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    encoder: str  # ffmpeg encoder
+    ext: str  # container extension
+    min_kbps: int
+    max_kbps: int  # total, or per channel when per_channel
+    per_channel: bool = False
+    allowed: frozenset[int] | None = None  # exact set of valid bitrates, if the format has one
+    extra: tuple[str, ...] = ()
+
+    def accepts(self, kbps: int, channels: int) -> bool:
+        top = self.max_kbps * (channels if self.per_channel else 1)
+        if not self.min_kbps <= kbps <= top:
+            return False
+        return self.allowed is None or kbps in self.allowed
+
+
+CODECS: dict[str, Codec] = {
+    # libmp3lame rounds anything below 32 kb/s up to 32 at 44.1/48 kHz (MPEG-1 Layer III).
+    "mp3": Codec("mp3", "libmp3lame", "mp3", 32, 320, allowed=_MP3_RATES),
+    # ffmpeg's native AAC-LC in MP4 (priming delay recorded in the edit list).
+    "aac": Codec("aac", "aac", "m4a", 16, 320),
+    # libopus: 6 ... 256 kb/s per channel; encodes at 48 kHz (ffmpeg resamples).
+    "opus": Codec("opus", "libopus", "opus", 6, 256, per_channel=True),
+    # libvorbis' managed bitrate range depends on rate and channels (44.1 kHz stereo: ~45-450,
+    # mono: ~32-240); rungs outside it are reported as unsupported at run time.
+    "vorbis": Codec("vorbis", "libvorbis", "ogg", 32, 500),
+    "mp2": Codec("mp2", "mp2", "mp2", 32, 384, allowed=_MP2_RATES),
+}
+
+SWEEP_COLUMNS = ["input", "codec", "bitrate_kbps", "actual_kbps", "profile", "score", "score_exact",
+                 "meets_target", "lowest", "status", "error"]
+ANSWER_COLUMNS = ["codec", "profile", "criterion", "target", "lowest_kbps", "score_at_lowest",
+                  "lowest_kbps_exact", "score_exact_at_lowest"]
+
+
+def require_ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise ToolMissingError("ffmpeg not found on PATH: haaqi sweep needs it to encode and decode "
+                               "(install it, e.g. apt-get install ffmpeg)")
+    return exe
+
+
+def parse_codecs(text: str) -> list[Codec]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise HaaqiError("--codec: give at least one codec")
+    unknown = [n for n in names if n not in CODECS]
+    if unknown:
+        raise HaaqiError(f"--codec: unknown codec '{unknown[0]}' (choose from {', '.join(CODECS)})")
+    return [CODECS[n] for n in dict.fromkeys(names)]
+
+
+def parse_bitrates(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return DEFAULT_LADDER
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower().removesuffix("k")
+        try:
+            value = int(part)
+        except ValueError:
+            raise HaaqiError(f"--bitrates: '{part}' is not a bitrate in kb/s (e.g. 64,128,192)") from None
+        if not 1 <= value <= 1024:
+            raise HaaqiError(f"--bitrates: {value} kb/s is outside 1-1024")
+        values.append(value)
+    return tuple(sorted(set(values)))
+
+
+@dataclass
+class Rung:
+    index: int  # input index
+    input: str  # input name shown in tables
+    source: Path
+    codec: str  # codec name, or "original"
+    kbps: int | None
+    decoded: Path
+    actual_kbps: float = math.nan
+    status: str = "pending"  # ok | unsupported | error
+    error: str = ""
+
+
+def _first_error_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    useful = [line for line in lines if "Error" not in line[:30] or "bit rate" in line] or lines
+    return useful[0][:200] if useful else "ffmpeg failed"
+
+
+def encode_decode(rung: Rung, codec: Codec | None, sample_rate: int, channels: int, duration_s: float,
+                  ffmpeg: str) -> Rung:
+    """Encode to ``codec`` at ``rung.kbps`` then decode to float WAV at the input's rate and channels.
+    For the "original" rung, decode only (so every scored file goes through the same path)."""
+    rung.decoded.parent.mkdir(parents=True, exist_ok=True)
+    source = rung.source
+    if codec is not None:
+        encoded = rung.decoded.with_suffix("." + codec.ext)
+        cmd = [ffmpeg, "-nostdin", "-v", "error", "-y", "-i", str(source), "-map", "0:a:0", "-vn",
+               "-c:a", codec.encoder, "-b:a", f"{rung.kbps}k", *codec.extra, str(encoded)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not encoded.is_file() or encoded.stat().st_size == 0:
+            rung.status, rung.error = "unsupported", f"{codec.encoder} rejected {rung.kbps} kb/s: " \
+                f"{_first_error_line(proc.stderr)}"
+            return rung
+        if duration_s > 0:
+            rung.actual_kbps = encoded.stat().st_size * 8 / duration_s / 1000
+        source = encoded
+    cmd = [ffmpeg, "-nostdin", "-v", "error", "-y", "-i", str(source), "-map", "0:a:0", "-vn",
+           "-ar", str(sample_rate), "-ac", str(channels), "-c:a", "pcm_f32le", str(rung.decoded)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        rung.status, rung.error = "error", f"ffmpeg could not decode {source.name}: {_first_error_line(proc.stderr)}"
+        return rung
+    if codec is not None:
+        source.unlink(missing_ok=True)  # keep the temp dir small
+    rung.status = "ok"
+    return rung
+
+
+# (original (ch, n), sr, decoded (ch, n), sr, settings) -> {profile name: exact HAAQI}
+ExactFn = Callable[[np.ndarray, int, np.ndarray, int, ScoreSettings], dict[str, float]]
+
+
+def reference_exact(original: np.ndarray, sr: int, decoded: np.ndarray, decoded_sr: int,
+                    settings: ScoreSettings) -> dict[str, float]:
+    """Exact HAAQI of the decoded rung against the original: the codec delay is removed with
+    haaqicli.reference.align, each channel is heard by its ear (a mono file by both), the original
+    is presented at --spl (label convention), and the listener's score is the mean over ears."""
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference import align, compute_haaqi
+
+    profiles = resolve_profiles(settings.profiles)
+    rms = float(np.sqrt(np.mean(np.square(original.astype(np.float64)))))
+    if rms <= 0:
+        raise HaaqiError("the original is silent; exact HAAQI is undefined")
+    level1 = settings.spl - 20 * math.log10(rms)
+    if settings.mix == "mono" or original.shape[0] == 1:
+        ears = [("left", original.mean(axis=0), decoded.mean(axis=0)), ("right", None, None)]
+    else:
+        ears = [("left", original[0], decoded[0]), ("right", original[1], decoded[1])]
+    aligned = []
+    for ear, ref, proc in ears:
+        if ref is None:  # mono: the same signal reaches both ears
+            aligned.append((ear, aligned[0][1], aligned[0][2]))
+            continue
+        _, ref_a, proc_a = align(ref, proc, sr)
+        aligned.append((ear, np.asarray(ref_a), np.asarray(proc_a)))
+    scores = {}
+    for profile in profiles:
+        values = [compute_haaqi(proc_a, ref_a, sr, sr, profile.ear(ear), equalisation=1, level1=level1)
+                  for ear, ref_a, proc_a in aligned]
+        scores[profile.name] = float(np.mean(values))
+    return scores
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame  # SWEEP_COLUMNS
+    answer: pd.DataFrame  # ANSWER_COLUMNS
+    skipped: list[str] = field(default_factory=list)  # ladder rungs outside an encoder's range
+    target: float = 0.0
+
+
+def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int) -> tuple[
+        list[tuple[Codec, int]], list[str]]:
+    plan, skipped = [], []
+    for codec in codecs:
+        for kbps in bitrates:
+            if codec.accepts(kbps, min(channels, 2)):
+                plan.append((codec, kbps))
+            else:
+                skipped.append(f"{codec.name} {kbps} kb/s")
+    return plan, skipped
+
+
+def run_sweep(
+    inputs: Sequence[str | Path],
+    codecs: Sequence[Codec],
+    bitrates: Sequence[int],
+    settings: ScoreSettings,
+    target: float,
+    scorer: Scorer | None = None,
+    exact: bool = False,
+    exact_fn: ExactFn | None = None,
+    criterion: str = "min",
+    workers: int = 1,
+    keep_dir: str | Path | None = None,
+) -> SweepResult:
+    """Encode/decode/score the ladder. ``scorer`` and ``exact_fn`` are injectable (tests, other models)."""
+    from joblib import Parallel, delayed
+
+    from haaqicli.audio import decode, discover, open_audio
+
+    ffmpeg = require_ffmpeg()
+    if scorer is None:
+        from haaqicli.gate import model_scorer
+
+        scorer = model_scorer
+    items = discover(inputs)
+    if not items:
+        raise HaaqiError("no audio files found in " + ", ".join(map(str, inputs)))
+    names = _unique_names([item.relative for item in items])
+
+    with tempfile.TemporaryDirectory(prefix="haaqi-sweep-") as tmp_name:
+        tmp = Path(keep_dir) if keep_dir else Path(tmp_name)
+        jobs: list[tuple[Rung, Codec | None, int, int, float]] = []
+        skipped: set[str] = set()
+        for index, item in enumerate(items):
+            info = open_audio(item.path).info  # AudioError names the file
+            plan, skip = plan_ladder(codecs, bitrates, info.channels)
+            skipped.update(skip)
+            rungs = [(None, None)] + [(c, k) for c, k in plan]
+            for codec, kbps in rungs:
+                label = "original" if codec is None else f"{codec.name}-{kbps}k"
+                rung = Rung(index, names[index], item.path, codec.name if codec else "original", kbps,
+                            tmp / f"i{index:04d}-{label}.wav")
+                jobs.append((rung, codec, info.sample_rate, info.channels, info.duration_s))
+        done: list[Rung] = Parallel(n_jobs=workers, prefer="threads")(
+            delayed(encode_decode)(rung, codec, sr, ch, dur, ffmpeg) for rung, codec, sr, ch, dur in jobs
+        )
+        ok = [r for r in done if r.status == "ok"]
+        scored = file_scores(scorer([str(r.decoded) for r in ok], settings)) if ok else file_scores(None)
+        by_name: dict[str, dict[str, tuple[float, str]]] = {}
+        for row in scored.itertuples(index=False):
+            by_name.setdefault(Path(str(row.file)).name, {})[row.profile] = (row.score, row.error)
+
+        exact_scores: dict[str, dict[str, float]] = {}
+        exact_errors: dict[str, str] = {}
+        if exact:
+            exact_fn = exact_fn or reference_exact
+            originals = {r.index: decode(r.decoded) for r in ok if r.codec == "original"}
+            for r in ok:
+                if r.codec == "original" or r.index not in originals:
+                    continue
+                original, sr = originals[r.index]
+                decoded, dsr = decode(r.decoded)
+                try:
+                    exact_scores[r.decoded.name] = exact_fn(original, sr, decoded, dsr, settings)
+                except HaaqiError as error:
+                    exact_errors[r.decoded.name] = str(error)
+
+    profile_names = _profile_names(scored, settings)
+    rows = []
+    for r in done:
+        for profile in profile_names:
+            row = {"input": r.input, "codec": r.codec, "bitrate_kbps": r.kbps if r.kbps is not None else np.nan,
+                   "actual_kbps": r.actual_kbps, "profile": profile, "score": np.nan, "score_exact": np.nan,
+                   "status": r.status, "error": r.error}
+            if r.status == "ok":
+                score, error = by_name.get(r.decoded.name, {}).get(profile, (np.nan, "not scored"))
+                row["score"] = score
+                if not np.isfinite(score):
+                    row["status"], row["error"] = "error", error or "not scored"
+                if exact and r.codec != "original":
+                    row["score_exact"] = exact_scores.get(r.decoded.name, {}).get(profile, np.nan)
+                    if r.decoded.name in exact_errors:
+                        row["error"] = "exact: " + exact_errors[r.decoded.name]
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    table["meets_target"] = table["score"] >= target
+    table["lowest"] = False
+    answer = lowest_bitrates(table, target, criterion, exact)
+    for a in answer.itertuples(index=False):
+        if not pd.isna(a.lowest_kbps):
+            hit = (table["codec"] == a.codec) & (table["profile"] == a.profile) & (table["bitrate_kbps"] == a.lowest_kbps)
+            table.loc[hit, "lowest"] = True
+    table = table.reindex(columns=SWEEP_COLUMNS)
+    table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first")
+    return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target)
+
+
+def _unique_names(relatives: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for rel in relatives:
+        seen[rel] = seen.get(rel, 0) + 1
+        names.append(rel if seen[rel] == 1 else f"{rel}#{seen[rel]}")
+    return names
+
+
+def _profile_names(scored: pd.DataFrame, settings: ScoreSettings) -> list[str]:
+    if not scored.empty:
+        return list(dict.fromkeys(scored["profile"]))
+    return list(settings.profiles)
+
+
+def lowest_bitrates(table: pd.DataFrame, target: float, criterion: str = "min", exact: bool = False) -> pd.DataFrame:
+    """Per codec and profile: the lowest bitrate from which every higher rung also meets ``target``
+    (so one lucky rung below a failing one is not chosen). Scores are combined over inputs with
+    ``criterion`` ("min": every input must meet the target; "mean": the average must). A rung where
+    any input could not be scored is ignored. NaN when even the top rung misses the target."""
+    if criterion not in ("min", "mean"):
+        raise HaaqiError(f"--criterion must be min or mean, got {criterion!r}")
+    rows = []
+    coded = table[table["codec"] != "original"]
+    for (codec, profile), group in coded.groupby(["codec", "profile"], sort=False):
+        row = {"codec": codec, "profile": profile, "criterion": criterion, "target": target}
+        for column, suffix in (("score", ""), ("score_exact", "_exact")):
+            lowest, value = _lowest(group, column, target, criterion) if (column == "score" or exact) else (
+                np.nan, np.nan)
+            row[f"lowest_kbps{suffix}"] = lowest
+            row["score_at_lowest" if not suffix else "score_exact_at_lowest"] = value
+        rows.append(row)
+    return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+
+def _lowest(group: pd.DataFrame, column: str, target: float, criterion: str) -> tuple[float, float]:
+    per_rung = []
+    for kbps, rung in group.groupby("bitrate_kbps", sort=True):
+        values = rung[column].to_numpy(dtype=float)
+        if rung["status"].ne("ok").any() or not np.all(np.isfinite(values)):
+            continue
+        per_rung.append((float(kbps), float(values.min() if criterion == "min" else values.mean())))
+    lowest, value = np.nan, np.nan
+    for kbps, score in reversed(per_rung):
+        if score < target:
+            break
+        lowest, value = kbps, score
+    return lowest, value
+
+
+def plot_sweep(result: SweepResult, path: str | Path) -> None:
+    """Quality vs bitrate: one panel per codec, one line per profile (mean over inputs); dashed =
+    exact HAAQI when present; dotted = the undecoded original; grey line = target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result.table
+    coded = table[(table["codec"] != "original") & (table["status"] == "ok")]
+    codecs = list(dict.fromkeys(coded["codec"])) or ["(none)"]
+    profiles = list(dict.fromkeys(table["profile"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(codecs), figsize=(4.2 * len(codecs), 3.6), sharey=True, squeeze=False)
+    originals = table[(table["codec"] == "original") & (table["status"] == "ok")].groupby("profile")["score"].mean()
+    for ax, codec in zip(axes[0], codecs, strict=True):
+        part = coded[coded["codec"] == codec]
+        for i, profile in enumerate(profiles):
+            colour = colours[i % len(colours)]
+            line = part[part["profile"] == profile].groupby("bitrate_kbps")[["score", "score_exact"]].mean()
+            if len(line):
+                ax.plot(line.index, line["score"], marker="o", color=colour, label=profile)
+                if line["score_exact"].notna().any():
+                    ax.plot(line.index, line["score_exact"], marker="x", linestyle="--", color=colour,
+                            label=f"{profile} (exact)")
+            if profile in originals.index:
+                ax.axhline(originals[profile], color=colour, linestyle=":", linewidth=1)
+        ax.axhline(result.target, color="grey", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(part["bitrate_kbps"].dropna().unique())
+        if ticks:
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(int(t)) for t in ticks], rotation=45)
+        ax.set_title(codec)
+        ax.set_xlabel("bitrate (kb/s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("HAAQI (predicted)")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
