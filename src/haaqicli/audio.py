@@ -1,0 +1,554 @@
+"""Finding, decoding, resampling, levelling and windowing audio files.
+
+Decoding is streaming: ``open_audio(path).blocks(n)`` yields (channels, n) float32 blocks, so a
+two-hour file never has to fit in memory. libsndfile (via soundfile) is tried first (WAV, FLAC,
+OGG/Vorbis, Opus, MP3, AIFF, ...); anything else goes through an ``ffmpeg`` pipe (m4a/AAC, WMA,
+video containers...), so ffmpeg is only required for those files.
+
+Channel policy: mono and stereo are kept as they are. Files with more than two channels are
+downmixed to stereo by ffmpeg (its standard matrix, e.g. 5.1 -> L/R); without ffmpeg they are an
+``AudioError``. ``AudioInfo.channels`` is the number of channels the blocks really have.
+
+Torch is imported lazily (only ``resample`` needs it), so listing profiles stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Union
+
+import numpy as np
+import soundfile as sf
+
+from haaqicli.constants import DEFAULT_SPL, REFERENCE_RMS
+from haaqicli.errors import AudioError, ToolMissingError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# Extensions picked up when walking directories (files given explicitly are always tried).
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2",
+        ".aif", ".aiff", ".aifc", ".caf", ".au", ".snd", ".m4a", ".m4b", ".mp4", ".aac", ".alac",
+        ".wma", ".webm", ".mka", ".ac3", ".eac3", ".wv", ".ape", ".mpc", ".amr", ".dts",
+    }
+)
+
+# Below this a file is treated as silent: -120 dBFS.
+SILENCE_RMS: float = 1e-6
+# HAAQI works up to 24 kHz bandwidth; below 8 kHz sampling there is too little of the music left.
+MIN_SAMPLE_RATE: int = 8_000
+# Default streaming block (frames): ~1.4 s at 48 kHz, a few MB for stereo float32.
+DEFAULT_BLOCK_FRAMES: int = 65_536
+# Decoded by libsndfile, so ffmpeg is never "needed" for them (a failure means a broken file).
+_SOUNDFILE_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif",
+     ".aiff", ".aifc", ".caf", ".au", ".snd"}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    root: Path
+    relative: str  # posix path relative to the scanned root (the file name for a file given directly)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
+    """Files as given plus audio files found recursively under directories.
+
+    Order: inputs in the order given; inside a directory, sorted by relative path. Hidden files and
+    directories are skipped, directory symlinks are followed but each real directory is visited once
+    (so symlink loops terminate), and the same real file is listed only once.
+    """
+    found: list[InputFile] = []
+    seen_files: set[str] = set()
+
+    def add(item: InputFile) -> None:
+        key = os.path.realpath(item.path)
+        if key not in seen_files:
+            seen_files.add(key)
+            found.append(item)
+
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise AudioError(f"{raw}: no such file or directory")
+        if path.is_file():
+            add(InputFile(path=path, root=path.parent, relative=path.name))
+            continue
+        if not path.is_dir():
+            raise AudioError(f"{raw}: not a regular file or directory")
+        items: list[InputFile] = []
+        visited: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited:  # symlink loop or a second link to the same directory
+                dirnames[:] = []
+                continue
+            visited.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            for name in filenames:
+                if _hidden(name) or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
+                    continue
+                file_path = Path(dirpath) / name
+                if not file_path.is_file():  # broken symlink, fifo...
+                    continue
+                items.append(InputFile(file_path, path, file_path.relative_to(path).as_posix()))
+        for item in sorted(items, key=lambda i: i.relative):
+            add(item)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int  # exact for libsndfile; estimated from the container duration for ffmpeg
+    duration_s: float
+    codec: str
+
+
+class BlockSource(Protocol):
+    info: AudioInfo
+
+    def blocks(self, block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[np.ndarray]: ...
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def _require_ffmpeg(path: Path, why: str) -> str:
+    exe = _tool("ffmpeg")
+    if exe is None:
+        raise ToolMissingError(f"{path}: {why} needs ffmpeg, which is not installed (apt install ffmpeg)")
+    return exe
+
+
+class AudioSource:
+    """A decodable audio file. Each ``blocks()`` call streams the file again from the start."""
+
+    def __init__(self, path: Path, info: AudioInfo, backend: str, downmix: bool = False):
+        self.path = path
+        self.info = info
+        self.backend = backend  # "soundfile" or "ffmpeg"
+        self._downmix = downmix
+
+    def __repr__(self) -> str:
+        return f"AudioSource({str(self.path)!r}, {self.info}, backend={self.backend!r})"
+
+    def blocks(self, block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        if block_frames <= 0:
+            raise ValueError("block_frames must be positive")
+        if self.backend == "soundfile":
+            yield from self._sf_blocks(block_frames)
+        else:
+            yield from self._ffmpeg_blocks(block_frames)
+
+    def _sf_blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        total = 0
+        try:
+            with sf.SoundFile(str(self.path)) as handle:
+                while True:
+                    data = handle.read(block_frames, dtype="float32", always_2d=True)
+                    if data.shape[0] == 0:
+                        break
+                    total += data.shape[0]
+                    yield np.ascontiguousarray(data.T)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{self.path}: decoding failed after {total} frames ({_one_line(error)})") from None
+        if total == 0:
+            raise AudioError(f"{self.path}: no audio frames decoded (empty file)")
+
+    def _ffmpeg_blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        exe = _require_ffmpeg(self.path, "decoding this format")
+        channels = self.info.channels
+        cmd = [exe, "-nostdin", "-hide_banner", "-v", "error", "-i", str(self.path), "-map", "0:a:0",
+               "-vn", "-sn", "-dn", "-f", "f32le", "-acodec", "pcm_f32le"]
+        if self._downmix:
+            cmd += ["-ac", str(channels)]
+        cmd.append("pipe:1")
+        bytes_per_block = block_frames * channels * 4
+        total = 0
+        # stderr goes to a temp file so a chatty decoder can never block on a full pipe.
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+            assert proc.stdout is not None
+            try:
+                pending = b""
+                while True:
+                    chunk = proc.stdout.read(bytes_per_block - len(pending))
+                    if not chunk:
+                        break
+                    pending += chunk
+                    if len(pending) < bytes_per_block:
+                        continue
+                    total += block_frames
+                    yield _pcm_to_block(pending, channels)
+                    pending = b""
+                usable = len(pending) - len(pending) % (4 * channels)
+                if usable:
+                    total += usable // (4 * channels)
+                    yield _pcm_to_block(pending[:usable], channels)
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:  # consumer stopped early (or Ctrl-C): do not leave ffmpeg running
+                    proc.kill()
+                    proc.wait()
+                proc.stdout.close()
+            err.seek(0)
+            message = _last_line(err.read().decode("utf-8", "replace"), self.path)
+        if code != 0:
+            raise AudioError(f"{self.path}: ffmpeg failed to decode after {total} frames ({message or f'exit {code}'})")
+        if total == 0:
+            raise AudioError(f"{self.path}: no audio frames decoded (empty or corrupt file)")
+
+
+def _pcm_to_block(raw: bytes, channels: int) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, channels).T.astype(np.float32, copy=True)
+
+
+class ArraySource:
+    """In-memory audio with the same interface as ``AudioSource`` (tests, already-decoded clips)."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, name: str = "<array>"):
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ValueError("samples must have shape (channels, n) or (n,)")
+        self.samples = x
+        self.path = Path(name)
+        self.backend = "array"
+        self.info = AudioInfo(int(sample_rate), x.shape[0], x.shape[1], x.shape[1] / sample_rate, "float32")
+
+    def blocks(self, block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        for start in range(0, self.samples.shape[1], block_frames):
+            yield self.samples[:, start : start + block_frames]
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    # libsndfile messages repeat the path; keep only the reason.
+    return re.sub(r"^Error opening .*?: ", "", text) or type(error).__name__
+
+
+def _last_line(text: str, path: Path | None = None) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    if path is not None and line.startswith(f"{path}: "):  # ffmpeg prefixes the path we already name
+        line = line[len(str(path)) + 2 :]
+    return line
+
+
+def _check_info(path: Path, info: AudioInfo) -> None:
+    if info.sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {info.sample_rate} Hz is below the supported {MIN_SAMPLE_RATE} Hz")
+    if info.channels < 1:
+        raise AudioError(f"{path}: no audio channels")
+
+
+def _open_soundfile(path: Path) -> AudioSource | None:
+    try:
+        meta = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    if meta.frames == 0:
+        raise AudioError(f"{path}: empty audio (0 frames)")
+    if meta.frames < 0 or meta.samplerate <= 0:  # libsndfile could not tell: let ffmpeg try
+        return None
+    codec = f"{meta.format}/{meta.subtype}".lower()
+    info = AudioInfo(int(meta.samplerate), int(meta.channels), int(meta.frames),
+                     meta.frames / meta.samplerate, codec)
+    if info.channels > 2:
+        return None  # downmix through ffmpeg
+    return AudioSource(path, info, "soundfile")
+
+
+def _probe_ffprobe(path: Path) -> dict[str, Any] | None:
+    exe = _tool("ffprobe")
+    if exe is None:
+        return None
+    cmd = [exe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+           "stream=codec_name,sample_rate,channels,duration:format=duration", "-of", "json", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise AudioError(f"{path}: not a decodable audio file ({_last_line(proc.stderr, path) or 'ffprobe failed'})")
+    data = json.loads(proc.stdout or "{}")
+    streams = data.get("streams") or []
+    if not streams:
+        raise AudioError(f"{path}: not an audio file (no audio stream found)")
+    stream = streams[0]
+
+    def number(value: Any) -> float | None:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            return None
+        return out if math.isfinite(out) else None
+
+    duration = number(stream.get("duration")) or number((data.get("format") or {}).get("duration"))
+    return {
+        "codec": str(stream.get("codec_name") or "unknown"),
+        "sample_rate": int(number(stream.get("sample_rate")) or 0),
+        "channels": int(number(stream.get("channels")) or 0),
+        "duration": duration,
+    }
+
+
+_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "6.1": 7, "7.1": 8}
+
+
+def _probe_ffmpeg(path: Path, exe: str) -> dict[str, Any]:
+    """Fallback when ffprobe is absent: parse the banner of ``ffmpeg -i``."""
+    proc = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    text = proc.stderr
+    match = re.search(r"Stream #\S+.*?: Audio: (\w+)[^,]*, (\d+) Hz, ([^,]+)", text)
+    if match is None:
+        if "Invalid data" in text or "could not find codec" in text.lower():
+            raise AudioError(f"{path}: not a decodable audio file ({_last_line(text, path)})")
+        raise AudioError(f"{path}: not an audio file (no audio stream found)")
+    layout = match.group(3).strip().split("(")[0]
+    channels = _LAYOUTS.get(layout)
+    if channels is None:
+        count = re.match(r"(\d+) channels", layout)
+        channels = int(count.group(1)) if count else 2
+    duration = None
+    dur = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    if dur:
+        duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
+    return {"codec": match.group(1), "sample_rate": int(match.group(2)), "channels": channels,
+            "duration": duration}
+
+
+def open_audio(path: str | Path) -> AudioSource:
+    """Open a file for streaming; raises ``AudioError`` for missing, empty, corrupt or non-audio files."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    source = _open_soundfile(path)
+    if source is not None:
+        _check_info(path, source.info)
+        return source
+    suffix = path.suffix.lower()
+    exe = _tool("ffmpeg")
+    if exe is None:
+        if suffix in _SOUNDFILE_EXTENSIONS or suffix not in AUDIO_EXTENSIONS:
+            # libsndfile should have read it: the file is broken or not audio at all.
+            raise AudioError(f"{path}: not a decodable audio file (unreadable by libsndfile; ffmpeg not installed)")
+        _require_ffmpeg(path, f"decoding {suffix} files")
+    meta = _probe_ffprobe(path) or _probe_ffmpeg(path, exe)  # type: ignore[arg-type]
+    if meta["sample_rate"] <= 0 or meta["channels"] <= 0:
+        raise AudioError(f"{path}: not a decodable audio file (no sample rate or channel count)")
+    original_channels = meta["channels"]
+    channels = min(original_channels, 2)
+    sample_rate = meta["sample_rate"]
+    codec = meta["codec"] + (f" ({original_channels} ch downmixed to stereo)" if original_channels > 2 else "")
+    info = AudioInfo(sample_rate, channels, 0, 0.0, codec)
+    source = AudioSource(path, info, "ffmpeg", downmix=original_channels > 2)
+    _check_info(path, info)
+    duration = meta["duration"]
+    if duration is None:  # raw streams without a header: count by decoding once (streaming)
+        frames = sum(block.shape[1] for block in source.blocks())
+        duration = frames / sample_rate
+    if duration <= 0:
+        raise AudioError(f"{path}: empty audio (0 frames)")
+    info.frames = int(round(duration * sample_rate))
+    info.duration_s = float(duration)
+    return source
+
+
+def _as_source(source: BlockSource | str | Path) -> BlockSource:
+    if isinstance(source, (str, Path)):
+        return open_audio(source)
+    return source
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Whole file as float32 (channels, n) and its sample rate. For short files; no silence check."""
+    source = open_audio(path)
+    blocks = list(source.blocks())
+    return np.concatenate(blocks, axis=1), source.info.sample_rate
+
+
+def write_audio(path: str | Path, x: np.ndarray, sr: int, subtype: str | None = None) -> Path:
+    """Write (channels, n) or (n,) audio atomically. Formats libsndfile cannot write go through ffmpeg."""
+    path = Path(path)
+    data = np.asarray(x, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[None, :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".w64": "W64",
+           ".caf": "CAF", ".au": "AU"}.get(path.suffix.lower())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if fmt is not None:
+            sf.write(str(tmp), data.T, sr, format=fmt, subtype=subtype)
+        else:
+            exe = _require_ffmpeg(path, f"writing {path.suffix} files")
+            with tempfile.TemporaryDirectory() as tmpdir:
+                wav = Path(tmpdir) / "in.wav"
+                sf.write(str(wav), data.T, sr, subtype="FLOAT")
+                proc = subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-i", str(wav), str(tmp)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise AudioError(f"{path}: ffmpeg could not encode ({_last_line(proc.stderr)})")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Resampling and level
+
+ArrayLike = Union[np.ndarray, "torch.Tensor"]
+
+
+def resample(x: ArrayLike, orig_sr: int, new_sr: int) -> ArrayLike:
+    """Band-limited sinc resampling along the last axis (torchaudio); returns the input's type.
+
+    Kaiser-windowed sinc with 16 zero crossings: stopband well below -80 dB, passband flat to
+    ~0.95 * Nyquist of the lower rate. One function for training and inference keeps them consistent.
+    """
+    import torch
+    import torchaudio.functional as taf
+
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return x
+    is_numpy = isinstance(x, np.ndarray)
+    tensor = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x
+    dtype = tensor.dtype
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    out = taf.resample(tensor, orig_sr, new_sr, lowpass_filter_width=16, rolloff=0.95,
+                       resampling_method="sinc_interp_kaiser", beta=8.555)
+    if is_numpy:
+        return out.numpy().astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32, copy=False)
+    return out.to(dtype) if dtype.is_floating_point else out
+
+
+def channel_rms(source: BlockSource | str | Path | np.ndarray, allow_silent: bool = False) -> np.ndarray:
+    """RMS per channel, streamed. Silent input (overall RMS < 1e-6) raises ``AudioError`` unless allowed."""
+    if isinstance(source, np.ndarray):
+        x = source[None, :] if source.ndim == 1 else source
+        sums, count, name = np.sum(np.square(x, dtype=np.float64), axis=1), x.shape[1], "<array>"
+    else:
+        src = _as_source(source)
+        name = str(getattr(src, "path", "<audio>"))
+        sums = np.zeros(src.info.channels, dtype=np.float64)
+        count = 0
+        for block in src.blocks():
+            sums += np.sum(np.square(block, dtype=np.float64), axis=1)
+            count += block.shape[1]
+    if count == 0:
+        raise AudioError(f"{name}: no audio frames")
+    rms = np.sqrt(sums / count)
+    total = overall_rms(rms)
+    if not allow_silent and total < SILENCE_RMS:
+        level = 20 * math.log10(total) if total > 0 else -math.inf
+        raise AudioError(f"{name}: silent (RMS {level:.0f} dBFS, below -120 dBFS)")
+    return rms
+
+
+def overall_rms(rms: np.ndarray) -> float:
+    """RMS over all channels together (so stereo balance is kept when one gain is applied)."""
+    values = np.asarray(rms, dtype=np.float64)
+    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
+
+
+def presentation_gain(rms: float, spl: float = DEFAULT_SPL) -> float:
+    """Gain that maps a signal of (overall) RMS ``rms`` to ``spl`` dB SPL in the model's calibration.
+
+    A waveform with RMS REFERENCE_RMS is heard at DEFAULT_SPL (65 dB SPL), so the target RMS is
+    ``0.1 * 10**((spl - 65) / 20)``.
+    """
+    if not (rms > SILENCE_RMS):  # also catches NaN
+        raise AudioError(f"cannot set the level of a silent signal (RMS {rms:g})")
+    return float(REFERENCE_RMS * 10 ** ((spl - DEFAULT_SPL) / 20) / rms)
+
+
+# --------------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class Window:
+    start_s: float
+    end_s: float
+    samples: np.ndarray  # (channels, n) at the source's native rate
+    sample_rate: int = 0
+
+
+def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float,
+                 min_last_s: float = 0.5, block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[Window]:
+    """Overlapping windows starting every ``hop_s``, streamed with at most window + block frames held.
+
+    Full windows are emitted while they fit; audio left after the last full window becomes one
+    shorter window starting at the next hop, skipped if shorter than ``min_last_s`` unless it is the
+    only window (a file shorter than ``window_s`` yields exactly one window).
+    """
+    if window_s <= 0 or hop_s <= 0:
+        raise ValueError("window_s and hop_s must be positive")
+    src = _as_source(source)
+    sr = src.info.sample_rate
+    win = max(1, int(round(window_s * sr)))
+    hop = max(1, int(round(hop_s * sr)))
+    buffer = np.zeros((src.info.channels, 0), dtype=np.float32)
+    buffer_start = 0  # absolute frame index of buffer[:, 0]
+    next_start = 0
+    emitted = 0
+    covered_to = 0  # absolute end of the last emitted window
+    total = 0
+    for block in src.blocks(block_frames):
+        total += block.shape[1]
+        buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
+        while buffer_start + buffer.shape[1] >= next_start + win:
+            offset = next_start - buffer_start
+            if offset >= 0:
+                samples = buffer[:, offset : offset + win].copy()
+                yield Window(next_start / sr, (next_start + win) / sr, samples, sr)
+                emitted += 1
+                covered_to = next_start + win
+            next_start += hop
+            # drop what no future window needs
+            drop = min(max(0, next_start - buffer_start), buffer.shape[1])
+            if drop:
+                buffer = buffer[:, drop:]
+                buffer_start += drop
+    if total > covered_to and next_start < total:
+        offset = next_start - buffer_start
+        samples = buffer[:, max(0, offset) :].copy()
+        if emitted == 0 or samples.shape[1] >= min_last_s * sr:
+            yield Window(next_start / sr, total / sr, samples, sr)
