@@ -1,0 +1,146 @@
+"""HAAQI-Net (Wisnu et al. 2024): encoder layers -> softmax-weighted sum -> adapter -> audiogram concat ->
+BLSTM -> multi-head self-attention -> frame scores + clip score.
+
+Clip score design (documented choice): the clip logit is an attention-weighted average of the frame logits,
+`clip = sigmoid(sum_t a_t * frame_logit_t)` with `a = softmax(w . h_t)`. The pooling projection starts at
+zero, so a fresh model averages frame logits exactly like the paper; training may learn to weight the frames
+that matter (e.g. a short codec artefact). Frame and clip scores therefore stay on the same scale, and the
+frame loss (every frame score vs the clip label, as in MOSNet/HAAQI-Net) trains the same logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haaqicli.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.errors import ModelError
+from haaqicli.models.beats import BEATs, BEATsConfig
+
+# Audiogram input scaling: dB HL / 100 keeps -10..120 dB HL within about [-0.1, 1.2].
+AUDIOGRAM_SCALE = 100.0
+
+
+@dataclass
+class HeadConfig:
+    d_adapter: int = 256
+    d_audiogram: int = 32
+    lstm_hidden: int = 128
+    attn_heads: int = 4
+    dropout: float = 0.1
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ModelError(f"head config: unknown fields {sorted(unknown)}")
+        return cls(**dict(cfg))
+
+
+@dataclass
+class HAAQINetOutput:
+    clip: Tensor  # (B,) in [0, 1]
+    frames: Tensor  # (B, F) in [0, 1]
+    hidden: list[Tensor] = field(default_factory=list)  # encoder hidden states, frame level (B, F, D)
+    clip_logit: Tensor | None = None  # (B,)
+    frame_logits: Tensor | None = None  # (B, F)
+
+
+class HAAQIHead(nn.Module):
+    """Everything after the encoder. Input: a list of frame-level hidden states (B, F, D)."""
+
+    def __init__(self, n_layers: int, d_in: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_ag = len(AUDIOGRAM_FREQUENCIES)
+        self.layer_weights = nn.Parameter(torch.zeros(n_layers))
+        self.adapter = nn.Sequential(nn.Linear(d_in, cfg.d_adapter), nn.GELU(), nn.Dropout(cfg.dropout),
+                                     nn.Linear(cfg.d_adapter, cfg.d_adapter))
+        self.audiogram_proj = nn.Sequential(nn.Linear(n_ag, cfg.d_audiogram), nn.GELU())
+        self.blstm = nn.LSTM(cfg.d_adapter + cfg.d_audiogram, cfg.lstm_hidden, batch_first=True,
+                             bidirectional=True)
+        d = 2 * cfg.lstm_hidden
+        self.attn = nn.MultiheadAttention(d, cfg.attn_heads, dropout=cfg.dropout, batch_first=True)
+        self.attn_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.frame_proj = nn.Linear(d, 1)
+        self.pool_proj = nn.Linear(d, 1)
+        nn.init.zeros_(self.pool_proj.weight)
+        nn.init.zeros_(self.pool_proj.bias)
+
+    def forward(self, hidden: list[Tensor], audiogram: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (clip_logit (B,), frame_logits (B, F))."""
+        if len(hidden) != self.layer_weights.numel():
+            raise ModelError(f"head expects {self.layer_weights.numel()} encoder layers, got {len(hidden)}")
+        w = torch.softmax(self.layer_weights, dim=0)
+        # Per-layer normalisation (SUPERB-style) so the weights compare layers, not their scales.
+        x = sum(w[i] * F.layer_norm(h, h.shape[-1:]) for i, h in enumerate(hidden))
+        x = self.adapter(x)
+        ag = self.audiogram_proj(audiogram.to(x.dtype) / AUDIOGRAM_SCALE)
+        x = torch.cat([x, ag.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
+        x, _ = self.blstm(x)
+        a, _ = self.attn(x, x, x, need_weights=False)
+        x = self.attn_norm(x + self.dropout(a))
+        frame_logits = self.frame_proj(x).squeeze(-1)
+        alpha = torch.softmax(self.pool_proj(x).squeeze(-1), dim=-1)
+        clip_logit = (alpha * frame_logits).sum(-1)
+        return clip_logit, frame_logits
+
+
+def beats_frame_hidden(encoder: BEATs, wave: Tensor) -> list[Tensor]:
+    """BEATs hidden states averaged over the frequency patches of each time step -> (B, F, D) each."""
+    if wave.shape[-1] < encoder.min_samples:
+        wave = F.pad(wave, (0, encoder.min_samples - wave.shape[-1]))
+    _, hidden, _ = encoder.extract_features(wave, return_all_layers=True)
+    fp = encoder.freq_patches
+    return [h.reshape(h.shape[0], h.shape[1] // fp, fp, h.shape[2]).mean(2) for h in hidden]
+
+
+class HAAQINet(nn.Module):
+    """Teacher: BEATs encoder + HAAQI head. Config: {"encoder": BEATsConfig dict, "head": HeadConfig dict}."""
+
+    arch = "haaqinet"
+
+    def __init__(self, encoder_cfg: BEATsConfig | Mapping[str, Any], head_cfg: HeadConfig | Mapping[str, Any]
+                 ) -> None:
+        super().__init__()
+        self.encoder = BEATs(encoder_cfg)
+        if self.encoder.predictor is not None:
+            raise ModelError("HAAQINet needs a pre-trained (not fine-tuned classifier) BEATs encoder")
+        self.head_cfg = head_cfg if isinstance(head_cfg, HeadConfig) else HeadConfig.from_dict(head_cfg)
+        self.head = HAAQIHead(self.encoder.num_layers + 1, self.encoder.output_dim, self.head_cfg)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.encoder.sample_rate
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.cfg.to_dict(), "head": asdict(self.head_cfg)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HAAQINet:
+        return cls(config["encoder"], config["head"])
+
+    def encode(self, wave: Tensor) -> list[Tensor]:
+        return beats_frame_hidden(self.encoder, wave)
+
+    def forward(self, wave: Tensor, audiogram: Tensor) -> HAAQINetOutput:
+        """wave (B, T) at `sample_rate` (24 kHz for our models), audiogram (B, 8) dB HL."""
+        hidden = self.encode(wave)
+        clip_logit, frame_logits = self.head(hidden, audiogram)
+        return HAAQINetOutput(torch.sigmoid(clip_logit), torch.sigmoid(frame_logits), hidden,
+                              clip_logit, frame_logits)
+
+
+def haaqinet_loss(out: HAAQINetOutput, target: Tensor, frame_weight: float = 1.0) -> Tensor:
+    """HAAQI-Net objective: MSE(clip, label) + frame_weight * MSE(every frame, label)."""
+    clip = F.mse_loss(out.clip, target)
+    frames = F.mse_loss(out.frames, target.unsqueeze(1).expand_as(out.frames))
+    return clip + frame_weight * frames
