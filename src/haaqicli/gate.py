@@ -183,7 +183,8 @@ def file_scores(table: pd.DataFrame) -> pd.DataFrame:
     for column, default in (("status", "ok"), ("error", ""), ("ear", ""), ("model", ""), ("model_sha256", "")):
         if column not in t.columns:
             t[column] = default
-        t[column] = t[column].fillna(default).astype(str) if column != "status" else t[column].fillna(default)
+        values = t[column].astype(object)
+        t[column] = values.where(values.notna(), default).astype(str)
     t["file"] = t["file"].astype(str)
     t["profile"] = t["profile"].astype(str)
     t["score"] = pd.to_numeric(t["score"], errors="coerce")
@@ -566,7 +567,10 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(soft_wrap=True)
+    if console is None:
+        console = Console(soft_wrap=True)
+        if not console.is_terminal:  # CI logs: wide lines instead of wrapped table cells
+            console.width = max(console.width, 160)
     order = {"error": 0, "fail": 1, "skipped": 2, "pass": 3}
     cases = sorted(report.cases, key=lambda c: (order[c.status], c.profile, c.file))
     has_base = any(c.baseline is not None for c in cases)
