@@ -1,0 +1,61 @@
+"""Window planning, aggregation and timeline stitching of the scoring engine (no model needed)."""
+
+import numpy as np
+import pytest
+
+from haaqicli.engine import aggregate, ears_for, plan_windows, stitch_timeline
+
+
+def test_windows_are_full_length_and_cover_the_file():
+    sr = 1000
+    plan = plan_windows(n_frames=20_500, sample_rate=sr, window_s=6.0, hop_s=4.5)
+    assert plan[0][0] == 0
+    assert plan[-1][1] == 20_500  # last window ends at the end of the file
+    assert all(end - start == 6000 for start, end in plan)
+    # consecutive windows overlap (or touch): nothing is left out
+    assert all(b[0] <= a[1] for a, b in zip(plan, plan[1:]))
+    assert [s for s, _ in plan[:-1]] == [0, 4500, 9000, 13500]
+
+
+def test_short_file_is_one_window_and_exact_fit_is_one_window():
+    assert plan_windows(2500, 1000, 6.0, 4.5) == [(0, 2500)]
+    assert plan_windows(6000, 1000, 6.0, 4.5) == [(0, 6000)]
+    # exactly one hop beyond: no duplicate final window
+    assert plan_windows(10_500, 1000, 6.0, 4.5) == [(0, 6000), (4500, 10_500)]
+
+
+def test_two_hour_file_plan_is_small():
+    plan = plan_windows(2 * 3600 * 48_000, 48_000, 6.0, 4.5)
+    assert len(plan) == pytest.approx(2 * 3600 / 4.5, abs=2)
+
+
+def test_aggregate_length_weighted_mean_min_p10_and_worst_window():
+    scores = np.array([0.9, 0.2, 0.8])
+    starts = np.array([0.0, 4.5, 9.0])
+    ends = np.array([6.0, 10.5, 12.0])  # last window shorter: less weight
+    stats = aggregate(scores, starts, ends)
+    expected = (0.9 * 6 + 0.2 * 6 + 0.8 * 3) / 15
+    assert stats["score"] == pytest.approx(expected)
+    assert stats["score_min"] == pytest.approx(0.2)
+    assert stats["score_p10"] == pytest.approx(np.percentile(scores, 10))
+    assert (stats["worst_start_s"], stats["worst_end_s"]) == (4.5, 10.5)
+
+
+def test_timeline_has_no_duplicated_overlap_and_is_sorted():
+    starts = np.array([0.0, 4.5, 9.0])
+    ends = starts + 6.0
+    frames = np.stack([np.full(60, k, dtype=np.float32) for k in range(3)])
+    times, values = stitch_timeline(frames, starts, ends)
+    assert np.all(np.diff(times) > 0)
+    assert len(times) < frames.size  # overlapping frames were not all kept
+    assert times.min() < 0.2 and times.max() > 14.8
+    # each time point takes the window whose centre is nearest
+    assert values[np.argmin(np.abs(times - 1.0))] == 0
+    assert values[np.argmin(np.abs(times - 7.5))] == 1
+    assert values[np.argmin(np.abs(times - 14.0))] == 2
+
+
+def test_ears_for_channels_and_mix():
+    assert ears_for(1, "stereo") == ["both"]
+    assert ears_for(2, "stereo") == ["left", "right"]
+    assert ears_for(2, "mono") == ["both"]
