@@ -26,7 +26,6 @@ from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WIND
 from haaqicli.errors import HaaqiError
 from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
 
-RESUME_KEY = ("content_hash", "profile", "model_sha256")
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
 # Files longer than this are streamed in the main process instead of prefetched by workers,
@@ -122,7 +121,9 @@ def ears_for(channels: int, mix: str) -> list[str]:
     return ["left", "right"]
 
 
-def prepare_file(item: audio.InputFile, options: ScoreOptions) -> PreparedFile:
+def prepare_file(
+    item: audio.InputFile, options: ScoreOptions, model_sample_rate: int = MODEL_SAMPLE_RATE
+) -> PreparedFile:
     """Decode, calibrate, window and resample one file. Errors become the row's reason."""
     prepared = PreparedFile(input=item)
     try:
@@ -132,14 +133,14 @@ def prepare_file(item: audio.InputFile, options: ScoreOptions) -> PreparedFile:
         prepared.duration_s = info.duration_s
         prepared.sample_rate = info.sample_rate
         prepared.channels = info.channels
-        rms = float(np.sqrt(np.mean(np.square(audio.channel_rms(source)))))
+        rms = audio.overall_rms(audio.channel_rms(source))
         gain = audio.presentation_gain(rms, options.spl)
         plan = plan_windows(info.frames, info.sample_rate, options.window_s, options.hop_s)
         prepared.ears = ears_for(info.channels, options.mix)
         windows = []
         for raw in _read_windows(audio.open_audio(item.path), plan):
             raw = raw.mean(axis=0, keepdims=True) if len(prepared.ears) == 1 else raw[:2]
-            windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, MODEL_SAMPLE_RATE))
+            windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, model_sample_rate))
         length = min(w.shape[1] for w in windows)
         prepared.windows = np.stack([w[:, :length] for w in windows], axis=1).astype(np.float32)
         prepared.starts_s = np.array([s for s, _ in plan[: len(windows)]], dtype=np.float64) / info.sample_rate
@@ -204,9 +205,9 @@ class WindowScorer:
             clip_p, frame_p = [], []
             for levels in audiograms:
                 gram = torch.as_tensor(levels, dtype=torch.float32, device=self.device).expand(len(wave), -1)
-                out = self.model.head(features, gram)
-                clip_p.append(out.clip.float().cpu().numpy())
-                frame_p.append(out.frames.float().cpu().numpy())
+                clip_logit, frame_logits = self.model.head(features, gram)
+                clip_p.append(torch.sigmoid(clip_logit).float().cpu().numpy())
+                frame_p.append(torch.sigmoid(frame_logits).float().cpu().numpy())
             clips.append(np.stack(clip_p))
             frames.append(np.stack(frame_p))
         return np.concatenate(clips, axis=1), np.concatenate(frames, axis=1)
@@ -246,15 +247,15 @@ def score_prepared(
 
 
 def _prepared_stream(
-    items: Sequence[audio.InputFile], options: ScoreOptions
+    items: Sequence[audio.InputFile], options: ScoreOptions, sample_rate: int
 ) -> Iterator[PreparedFile]:
     """Prepared files in input order; joblib workers decode ahead when asked for."""
     if options.workers <= 1:
         for item in items:
-            yield prepare_file(item, options)
+            yield prepare_file(item, options, sample_rate)
         return
     parallel = Parallel(n_jobs=options.workers, return_as="generator", prefer="processes")
-    yield from parallel(delayed(prepare_file)(item, options) for item in items)
+    yield from parallel(delayed(prepare_file)(item, options, sample_rate) for item in items)
 
 
 def score_inputs(
@@ -283,19 +284,12 @@ def score_inputs(
     scorer = WindowScorer(model, device, options.batch_size)
     torch.manual_seed(0)
 
-    table = IncrementalTable(out, SCORE_COLUMNS) if out else None
-    done: set[tuple] = set()
-    if table is not None and resume:
-        done = table.done_keys(RESUME_KEY)
-    elif table is not None:
-        table.clear()
-
     profile_names = [p.name for p in profiles]
-    todo = []
-    for item in items:
-        if done and all((content_hash(item.path), name, info.sha256) in done for name in profile_names):
-            continue
-        todo.append(item)
+    kept, done_hashes = _resumable_rows(out, resume, profile_names, info.sha256)
+    table = IncrementalTable(out, SCORE_COLUMNS) if out else None
+    if table is not None and len(kept):
+        table.add(kept)
+    todo = [item for item in items if not done_hashes or content_hash(item.path) not in done_hashes]
 
     rows: list[dict] = []
     timelines: dict = {}
@@ -304,7 +298,7 @@ def score_inputs(
     interrupted = False
     report_progress = _progress_callback(progress, len(todo))
     try:
-        for count, prepared in enumerate(_prepared_stream(todo, options), start=1):
+        for count, prepared in enumerate(_prepared_stream(todo, options, info.sample_rate), start=1):
             base = {
                 "file": prepared.input.relative,
                 "path": str(prepared.input.path),
@@ -338,6 +332,23 @@ def score_inputs(
         audio_seconds=audio_seconds,
         interrupted=interrupted,
     )
+
+
+def _resumable_rows(
+    out: str | Path | None, resume: bool, profile_names: Sequence[str], model_sha256: str
+) -> tuple[pd.DataFrame, set[str]]:
+    """Rows of a previous run to keep, and the content hashes of files that need no new scoring:
+    those with an ok row for every requested profile under the same model."""
+    from haaqicli.tables import read_table
+
+    if not (resume and out and Path(out).exists()):
+        return pd.DataFrame(columns=SCORE_COLUMNS), set()
+    previous = read_table(out)
+    ok = previous[(previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)]
+    ok = ok[ok["profile"].isin(profile_names)]
+    complete = ok.groupby("content_hash")["profile"].nunique()
+    done = set(complete[complete == len(set(profile_names))].index)
+    return ok[ok["content_hash"].isin(done)].reset_index(drop=True), done
 
 
 def _progress_callback(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int, int], None]:
