@@ -120,16 +120,16 @@ def _profile(name: str, levels: Sequence[float], description: str) -> Profile:
 # N2 = 55 dB HL at 8 kHz, the value pyclarity uses for its "moderate" N2-based audiogram.
 _BISGAARD_TABLE: dict[str, tuple[tuple[float, ...], str]] = {
     #      250   500  1000  2000  3000  4000  6000
-    "N1": ((10, 10, 10, 15, 20, 30, 40), "very mild, flat/moderately sloping (Bisgaard 2010)"),
-    "N2": ((20, 20, 25, 35, 40, 45, 50), "mild, flat/moderately sloping (Bisgaard 2010)"),
-    "N3": ((35, 35, 40, 50, 55, 60, 65), "moderate, flat/moderately sloping (Bisgaard 2010)"),
-    "N4": ((55, 55, 55, 65, 70, 75, 80), "moderate/severe, flat/moderately sloping (Bisgaard 2010)"),
-    "N5": ((65, 70, 75, 80, 80, 80, 80), "severe, flat/moderately sloping (Bisgaard 2010)"),
-    "N6": ((75, 80, 85, 90, 95, 100, 100), "severe, flat/moderately sloping (Bisgaard 2010)"),
-    "N7": ((90, 95, 105, 105, 105, 105, 105), "profound, flat/moderately sloping (Bisgaard 2010)"),
-    "S1": ((10, 10, 10, 15, 30, 55, 70), "very mild, steep sloping (Bisgaard 2010)"),
-    "S2": ((20, 20, 25, 55, 75, 95, 95), "mild, steep sloping (Bisgaard 2010)"),
-    "S3": ((30, 35, 60, 75, 80, 80, 85), "moderate, steep sloping (Bisgaard 2010)"),
+    "N1": ((10, 10, 10, 15, 20, 30, 40), "very mild, flat/moderately sloping"),
+    "N2": ((20, 20, 25, 35, 40, 45, 50), "mild, flat/moderately sloping"),
+    "N3": ((35, 35, 40, 50, 55, 60, 65), "moderate, flat/moderately sloping"),
+    "N4": ((55, 55, 55, 65, 70, 75, 80), "moderate/severe, flat/moderately sloping"),
+    "N5": ((65, 70, 75, 80, 80, 80, 80), "severe, flat/moderately sloping"),
+    "N6": ((75, 80, 85, 90, 95, 100, 100), "severe, flat/moderately sloping"),
+    "N7": ((90, 95, 105, 105, 105, 105, 105), "profound, flat/moderately sloping"),
+    "S1": ((10, 10, 10, 15, 30, 55, 70), "very mild, steep sloping"),
+    "S2": ((20, 20, 25, 55, 75, 95, 95), "mild, steep sloping"),
+    "S3": ((30, 35, 60, 75, 80, 80, 85), "moderate, steep sloping"),
 }
 
 
