@@ -191,6 +191,8 @@ class SweepResult:
     answer: pd.DataFrame  # ANSWER_COLUMNS
     skipped: list[str] = field(default_factory=list)  # ladder rungs outside an encoder's range
     target: float = 0.0
+    codecs: list[str] = field(default_factory=list)  # in the order asked for
+    profiles: list[str] = field(default_factory=list)
 
 
 def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int) -> tuple[
@@ -292,13 +294,18 @@ def run_sweep(
     table["meets_target"] = table["score"] >= target
     table["lowest"] = False
     answer = lowest_bitrates(table, target, criterion, exact)
+    codec_order = [c.name for c in codecs]
+    answer = answer.sort_values(
+        ["codec", "profile"], key=lambda col: col.map({n: i for i, n in enumerate(
+            codec_order if col.name == "codec" else profile_names)}), kind="stable").reset_index(drop=True)
     for a in answer.itertuples(index=False):
         if not pd.isna(a.lowest_kbps):
             hit = (table["codec"] == a.codec) & (table["profile"] == a.profile) & (table["bitrate_kbps"] == a.lowest_kbps)
             table.loc[hit, "lowest"] = True
     table = table.reindex(columns=SWEEP_COLUMNS)
     table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first")
-    return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target)
+    return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target,
+                       codecs=codec_order, profiles=profile_names)
 
 
 def _unique_names(relatives: Sequence[str]) -> list[str]:
@@ -312,7 +319,9 @@ def _unique_names(relatives: Sequence[str]) -> list[str]:
 
 def _profile_names(scored: pd.DataFrame, settings: ScoreSettings) -> list[str]:
     if not scored.empty:
-        return list(dict.fromkeys(scored["profile"]))
+        asked = {name: i for i, name in enumerate(settings.profiles)}  # keep the user's order when we can
+        names = list(dict.fromkeys(scored["profile"]))
+        return sorted(names, key=lambda n: (asked.get(n, len(asked)), names.index(n)))
     return list(settings.profiles)
 
 
@@ -361,12 +370,17 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
 
     table = result.table
     coded = table[(table["codec"] != "original") & (table["status"] == "ok")]
-    codecs = list(dict.fromkeys(coded["codec"])) or ["(none)"]
-    profiles = list(dict.fromkeys(table["profile"]))
+    present = set(coded["codec"])
+    codecs = [c for c in result.codecs if c in present] or sorted(present) or ["(none)"]
+    profiles = result.profiles or list(dict.fromkeys(table["profile"]))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, len(codecs), figsize=(4.2 * len(codecs), 3.6), sharey=True, squeeze=False)
+    n_cols = min(3, len(codecs))
+    n_rows = math.ceil(len(codecs) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(codecs):]:
+        ax.set_visible(False)
     originals = table[(table["codec"] == "original") & (table["status"] == "ok")].groupby("profile")["score"].mean()
-    for ax, codec in zip(axes[0], codecs, strict=True):
+    for ax, codec in zip(axes.flat, codecs, strict=False):
         part = coded[coded["codec"] == codec]
         for i, profile in enumerate(profiles):
             colour = colours[i % len(colours)]
@@ -387,9 +401,10 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
         ax.set_title(codec)
         ax.set_xlabel("bitrate (kb/s)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("HAAQI (predicted)")
+    for row in axes:
+        row[0].set_ylabel("HAAQI (predicted)")
     axes[0][0].set_ylim(0, 1.02)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes.flat[len(codecs) - 1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,15 @@ def _scorer_from_context(name: str = "scorer"):  # type: ignore[no-untyped-def]
 score_range = click.FloatRange(0.0, 1.0)
 
 
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # CI logs: wide lines instead of wrapped table cells
+        console.width = max(console.width, 160)
+    return console
+
+
 @click.command(help=CHECK_HELP)
 @click.argument("inputs", nargs=-1, type=click.Path())
 @profile_option
@@ -256,10 +265,9 @@ def _fmt(value: object, spec: str = ".3f") -> str:
 
 
 def _print_sweep(result, exact: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True)
+    console = _console()
     table = result.table
     if not quiet:
         ladder = Table(show_edge=False, header_style="bold", title="ladder (mean over inputs)")
@@ -305,7 +313,6 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
 
     Exit status: 0 ok, 1 a drop exceeded --max-drop (+ --tolerance), 2 error (unreadable table).
     """
-    from rich.console import Console
     from rich.table import Table
 
     from haaqicli.compare import compare_tables, significance_note
@@ -320,7 +327,7 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
                             names=(table_a, table_b))
     if out:
         write_table(result.deltas, out)
-    console = Console(soft_wrap=True)
+    console = _console()
     paired = result.deltas[result.deltas["status"] == "both"]
     view = Table(show_edge=False, header_style="bold", title=f"largest regressions (B - A), top {top}")
     for column in ("file", "profile", "A", "B", "delta"):
@@ -337,6 +344,9 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
                             f"{p['mean_delta']:+.4f}", f"[{_fmt(p['ci_low'], '+.4f')}, {_fmt(p['ci_high'], '+.4f')}]",
                             f"{p['worse']}/{p['better']}", _fmt(p["wilcoxon_p"], ".3g"), significance_note(p))
     console.print(per_profile)
+    for _, p in result.profiles.iterrows():
+        console.print(f"{p['profile']}: mean delta {p['mean_delta']:+.4f} over {p['n']} files; "
+                      f"{significance_note(p)}", markup=False)
     for status, label in (("only_a", table_a), ("only_b", table_b)):
         rows = result.deltas[result.deltas["status"] == status]
         if len(rows):
