@@ -1,0 +1,349 @@
+"""Training, distillation and evaluation of the HAAQI-Net models (nanoGPT-style: one clear loop).
+
+- :func:`train_teacher`: BEATs encoder + HAAQI-Net head on labelled clips. Loss = clip MSE + frame MSE
+  (every frame score is pulled to the clip label, and it really produces gradients).
+- :func:`distill_student`: the student learns the teacher's hidden layers and outputs (distillBEATs /
+  DistilHuBERT style) on labelled *and* unlabelled degraded clips, plus the true label where known.
+- :func:`evaluate_model`: LCC, SRCC and MSE on the validation packages, overall, by degradation family
+  and by hearing-loss severity, next to the paper's figures.
+
+Model selection never looks at the validation packages: a small "dev" part of the *training* packages
+(whole source tracks, by hash) decides which checkpoint is kept. Validation is for reporting only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from haaqicli.errors import HaaqiError
+
+# HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
+PAPER_FIGURES = {
+    "teacher": {"lcc": 0.9368, "srcc": 0.9486, "mse": 0.0064},
+    "distilled": {"lcc": 0.9071, "srcc": 0.9307, "mse": 0.0091},
+}
+DEV_FRACTION = 0.06
+
+
+@dataclass
+class TrainConfig:
+    name: str = "teacher"  # registry name the weights are exported under
+    manifest: str = "data/manifest.parquet"
+    run_dir: str = "runs/teacher"
+    weights_dir: str | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    frame_weight: float = 0.5
+    label_weight: float = 1.0  # distillation only: weight of the true-label term
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    max_minutes: float | None = None
+    resume: bool = False
+    config: dict[str, Any] = field(default_factory=dict)  # model config; empty = the registry default
+    teacher: str = "teacher"  # distillation only: registry name of the teacher
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """LCC (Pearson), SRCC (Spearman) and MSE, the figures HAAQI-Net reports."""
+    from scipy import stats
+
+    predicted = np.asarray(predicted, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if len(predicted) < 3 or np.std(predicted) == 0 or np.std(target) == 0:
+        lcc = srcc = float("nan")
+    else:
+        lcc = float(stats.pearsonr(predicted, target)[0])
+        srcc = float(stats.spearmanr(predicted, target)[0])
+    return {"n": int(len(target)), "lcc": lcc, "srcc": srcc, "mse": float(np.mean((predicted - target) ** 2))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Split:
+    waves: torch.Tensor  # (N, T) float32, calibrated model input at the model's rate
+    audiograms: torch.Tensor  # (N, 8) dB HL
+    labels: torch.Tensor  # (N,) HAAQI, NaN where unlabelled
+    meta: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask: np.ndarray) -> Split:
+        index = torch.from_numpy(np.flatnonzero(mask))
+        return Split(self.waves[index], self.audiograms[index], self.labels[index],
+                     self.meta.iloc[index.numpy()].reset_index(drop=True))
+
+
+def load_split(manifest: str | Path, split: str, labelled_only: bool = True) -> Split:
+    """Materialise a split of the manifest into tensors (cached by the data module)."""
+    from haaqicli.data import load_split_arrays
+
+    waves, audiograms, labels, meta = load_split_arrays(manifest, split, labelled_only=labelled_only)
+    if len(labels) == 0:
+        raise HaaqiError(f"{manifest}: no {'labelled ' if labelled_only else ''}items in split {split!r}")
+    return Split(torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)),
+                 torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
+                 torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
+
+
+def dev_mask(meta: pd.DataFrame, fraction: float = DEV_FRACTION) -> np.ndarray:
+    """Whole source tracks of the training packages held out for checkpoint selection."""
+    sources = meta["source"].astype(str)
+    buckets = sources.map(lambda s: int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
+    return (buckets < fraction).to_numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: Split, batch_size: int = 32, device: torch.device | None = None) -> np.ndarray:
+    model.eval()
+    device = device or next(model.parameters()).device
+    out = []
+    for start in range(0, len(data), batch_size):
+        wave = data.waves[start : start + batch_size].to(device)
+        gram = data.audiograms[start : start + batch_size].to(device)
+        out.append(model(wave, gram).clip.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    dev: Split,
+    config: TrainConfig,
+    step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train `model` with AdamW + warmup/cosine, keep the checkpoint with the best dev MSE.
+
+    `last.pt` (model, optimiser, step, RNG) is written every epoch and at the time limit, so a run
+    stopped anywhere continues with `resume=True`. Returns the best dev metrics.
+    """
+    device = next(model.parameters()).device
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optimiser = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    state = {"epoch": 0, "step": 0, "best": {"mse": float("inf")}, "history": []}
+    last = run_dir / "last.pt"
+    if config.resume and last.exists():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        state = json.loads(checkpoint["state"])
+        torch.set_rng_state(checkpoint["rng"])
+        log(f"resumed from {last} at epoch {state['epoch']}, step {state['step']}")
+    started = time.time()
+    generator = torch.Generator().manual_seed(config.seed + state["epoch"])
+    out_of_time = False
+    while state["epoch"] < config.epochs and not out_of_time:
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        running, count = 0.0, 0
+        for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
+            index = order[batch_start : batch_start + config.batch_size]
+            for group in optimiser.param_groups:
+                group["lr"] = _lr_at(state["step"], total_steps, config.lr, config.warmup_steps)
+            loss, _ = step_loss(
+                model, train.waves[index].to(device), train.audiograms[index].to(device), train.labels[index].to(device)
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            state["step"] += 1
+            running += float(loss)
+            count += 1
+            if config.max_minutes and (time.time() - started) / 60 > config.max_minutes:
+                out_of_time = True
+                break
+        state["epoch"] += 0 if out_of_time else 1
+        dev_metrics = metrics(predict(model, dev, device=device), dev.labels.numpy()) if len(dev) else {}
+        entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": running / max(count, 1), **dev_metrics}
+        state["history"].append(entry)
+        log(json.dumps(entry))
+        if dev_metrics and dev_metrics["mse"] < state["best"]["mse"]:
+            state["best"] = {**dev_metrics, "epoch": state["epoch"], "step": state["step"]}
+            torch.save(model.state_dict(), run_dir / "best.pt")
+        torch.save(
+            {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": json.dumps(state),
+             "rng": torch.get_rng_state()},
+            last,
+        )
+    if (run_dir / "best.pt").exists():
+        model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
+    return state
+
+
+def _setup(config: TrainConfig) -> torch.device:
+    from haaqicli.models.registry import resolve_device
+
+    _seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return resolve_device(config.device)
+
+
+def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best: dict, extra: dict) -> dict:
+    from haaqicli.models.registry import ModelInfo, save_model
+
+    info = ModelInfo(
+        name=config.name,
+        arch=arch,
+        config=getattr(model, "config", config.config),
+        file=f"{config.name}.safetensors",
+        training={
+            "items": len(train),
+            "packages": sorted(train.meta["package"].unique().tolist()),
+            "recipe": {k: v for k, v in asdict(config).items() if k not in ("config",)},
+            **extra,
+        },
+        metrics={"dev": best},
+    )
+    return save_model(model.cpu(), info, config.weights_dir).to_dict()
+
+
+def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train the teacher on the manifest's labelled training split and export it to the registry."""
+    from haaqicli.models.haaqinet import haaqinet_loss
+    from haaqicli.models.registry import TEACHER_CONFIG, build_model
+
+    device = _setup(config)
+    data = load_split(config.manifest, "train")
+    mask = dev_mask(data.meta)
+    train, dev = data.subset(~mask), data.subset(mask)
+    log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
+    model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
+
+    def step_loss(model, wave, gram, label):  # type: ignore[no-untyped-def]
+        out = model(wave, gram)
+        return haaqinet_loss(out, label, frame_weight=config.frame_weight), {}
+
+    state = fit(model, train, dev, config, step_loss, log)
+    return _export(model, config, "haaqinet", train, state["best"], {"epochs_run": state["epoch"]})
+
+
+def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Distil the student from the registered teacher. Unlabelled training items take part too
+    (teacher targets only); labelled ones also pull the student to the true label."""
+    from haaqicli.models.registry import STUDENT_CONFIG, build_model, load_model
+    from haaqicli.models.student import distillation_loss
+
+    device = _setup(config)
+    teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
+    teacher.eval().requires_grad_(False)
+    data = load_split(config.manifest, "train", labelled_only=False)
+    mask = dev_mask(data.meta)
+    labelled = ~torch.isnan(data.labels).numpy()
+    train, dev = data.subset(~mask), data.subset(mask & labelled)
+    student_config = dict(config.config or STUDENT_CONFIG)
+    teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
+    student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
+    model = build_model("haaqinet-student", student_config).to(device)
+    log(f"distil: {len(train)} clips ({int(labelled[~mask].sum())} labelled), {len(dev)} dev clips")
+
+    def step_loss(model, wave, gram, label):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            target = teacher(wave, gram)
+        out = model(wave, gram)
+        loss, parts = distillation_loss(out, target, model)
+        known = ~torch.isnan(label)
+        if known.any():
+            loss = loss + config.label_weight * nn.functional.mse_loss(out.clip[known], label[known])
+        return loss, parts
+
+    state = fit(model, train, dev, config, step_loss, log)
+    return _export(model, config, "haaqinet-student", train, state["best"],
+                   {"epochs_run": state["epoch"], "teacher_sha256": teacher_info.sha256})
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_model(
+    name: str,
+    manifest: str | Path,
+    split: str = "valid",
+    weights_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Metrics of a registered model against true labels: overall, by family and by severity."""
+    from haaqicli.models.registry import load_model, resolve_device
+
+    dev = resolve_device(device)
+    model, info = load_model(name, device=dev, weights_dir=weights_dir)
+    data = load_split(manifest, split)
+    predicted = predict(model, data, batch_size, dev)
+    target = data.labels.numpy()
+    meta = data.meta.assign(predicted=predicted, label=target)
+    result: dict[str, Any] = {"model": name, "sha256": info.sha256, "split": split,
+                              "packages": sorted(meta["package"].unique().tolist()),
+                              "overall": metrics(predicted, target), "paper": PAPER_FIGURES.get(name)}
+    for column in ("family", "severity"):
+        if column in meta:
+            result[f"by_{column}"] = {
+                str(key): metrics(group["predicted"].to_numpy(), group["label"].to_numpy())
+                for key, group in meta.groupby(column)
+            }
+    return result
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    def line(label: str, m: dict) -> str:
+        return f"{label:28s} {m['n']:6d} {m['lcc']:7.4f} {m['srcc']:7.4f} {m['mse']:8.5f}"
+
+    lines = [f"model {result['model']} ({result['sha256'][:12]}), split {result['split']}: "
+             + ", ".join(result["packages"]),
+             f"{'':28s} {'n':>6s} {'LCC':>7s} {'SRCC':>7s} {'MSE':>8s}",
+             line("overall", result["overall"])]
+    if result.get("paper"):
+        paper = result["paper"]
+        lines.append(f"{'paper (HAAQI-Net, own data)':28s} {'':6s} {paper['lcc']:7.4f} {paper['srcc']:7.4f} "
+                     f"{paper['mse']:8.5f}")
+    for column in ("family", "severity"):
+        for key, m in result.get(f"by_{column}", {}).items():
+            lines.append(line(f"  {column}={key}", m))
+    return "\n".join(lines)
