@@ -348,3 +348,26 @@ def test_exact_reference_end_to_end(tmp_path: Path) -> None:
     assert scores.loc["noisy.wav", "score"] < scores.loc["clean.wav", "score"] - 0.1
     assert scores.loc["orphan.wav", "status"] == "error"
     assert result.exit_code == 1, result.output  # noisy.wav fails; orphan skipped by --allow-errors
+
+
+def test_real_engine_end_to_end_is_deterministic(use_tiny_weights: Path, music_folder: Path, tmp_path: Path) -> None:
+    """Through the real engine (tiny test weights): scoring twice gives identical scores, so a
+    baseline from the first run passes --max-drop 0 in the second; the sha256 is recorded."""
+    runner = CliRunner()
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    junit = tmp_path / "r.xml"
+    result = runner.invoke(main, ["check", str(music_folder), "--profile", "mild", "--out", str(first), "-q"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(first)
+    assert table["model_sha256"].str.len().eq(64).all() and (table["status"] == "ok").all()
+    result = runner.invoke(main, ["check", str(music_folder), "--profile", "mild", "--out", str(second), "-q",
+                                  "--baseline", str(first), "--max-drop", "0", "--junit", str(junit)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(pd.read_csv(second)["score"], table["score"])
+    assert len(ET.parse(junit).getroot().findall(".//testcase")) == 3 + 1
+    # A threshold above every score fails with exit 1.
+    top = float(table["score"].max())
+    result = runner.invoke(main, ["check", "--scores", str(second), "--min-score", f"{min(1.0, top + 0.001):.4f}"])
+    assert result.exit_code == 1

@@ -322,7 +322,7 @@ def evaluate_model(
     result: dict[str, Any] = {"model": name, "sha256": info.sha256, "split": split,
                               "packages": sorted(meta["package"].unique().tolist()),
                               "overall": metrics(predicted, target), "paper": PAPER_FIGURES.get(name)}
-    for column in ("family", "severity"):
+    for column in ("degradation", "severity"):
         if column in meta:
             result[f"by_{column}"] = {
                 str(key): metrics(group["predicted"].to_numpy(), group["label"].to_numpy())
@@ -343,7 +343,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
         paper = result["paper"]
         lines.append(f"{'paper (HAAQI-Net, own data)':28s} {'':6s} {paper['lcc']:7.4f} {paper['srcc']:7.4f} "
                      f"{paper['mse']:8.5f}")
-    for column in ("family", "severity"):
+    for column in ("degradation", "severity"):
         for key, m in result.get(f"by_{column}", {}).items():
             lines.append(line(f"  {column}={key}", m))
     return "\n".join(lines)

@@ -130,15 +130,21 @@ def spectrum_terms(x_sl: np.ndarray, y_sl: np.ndarray) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- fine-structure term
 
 
-def _segment_stack(sig: np.ndarray, nseg: int, half: int, w: np.ndarray) -> np.ndarray:
-    """(bands, nseg, 2*half) windowed segments; the first/last use half windows (zero-padded)."""
-    blocks = sig[:, : nseg * half].reshape(sig.shape[0], nseg, half)
-    seg = np.zeros((sig.shape[0], nseg, 2 * half))
-    seg[:, 0, :half] = blocks[:, 0] * w[half:]
-    if nseg > 2:
-        seg[:, 1 : nseg - 1, :half] = blocks[:, 1 : nseg - 1] * w[:half]
-        seg[:, 1 : nseg - 1, half:] = blocks[:, 2:nseg] * w[half:]
-    seg[:, nseg - 1, :half] = blocks[:, nseg - 1] * w[:half]
+def _segment_stack(sig: np.ndarray, nseg: int, half: int, w: np.ndarray, s0: int, s1: int) -> np.ndarray:
+    """Windowed segments s0..s1-1 as (bands, s1-s0, 2*half); the first and last segment of the
+    signal use half windows and occupy the first `half` samples (the rest is zero)."""
+    stop = min(s1 + 1, nseg)
+    blocks = sig[:, s0 * half : stop * half].reshape(sig.shape[0], stop - s0, half)
+    m = s1 - s0
+    seg = np.empty((sig.shape[0], m, 2 * half))
+    np.multiply(blocks[:, :m], w[:half], out=seg[:, :, :half])
+    np.multiply(blocks[:, 1 : m + 1], w[half:], out=seg[:, : stop - s0 - 1, half:])
+    if s0 == 0:
+        seg[:, 0, :half] = blocks[:, 0] * w[half:]
+        seg[:, 0, half:] = 0.0
+    if s1 == nseg:
+        seg[:, m - 1, :half] = blocks[:, m - 1] * w[:half]
+        seg[:, m - 1, half:] = 0.0
     return seg
 
 
@@ -162,26 +168,38 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
     nseg = int(1 + np.floor(npts / nwin) + np.floor((npts - nwin / 2) / nwin))
     is_half = np.zeros(nseg, dtype=bool)
     is_half[0] = is_half[-1] = True
-    length = np.where(is_half, half, nwin)
+    lengths = np.where(is_half, half, nwin)
     corr_w = np.where(is_half[:, None], half_corr[None], full_corr[None])
     ms_w = np.where(is_half, half_ms, full_ms)
     size = sfft.next_fast_len(nwin + max_lag + 1, real=True)
 
-    xs = _segment_stack(x_bm, nseg, half, w)
-    ys = _segment_stack(y_bm, nseg, half, w)
-    # zero-mean over each segment's true length (half segments occupy the first `half` samples)
-    mask = np.arange(nwin)[None, :] < length[:, None]
-    xs -= (xs.sum(-1, keepdims=True) / length[:, None]) * mask
-    ys -= (ys.sum(-1, keepdims=True) / length[:, None]) * mask
-    x_ms = np.sum(xs**2, axis=-1) * ms_w
-    y_ms = np.sum(ys**2, axis=-1) * ms_w
-    spec = sfft.rfft(xs, size, axis=-1) * np.conj(sfft.rfft(ys, size, axis=-1))
-    circ = sfft.irfft(spec, size, axis=-1)
-    lags = np.concatenate((circ[..., size - max_lag :], circ[..., : max_lag + 1]), axis=-1)
-    peak = np.max(np.abs(lags * corr_w), axis=-1)
-    ok = (x_ms > 1e-30) & (y_ms > 1e-30)
-    cov = np.zeros_like(peak)
-    cov[ok] = peak[ok] / np.sqrt(x_ms[ok] * y_ms[ok])
+    cov = np.empty((n_bands, nseg))
+    x_ms = np.empty((n_bands, nseg))
+    y_ms = np.empty((n_bands, nseg))
+    chunk = 128  # segments per block: bounded memory for long files, cache-friendly FFT batches
+    for s0 in range(0, nseg, chunk):
+        s1 = min(nseg, s0 + chunk)
+        xs = _segment_stack(x_bm, nseg, half, w, s0, s1)
+        ys = _segment_stack(y_bm, nseg, half, w, s0, s1)
+        length = lengths[s0:s1]
+        # zero-mean over each segment's true length (half segments occupy the first `half` samples)
+        mask = np.arange(nwin)[None, :] < length[:, None]
+        xs -= (xs.sum(-1, keepdims=True) / length[:, None]) * mask
+        ys -= (ys.sum(-1, keepdims=True) / length[:, None]) * mask
+        xm = np.sum(xs**2, axis=-1) * ms_w[s0:s1]
+        ym = np.sum(ys**2, axis=-1) * ms_w[s0:s1]
+        # float32 FFT is ample here: the coherences are averaged over hundreds of tiles
+        spec = sfft.rfft(xs.astype(np.float32), size, axis=-1)
+        spec *= np.conj(sfft.rfft(ys.astype(np.float32), size, axis=-1))
+        circ = sfft.irfft(spec, size, axis=-1)
+        lags = np.concatenate((circ[..., size - max_lag :], circ[..., : max_lag + 1]), axis=-1)
+        peak = np.max(np.abs(lags * corr_w[s0:s1]), axis=-1)
+        ok = (xm > 1e-30) & (ym > 1e-30)
+        block = np.zeros_like(peak, dtype=float)
+        block[ok] = peak[ok] / np.sqrt(xm[ok] * ym[ok])
+        cov[:, s0:s1] = block
+        x_ms[:, s0:s1] = xm
+        y_ms[:, s0:s1] = ym
     return np.clip(cov, 0.0, 1.0), 2.0 * x_ms
 
 
