@@ -318,3 +318,18 @@ def test_windows_stream_a_ten_minute_file(tmp_path: Path) -> None:
     assert len(windows) == 133  # full windows start at 0, 4.5, ..., 594 s; the last ends at 600 s
     assert windows[-1].end_s == pytest.approx(600.0)
     assert all(w.samples.shape == (1, 6 * sr) for w in windows[:-1])
+
+
+@needs_ffmpeg
+def test_ffmpeg_banner_probe_when_ffprobe_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wav = write_wav(tmp_path / "a.wav", chord(sr=32000, seconds=1.5, channels=2), 32000)
+    m4a = encode_with_ffmpeg(wav, "aac", "96k")
+    real_tool = audio._tool
+    monkeypatch.setattr(audio, "_tool", lambda name: None if name == "ffprobe" else real_tool(name))
+    source = open_audio(m4a)
+    assert (source.info.sample_rate, source.info.channels, source.info.codec) == (32000, 2, "aac")
+    assert source.info.duration_s == pytest.approx(1.5, abs=0.05)
+    text = tmp_path / "x.m4a"
+    text.write_text("not audio")
+    with pytest.raises(AudioError, match=r"x\.m4a: not (a decodable|an) audio file"):
+        open_audio(text)
