@@ -177,3 +177,18 @@ def test_real_exact_haaqi_round_trip(chord: Path) -> None:
                                  scorer=fake_scorer(), exact=True)
     exact = result.table[result.table["codec"] == "mp3"].set_index("bitrate_kbps")["score_exact"]
     assert 0 < exact[32] < exact[192] <= 1.0
+
+
+def test_real_engine_scores_the_ladder(use_tiny_weights: Path, tmp_path: Path) -> None:
+    """End to end through the real engine (tiny test weights) on one ffmpeg rung."""
+    import soundfile as sf
+
+    t = np.arange(SR) / SR
+    path = tmp_path / "tone.wav"
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
+    settings = ScoreSettings(profiles=("normal",), progress=False)
+    result = sweep_lib.run_sweep([path], [sweep_lib.CODECS["aac"]], [64], settings, target=0.0)
+    table = result.table
+    assert list(table["codec"]) == ["original", "aac"]
+    assert (table["status"] == "ok").all() and table["score"].between(0, 1).all()
+    assert result.answer.iloc[0]["lowest_kbps"] == 64  # target 0 is always met
