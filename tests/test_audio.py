@@ -186,8 +186,11 @@ def test_missing_ffmpeg_only_matters_when_needed(tmp_path: Path, monkeypatch: py
     wav = write_wav(tmp_path / "a.wav", tone(sr=8000, seconds=0.3), 8000)
     fake_m4a = tmp_path / "a.m4a"
     fake_m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 200)
+    surround = write_wav(tmp_path / "s.wav", np.repeat(tone(sr=8000, seconds=0.3), 4, axis=0), 8000)
     monkeypatch.setattr(audio, "_tool", lambda name: None)
     assert open_audio(wav).backend == "soundfile"  # no ffmpeg needed
+    with pytest.raises(ToolMissingError, match=r"s\.wav: downmixing 4 channels to stereo needs ffmpeg"):
+        open_audio(surround)
     with pytest.raises(ToolMissingError, match=r"a\.m4a: decoding \.m4a files needs ffmpeg"):
         open_audio(fake_m4a)
 

@@ -284,6 +284,9 @@ def _open_soundfile(path: Path) -> AudioSource | None:
     info = AudioInfo(int(meta.samplerate), int(meta.channels), int(meta.frames),
                      meta.frames / meta.samplerate, codec)
     if info.channels > 2:
+        if _tool("ffmpeg") is None:
+            raise ToolMissingError(f"{path}: downmixing {info.channels} channels to stereo needs ffmpeg, "
+                                   "which is not installed (apt install ffmpeg)")
         return None  # downmix through ffmpeg
     return AudioSource(path, info, "soundfile")
 
