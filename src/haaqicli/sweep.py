@@ -303,7 +303,9 @@ def run_sweep(
             hit = (table["codec"] == a.codec) & (table["profile"] == a.profile) & (table["bitrate_kbps"] == a.lowest_kbps)
             table.loc[hit, "lowest"] = True
     table = table.reindex(columns=SWEEP_COLUMNS)
-    table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first")
+    rank = {name: i for i, name in enumerate(["original", *codec_order, *profile_names])}
+    table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first",
+                              key=lambda col: col.map(rank) if col.name in ("codec", "profile") else col)
     return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target,
                        codecs=codec_order, profiles=profile_names)
 
