@@ -1,0 +1,294 @@
+"""Model registry (timm-like): `weights/manifest.json` + one `.safetensors` file per model.
+
+Manifest format (format_version 1)::
+
+    {"format_version": 1,
+     "models": {
+       "teacher": {"name": "teacher", "arch": "haaqinet", "config": {...}, "file": "teacher.safetensors",
+                   "sha256": "<hex>", "n_params": 6300000, "sample_rate": 24000, "window_s": 6.0,
+                   "training": {...free-form summary...}, "metrics": {"val_lcc": ...}, "created": "ISO-8601"},
+       "distilled": {...}}}
+
+Weights are safetensors only (no pickle), and the file's sha256 is checked before anything is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from haaqicli.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
+from haaqicli.errors import ModelError
+from haaqicli.models.beats import read_beats_checkpoint
+from haaqicli.models.haaqinet import HAAQINet
+from haaqicli.models.student import StudentNet
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+# Default architectures (see the models' docstrings; sizes chosen for the CPU speed targets:
+# teacher >= 100x real time, student >= 1000x real time on 2 cores, batch 16 x 6 s @ 24 kHz).
+TEACHER_CONFIG: dict[str, Any] = {
+    "encoder": {
+        "input_patch_size": 16, "embed_dim": 256, "conv_bias": False,
+        "encoder_layers": 6, "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024,
+        "encoder_attention_heads": 4, "activation_fn": "gelu",
+        "layer_norm_first": False, "deep_norm": True,
+        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.0, "dropout_input": 0.0,
+        "conv_pos": 128, "conv_pos_groups": 16,
+        "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True,
+        "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+        "fbank_mean": 15.41663, "fbank_std": 6.55582,
+    },
+    "head": {"d_adapter": 256, "d_audiogram": 32, "lstm_hidden": 128, "attn_heads": 4, "dropout": 0.1},
+}
+
+STUDENT_CONFIG: dict[str, Any] = {
+    "encoder": {
+        "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 20.0, "frame_shift_ms": 20.0,
+        "fbank_mean": 15.41663, "fbank_std": 6.55582,
+        "conv_channels": [32, 64], "conv_time_strides": [4, 2], "conv_freq_strides": [4, 4],
+        "encoder_layers": 3, "encoder_embed_dim": 160, "encoder_ffn_embed_dim": 640,
+        "encoder_attention_heads": 4, "conv_pos": 16, "conv_pos_groups": 16,
+        "num_buckets": 64, "max_distance": 128, "gru_rel_pos": True, "deep_norm": True,
+        "dropout": 0.1, "attention_dropout": 0.1,
+    },
+    "head": {"d_adapter": 96, "d_audiogram": 16, "lstm_hidden": 64, "attn_heads": 4, "dropout": 0.1},
+    "distill": {"teacher_dim": 256, "targets": [[1, 2], [2, 4], [3, 6]]},
+}
+
+ARCHS: dict[str, type[nn.Module]] = {HAAQINet.arch: HAAQINet, StudentNet.arch: StudentNet}
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    arch: str
+    config: dict[str, Any]
+    file: str
+    sha256: str = ""
+    n_params: int = 0
+    sample_rate: int = MODEL_SAMPLE_RATE
+    window_s: float = WINDOW_SECONDS
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], origin: str) -> ModelInfo:
+        required = ("name", "arch", "config", "file", "sha256")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ModelError(f"{origin}: model entry lacks {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_weights_dir() -> Path:
+    """$HAAQI_WEIGHTS, else `weights/` at the repository root (editable install)."""
+    env = os.environ.get("HAAQI_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "weights"
+
+
+def build_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    """Fresh (untrained) model of an architecture from its config dict."""
+    if arch not in ARCHS:
+        raise ModelError(f"unknown model architecture {arch!r} (known: {', '.join(sorted(ARCHS))})")
+    try:
+        return ARCHS[arch].from_config(copy.deepcopy(dict(config)))  # type: ignore[attr-defined]
+    except (KeyError, TypeError) as exc:
+        raise ModelError(f"bad config for architecture {arch!r}: {exc}") from None
+
+
+def count_params(model: nn.Module, inference_only: bool = True) -> int:
+    """Unique parameters; the student's distillation heads are not part of inference and not counted."""
+    return sum(p.numel() for n, p in model.named_parameters()
+               if not (inference_only and n.startswith("distill_heads.")))
+
+
+def _read_manifest(weights_dir: Path) -> dict[str, Any]:
+    path = weights_dir / MANIFEST
+    if not path.is_file():
+        return {"format_version": FORMAT_VERSION, "models": {}}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise ModelError(f"{path}: manifest must be an object with a 'models' object")
+    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ModelError(f"{path}: manifest format {data['format_version']} is newer than this haaqi")
+    return data
+
+
+def list_models(weights_dir: str | Path | None = None) -> list[ModelInfo]:
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    data = _read_manifest(wd)
+    return [ModelInfo.from_dict(v, str(wd / MANIFEST)) for _, v in sorted(data["models"].items())]
+
+
+def get_info(name: str, weights_dir: str | Path | None = None) -> ModelInfo:
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    data = _read_manifest(wd)
+    if name not in data["models"]:
+        known = ", ".join(sorted(data["models"])) or "none"
+        raise ModelError(f"{wd / MANIFEST}: no model named {name!r} (available: {known})")
+    return ModelInfo.from_dict(data["models"][name], str(wd / MANIFEST))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda"/"cuda:N" must exist."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    d = device.strip().lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d == "cuda" or d.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        idx = int(d.split(":")[1]) if ":" in d and d.split(":")[1].isdigit() else 0
+        if ":" in d and not d.split(":")[1].isdigit():
+            raise ModelError(f"--device {device}: expected cuda:N")
+        if idx >= torch.cuda.device_count():
+            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device(f"cuda:{idx}")
+    raise ModelError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+
+
+def _load_safetensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file missing")
+    actual = sha256_file(path)
+    if expected_sha and actual != expected_sha.lower():
+        raise ModelError(f"{path}: sha256 mismatch (manifest {expected_sha[:12]}..., file {actual[:12]}...); "
+                         "the file is corrupt or not the one the manifest describes")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
+def _apply_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str,
+                 skip_prefix: str | None = None) -> None:
+    own = {k: v for k, v in model.state_dict().items() if skip_prefix is None or not k.startswith(skip_prefix)}
+    state = {k: v for k, v in state.items() if skip_prefix is None or not k.startswith(skip_prefix)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ModelError(f"{origin}: weights do not match the manifest config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ModelError(f"{origin}: {k} has shape {tuple(v.shape)}, config expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=skip_prefix is None)
+
+
+def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: str | Path | None = None,
+               weights_dir: str | Path | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Load a registered model in eval mode. With `beats_checkpoint`, the teacher's encoder comes from an
+    official BEATs checkpoint (config and weights) and the HAAQI head from our weights - which only works
+    for a head trained on that encoder (same layer count and width)."""
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    info = get_info(name, wd)
+    dev = resolve_device(device)
+    path = wd / info.file
+    if beats_checkpoint is None:
+        model = build_model(info.arch, info.config)
+        _apply_state(model, _load_safetensors(path, info.sha256), str(path))
+    else:
+        if info.arch != HAAQINet.arch:
+            raise ModelError(f"--beats-checkpoint needs a BEATs-based model; {name!r} is {info.arch!r}")
+        enc_cfg, enc_state = read_beats_checkpoint(beats_checkpoint)
+        if enc_cfg.finetuned_model:
+            raise ModelError(f"{beats_checkpoint}: a fine-tuned (classifier) BEATs checkpoint; "
+                             "use a pre-trained one (e.g. BEATs_iter3)")
+        # Official checkpoints run at 16 kHz; keep that, the predictor resamples inputs to model.sample_rate.
+        config = {"encoder": enc_cfg.to_dict(), "head": info.config["head"]}
+        model = build_model(HAAQINet.arch, config)
+        head_state = {k: v for k, v in _load_safetensors(path, info.sha256).items() if k.startswith("head.")}
+        own_head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+        bad = [k for k in own_head if k not in head_state or head_state[k].shape != own_head[k].shape]
+        if bad:
+            raise ModelError(
+                f"--beats-checkpoint {beats_checkpoint}: the {name!r} head was trained for a "
+                f"{info.config['encoder'].get('encoder_layers')}-layer, "
+                f"{info.config['encoder'].get('encoder_embed_dim')}-dim encoder, this checkpoint has "
+                f"{enc_cfg.encoder_layers} layers x {enc_cfg.encoder_embed_dim}; train a head for it "
+                "(haaqi train --beats-checkpoint) first")
+        from haaqicli.models.beats import load_beats_state
+
+        load_beats_state(model.encoder, enc_state, str(beats_checkpoint))
+        model.load_state_dict({**model.state_dict(), **head_state}, strict=True)
+        info = ModelInfo(**{**info.to_dict(), "config": config, "sample_rate": enc_cfg.sample_rate,
+                            "name": f"{name}+beats:{Path(beats_checkpoint).name}"})
+    return model.to(dev).eval(), info
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None = None) -> ModelInfo:
+    """Write `<weights_dir>/<info.file>` (safetensors) and upsert the manifest entry atomically; returns the
+    completed info (sha256, n_params, created, config and arch filled from the model)."""
+    from safetensors.torch import save
+
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    wd.mkdir(parents=True, exist_ok=True)
+    if not info.file.endswith(".safetensors") or Path(info.file).name != info.file:
+        raise ModelError(f"model file {info.file!r}: must be a plain *.safetensors file name")
+    # Clone so shared tensors (BEATs' relative bias table) become separate entries safetensors accepts.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    blob = save(state, metadata={"name": info.name, "arch": getattr(model, "arch", info.arch)})
+    _atomic_write(wd / info.file, blob)
+    done = ModelInfo(**{**info.to_dict(),
+                        "arch": getattr(model, "arch", info.arch),
+                        "config": getattr(model, "config", info.config),
+                        "sha256": hashlib.sha256(blob).hexdigest(),
+                        "n_params": count_params(model),
+                        "sample_rate": int(getattr(model, "sample_rate", info.sample_rate)),
+                        "created": info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    data = _read_manifest(wd)
+    data["format_version"] = FORMAT_VERSION
+    data["models"][done.name] = done.to_dict()
+    _atomic_write(wd / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    return done
