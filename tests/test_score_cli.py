@@ -61,10 +61,10 @@ def test_bad_files_get_error_rows_and_exit_1(tmp_path: Path):
     code, output = run("score", str(root), "--out", str(out), "--quiet")
     assert code == 1, output
     table = read_table(out)
-    status = dict(zip(table["file"], table["status"]))
+    status = dict(zip(table["file"], table["status"], strict=True))
     assert status == {"good.wav": "ok", "corrupt.wav": "error", "empty.flac": "error", "silent.wav": "error",
                       "text.mp3": "error"}
-    errors = dict(zip(table["file"], table["error"]))
+    errors = dict(zip(table["file"], table["error"], strict=True))
     assert "silent" in errors["silent.wav"]
     assert all(errors[name] for name in ("corrupt.wav", "empty.flac", "text.mp3"))
     assert "Traceback" not in output
