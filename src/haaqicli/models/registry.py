@@ -292,3 +292,37 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
     data["models"][done.name] = done.to_dict()
     _atomic_write(wd / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     return done
+
+
+def measure_throughput(model: nn.Module, batch: int = 16, window_s: float = WINDOW_SECONDS,
+                       threads: int | None = 2, repeats: int = 3, device: str | torch.device = "cpu"
+                       ) -> dict[str, float]:
+    """Best-of-`repeats` inference time for a batch of `window_s` windows (fbank included), as
+    {"ms_per_window", "realtime_factor"}; the speed targets are for threads=2, batch 16, 6 s @ 24 kHz."""
+    import time
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+        sr = int(getattr(model, "sample_rate", MODEL_SAMPLE_RATE))
+        gen = torch.Generator().manual_seed(0)
+        x = (0.1 * torch.randn(batch, round(window_s * sr), generator=gen)).to(dev)
+        ag = torch.full((batch, 8), 30.0, device=dev)
+        model = model.to(dev).eval()
+        best = float("inf")
+        with torch.inference_mode():
+            model(x, ag)
+            for _ in range(max(1, repeats)):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                model(x, ag)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    ms = best / batch * 1e3
+    return {"ms_per_window": ms, "realtime_factor": window_s * 1e3 / ms}

@@ -1,0 +1,149 @@
+"""Differentiable HAAQI predictor for use inside other PyTorch code (e.g. as a training loss).
+
+    from haaqicli.api import HAAQIPredictor, haaqi_loss
+    predictor = HAAQIPredictor.from_pretrained("distilled")
+    score = predictor(waveform, audiogram, sample_rate=44100)   # (B,), differentiable w.r.t. waveform
+
+Level convention (CONTRACTS): model input RMS 0.1 is heard at 65 dB SPL. With `spl=None` the waveform is
+taken as already calibrated; with `spl=S` every item is rescaled (differentiably) to RMS 0.1*10**((S-65)/20).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
+from haaqicli.errors import AudioError, ModelError
+from haaqicli.models.registry import ModelInfo, load_model
+
+# The last partial window is scored only if at least this long (unless it is the only one), as in the engine.
+MIN_LAST_WINDOW_S = 0.5
+
+
+def plan_windows(n: int, win: int, hop: int, min_last: int) -> list[tuple[int, int]]:
+    """[(start, end)] sample ranges: full windows every `hop`, plus the tail if it adds >= min_last samples."""
+    if n <= win:
+        return [(0, n)]
+    starts = list(range(0, n - win + 1, hop))
+    spans = [(s, s + win) for s in starts]
+    tail_start = starts[-1] + hop
+    if spans[-1][1] < n and n - tail_start >= min_last:
+        spans.append((tail_start, n))
+    return spans
+
+
+class HAAQIPredictor(nn.Module):
+    """Wraps a HAAQI-Net-style model: resampling, level normalisation, windowing, length-weighted average."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo | None = None, window_s: float = WINDOW_SECONDS,
+                 hop_s: float = HOP_SECONDS, freeze: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.info = info
+        self.window_s, self.hop_s = float(window_s), float(hop_s)
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ModelError("HAAQIPredictor: window_s and hop_s must be positive")
+        if freeze:
+            # Used as a loss/metric: gradients go to the input, never into the predictor's weights.
+            self.model.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, name: str = "distilled", device: str | torch.device = "cpu",
+                        weights_dir: str | Path | None = None, beats_checkpoint: str | Path | None = None,
+                        **kwargs) -> HAAQIPredictor:
+        model, info = load_model(name, device=device, beats_checkpoint=beats_checkpoint, weights_dir=weights_dir)
+        return cls(model, info, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None
+                ) -> tuple[Tensor, Tensor]:
+        """-> (wave (B, T') at the model rate and level, audiogram (B, 8)) on the model's device."""
+        if waveform.dim() == 1:
+            waveform = waveform.unsqueeze(0)
+        if waveform.dim() != 2:
+            raise AudioError(f"waveform must be (T,) or (B, T) mono, got shape {tuple(waveform.shape)}")
+        audiogram = torch.as_tensor(audiogram, dtype=torch.float32)
+        if audiogram.dim() == 1:
+            audiogram = audiogram.unsqueeze(0)
+        n_ag = len(AUDIOGRAM_FREQUENCIES)
+        if audiogram.shape[-1] != n_ag:
+            raise ModelError(f"audiogram must have {n_ag} values (dB HL at {AUDIOGRAM_FREQUENCIES} Hz)")
+        b = waveform.shape[0]
+        if audiogram.shape[0] == 1 and b > 1:
+            audiogram = audiogram.expand(b, -1)
+        if audiogram.shape[0] != b:
+            raise ModelError(f"audiogram batch {audiogram.shape[0]} does not match waveform batch {b}")
+        if sample_rate <= 0:
+            raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+        dev = self.device
+        x = waveform.to(dev, torch.float32)
+        if int(sample_rate) != self.sample_rate:
+            x = AF.resample(x, int(sample_rate), self.sample_rate)
+        if spl is not None:
+            target = REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20)
+            rms = x.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
+            x = x * (target / rms)
+        return x, audiogram.to(dev)
+
+    def window_scores(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None
+                      ) -> tuple[list[tuple[int, int]], Tensor]:
+        """-> ([(start, end)] in model-rate samples, clip score per window (B, n_windows))."""
+        x, ag = self.prepare(waveform, audiogram, sample_rate, spl)
+        sr = self.sample_rate
+        win, hop = round(self.window_s * sr), round(self.hop_s * sr)
+        spans = plan_windows(x.shape[-1], win, hop, round(MIN_LAST_WINDOW_S * sr))
+        b = x.shape[0]
+        scores: list[Tensor] = []
+        full = [s for s in spans if s[1] - s[0] == win]
+        if full:
+            # All full windows of all items in one batch.
+            chunk = torch.stack([x[:, s:e] for s, e in full], dim=1).reshape(b * len(full), win)
+            out = self.model(chunk, ag.repeat_interleave(len(full), dim=0))
+            scores.append(out.clip.view(b, len(full)))
+        rest = [s for s in spans if s[1] - s[0] != win]
+        for s, e in rest:
+            scores.append(self.model(x[:, s:e], ag).clip.view(b, 1))
+        return full + rest, torch.cat(scores, dim=1)
+
+    def forward(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None) -> Tensor:
+        """Predicted HAAQI (B,) in [0, 1]: window scores averaged with weights = window length."""
+        spans, scores = self.window_scores(waveform, audiogram, sample_rate, spl)
+        w = torch.tensor([e - s for s, e in spans], dtype=scores.dtype, device=scores.device)
+        return (scores * w).sum(-1) / w.sum()
+
+
+_DEFAULT: dict[tuple[str, str], HAAQIPredictor] = {}
+
+
+def haaqi_loss(waveform: Tensor, audiogram: Tensor, sample_rate: int, *, predictor: HAAQIPredictor | None = None,
+               spl: float | None = None, reduction: str = "mean") -> Tensor:
+    """1 - predicted HAAQI; `reduction` in mean | sum | none. Without `predictor`, the registered
+    "distilled" model is loaded once (on the waveform's device) and reused."""
+    if predictor is None:
+        key = ("distilled", str(waveform.device))
+        if key not in _DEFAULT:
+            _DEFAULT[key] = HAAQIPredictor.from_pretrained("distilled", device=waveform.device)
+        predictor = _DEFAULT[key]
+    loss = 1.0 - predictor(waveform, audiogram, sample_rate, spl)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ModelError(f"haaqi_loss: reduction must be mean, sum or none, not {reduction!r}")
+
+
+__all__ = ["HAAQIPredictor", "haaqi_loss", "plan_windows"]

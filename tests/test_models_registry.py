@@ -1,0 +1,107 @@
+"""Registry: manifest round trip, sha256 verification, device resolution, --beats-checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from haaqicli.errors import ModelError
+from haaqicli.models.haaqinet import HAAQINet
+from haaqicli.models.registry import (
+    ModelInfo,
+    get_info,
+    list_models,
+    load_model,
+    resolve_device,
+    save_model,
+    sha256_file,
+)
+from haaqicli.models.student import StudentNet
+
+ENC = dict(encoder_layers=2, embed_dim=32, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+           encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, relative_position_embedding=True,
+           num_buckets=32, max_distance=64, gru_rel_pos=True, deep_norm=True, sample_rate=24000)
+HEAD = dict(d_adapter=24, d_audiogram=8, lstm_hidden=16, attn_heads=2, dropout=0.0)
+S_ENC = dict(conv_channels=[8, 16], encoder_layers=2, encoder_embed_dim=24, encoder_ffn_embed_dim=48,
+             encoder_attention_heads=2, conv_pos=8, conv_pos_groups=4)
+
+
+def _save_teacher(tmp_path) -> tuple[HAAQINet, ModelInfo]:
+    torch.manual_seed(0)
+    model = HAAQINet(ENC, HEAD).eval()
+    info = ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors",
+                     training={"clips": 10}, metrics={"val_lcc": 0.5})
+    return model, save_model(model, info, tmp_path)
+
+
+def test_manifest_round_trip(tmp_path) -> None:
+    model, info = _save_teacher(tmp_path)
+    student = StudentNet(S_ENC, HEAD, {"teacher_dim": 32, "targets": [[1, 1], [2, 2]]})
+    save_model(student, ModelInfo(name="distilled", arch="", config={}, file="distilled.safetensors"), tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"teacher", "distilled"} and manifest["format_version"] == 1
+    assert info.sha256 == sha256_file(tmp_path / "teacher.safetensors")
+    assert info.n_params == sum(p.numel() for p in model.parameters()) and info.created
+    assert [m.name for m in list_models(tmp_path)] == ["distilled", "teacher"]
+    assert get_info("distilled", tmp_path).arch == "haaqinet-student"
+    loaded, linfo = load_model("teacher", weights_dir=tmp_path)
+    assert not loaded.training and linfo.metrics == {"val_lcc": 0.5}
+    w, ag = 0.1 * torch.randn(2, 24000), torch.full((2, 8), 40.0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(w, ag).clip, model(w, ag).clip)
+    # Shared relative-bias table is tied again after loading.
+    layers = loaded.encoder.encoder.layers
+    assert layers[0].self_attn.relative_attention_bias is layers[1].self_attn.relative_attention_bias
+    s_loaded, _ = load_model("distilled", weights_dir=tmp_path)
+    assert isinstance(s_loaded, StudentNet)
+
+
+def test_sha256_mismatch_and_missing_file(tmp_path) -> None:
+    _save_teacher(tmp_path)
+    path = tmp_path / "teacher.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="teacher.safetensors: sha256 mismatch") as e:
+        load_model("teacher", weights_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    path.unlink()
+    with pytest.raises(ModelError, match="weights file missing"):
+        load_model("teacher", weights_dir=tmp_path)
+    with pytest.raises(ModelError, match="no model named 'nope'"):
+        load_model("nope", weights_dir=tmp_path)
+
+
+def test_bad_manifest_is_one_line_error(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable manifest"):
+        list_models(tmp_path)
+    assert list_models(tmp_path / "empty") == []
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ModelError, match="--device tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_beats_checkpoint_option(tmp_path) -> None:
+    model, _ = _save_teacher(tmp_path)
+    # An "official" checkpoint whose shapes fit our head: encoder weights come from it, head from ours.
+    ckpt_model = HAAQINet(ENC, HEAD).encoder
+    torch.save({"cfg": ckpt_model.cfg.to_dict(), "model": ckpt_model.state_dict()}, tmp_path / "beats.pt")
+    loaded, info = load_model("teacher", weights_dir=tmp_path, beats_checkpoint=tmp_path / "beats.pt")
+    torch.testing.assert_close(loaded.head.frame_proj.weight, model.head.frame_proj.weight)
+    torch.testing.assert_close(loaded.encoder.patch_embedding.weight, ckpt_model.patch_embedding.weight)
+    assert "beats.pt" in info.name
+    # A checkpoint of another size needs its own head.
+    other = HAAQINet({**ENC, "encoder_layers": 3}, HEAD).encoder
+    torch.save({"cfg": other.cfg.to_dict(), "model": other.state_dict()}, tmp_path / "big.pt")
+    with pytest.raises(ModelError, match="train a head for it"):
+        load_model("teacher", weights_dir=tmp_path, beats_checkpoint=tmp_path / "big.pt")
