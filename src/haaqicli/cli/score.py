@@ -178,9 +178,13 @@ def models(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from haaqicli.models.registry import list_models
+    from haaqicli.models.registry import default_weights_dir, list_models
 
     infos = list_models()
+    folder = default_weights_dir()
+    if not infos and not as_json:
+        click.echo(f"no models registered in {folder / 'manifest.json'}")
+        return
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
         return
@@ -188,12 +192,12 @@ def models(as_json: bool) -> None:
     for column in ("model", "arch", "parameters", "file MB", "LCC", "SRCC", "MSE", "sha256"):
         view.add_column(column)
     for info in infos:
-        metrics = info.metrics.get("validation", info.metrics)
+        metrics = info.metrics.get("valid", info.metrics.get("dev", {}))
         view.add_row(
             info.name,
             info.arch,
             f"{info.n_params / 1e6:.2f} M",
-            f"{info.file_bytes / 1e6:.1f}",
+            f"{(folder / info.file).stat().st_size / 1e6:.1f}" if (folder / info.file).exists() else "missing",
             _metric(metrics, "lcc"),
             _metric(metrics, "srcc"),
             _metric(metrics, "mse", ".4f"),
