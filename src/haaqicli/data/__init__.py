@@ -1,0 +1,1 @@
+"""Training data: corpus packages, degradations, audiogram sampling, manifest and labels."""
