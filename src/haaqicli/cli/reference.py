@@ -1,0 +1,58 @@
+"""`haaqi reference`: exact (intrusive) HAAQI of processed audio against references."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from haaqicli.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    one_line_errors,
+    output_options,
+    profile_option,
+    quiet_option,
+    spl_option,
+)
+
+
+@click.command()
+@click.option("--pairs", "pairs_csv", type=click.Path(dir_okay=False), default=None,
+              help="CSV with columns reference,processed (paths relative to the CSV).")
+@click.option("--reference", "dirs", nargs=2, type=click.Path(file_okay=False), default=None,
+              metavar="REF_DIR PROCESSED_DIR", help="Pair files of two folders by relative path.")
+@profile_option
+@spl_option
+@click.option("--mix", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True,
+              help="stereo: left channel with left audiogram, right with right; mono: downmix.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Parallel pairs.")
+@output_options
+@quiet_option
+@one_line_errors
+def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
+              mix: str, workers: int, out: str | None, report: str | None, quiet: bool) -> None:
+    """Exact HAAQI for (reference, processed) pairs, per profile and ear.
+
+    Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
+    """
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference.pairs import pair_directories, read_pairs_csv, score_pairs
+
+    if (pairs_csv is None) == (dirs is None):
+        raise click.UsageError("give exactly one of --pairs CSV or --reference REF_DIR PROCESSED_DIR")
+    loaded = resolve_profiles(profiles)
+    pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
+    table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet)
+    if out:
+        from haaqicli.tables import write_table
+
+        write_table(table, out)
+    if report:
+        from haaqicli.report import write_report
+
+        write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report")
+    if not quiet or not out:
+        with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 40):
+            click.echo(table[["processed", "profile", "ear", "score", "status", "error"]].to_string(index=False))
+    sys.exit(EXIT_SOME_FAILED if (table["status"] != "ok").any() else EXIT_OK)

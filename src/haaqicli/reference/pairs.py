@@ -1,0 +1,136 @@
+"""Score (reference, processed) file pairs with the exact HAAQI, one row per pair x profile x ear."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from haaqicli.errors import AudioError, HaaqiError
+
+PAIR_COLUMNS = [
+    "processed", "reference", "profile", "ear", "score", "status", "error",
+    "delay_s", "duration_s", "sample_rate",
+]
+
+
+def read_pairs_csv(path: str | Path) -> list[tuple[Path, Path]]:
+    """Pairs from a CSV with `reference` and `processed` columns (paths relative to the CSV's folder)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip().lower() for f in reader.fieldnames or []]
+            if "reference" not in fields or "processed" not in fields:
+                raise HaaqiError(f"{path}: needs columns 'reference' and 'processed', found {fields}")
+            pairs = []
+            for line, row in enumerate(reader, start=2):
+                row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                if not row["reference"] or not row["processed"]:
+                    raise HaaqiError(f"{path}:{line}: empty reference or processed path")
+                pairs.append((path.parent / row["reference"], path.parent / row["processed"]))
+    except OSError as error:
+        raise HaaqiError(f"{path}: cannot read pairs CSV ({error.strerror})") from error
+    if not pairs:
+        raise HaaqiError(f"{path}: no pairs listed")
+    return pairs
+
+
+def pair_directories(reference_dir: str | Path, processed_dir: str | Path) -> list[tuple[Path | None, Path | None]]:
+    """Pair files by relative path (extension ignored); an unmatched file pairs with None."""
+    from haaqicli.audio import discover
+
+    def index(root: str | Path) -> dict[str, Path]:
+        if not Path(root).is_dir():
+            raise HaaqiError(f"{root}: not a directory")
+        return {str(Path(f.relative).with_suffix("")): f.path for f in discover([root])}
+
+    refs, procs = index(reference_dir), index(processed_dir)
+    keys = sorted(set(refs) | set(procs))
+    return [(refs.get(k), procs.get(k)) for k in keys]
+
+
+def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
+               mix: str = "stereo", seed: int = 0) -> list[dict[str, Any]]:
+    """Rows for one pair; any failure becomes error rows (the batch goes on)."""
+    from haaqicli.audio import decode, resample
+    from haaqicli.reference.align import align
+    from haaqicli.reference.haaqi import compute_haaqi
+
+    base = {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
+            "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan}
+
+    def failed(message: str) -> list[dict[str, Any]]:
+        return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message}
+                for p in profiles]
+
+    if reference is None:
+        return failed("no matching reference file")
+    if processed is None:
+        return failed("no matching processed file")
+    try:
+        ref, sr = decode(reference)
+        proc, proc_sr = decode(processed)
+        if proc_sr != sr:
+            proc = resample(proc, proc_sr, sr)
+        base["sample_rate"] = sr
+        if mix == "mono" or ref.shape[0] == 1 or proc.shape[0] == 1:
+            ref_ch, proc_ch = [ref.mean(axis=0)], [proc.mean(axis=0)]
+        else:
+            ref_ch, proc_ch = [ref[0], ref[1]], [proc[0], proc[1]]
+        ears = ["both"] if len(ref_ch) == 1 else ["left", "right"]
+        # one delay for the pair, estimated on the channel mix
+        delay, _, _ = align(ref.mean(axis=0), proc.mean(axis=0), sr)
+        base["delay_s"] = delay / sr
+        rows = []
+        # reference presented at `spl`: RMS over all reference channels together
+        level1 = spl - 20 * np.log10(np.sqrt(np.mean(np.asarray(ref, dtype=np.float64) ** 2)))
+        for ear, r, p in zip(ears, ref_ch, proc_ch, strict=True):
+            r = np.asarray(r, dtype=np.float64)
+            p = np.asarray(p, dtype=np.float64)
+            if delay >= 0:
+                r, p = r, p[delay:]
+            else:
+                r, p = r[-delay:], p
+            n = min(len(r), len(p))
+            r, p = r[:n], p[:n]
+            base["duration_s"] = n / sr
+            for profile in profiles:
+                sides = ["left", "right"] if ear == "both" else [ear]
+                scores = [compute_haaqi(p, r, sr, sr, profile.ear(side), 1, level1, seed=seed) for side in sides]
+                rows.append({**base, "profile": profile.name, "ear": ear, "score": float(np.mean(scores)),
+                             "status": "ok", "error": ""})
+        return rows
+    except (HaaqiError, ValueError, RuntimeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not isinstance(error, AudioError) or str(processed) not in message and str(reference) not in message:
+            message = f"{processed.name if processed else ''}: {message}"
+        return failed(message)
+
+
+def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
+                mix: str = "stereo", workers: int = 1, progress: bool = False) -> pd.DataFrame:
+    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised)."""
+    if mix not in ("stereo", "mono"):
+        raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
+    jobs = list(pairs)
+    if workers > 1 and len(jobs) > 1:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=workers, verbose=5 if progress else 0)(
+            delayed(score_pair)(r, p, profiles, spl, mix) for r, p in jobs
+        )
+    else:
+        results = []
+        for i, (r, p) in enumerate(jobs):
+            results.append(score_pair(r, p, profiles, spl, mix))
+            if progress:
+                print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
+        if progress and jobs:
+            print()
+    rows = [row for result in results for row in result]
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)

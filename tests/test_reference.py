@@ -1,0 +1,124 @@
+"""Fast tests of the exact HAAQI pieces, alignment, pair scoring and the CLI (no pyclarity needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from haaqicli import synth
+from haaqicli.errors import AudioError, ProfileError
+from haaqicli.reference import compute_haaqi, haaqi_loss
+from haaqicli.reference.align import align
+from haaqicli.reference.haaqi import env_smooth
+
+SR = 24000
+NORMAL = np.zeros(8)
+LOSS = np.array([10, 15, 20, 30, 35, 40, 50, 60.0])
+
+
+@pytest.fixture(scope="module")
+def ref() -> np.ndarray:
+    return synth.music(1.0, SR, seed=5)[0].astype(np.float64)
+
+
+def _level1(x: np.ndarray) -> float:
+    return 65 - 20 * np.log10(np.sqrt(np.mean(x**2)))
+
+
+def test_loss_drops_3k_and_8k() -> None:
+    assert np.allclose(haaqi_loss(LOSS), [10, 15, 20, 30, 40, 50])
+    with pytest.raises(ProfileError):
+        haaqi_loss([1, 2, 3])
+
+
+def test_identical_signals_score_near_one(ref: np.ndarray) -> None:
+    # equalisation=2: no NAL-R on the reference, so identical inputs are identical at the ear
+    score = compute_haaqi(ref, ref, SR, SR, NORMAL, 2, _level1(ref))
+    assert score > 0.98
+
+
+def test_noise_lowers_score_and_more_noise_lowers_more(ref: np.ndarray) -> None:
+    clean = compute_haaqi(ref, ref, SR, SR, LOSS, 2, _level1(ref))
+    light = compute_haaqi(synth.add_noise(ref, 20).astype(float), ref, SR, SR, LOSS, 2, _level1(ref))
+    heavy = compute_haaqi(synth.add_noise(ref, 0).astype(float), ref, SR, SR, LOSS, 2, _level1(ref))
+    assert clean > light > heavy
+    assert 0.0 <= heavy < 0.5
+
+
+def test_deterministic_with_seed(ref: np.ndarray) -> None:
+    proc = synth.lowpass(ref, SR, 3000).astype(float)
+    a = compute_haaqi(proc, ref, SR, SR, LOSS, 1, _level1(ref), seed=3)
+    b = compute_haaqi(proc, ref, SR, SR, LOSS, 1, _level1(ref), seed=3)
+    assert a == b
+
+
+def test_sample_rate_mismatch_handled(ref: np.ndarray) -> None:
+    from scipy.signal import resample_poly
+
+    ref48 = resample_poly(ref, 2, 1)  # the same music at 48 kHz, used as the reference
+    same = compute_haaqi(ref, ref48, SR, 48000, NORMAL, 2, _level1(ref48))
+    assert same > 0.95
+
+
+def test_bad_inputs_raise(ref: np.ndarray) -> None:
+    with pytest.raises(AudioError):
+        compute_haaqi(ref[:100], ref, SR, SR, NORMAL)
+    with pytest.raises(AudioError):
+        compute_haaqi(np.stack([ref, ref]), ref, SR, SR, NORMAL)
+    bad = ref.copy()
+    bad[10] = np.nan
+    with pytest.raises(AudioError):
+        compute_haaqi(bad, ref, SR, SR, NORMAL)
+    with pytest.raises(AudioError):
+        compute_haaqi(ref, np.zeros_like(ref), SR, SR, NORMAL)
+    with pytest.raises(ValueError):
+        compute_haaqi(ref, ref, SR, SR, NORMAL, equalisation=5)
+
+
+def test_env_smooth_constant_is_constant() -> None:
+    out = env_smooth(np.full((3, 2400), 7.0))
+    assert np.allclose(out, 7.0)
+
+
+@pytest.mark.parametrize("delay", [0, 53, -311, 9000])
+def test_align_recovers_delay(ref: np.ndarray, delay: int) -> None:
+    proc = np.concatenate((np.zeros(delay), ref)) if delay >= 0 else ref[-delay:]
+    proc = synth.add_noise(proc, 25).astype(float)
+    found, r, p = align(ref, proc, SR)
+    assert found == delay
+    assert len(r) == len(p)
+    assert np.corrcoef(r, p)[0, 1] > 0.98
+
+
+def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
+    import pandas as pd
+
+    from haaqicli.audio import write_audio
+    from haaqicli.cli.reference import reference
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "proc").mkdir()
+    stereo = np.stack([ref, 0.8 * ref]).astype(np.float32)
+    write_audio(tmp_path / "ref" / "a.wav", stereo, SR)
+    write_audio(tmp_path / "proc" / "a.wav", np.concatenate((np.zeros((2, 240)), stereo), axis=1), SR)
+    write_audio(tmp_path / "ref" / "lonely.wav", stereo, SR)
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(
+        reference, ["--reference", str(tmp_path / "ref"), str(tmp_path / "proc"), "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 1, result.output  # the unmatched file failed, the pair did not
+    table = pd.read_csv(out)
+    ok = table[table.status == "ok"]
+    assert set(ok.ear) == {"left", "right"}
+    assert np.allclose(ok.delay_s, 240 / SR)
+    assert (ok.score > 0.5).all()
+    assert (table[table.status == "error"].error.str.contains("no matching processed")).all()
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("reference,processed\nref/a.wav,proc/a.wav\n")
+    result = CliRunner().invoke(reference, ["--pairs", str(csv), "--mix", "mono", "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(out).ear) == ["both"]
+    result = CliRunner().invoke(reference, ["-q"])
+    assert result.exit_code == 2
