@@ -97,13 +97,13 @@ class Split:
                      self.meta.iloc[index.numpy()].reset_index(drop=True))
 
 
-def load_split(manifest: str | Path, split: str, labelled_only: bool = True) -> Split:
-    """Materialise a split of the manifest into tensors (cached by the data module)."""
-    from haaqicli.data import load_split_arrays
+def load_split(manifest: str | Path, split: str) -> Split:
+    """Materialise the labelled items of a manifest split into tensors (cached by the data module)."""
+    from haaqicli.data.export import load_split_arrays
 
-    waves, audiograms, labels, meta = load_split_arrays(manifest, split, labelled_only=labelled_only)
+    waves, audiograms, labels, meta = load_split_arrays(manifest, split)
     if len(labels) == 0:
-        raise HaaqiError(f"{manifest}: no {'labelled ' if labelled_only else ''}items in split {split!r}")
+        raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)),
                  torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
                  torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
@@ -265,15 +265,15 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
 
 
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Distil the student from the registered teacher. Unlabelled training items take part too
-    (teacher targets only); labelled ones also pull the student to the true label."""
+    """Distil the student from the registered teacher: the teacher's hidden layers and outputs are
+    the main targets; the true label (where known) is an extra term."""
     from haaqicli.models.registry import STUDENT_CONFIG, build_model, load_model
     from haaqicli.models.student import distillation_loss
 
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
-    data = load_split(config.manifest, "train", labelled_only=False)
+    data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
     labelled = ~torch.isnan(data.labels).numpy()
     train, dev = data.subset(~mask), data.subset(mask & labelled)
