@@ -105,3 +105,12 @@ def test_beats_checkpoint_option(tmp_path) -> None:
     torch.save({"cfg": other.cfg.to_dict(), "model": other.state_dict()}, tmp_path / "big.pt")
     with pytest.raises(ModelError, match="train a head for it"):
         load_model("teacher", weights_dir=tmp_path, beats_checkpoint=tmp_path / "big.pt")
+
+
+def test_measure_throughput_restores_threads() -> None:
+    from haaqicli.models.registry import measure_throughput
+
+    before = torch.get_num_threads()
+    r = measure_throughput(HAAQINet(ENC, HEAD), batch=2, window_s=0.5, threads=1, repeats=1)
+    assert r["ms_per_window"] > 0 and r["realtime_factor"] > 0
+    assert torch.get_num_threads() == before

@@ -47,7 +47,7 @@ TEACHER_CONFIG: dict[str, Any] = {
         "layer_norm_first": False, "deep_norm": True,
         "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
         "encoder_layerdrop": 0.0, "dropout_input": 0.0,
-        "conv_pos": 128, "conv_pos_groups": 16,
+        "conv_pos": 64, "conv_pos_groups": 16,
         "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True,
         "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
         "fbank_mean": 15.41663, "fbank_std": 6.55582,
