@@ -193,7 +193,7 @@ def fit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             state["step"] += 1
-            running += float(loss)
+            running += float(loss.detach())
             count += 1
             if config.max_minutes and (time.time() - started) / 60 > config.max_minutes:
                 out_of_time = True
