@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from haaqicli.cli import main
 from haaqicli.tables import SCORE_COLUMNS, read_table
-from tests.conftest import write_music
+from conftest import write_music
 
 pytestmark = pytest.mark.usefixtures("use_tiny_weights")
 

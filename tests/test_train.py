@@ -11,7 +11,7 @@ import torch
 
 from haaqicli import synth, train
 from haaqicli.models.registry import get_info, load_model
-from tests.conftest import TINY_TEACHER, tiny_student_config
+from conftest import TINY_TEACHER, tiny_student_config
 
 
 def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.Split:
