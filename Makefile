@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install system-deps test lint bench corpus dataset labels train distill evaluate clean
+.PHONY: install system-deps test lint bench corpus dataset labels train distill evaluate models clean
 
 install: system-deps $(BIN)/python
 	$(PIP) torch==2.11.0 torchaudio==2.11.0
@@ -28,11 +28,30 @@ lint:
 bench:
 	$(BIN)/haaqi bench
 
+# The training pipeline (see weights/MODEL_CARD.md): corpus -> manifest -> labels -> models.
+MANIFEST ?= data/manifest.parquet
+WORKERS  ?= 2
+
 corpus:
 	bash scripts/install-corpus.sh
 
 dataset:
-	$(BIN)/haaqi dataset build
+	$(BIN)/haaqi dataset build --manifest $(MANIFEST)
+
+labels:
+	$(BIN)/haaqi dataset label --manifest $(MANIFEST) --workers $(WORKERS)
+	$(BIN)/haaqi dataset stats --manifest $(MANIFEST)
+
+train:
+	$(BIN)/haaqi train --manifest $(MANIFEST)
+
+distill:
+	$(BIN)/haaqi distill --manifest $(MANIFEST)
+
+evaluate:
+	$(BIN)/haaqi evaluate --manifest $(MANIFEST)
+
+models: train distill evaluate
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

@@ -35,7 +35,7 @@ def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.S
 
 @pytest.fixture()
 def fake_data(monkeypatch):
-    data = {"train": synthetic_split(24), "valid": synthetic_split(12, seed=1)}
+    data = {"train": synthetic_split(24), "validation": synthetic_split(12, seed=1)}
     monkeypatch.setattr(train, "load_split", lambda manifest, split: data[split])
     monkeypatch.setattr(train, "dev_mask", lambda meta, fraction=0.06: (meta["source"] == "track0").to_numpy())
     return data
@@ -102,7 +102,7 @@ def test_distil_and_evaluate(fake_data, tmp_path):
     assert info["training"]["teacher_sha256"] == get_info("teacher", weights).sha256
     student, _ = load_model("distilled", weights_dir=weights)
     assert student.arch == "haaqinet-student"
-    result = train.evaluate_model("distilled", "unused.parquet", "valid", weights_dir=weights, device="cpu")
+    result = train.evaluate_model("distilled", "unused.parquet", "validation", weights_dir=weights, device="cpu")
     assert result["overall"]["n"] == 12
     assert set(result["by_degradation"]) == {"lowpass2000", "lowpass4000", "lowpass8000"}
     text = train.format_evaluation(result)

@@ -305,7 +305,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
 def evaluate_model(
     name: str,
     manifest: str | Path,
-    split: str = "valid",
+    split: str = "validation",
     weights_dir: str | None = None,
     device: str = "auto",
     batch_size: int = 32,

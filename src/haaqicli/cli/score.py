@@ -192,7 +192,7 @@ def models(as_json: bool) -> None:
     for column in ("model", "arch", "parameters", "file MB", "LCC", "SRCC", "MSE", "sha256"):
         view.add_column(column)
     for info in infos:
-        metrics = info.metrics.get("valid", info.metrics.get("dev", {}))
+        metrics = info.metrics.get("validation", info.metrics.get("dev", {}))
         view.add_row(
             info.name,
             info.arch,

@@ -76,7 +76,7 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
 @click.command()
 @click.option("--model", "names", multiple=True, default=("teacher", "distilled"), show_default=True)
 @click.option("--manifest", default="data/manifest.parquet", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--split", default="valid", show_default=True)
+@click.option("--split", default="validation", show_default=True)
 @click.option("--weights-dir", default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write JSON.")
