@@ -254,27 +254,27 @@ def test_channel_rms_and_presentation_gain() -> None:
 # ------------------------------------------------------------------------------------ windows
 
 
-def test_windows_count_overlap_and_partial_tail() -> None:
+def test_windows_count_overlap_and_last_window_ends_at_the_end() -> None:
     sr = 8000
     x = np.arange(int(10.6 * sr), dtype=np.float32)[None, :] / 1e6
     windows = list(iter_windows(ArraySource(x, sr), 6.0, 4.5, block_frames=777))
-    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 6.0), (4.5, 10.5), (9.0, 10.6)]
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 6.0), (4.5, 10.5), (4.6, 10.6)]
     for w in windows:  # exact samples, native rate
         start = int(w.start_s * sr)
         np.testing.assert_array_equal(w.samples, x[:, start : int(round(w.end_s * sr))])
         assert w.sample_rate == sr
 
 
-def test_windows_short_file_single_window_and_tiny_tail_skipped() -> None:
+def test_windows_short_file_single_window_and_all_windows_full_length() -> None:
     sr = 8000
     short = ArraySource(np.ones((2, int(0.3 * sr)), np.float32), sr)
     windows = list(iter_windows(short, 6.0, 4.5))
     assert len(windows) == 1 and windows[0].samples.shape == (2, int(0.3 * sr))
     exact = ArraySource(np.ones((1, 12 * sr + int(0.2 * sr)), np.float32), sr)
     spans = [(w.start_s, w.end_s) for w in iter_windows(exact, 6.0, 6.0)]
-    assert spans == [(0.0, 6.0), (6.0, 12.0)]  # 0.2 s tail < 0.5 s dropped
+    assert spans == [(0.0, 6.0), (6.0, 12.0), (6.2, 12.2)]  # the 0.2 s tail is covered by a full window
     gaps = [(w.start_s, w.end_s) for w in iter_windows(ArraySource(np.ones((1, 10 * sr), np.float32), sr), 2.0, 3.0)]
-    assert gaps == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0), (9.0, 10.0)]
+    assert gaps == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0), (8.0, 10.0)]
 
 
 class _LongSynthetic:
@@ -303,8 +303,9 @@ def test_windows_bounded_memory_on_two_hour_stream() -> None:
         last = window
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    # 7200 s: 1599 full windows (last ends at 7197 s) plus the 4.5 s tail from 7195.5 s.
+    # 7200 s: 1599 windows every 4.5 s (the last ends at 7197 s) plus one ending at 7200 s.
     assert count == 1600 and last is not None and last.end_s == pytest.approx(7200.0)
+    assert last.samples.shape == (2, 6 * 48000)
     window_bytes = 2 * 6 * 48000 * 4
     assert peak < 6 * window_bytes  # a few windows' worth, not 2 hours (2.7 GB)
 
@@ -320,7 +321,7 @@ def test_windows_stream_a_ten_minute_file(tmp_path: Path) -> None:
     windows = list(iter_windows(source, 6.0, 4.5))
     assert len(windows) == 133  # full windows start at 0, 4.5, ..., 594 s; the last ends at 600 s
     assert windows[-1].end_s == pytest.approx(600.0)
-    assert all(w.samples.shape == (1, 6 * sr) for w in windows[:-1])
+    assert all(w.samples.shape == (1, 6 * sr) for w in windows)
 
 
 @needs_ffmpeg

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from haaqicli.engine import aggregate, ears_for, plan_windows, stitch_timeline
+from haaqicli.audio import plan_windows
+from haaqicli.engine import aggregate, ears_for, stitch_timeline
 
 
 def test_windows_are_full_length_and_cover_the_file():
     sr = 1000
-    plan = plan_windows(n_frames=20_500, sample_rate=sr, window_s=6.0, hop_s=4.5)
+    plan = plan_windows(20_500, 6 * sr, int(4.5 * sr))
     assert plan[0][0] == 0
     assert plan[-1][1] == 20_500  # last window ends at the end of the file
     assert all(end - start == 6000 for start, end in plan)
@@ -18,14 +19,14 @@ def test_windows_are_full_length_and_cover_the_file():
 
 
 def test_short_file_is_one_window_and_exact_fit_is_one_window():
-    assert plan_windows(2500, 1000, 6.0, 4.5) == [(0, 2500)]
-    assert plan_windows(6000, 1000, 6.0, 4.5) == [(0, 6000)]
+    assert plan_windows(2500, 6000, 4500) == [(0, 2500)]
+    assert plan_windows(6000, 6000, 4500) == [(0, 6000)]
     # exactly one hop beyond: no duplicate final window
-    assert plan_windows(10_500, 1000, 6.0, 4.5) == [(0, 6000), (4500, 10_500)]
+    assert plan_windows(10_500, 6000, 4500) == [(0, 6000), (4500, 10_500)]
 
 
 def test_two_hour_file_plan_is_small():
-    plan = plan_windows(2 * 3600 * 48_000, 48_000, 6.0, 4.5)
+    plan = plan_windows(2 * 3600 * 48_000, 6 * 48_000, int(4.5 * 48_000))
     assert len(plan) == pytest.approx(2 * 3600 / 4.5, abs=2)
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from conftest import write_music
 
 from haaqicli.cli import main
 from haaqicli.tables import SCORE_COLUMNS, read_table
-from conftest import write_music
 
 pytestmark = pytest.mark.usefixtures("use_tiny_weights")
 

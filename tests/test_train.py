@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_TEACHER, tiny_student_config
 
 from haaqicli import synth, train
 from haaqicli.models.registry import get_info, load_model
-from conftest import TINY_TEACHER, tiny_student_config
 
 
 def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.Split:

@@ -16,24 +16,10 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from haaqicli.audio import plan_windows
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
 from haaqicli.errors import AudioError, ModelError
 from haaqicli.models.registry import ModelInfo, load_model
-
-# The last partial window is scored only if at least this long (unless it is the only one), as in the engine.
-MIN_LAST_WINDOW_S = 0.5
-
-
-def plan_windows(n: int, win: int, hop: int, min_last: int) -> list[tuple[int, int]]:
-    """[(start, end)] sample ranges: full windows every `hop`, plus the tail if it adds >= min_last samples."""
-    if n <= win:
-        return [(0, n)]
-    starts = list(range(0, n - win + 1, hop))
-    spans = [(s, s + win) for s in starts]
-    tail_start = starts[-1] + hop
-    if spans[-1][1] < n and n - tail_start >= min_last:
-        spans.append((tail_start, n))
-    return spans
 
 
 class HAAQIPredictor(nn.Module):
@@ -103,7 +89,7 @@ class HAAQIPredictor(nn.Module):
         x, ag = self.prepare(waveform, audiogram, sample_rate, spl)
         sr = self.sample_rate
         win, hop = round(self.window_s * sr), round(self.hop_s * sr)
-        spans = plan_windows(x.shape[-1], win, hop, round(MIN_LAST_WINDOW_S * sr))
+        spans = plan_windows(x.shape[-1], win, hop)  # the engine's windows, so API and CLI agree
         b = x.shape[0]
         scores: list[Tensor] = []
         full = [s for s in spans if s[1] - s[0] == win]
@@ -146,4 +132,4 @@ def haaqi_loss(waveform: Tensor, audiogram: Tensor, sample_rate: int, *, predict
     raise ModelError(f"haaqi_loss: reduction must be mean, sum or none, not {reduction!r}")
 
 
-__all__ = ["HAAQIPredictor", "haaqi_loss", "plan_windows"]
+__all__ = ["HAAQIPredictor", "haaqi_loss"]

@@ -514,44 +514,52 @@ class Window:
     sample_rate: int = 0
 
 
-def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float,
-                 min_last_s: float = 0.5, block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[Window]:
-    """Overlapping windows starting every ``hop_s``, streamed with at most window + block frames held.
+def plan_windows(n_frames: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """(start, end) frame ranges of overlapping windows covering ``n_frames``.
 
-    Full windows are emitted while they fit; audio left after the last full window becomes one
-    shorter window starting at the next hop, skipped if shorter than ``min_last_s`` unless it is the
-    only window (a file shorter than ``window_s`` yields exactly one window).
+    Every window has the full length the models were trained on: windows start every ``hop``, and
+    the last one is shifted back to end exactly at the end (overlapping its neighbour more), so no
+    window is ever a short tail. Input shorter than one window is a single short window.
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError("window and hop must be positive")
+    if n_frames <= window:
+        return [(0, n_frames)]
+    starts = list(range(0, n_frames - window + 1, hop))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    return [(start, start + window) for start in starts]
+
+
+def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float,
+                 block_frames: int = DEFAULT_BLOCK_FRAMES) -> Iterator[Window]:
+    """The windows of :func:`plan_windows`, streamed: at most one window plus one block is held,
+    so a 2-hour file needs no more memory than a short one.
+
+    The plan uses the frame count the decoder announced; if it delivers fewer frames (an estimate
+    from a compressed container), the last window is what remains.
     """
     if window_s <= 0 or hop_s <= 0:
         raise ValueError("window_s and hop_s must be positive")
     src = _as_source(source)
     sr = src.info.sample_rate
-    win = max(1, int(round(window_s * sr)))
-    hop = max(1, int(round(hop_s * sr)))
+    plan = plan_windows(src.info.frames, max(1, int(round(window_s * sr))), max(1, int(round(hop_s * sr))))
     buffer = np.zeros((src.info.channels, 0), dtype=np.float32)
     buffer_start = 0  # absolute frame index of buffer[:, 0]
-    next_start = 0
-    emitted = 0
-    covered_to = 0  # absolute end of the last emitted window
-    total = 0
+    index = 0
     for block in src.blocks(block_frames):
-        total += block.shape[1]
         buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
-        while buffer_start + buffer.shape[1] >= next_start + win:
-            offset = next_start - buffer_start
-            if offset >= 0:
-                samples = buffer[:, offset : offset + win].copy()
-                yield Window(next_start / sr, (next_start + win) / sr, samples, sr)
-                emitted += 1
-                covered_to = next_start + win
-            next_start += hop
-            # drop what no future window needs
-            drop = min(max(0, next_start - buffer_start), buffer.shape[1])
-            if drop:
-                buffer = buffer[:, drop:]
-                buffer_start += drop
-    if total > covered_to and next_start < total:
-        offset = next_start - buffer_start
-        samples = buffer[:, max(0, offset) :].copy()
-        if emitted == 0 or samples.shape[1] >= min_last_s * sr:
-            yield Window(next_start / sr, total / sr, samples, sr)
+        while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
+            start, end = plan[index]
+            yield Window(start / sr, end / sr, buffer[:, start - buffer_start : end - buffer_start].copy(), sr)
+            index += 1
+        # Drop what no later window needs.
+        keep_from = plan[index][0] if index < len(plan) else buffer_start + buffer.shape[1]
+        if keep_from > buffer_start:
+            buffer = buffer[:, keep_from - buffer_start :]
+            buffer_start = keep_from
+    if index < len(plan):
+        start = plan[index][0]
+        samples = buffer[:, max(0, start - buffer_start) :]
+        if samples.shape[1] > 0:
+            yield Window(start / sr, (start + samples.shape[1]) / sr, samples.copy(), sr)

@@ -76,44 +76,6 @@ class PreparedFile:
     error: str = ""
 
 
-def plan_windows(n_frames: int, sample_rate: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
-    """Window (start, end) frames covering the file. All windows are full length; the last one is
-    shifted back to end exactly at the end. A file shorter than one window is one short window."""
-    window = int(round(window_s * sample_rate))
-    hop = max(1, int(round(hop_s * sample_rate)))
-    if n_frames <= window:
-        return [(0, n_frames)]
-    starts = list(range(0, n_frames - window + 1, hop))
-    if starts[-1] + window < n_frames:
-        starts.append(n_frames - window)
-    return [(s, s + window) for s in starts]
-
-
-def _read_windows(source: audio.AudioSource, plan: list[tuple[int, int]]) -> Iterator[np.ndarray]:
-    """Yield the planned windows in order, streaming with a rolling buffer (bounded memory)."""
-    buffer = np.zeros((source.info.channels, 0), dtype=np.float32)
-    buffer_start = 0
-    next_window = 0
-    block = max(65536, plan[0][1] - plan[0][0])
-    for chunk in source.blocks(block):
-        buffer = np.concatenate([buffer, chunk], axis=1)
-        while next_window < len(plan) and plan[next_window][1] <= buffer_start + buffer.shape[1]:
-            start, end = plan[next_window]
-            yield buffer[:, start - buffer_start : end - buffer_start]
-            next_window += 1
-        # Drop what no later window needs.
-        keep_from = plan[next_window][0] if next_window < len(plan) else buffer_start + buffer.shape[1]
-        drop = keep_from - buffer_start
-        if drop > 0:
-            buffer = buffer[:, drop:]
-            buffer_start = keep_from
-    if next_window < len(plan):  # decoder delivered fewer frames than announced: take what is there
-        start, _ = plan[next_window]
-        tail = buffer[:, max(0, start - buffer_start) :]
-        if tail.shape[1] > 0:
-            yield tail
-
-
 def ears_for(channels: int, mix: str) -> list[str]:
     """Which ear each scored channel is heard by."""
     if mix == "mono" or channels == 1:
@@ -135,16 +97,18 @@ def prepare_file(
         prepared.channels = info.channels
         rms = audio.overall_rms(audio.channel_rms(source))
         gain = audio.presentation_gain(rms, options.spl)
-        plan = plan_windows(info.frames, info.sample_rate, options.window_s, options.hop_s)
         prepared.ears = ears_for(info.channels, options.mix)
-        windows = []
-        for raw in _read_windows(audio.open_audio(item.path), plan):
+        windows, starts, ends = [], [], []
+        for window in audio.iter_windows(audio.open_audio(item.path), options.window_s, options.hop_s):
+            raw = window.samples
             raw = raw.mean(axis=0, keepdims=True) if len(prepared.ears) == 1 else raw[:2]
             windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, model_sample_rate))
+            starts.append(window.start_s)
+            ends.append(window.end_s)
         length = min(w.shape[1] for w in windows)
         prepared.windows = np.stack([w[:, :length] for w in windows], axis=1).astype(np.float32)
-        prepared.starts_s = np.array([s for s, _ in plan[: len(windows)]], dtype=np.float64) / info.sample_rate
-        prepared.ends_s = np.array([e for _, e in plan[: len(windows)]], dtype=np.float64) / info.sample_rate
+        prepared.starts_s = np.array(starts, dtype=np.float64)
+        prepared.ends_s = np.array(ends, dtype=np.float64)
     except HaaqiError as error:
         prepared.error = str(error)
     except Exception as error:  # a batch never dies because of one file
