@@ -238,8 +238,12 @@ def make_items(track: Track, offset: float, sha: str, config: BuildConfig, n_var
         rng = np.random.default_rng(seed)
         recipe = degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg)
         gram = ag.sample_audiogram(rng)
+        recipe_json = degrade.recipe_to_json(recipe)
+        # The id fingerprints recipe + audiogram, so label shards stay valid across rebuilds
+        # (same id <=> same clip, degradation and listener) even if weights or the corpus change.
+        fingerprint = hashlib.sha1(f"{recipe_json}|{gram.levels}".encode()).hexdigest()[:6]
         rows.append({
-            "item_id": f"{clip_id}-{variant:02d}",
+            "item_id": f"{clip_id}-{variant:02d}-{fingerprint}",
             "clip_id": clip_id,
             "package": track.package,
             "split": split_of(track.package),
@@ -248,7 +252,7 @@ def make_items(track: Track, offset: float, sha: str, config: BuildConfig, n_var
             "offset_s": float(offset),
             "duration_s": float(config.clip_seconds),
             "sample_rate": int(track.sample_rate),
-            "recipe": degrade.recipe_to_json(recipe),
+            "recipe": recipe_json,
             "degradation": degrade.recipe_kind(recipe),
             "audiogram": list(gram.levels),
             "ear": gram.ear,
