@@ -1,5 +1,6 @@
 """Exact, fast intrusive HAAQI (pyclarity-compatible), alignment and reference-based pair scoring."""
 
+from haaqicli.reference.align import align
 from haaqicli.reference.haaqi import compute_haaqi, compute_haaqi_batch, haaqi_loss, haaqi_terms
 
-__all__ = ["compute_haaqi", "compute_haaqi_batch", "haaqi_loss", "haaqi_terms"]
+__all__ = ["align", "compute_haaqi", "compute_haaqi_batch", "haaqi_loss", "haaqi_terms"]
