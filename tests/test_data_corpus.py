@@ -227,3 +227,12 @@ def test_cli_build_stats_and_guard(corpus: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0 and '"items": 12' in result.output
     result = runner.invoke(main, ["dataset", "build", "--corpus", str(corpus), "--package", "openclonk-data"])
     assert result.exit_code == 2 and "reserved" in result.output and "Traceback" not in result.output
+
+
+def test_balance_by_label_caps_each_bin() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([rng.uniform(0.0, 0.1, 50), rng.uniform(0.5, 0.6, 5), [np.nan] * 3])
+    df = pd.DataFrame({"item_id": [str(i) for i in range(len(labels))], "label": labels})
+    out = lab.balance_by_label(df, per_bin=10)
+    assert len(out) == 15 and out["label"].notna().all()
+    assert (out["label"] < 0.1).sum() == 10

@@ -223,3 +223,26 @@ def _export(manifest: str | None, corpus: str | None, split: str, out: str | Non
     click.echo(f"{split}: waves {tuple(waves.shape)}, audiograms {tuple(grams.shape)}, labels {tuple(labels.shape)} "
                f"cached in {out or _data_dir() / 'cache'}")
 
+
+
+@dataset.command()
+@_manifest_option
+@click.option("--per-bin", type=click.IntRange(1), required=True, help="Most labelled items kept per label bin.")
+@click.option("--bins", type=click.IntRange(2, 100), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Balanced manifest to write.")
+def balance(manifest: str | None, per_bin: int, bins: int, seed: int, out: str) -> None:
+    """Keep at most --per-bin labelled items per label bin (flattens the label histogram)."""
+    _balance(manifest, per_bin, bins, seed, out)
+
+
+@one_line_errors
+def _balance(manifest: str | None, per_bin: int, bins: int, seed: int, out: str) -> None:
+    from haaqicli.data.corpus import read_manifest, write_manifest
+    from haaqicli.data.labels import apply_labels, balance_by_label, read_shards, shard_dir
+
+    manifest_path, _ = _paths(manifest, None)
+    df = apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+    balanced = balance_by_label(df, per_bin, n_bins=bins, seed=seed)
+    write_manifest(balanced, Path(out))
+    click.echo(f"wrote {out}: {len(balanced)} of {int(df['label'].notna().sum())} labelled items")
