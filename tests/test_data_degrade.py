@@ -177,7 +177,7 @@ def test_fit_recipe_weights_prefers_kinds_that_fill_gaps() -> None:
     rng = np.random.default_rng(0)
     kinds = ["identity"] * 200 + ["noise"] * 200 + ["codec"] * 200
     labels = np.concatenate([rng.uniform(0.9, 1.0, 200), rng.uniform(0.0, 0.5, 200), rng.uniform(0.5, 0.9, 200)])
-    w = d.fit_recipe_weights(kinds, labels)
+    w = d.fit_recipe_weights(kinds, labels, prior={"identity": 1.0, "noise": 1.0, "codec": 1.0}, strength=0.01)
     assert set(w) == {"identity", "noise", "codec"}
     assert w["noise"] > w["codec"] > w["identity"]
     assert sum(w.values()) == pytest.approx(1.0, abs=1e-3)

@@ -474,11 +474,13 @@ def recipe_from_json(text: str) -> Recipe:
 
 
 def fit_recipe_weights(kinds: Sequence[str], labels: Sequence[float], n_bins: int = 10,
-                       floor: float = 0.01) -> dict[str, float]:
+                       prior: Mapping[str, float] | None = None, strength: float = 1.0,
+                       floor_share: float = 0.5) -> dict[str, float]:
     """Weights per recipe kind whose mixture of pilot label histograms is closest to uniform.
 
-    Non-negative least squares on the per-kind label histograms (each normalised to sum 1); a
-    small floor keeps every kind in the mix so the model still sees it.
+    Non-negative least squares on the per-kind label histograms (each normalised to sum 1),
+    pulled towards the ``prior`` weights with ``strength`` (a small pilot has noisy histograms),
+    and floored at ``floor_share`` of the prior so every kind stays in the mix.
     """
     from scipy.optimize import nnls
 
@@ -487,6 +489,9 @@ def fit_recipe_weights(kinds: Sequence[str], labels: Sequence[float], n_bins: in
     ok = np.isfinite(labels_arr)
     kinds_arr, labels_arr = kinds_arr[ok], labels_arr[ok]
     names = sorted(set(kinds_arr.tolist()))
+    base = dict(RECIPE_WEIGHTS if prior is None else prior)
+    w0 = np.asarray([base.get(n, 1.0 / len(names)) for n in names], dtype=float)
+    w0 /= w0.sum()
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     hists = []
     for name in names:
@@ -494,9 +499,12 @@ def fit_recipe_weights(kinds: Sequence[str], labels: Sequence[float], n_bins: in
         hists.append(h / max(h.sum(), 1))
     a = np.stack(hists, axis=1)  # (bins, kinds)
     target = np.full(n_bins, 1.0 / n_bins)
-    # Extra row asks the weights to sum to one.
-    w, _ = nnls(np.vstack([a, np.ones((1, len(names)))]), np.concatenate([target, [1.0]]))
-    w = np.maximum(w, floor)
+    reg = np.sqrt(strength) * np.eye(len(names))
+    # Rows: histogram match, pull towards the prior, weights sum to one.
+    lhs = np.vstack([a, reg, np.ones((1, len(names)))])
+    rhs = np.concatenate([target, np.sqrt(strength) * w0, [1.0]])
+    w, _ = nnls(lhs, rhs)
+    w = np.maximum(w, floor_share * w0)
     w /= w.sum()
     return {name: round(float(v), 4) for name, v in zip(names, w, strict=True)}
 
