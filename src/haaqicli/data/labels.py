@@ -47,16 +47,22 @@ def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram:
     return float(fn(processed, reference, sr, sr, np.asarray(audiogram, dtype=float), equalisation=1, level1=level1))
 
 
+def _cpu_seconds() -> float:
+    # This process plus finished children (ffmpeg codec runs), so codec items are not under-counted.
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None) -> dict[str, Any]:
-    """Label one manifest row; CPU seconds cover regeneration + HAAQI in this process."""
-    t0 = time.process_time()
+    """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI."""
+    t0 = _cpu_seconds()
     try:
         ref, proc, sr = materialise(item, corpus_dir)
         label = label_pair(ref, proc, sr, item["audiogram"], haaqi_fn)
         error = ""
     except Exception as exc:  # one bad item must not stop a day-long job; the error is recorded
         label, error = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return {"item_id": item["item_id"], "label": label, "label_seconds": time.process_time() - t0, "error": error}
+    return {"item_id": item["item_id"], "label": label, "label_seconds": _cpu_seconds() - t0, "error": error}
 
 
 def read_shards(directory: Path) -> pd.DataFrame:
