@@ -122,3 +122,14 @@ def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
     assert list(pd.read_csv(out).ear) == ["both"]
     result = CliRunner().invoke(reference, ["-q"])
     assert result.exit_code == 2
+
+
+def test_noise_modes(ref: np.ndarray) -> None:
+    proc = synth.lowpass(ref, SR, 2000).astype(float)  # silent upper bands: coherence is noise there
+    fast = compute_haaqi(proc, ref, SR, SR, LOSS, 1, _level1(ref), seed=1)
+    assert fast == compute_haaqi(proc, ref, SR, SR, LOSS, 1, _level1(ref), seed=1)
+    exact = compute_haaqi(proc, ref, SR, SR, LOSS, 1, _level1(ref), seed=1, noise="pyclarity")
+    assert fast != exact  # a different realisation of the same threshold noise...
+    assert abs(fast - exact) < 2e-3  # ...with the same statistics
+    with pytest.raises(ValueError):
+        compute_haaqi(proc, ref, SR, SR, LOSS, noise="gaussian")

@@ -1,10 +1,17 @@
 """Agreement of haaqicli.reference.compute_haaqi with pyclarity's HAAQI (the label oracle).
 
 pyclarity adds Gaussian threshold noise to the basilar-membrane signals from numpy's *global legacy*
-generator (reference first, then processed). We seed it with np.random.seed(seed) and ours draws the
-identical stream from RandomState(seed), so the only differences left are floating-point summation
-order and float32-FFT lag searches: observed |diff| ~1e-8. The asserted thresholds (max 0.01, mean
-0.002) are the project's acceptance targets, far above that, but still fail on any modelling error.
+generator (reference first, then processed). We seed it with np.random.seed(seed); ours with
+noise="pyclarity" draws the identical stream from RandomState(seed), so the only differences left are
+floating-point summation order and float32-FFT lag searches: observed max |diff| ~3e-8.
+
+The default noise="fast" draws a different (float32 ziggurat) realisation of the same noise. The noise
+is 10 dB below threshold, ~95 dB under the BM signal of any tile that counts, so it only matters where
+the processed band is (near) silent and the coherence is noise against signal: a statistic of the noise,
+not its samples. Measured over these 52 cases: max |diff| 3.1e-4, mean |diff| 3.9e-5 (exact mode: 1.5e-8, 6.7e-9).
+
+Both modes are held to the project's acceptance targets (max 0.01, mean 0.002) and the exact mode to a
+much tighter 1e-6 as well, so any modelling error still fails.
 """
 
 from __future__ import annotations
@@ -67,15 +74,18 @@ def _cases():
 
 
 def test_agreement_with_pyclarity() -> None:
-    diffs = []
+    exact, fast = [], []
     for i, sr, ref, proc, levels, eq in _cases():
         level1 = 65.0 - 20.0 * np.log10(np.sqrt(np.mean(ref**2)))
         np.random.seed(i)
         expected = clarity.compute_haaqi(proc, ref, sr, sr, Audiogram(levels=levels), eq, level1)
-        got = compute_haaqi(proc, ref, sr, sr, levels, eq, level1, seed=i)
-        diffs.append(abs(got - expected))
-    diffs = np.array(diffs)
-    print(f"N={len(diffs)} max|diff|={diffs.max():.3g} mean|diff|={diffs.mean():.3g}")
-    assert len(diffs) >= 50
-    assert diffs.max() <= 0.01, diffs
-    assert diffs.mean() <= 0.002
+        exact.append(abs(compute_haaqi(proc, ref, sr, sr, levels, eq, level1, seed=i, noise="pyclarity") - expected))
+        fast.append(abs(compute_haaqi(proc, ref, sr, sr, levels, eq, level1, seed=i) - expected))
+    exact, fast = np.array(exact), np.array(fast)
+    print(f"N={len(exact)} exact: max|diff|={exact.max():.3g} mean|diff|={exact.mean():.3g}; "
+          f"fast: max|diff|={fast.max():.3g} mean|diff|={fast.mean():.3g}")
+    assert len(exact) >= 50
+    assert exact.max() <= 1e-6, exact
+    for diffs in (exact, fast):
+        assert diffs.max() <= 0.01, diffs
+        assert diffs.mean() <= 0.002
