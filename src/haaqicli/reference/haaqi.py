@@ -16,6 +16,7 @@ from scipy.signal import fftconvolve, firwin
 
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 from haaqicli.errors import AudioError, ProfileError
+from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import FS, HAAQI_FREQUENCIES, NOISE_MODES, center_frequencies, ear_model
 
 SILENCE_THRESHOLD = 2.5  # dB SL summed over bands: segments below are ignored
@@ -130,22 +131,42 @@ def spectrum_terms(x_sl: np.ndarray, y_sl: np.ndarray) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- fine-structure term
 
 
-def _segment_stack(sig: np.ndarray, nseg: int, half: int, w: np.ndarray, s0: int, s1: int) -> np.ndarray:
-    """Windowed segments s0..s1-1 as (bands, s1-s0, 2*half); the first and last segment of the
-    signal use half windows and occupy the first `half` samples (the rest is zero)."""
-    stop = min(s1 + 1, nseg)
-    blocks = sig[:, s0 * half : stop * half].reshape(sig.shape[0], stop - s0, half)
+def _fill_segments(
+    sig: np.ndarray, nseg: int, half: int, w: np.ndarray, s0: int, s1: int, length: np.ndarray, buf: np.ndarray
+) -> np.ndarray:
+    """Write the windowed, zero-mean segments s0..s1-1 of `sig` (bands, samples) into the zero-padded
+    float32 FFT buffer `buf` (bands, >= s1-s0, size) and return their sums of squares (float64).
+
+    Segment s is block s (rising half window) + block s+1 (falling half), blocks being `half` samples;
+    the first and last segments are a single falling / rising half window and occupy the first `half`
+    samples (zero tail). Means and sums of squares are taken per block in float64 and combined
+    (sum of squares minus length * mean^2), so the segments themselves are built only once.
+    """
+    n_bands = sig.shape[0]
     m = s1 - s0
-    seg = np.empty((sig.shape[0], m, 2 * half))
-    np.multiply(blocks[:, :m], w[:half], out=seg[:, :, :half])
-    np.multiply(blocks[:, 1 : m + 1], w[half:], out=seg[:, : stop - s0 - 1, half:])
+    stop = min(s1 + 1, nseg)
+    blocks = sig[:, s0 * half : stop * half].reshape(n_bands, stop - s0, half)
+    first = blocks[:, :m] * w[:half]
     if s0 == 0:
-        seg[:, 0, :half] = blocks[:, 0] * w[half:]
-        seg[:, 0, half:] = 0.0
-    if s1 == nseg:
-        seg[:, m - 1, :half] = blocks[:, m - 1] * w[:half]
-        seg[:, m - 1, half:] = 0.0
-    return seg
+        np.multiply(blocks[:, 0], w[half:], out=first[:, 0])
+    second = blocks[:, 1 : m + 1] * w[half:]
+    if s0 == 0:
+        second[:, 0] = 0.0  # the first segment has no second half
+    k2 = second.shape[1]  # m, or m - 1 when the chunk ends with the last (half) segment
+    total = first.sum(-1)
+    total[:, :k2] += second.sum(-1)
+    squares = np.einsum("bsn,bsn->bs", first, first)
+    squares[:, :k2] += np.einsum("bsn,bsn->bs", second, second)
+    mean = total / length
+    first -= mean[..., None]
+    second -= mean[:, :k2, None]
+    buf[:, :m, :half] = first
+    buf[:, :k2, half : 2 * half] = second
+    if k2 < m:
+        buf[:, m - 1, half : 2 * half] = 0.0
+    if s0 == 0:
+        buf[:, 0, half : 2 * half] = 0.0
+    return squares - length * mean**2
 
 
 def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
@@ -177,23 +198,23 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
     x_ms = np.empty((n_bands, nseg))
     y_ms = np.empty((n_bands, nseg))
     chunk = 128  # segments per block: bounded memory for long files, cache-friendly FFT batches
+    buf_x = np.zeros((n_bands, min(chunk, nseg), size), dtype=np.float32)
+    buf_y = np.zeros_like(buf_x)
     for s0 in range(0, nseg, chunk):
         s1 = min(nseg, s0 + chunk)
-        xs = _segment_stack(x_bm, nseg, half, w, s0, s1)
-        ys = _segment_stack(y_bm, nseg, half, w, s0, s1)
+        m = s1 - s0
         length = lengths[s0:s1]
-        # zero-mean over each segment's true length (half segments occupy the first `half` samples)
-        mask = np.arange(nwin)[None, :] < length[:, None]
-        xs -= (xs.sum(-1, keepdims=True) / length[:, None]) * mask
-        ys -= (ys.sum(-1, keepdims=True) / length[:, None]) * mask
-        xm = np.sum(xs**2, axis=-1) * ms_w[s0:s1]
-        ym = np.sum(ys**2, axis=-1) * ms_w[s0:s1]
-        # float32 FFT is ample here: the coherences are averaged over hundreds of tiles
-        spec = sfft.rfft(xs.astype(np.float32), size, axis=-1)
-        spec *= np.conj(sfft.rfft(ys.astype(np.float32), size, axis=-1))
-        circ = sfft.irfft(spec, size, axis=-1)
+        xm = _fill_segments(x_bm, nseg, half, w, s0, s1, length, buf_x) * ms_w[s0:s1]
+        ym = _fill_segments(y_bm, nseg, half, w, s0, s1, length, buf_y) * ms_w[s0:s1]
+        # float32 FFT is ample here: the coherences are averaged over hundreds of tiles; the buffers
+        # are zero-padded once, so the transforms need no per-call padding copy
+        bx, by = buf_x[:, :m], buf_y[:, :m]
+        spec = sfft.rfft(bx, axis=-1)
+        spec *= np.conj(sfft.rfft(by, axis=-1))
+        circ = sfft.irfft(spec, size, axis=-1, overwrite_x=True)
         lags = np.concatenate((circ[..., size - max_lag :], circ[..., : max_lag + 1]), axis=-1)
-        peak = np.max(np.abs(lags * corr_w[s0:s1]), axis=-1)
+        lags *= corr_w[s0:s1]
+        peak = np.max(np.abs(lags), axis=-1)
         ok = (xm > 1e-30) & (ym > 1e-30)
         block = np.zeros_like(peak, dtype=float)
         block[ok] = peak[ok] / np.sqrt(xm[ok] * ym[ok])
@@ -248,6 +269,7 @@ def haaqi_terms(
     noise: str = "fast",
 ) -> dict[str, float]:
     """Score plus its components (cep_high, bm_sync5, d_loud, d_norm, nonlinear, linear)."""
+    keep_freed_memory()  # once per process: large buffers are reused instead of page-faulted anew
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     if equalisation not in (0, 1, 2):
