@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -73,3 +74,46 @@ def output_options(func: F) -> F:
 
 def quiet_option(func: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(func)
+
+
+def model_options(func):  # type: ignore[no-untyped-def]
+    """Model choice and execution options, shared by `score`, `check` and `sweep`."""
+    for decorator in reversed(
+        [
+            click.option("--model", default="distilled", show_default=True, help="teacher or distilled."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True),
+            click.option(
+                "--workers",
+                type=click.IntRange(1, 256),
+                default=1,
+                show_default=True,
+                help="Processes decoding and resampling ahead of the model (joblib).",
+            ),
+            click.option(
+                "--mix",
+                type=click.Choice(["stereo", "mono"]),
+                default="stereo",
+                show_default=True,
+                help="stereo: left channel with the left audiogram, right with the right; mono: downmix.",
+            ),
+            click.option(
+                "--beats-checkpoint",
+                type=click.Path(exists=True, dir_okay=False),
+                default=None,
+                help="Official BEATs checkpoint ({'cfg','model'}) for the teacher's encoder.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def show_warnings(func):  # type: ignore[no-untyped-def]
+    """Print library warnings (e.g. interpolated audiogram frequencies) as one line each."""
+
+    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = format_warning
+    return func

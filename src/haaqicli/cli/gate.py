@@ -11,8 +11,14 @@ from pathlib import Path
 
 import click
 
-from haaqicli.cli.common import one_line_errors, profile_option, quiet_option, spl_option
-from haaqicli.cli.score import model_options, show_warnings
+from haaqicli.cli.common import (
+    model_options,
+    one_line_errors,
+    profile_option,
+    quiet_option,
+    show_warnings,
+    spl_option,
+)
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
 

@@ -3,63 +3,21 @@
 from __future__ import annotations
 
 import sys
-import warnings
 
 import click
 
 from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    model_options,
     one_line_errors,
     output_options,
     profile_option,
     quiet_option,
+    show_warnings,
     spl_option,
 )
 from haaqicli.constants import HOP_SECONDS, WINDOW_SECONDS
-
-
-def model_options(func):  # type: ignore[no-untyped-def]
-    """Model choice and execution options, shared by `score`, `check` and `sweep`."""
-    for decorator in reversed(
-        [
-            click.option("--model", default="distilled", show_default=True, help="teacher or distilled."),
-            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-            click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True),
-            click.option(
-                "--workers",
-                type=click.IntRange(1, 256),
-                default=1,
-                show_default=True,
-                help="Processes decoding and resampling ahead of the model (joblib).",
-            ),
-            click.option(
-                "--mix",
-                type=click.Choice(["stereo", "mono"]),
-                default="stereo",
-                show_default=True,
-                help="stereo: left channel with the left audiogram, right with the right; mono: downmix.",
-            ),
-            click.option(
-                "--beats-checkpoint",
-                type=click.Path(exists=True, dir_okay=False),
-                default=None,
-                help="Official BEATs checkpoint ({'cfg','model'}) for the teacher's encoder.",
-            ),
-        ]
-    ):
-        func = decorator(func)
-    return func
-
-
-def show_warnings(func):  # type: ignore[no-untyped-def]
-    """Print library warnings (e.g. interpolated audiogram frequencies) as one line each."""
-
-    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
-        return f"warning: {message}\n"
-
-    warnings.formatwarning = format_warning
-    return func
 
 
 @click.command()
