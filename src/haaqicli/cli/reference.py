@@ -53,6 +53,8 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 
         write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report")
     if not quiet or not out:
-        with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 40):
+        import pandas as pd
+
+        with pd.option_context("display.width", 160, "display.max_colwidth", 40):
             click.echo(table[["processed", "profile", "ear", "score", "status", "error"]].to_string(index=False))
     sys.exit(EXIT_SOME_FAILED if (table["status"] != "ok").any() else EXIT_OK)
