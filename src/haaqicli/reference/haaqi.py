@@ -7,6 +7,7 @@ convention of this project; every step is vectorised over bands and time segment
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,39 +135,34 @@ def spectrum_terms(x_sl: np.ndarray, y_sl: np.ndarray) -> tuple[float, float]:
 def _fill_segments(
     sig: np.ndarray, nseg: int, half: int, w: np.ndarray, s0: int, s1: int, length: np.ndarray, buf: np.ndarray
 ) -> np.ndarray:
-    """Write the windowed, zero-mean segments s0..s1-1 of `sig` (bands, samples) into the zero-padded
-    float32 FFT buffer `buf` (bands, >= s1-s0, size) and return their sums of squares (float64).
+    """Write the windowed, zero-mean segments s0..s1-1 of `sig` (bands, samples; float32) into the
+    zero-padded float32 FFT buffer `buf` (bands, >= s1-s0, size) and return their sums of squares.
 
     Segment s is block s (rising half window) + block s+1 (falling half), blocks being `half` samples;
     the first and last segments are a single falling / rising half window and occupy the first `half`
-    samples (zero tail). Means and sums of squares are taken per block in float64 and combined
-    (sum of squares minus length * mean^2), so the segments themselves are built only once.
+    samples (zero tail). float32 is ample: the coherences are averaged over hundreds of tiles.
     """
     n_bands = sig.shape[0]
     m = s1 - s0
     stop = min(s1 + 1, nseg)
     blocks = sig[:, s0 * half : stop * half].reshape(n_bands, stop - s0, half)
-    first = blocks[:, :m] * w[:half]
-    if s0 == 0:
-        np.multiply(blocks[:, 0], w[half:], out=first[:, 0])
-    second = blocks[:, 1 : m + 1] * w[half:]
-    if s0 == 0:
-        second[:, 0] = 0.0  # the first segment has no second half
-    k2 = second.shape[1]  # m, or m - 1 when the chunk ends with the last (half) segment
-    total = first.sum(-1)
-    total[:, :k2] += second.sum(-1)
-    squares = np.einsum("bsn,bsn->bs", first, first)
-    squares[:, :k2] += np.einsum("bsn,bsn->bs", second, second)
-    mean = total / length
-    first -= mean[..., None]
-    second -= mean[:, :k2, None]
-    buf[:, :m, :half] = first
-    buf[:, :k2, half : 2 * half] = second
+    seg = buf[:, :m, : 2 * half]
+    np.multiply(blocks[:, :m], w[:half], out=seg[..., :half])
+    k2 = stop - s0 - 1  # m, or m - 1 when the chunk ends with the last (half) segment
+    np.multiply(blocks[:, 1 : m + 1], w[half:], out=seg[:, :k2, half:])
     if k2 < m:
-        buf[:, m - 1, half : 2 * half] = 0.0
+        seg[:, m - 1, half:] = 0.0
     if s0 == 0:
-        buf[:, 0, half : 2 * half] = 0.0
-    return squares - length * mean**2
+        np.multiply(blocks[:, 0], w[half:], out=seg[:, 0, :half])
+        seg[:, 0, half:] = 0.0
+    mean = seg.sum(-1, dtype=np.float64) / length
+    seg -= mean[..., None].astype(np.float32)
+    # the half segments' zero tails must stay zero (their mean is over `half` samples only)
+    if k2 < m:
+        seg[:, m - 1, half:] = 0.0
+    if s0 == 0:
+        seg[:, 0, half:] = 0.0
+    return np.einsum("bsn,bsn->bs", seg, seg).astype(np.float64)
 
 
 def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +173,9 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
     nwin += nwin % 2
     half = nwin // 2
     w = _hann(nwin)
+    w32 = w.astype(np.float32)
+    x_bm = np.asarray(x_bm, dtype=np.float32)
+    y_bm = np.asarray(y_bm, dtype=np.float32)
 
     def inv_autocorr(win: np.ndarray) -> np.ndarray:
         full = np.correlate(win, win, "full")
@@ -204,8 +203,8 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
         s1 = min(nseg, s0 + chunk)
         m = s1 - s0
         length = lengths[s0:s1]
-        xm = _fill_segments(x_bm, nseg, half, w, s0, s1, length, buf_x) * ms_w[s0:s1]
-        ym = _fill_segments(y_bm, nseg, half, w, s0, s1, length, buf_y) * ms_w[s0:s1]
+        xm = _fill_segments(x_bm, nseg, half, w32, s0, s1, length, buf_x) * ms_w[s0:s1]
+        ym = _fill_segments(y_bm, nseg, half, w32, s0, s1, length, buf_y) * ms_w[s0:s1]
         # float32 FFT is ample here: the coherences are averaged over hundreds of tiles; the buffers
         # are zero-padded once, so the transforms need no per-call padding copy
         bx, by = buf_x[:, :m], buf_y[:, :m]
@@ -328,14 +327,35 @@ def compute_haaqi(
     )["score"]
 
 
+def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
+    """Worker: score a chunk of items single-threaded (the process pool already uses every core;
+    nested BLAS/OpenMP threads would only contend for them)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: joblib's loky workers already cap native threads
+        return [compute_haaqi(**item) for item in items]
+    with threadpool_limits(limits=1):
+        return [compute_haaqi(**item) for item in items]
+
+
 def compute_haaqi_batch(
     items: Sequence[dict[str, Any]],
     workers: int = 1,
 ) -> list[float]:
-    """Score many items (dicts of compute_haaqi keyword arguments); bands and segments are
-    vectorised inside each item, items are spread over `workers` processes (joblib)."""
+    """Score many items (dicts of compute_haaqi keyword arguments), in order. Bands and segments are
+    vectorised inside each item; items are spread over `workers` single-threaded processes (joblib
+    loky), in a few chunks per worker so that the per-task overhead and the numba cache loading of
+    each process are amortised. workers <= 0 means one per CPU core."""
+    items = list(items)
+    if workers <= 0:
+        workers = os.cpu_count() or 1
     if workers <= 1 or len(items) <= 1:
         return [compute_haaqi(**item) for item in items]
     from joblib import Parallel, delayed
 
-    return list(Parallel(n_jobs=workers)(delayed(compute_haaqi)(**item) for item in items))
+    n_chunks = min(len(items), 4 * workers)
+    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
+    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    results = Parallel(n_jobs=workers)(delayed(_score_chunk)(chunk) for chunk in chunks)
+    return [score for chunk in results for score in chunk]
