@@ -17,5 +17,5 @@ def test_readme_api_example_runs_and_gradients_reach_the_waveform():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     score, waveform = namespace["score"], namespace["waveform"]
-    assert score.shape == (1,) and 0.0 <= float(score) <= 1.0
+    assert score.shape == (1,) and 0.0 <= float(score.detach()) <= 1.0
     assert waveform.grad is not None and torch.isfinite(waveform.grad).all() and waveform.grad.abs().sum() > 0
