@@ -133,3 +133,21 @@ def test_noise_modes(ref: np.ndarray) -> None:
     assert abs(fast - exact) < 2e-3  # ...with the same statistics
     with pytest.raises(ValueError):
         compute_haaqi(proc, ref, SR, SR, LOSS, noise="gaussian")
+
+
+@pytest.mark.parametrize("max_lag_ms", [5.0, 100.0])
+def test_best_lags_match_exact_search(max_lag_ms: float) -> None:
+    from haaqicli.reference.ear import _best_lags, _block_plan
+
+    rng = np.random.default_rng(3)
+    n, lags = 24000, int(round(max_lag_ms * 24))
+    ref = np.abs(rng.standard_normal((4, n))).cumsum(axis=1) % 7.0  # envelope-like, large DC
+    out = np.roll(ref, [3, -40, 77, 0], axis=1) + 0.3 * rng.standard_normal((4, n))
+    if max_lag_ms == 5.0:
+        assert _block_plan(n, lags) is not None  # the overlap-block path is exercised
+    expected = []
+    for r, o in zip(ref, out, strict=True):  # direct float64 sums, L = -lags+1 .. lags, first maximum wins
+        window = [np.dot(r[lag:], o[: n - lag]) if lag >= 0 else np.dot(r[: n + lag], o[-lag:])
+                  for lag in range(-lags + 1, lags + 1)]
+        expected.append(int(np.argmax(window)) - lags + 1)
+    assert list(_best_lags(ref, out, max_lag_ms)) == expected

@@ -413,6 +413,49 @@ def _lagged_dots(a, b, lags):  # pragma: no cover - compiled
     return out
 
 
+def _block_plan(n: int, m: int) -> tuple[int, int, int] | None:
+    """(block, n_blocks, fft size) minimising the work of a +-m lag correlation done block-wise, or
+    None when one transform of the whole (padded) length is cheaper."""
+    full = sfft.next_fast_len(n + m + 1, real=True)
+    best = (3 * full * np.log2(full), 0, 0, 0)
+    for k in (4, 6, 8, 12, 16, 24, 32):
+        size = sfft.next_fast_len(k * m, real=True)
+        block = size - 2 * m
+        n_blocks = -(-n // block)
+        cost = (2 * n_blocks + 1) * size * np.log2(size)
+        if n_blocks > 1 and cost < best[0]:
+            best = (cost, block, n_blocks, size)
+    return None if best[1] == 0 else (best[1], best[2], best[3])
+
+
+def _xcorr_blocked(ref: np.ndarray, out: np.ndarray, lags: int) -> np.ndarray:
+    """c[L] = sum_m ref[m+L] out[m] for L in [-lags+1, lags] per row, float32, by overlap blocks.
+
+    `out` is cut into blocks of B samples; block j is correlated (FFT of size S >= B + 2*lags, no
+    wrap-around for these lags) with the ref samples from jB - lags to jB + B + lags, and the
+    cross-spectra are summed before a single inverse transform. The sum equals the full linear
+    correlation over those lags, at less cost than one transform of the whole length."""
+    n_bands, n = ref.shape
+    plan = _block_plan(n, lags)
+    if plan is None:
+        return _xcorr_fft(ref.astype(np.float32), out.astype(np.float32), lags)[:, 1:]
+    block, n_blocks, size = plan
+    xp = np.zeros((n_bands, n_blocks * block + 2 * lags), dtype=np.float32)
+    xp[:, lags : lags + n] = ref
+    yp = np.zeros((n_bands, n_blocks * block), dtype=np.float32)
+    yp[:, :n] = out
+    step = xp.strides[1]
+    xs = np.lib.stride_tricks.as_strided(
+        xp, (n_bands, n_blocks, block + 2 * lags), (xp.strides[0], block * step, step), writeable=False
+    )
+    spec = sfft.rfft(xs, size, axis=-1)
+    del xp
+    spec *= np.conj(sfft.rfft(yp.reshape(n_bands, n_blocks, block), size, axis=-1))
+    del yp
+    corr = sfft.irfft(spec.sum(axis=1), size, axis=-1)
+    return corr[:, 1 : 2 * lags + 1]
+
+
 def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> np.ndarray:
     """Per band, the lag in [-L+1, L] (L = 100 ms) maximising sum ref[m+lag] out[m]; first maximum wins.
 
@@ -422,20 +465,7 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     """
     n_bands, n = ref.shape
     lags = min(int(np.rint(0.001 * max_lag_ms * FS)), n)
-    # both signals go into one zero-padded float32 buffer: one cast pass, no per-call padding copies
-    size = sfft.next_fast_len(n + lags + 1, real=True)
-    buf = np.empty((2, n_bands, size), dtype=np.float32)
-    buf[0, :, :n] = ref
-    buf[1, :, :n] = out
-    buf[:, :, n:] = 0.0
-    spec = sfft.rfft(buf, axis=-1, overwrite_x=True)
-    del buf
-    prod = np.conj(spec[1], out=spec[1])
-    prod *= spec[0]
-    del spec
-    full = sfft.irfft(prod, size, axis=-1, overwrite_x=True)
-    c = np.concatenate((full[:, size - lags + 1 :], full[:, : lags + 1]), axis=-1)
-    del full, prod
+    c = _xcorr_blocked(ref, out, lags)
     tol = 1e-5 * np.sqrt(np.einsum("ij,ij->i", ref, ref) * np.einsum("ij,ij->i", out, out)) + 1e-300
     best = np.empty(ref.shape[0], dtype=np.int64)
     for k in range(ref.shape[0]):
