@@ -178,7 +178,6 @@ _COS, _SIN, _A1, _A2, _A3, _A4, _A5, _GAIN = 0, 1, 2, 3, 4, 5, 6, 7
 _C, _S, _UR1, _UR2, _UI1, _UI2, _YR1, _YR2, _YR3, _YR4, _YI1, _YI2, _YI3, _YI4 = range(8, 22)
 _GPREV, _LP, _ACC, _ENV, _BM, _LO, _HI, _SCALE = 22, 23, 24, 25, 26, 27, 28, 29
 _ST_ROWS = 30
-_BLOCK = 512  # samples per block of the main kernel's time-major -> band-major transpose
 
 
 def _gammatone_state(rel_bw: np.ndarray, cf: np.ndarray, **rows: np.ndarray) -> np.ndarray:
@@ -256,40 +255,32 @@ def _gammatone_control(x, st):  # pragma: no cover - compiled
 @njit(cache=True)
 def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1):  # pragma: no cover - compiled
     """Main path: with `comp` (time-major OHC gain in linear units, before its 800 Hz one-pole
-    smoothing, still to be multiplied by the `scale` row) returns the compressed envelope and BM motion (band-major) and the mean square of the
-    uncompressed envelope per band."""
+    smoothing, still to be multiplied by the `scale` row) returns the compressed envelope and BM
+    motion (band-major) and the mean square of the uncompressed envelope per band."""
     nb = 32
     n = x.shape[0]
     env = np.empty((nb, n))
     bm = np.empty((nb, n))
     flat = comp.ravel()
-    te = np.empty(_BLOCK * nb)
-    tb = np.empty(_BLOCK * nb)
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(n, i0 + _BLOCK)
-        for i in range(i0, i1):
-            _resonate(st, i, x[i])
-            r = (i - i0) * nb
-            for k in range(nb):
-                yr = st[_YR1 * nb + k]
-                yi = st[_YI1 * nb + k]
-                g = st[_GAIN * nb + k]
-                e = g * np.sqrt(yr * yr + yi * yi)
-                st[_ACC * nb + k] += e * e
-                gi = flat[i * nb + k] * st[_SCALE * nb + k]
-                lp = lp_b0 * gi + lp_b1 * st[_GPREV * nb + k] - lp_a1 * st[_LP * nb + k]
-                st[_LP * nb + k] = lp
-                st[_GPREV * nb + k] = gi
-                st[_ENV * nb + k] = lp * e
-                st[_BM * nb + k] = lp * (g * (yr * st[_C * nb + k] + yi * st[_S * nb + k]))
-            # a separate copy loop: writing te/tb above would add pointers that block vectorisation
-            for k in range(nb):
-                te[r + k] = st[_ENV * nb + k]
-                tb[r + k] = st[_BM * nb + k]
+    for i in range(n):
+        _resonate(st, i, x[i])
         for k in range(nb):
-            for i in range(i0, i1):
-                env[k, i] = te[(i - i0) * nb + k]
-                bm[k, i] = tb[(i - i0) * nb + k]
+            yr = st[_YR1 * nb + k]
+            yi = st[_YI1 * nb + k]
+            g = st[_GAIN * nb + k]
+            e = g * np.sqrt(yr * yr + yi * yi)
+            st[_ACC * nb + k] += e * e
+            gi = flat[i * nb + k] * st[_SCALE * nb + k]
+            lp = lp_b0 * gi + lp_b1 * st[_GPREV * nb + k] - lp_a1 * st[_LP * nb + k]
+            st[_LP * nb + k] = lp
+            st[_GPREV * nb + k] = gi
+            st[_ENV * nb + k] = lp * e
+            st[_BM * nb + k] = lp * (g * (yr * st[_C * nb + k] + yi * st[_S * nb + k]))
+        # a separate (scatter) store loop: writing env/bm above would add pointers that block the
+        # vectorisation of the loop over bands
+        for k in range(nb):
+            env[k, i] = st[_ENV * nb + k]
+            bm[k, i] = st[_BM * nb + k]
     env_ms = np.empty(nb)
     for k in range(nb):
         env_ms[k] = st[_ACC * nb + k] / n
