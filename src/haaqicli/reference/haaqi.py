@@ -196,7 +196,7 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
     cov = np.empty((n_bands, nseg))
     x_ms = np.empty((n_bands, nseg))
     y_ms = np.empty((n_bands, nseg))
-    chunk = 128  # segments per block: bounded memory for long files, cache-friendly FFT batches
+    chunk = 64  # segments per block: bounded memory for long files, cache-friendly FFT batches
     buf_x = np.zeros((n_bands, min(chunk, nseg), size), dtype=np.float32)
     buf_y = np.zeros_like(buf_x)
     for s0 in range(0, nseg, chunk):
