@@ -461,6 +461,9 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     best = np.empty(ref.shape[0], dtype=np.int64)
     for k in range(ref.shape[0]):
         cand = np.nonzero(c[k] >= c[k].max() - tol[k])[0]
+        if cand.size == 1:  # the usual case: a clear maximum, nothing to re-check
+            best[k] = int(cand[0]) + 1 - lags
+            continue
         if cand.size > 4:
             # a flat peak: lags this close are indistinguishable in float32; re-check the 4 best
             cand = np.sort(cand[np.argsort(-c[k, cand], kind="stable")[:4]])
