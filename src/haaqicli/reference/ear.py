@@ -36,6 +36,20 @@ class EarOutput:
     y_sl: np.ndarray
 
 
+def _jit(**options):
+    """numba.njit with an on-disk cache (fastmath stays off: results must match the reference code).
+    Without a writable cache location (read-only install, no writable home) numba refuses cache=True
+    at decoration time; the kernels are then compiled per process instead of failing the import."""
+
+    def decorate(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return njit(cache=False, **options)(fn)
+
+    return decorate
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
@@ -192,7 +206,7 @@ def _gammatone_state(rel_bw: np.ndarray, cf: np.ndarray, **rows: np.ndarray) -> 
     return st.ravel()
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _resonate(st, i, xi):  # pragma: no cover - compiled
     """Advance every band's complex-demodulated 4th-order gammatone by sample i (vectorised over bands).
 
@@ -231,7 +245,7 @@ def _resonate(st, i, xi):  # pragma: no cover - compiled
         st[_YI1 * nb + k] = yi
 
 
-@njit(cache=True)
+@_jit()
 def _gammatone_control(x, st):  # pragma: no cover - compiled
     """Control-path envelopes clipped to [lo, hi] per band (the compression rule's linear range),
     time-major (samples, bands), and the mean square of the unclipped envelopes."""
@@ -252,7 +266,7 @@ def _gammatone_control(x, st):  # pragma: no cover - compiled
     return env.reshape(n, nb), env_ms
 
 
-@njit(cache=True)
+@_jit()
 def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1):  # pragma: no cover - compiled
     """Main path: with `comp` (time-major OHC gain in linear units, before its 800 Hz one-pole
     smoothing, still to be multiplied by the `scale` row) returns the compressed envelope and BM
@@ -287,7 +301,7 @@ def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1):  # pragma: no cover - com
     return env, bm, env_ms
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _ihc_step(v0, e, b, v1, v2):  # pragma: no cover - compiled
     """One sample of the IHC adaptation (RC circuit, overshoot 2, 2 ms and 60 ms time constants) for
     the dB SL envelope v0; the BM sample b is rescaled to the dB SL envelope and then by the same
@@ -318,7 +332,7 @@ def _ihc_step(v0, e, b, v1, v2):  # pragma: no cover - compiled
     return o, b * ((o + small) / (v0 + small)), w1, w2
 
 
-@njit(cache=True)
+@_jit()
 def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, delay, noise, noise_gain):  # noqa: E501  # pragma: no cover
     """Per band: time shift (envelope alignment), BM rescaled to the dB SL envelope, IHC rapid (2 ms)
     and short-term (60 ms) adaptation with overshoot 2 (RC-circuit recursion), threshold noise
@@ -386,7 +400,7 @@ def _compression_rule(attn_ohc, low_knee, ratio, level1: float) -> tuple[np.ndar
     return lo, hi, p, scale
 
 
-@njit(cache=True)
+@_jit()
 def _lagged_dots(a, b, lags):  # pragma: no cover - compiled
     """sum_m a[m+lag] b[m] over the overlap, for each lag (float64, sequential sum)."""
     n = a.shape[0]
@@ -523,7 +537,7 @@ def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _ZIG_KN, _ZIG_WN, _ZIG_FN = _ziggurat_tables()
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _splitmix64(state):  # pragma: no cover - compiled
     """SplitMix64 step: returns (new state, 64 well-mixed random bits)."""
     state = state + np.uint64(0x9E3779B97F4A7C15)
@@ -532,12 +546,12 @@ def _splitmix64(state):  # pragma: no cover - compiled
     return state, z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _unit(z):  # pragma: no cover - compiled
     return (np.float64(z >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@_jit()
 def _ziggurat_fill(out, seeds, kn, wn, fn):  # pragma: no cover - compiled
     """Standard normal samples into each row of `out`, row j from its own SplitMix64 stream seeded by
     seeds[j] (the generator is a sequential recursion, hence numba). Marsaglia-Tsang ziggurat: ~99%
