@@ -35,9 +35,9 @@ def _default_haaqi() -> HaaqiFn:
 
     from haaqicli.reference import compute_haaqi
 
-    # Labels draw pyclarity's exact threshold-noise stream (seed 0): they then equal pyclarity's
-    # compute_haaqi to ~1e-8, for ~0.1 s more per label than the "fast" noise mode.
-    return functools.partial(compute_haaqi, noise="pyclarity")
+    # The fast threshold-noise mode: within 2.1e-4 (max) / 3.1e-5 (mean) of pyclarity over the 52-case
+    # oracle test, and ~25% cheaper per label than drawing pyclarity's exact stream (noise="pyclarity").
+    return functools.partial(compute_haaqi, noise="fast")
 
 
 def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
