@@ -149,10 +149,12 @@ def fit(
     train: Split,
     dev: Split,
     config: TrainConfig,
-    step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]],
+    step_loss: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict]],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train `model` with AdamW + warmup/cosine, keep the checkpoint with the best dev MSE.
+
+    `step_loss(model, index)` returns the loss of the training items at `index` (a batch).
 
     `last.pt` (model, optimiser, step, RNG) is written every epoch and at the time limit, so a run
     stopped anywhere continues with `resume=True`. Returns the best dev metrics.
@@ -185,9 +187,7 @@ def fit(
             index = order[batch_start : batch_start + config.batch_size]
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(state["step"], total_steps, config.lr, config.warmup_steps)
-            loss, _ = step_loss(
-                model, train.waves[index].to(device), train.audiograms[index].to(device), train.labels[index].to(device)
-            )
+            loss, _ = step_loss(model, index)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -256,12 +256,49 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
 
-    def step_loss(model, wave, gram, label):  # type: ignore[no-untyped-def]
-        out = model(wave, gram)
-        return haaqinet_loss(out, label, frame_weight=config.frame_weight), {}
+    def step_loss(model, index):  # type: ignore[no-untyped-def]
+        out = model(train.waves[index].to(device), train.audiograms[index].to(device))
+        return haaqinet_loss(out, train.labels[index].to(device), frame_weight=config.frame_weight), {}
 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, "haaqinet", train, state["best"], {"epochs_run": state["epoch"]})
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's outputs for every training item, computed once: the teacher is frozen and
+    the inputs are not augmented, so a forward pass per step would repeat the same work."""
+
+    clip: torch.Tensor  # (N,)
+    frames: torch.Tensor  # (N, F)
+    hidden: dict[int, torch.Tensor]  # teacher layer index -> (N, F, D)
+
+    def select(self, index: torch.Tensor, device: torch.device):  # type: ignore[no-untyped-def]
+        from haaqicli.models.haaqinet import HAAQINetOutput
+
+        hidden: list = [None] * (max(self.hidden) + 1)
+        for layer, values in self.hidden.items():
+            hidden[layer] = values[index].to(device)
+        return HAAQINetOutput(self.clip[index].to(device), self.frames[index].to(device), hidden)
+
+
+@torch.inference_mode()
+def teacher_targets(
+    teacher: nn.Module, data: Split, layers: list[int], device: torch.device, log: Callable[[str], None],
+    batch_size: int = 32,
+) -> TeacherTargets:
+    clips, frames, hidden = [], [], {layer: [] for layer in sorted(set(layers))}
+    started = time.time()
+    for start in range(0, len(data), batch_size):
+        out = teacher(data.waves[start : start + batch_size].to(device),
+                      data.audiograms[start : start + batch_size].to(device))
+        clips.append(out.clip.cpu())
+        frames.append(out.frames.cpu())
+        for layer in hidden:
+            hidden[layer].append(out.hidden[layer].cpu().half())  # half: 2x less memory, ample precision
+    log(f"teacher targets for {len(data)} clips in {time.time() - started:.0f} s")
+    return TeacherTargets(torch.cat(clips), torch.cat(frames),
+                          {layer: torch.cat(values).float() for layer, values in hidden.items()})
 
 
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -283,11 +320,12 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     model = build_model("haaqinet-student", student_config).to(device)
     log(f"distil: {len(train)} clips ({int(labelled[~mask].sum())} labelled), {len(dev)} dev clips")
 
-    def step_loss(model, wave, gram, label):  # type: ignore[no-untyped-def]
-        with torch.no_grad():
-            target = teacher(wave, gram)
-        out = model(wave, gram)
-        loss, parts = distillation_loss(out, target, model)
+    targets = teacher_targets(teacher, train, [t for _, t in model.distill_cfg.targets], device, log)
+
+    def step_loss(model, index):  # type: ignore[no-untyped-def]
+        out = model(train.waves[index].to(device), train.audiograms[index].to(device))
+        loss, parts = distillation_loss(out, targets.select(index, device), model)
+        label = train.labels[index].to(device)
         known = ~torch.isnan(label)
         if known.any():
             loss = loss + config.label_weight * nn.functional.mse_loss(out.clip[known], label[known])
