@@ -125,10 +125,10 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+def _lr_at(step: int, progress: float, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay over `progress` (0..1 of the run's step or time budget)."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -185,8 +185,12 @@ def fit(
         running, count = 0.0, 0
         for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
             index = order[batch_start : batch_start + config.batch_size]
+            # With a time limit the schedule decays over whichever budget runs out first.
+            progress = state["step"] / total_steps
+            if config.max_minutes:
+                progress = max(progress, (time.time() - started) / 60 / config.max_minutes)
             for group in optimiser.param_groups:
-                group["lr"] = _lr_at(state["step"], total_steps, config.lr, config.warmup_steps)
+                group["lr"] = _lr_at(state["step"], progress, config.lr, config.warmup_steps)
             loss, _ = step_loss(model, index)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
