@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
 .PHONY: install system-deps test lint bench corpus dataset labels train distill evaluate models clean
 

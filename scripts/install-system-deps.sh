@@ -12,7 +12,7 @@ else
 fi
 if command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
   echo "install-system-deps: please install: ${need[*]} (no apt-get here)" >&2
 fi
