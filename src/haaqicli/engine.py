@@ -207,6 +207,8 @@ def score_prepared(
             timelines[(prepared.input.relative, profile.name, ear)] = stitch_timeline(
                 frames[index], prepared.starts_s, prepared.ends_s
             )
+    order = {p.name: i for i, p in enumerate(profiles)}
+    rows.sort(key=lambda row: order[row["profile"]])  # stable: ears stay left, right within a profile
     return rows, timelines
 
 
