@@ -168,10 +168,6 @@ def test_exact_column_with_injected_exact(chord: Path, tmp_path: Path) -> None:
 
 def test_real_exact_haaqi_round_trip(chord: Path) -> None:
     """End to end through the real reference HAAQI (alignment + compute_haaqi) on one rung."""
-    reference = pytest.importorskip("haaqicli.reference")
-    if not hasattr(reference, "align"):
-        pytest.skip("haaqicli.reference.align not available yet")
-    pytest.importorskip("haaqicli.audiogram")
     settings = ScoreSettings(profiles=("normal",))
     result = sweep_lib.run_sweep([chord], [sweep_lib.CODECS["mp3"]], [32, 192], settings, target=0.5,
                                  scorer=fake_scorer(), exact=True)

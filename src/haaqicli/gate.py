@@ -651,27 +651,6 @@ def model_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataFrame
     return score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress).table
 
 
-def read_pairs_csv(path: str | Path) -> list[tuple[str, Path, Path]]:
-    """(name, processed, reference) from a CSV with columns processed,reference (relative paths are
-    relative to the CSV's folder). name = the processed path as written in the CSV."""
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise HaaqiError(f"{path}: cannot read pairs CSV ({error})") from None
-    for column in ("processed", "reference"):
-        if column not in frame.columns:
-            raise HaaqiError(f"{path}: pairs CSV needs columns 'processed' and 'reference' (missing '{column}')")
-    pairs = []
-    for line, row in enumerate(frame.itertuples(index=False), start=2):
-        if not row.processed or not row.reference:
-            raise HaaqiError(f"{path}:{line}: empty processed or reference path")
-        processed, reference = Path(row.processed), Path(row.reference)
-        pairs.append((row.processed, processed if processed.is_absolute() else path.parent / processed,
-                      reference if reference.is_absolute() else path.parent / reference))
-    return pairs
-
-
 def pair_by_relative_path(inputs: Sequence[str], reference_dir: str | Path) -> tuple[
         list[tuple[str, Path, Path]], list[tuple[str, Path, str]]]:
     """Pair each discovered input with reference_dir/<relative path>; when that file is missing,
@@ -701,17 +680,20 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
     """Exact intrusive HAAQI against references (--reference DIR or --pairs CSV)."""
     from haaqicli.audiogram import resolve_profiles
     from haaqicli.reference import score_pairs
+    from haaqicli.reference.pairs import read_pairs_csv
     from haaqicli.tables import SCORE_COLUMNS
 
     profiles = resolve_profiles(settings.profiles)
     if settings.pairs:
-        pairs = read_pairs_csv(settings.pairs)
+        folder = Path(settings.pairs).parent
+        pairs = [(_relative_name(processed, folder), processed, reference)
+                 for reference, processed in read_pairs_csv(settings.pairs)]
         unpaired: list[tuple[str, Path, str]] = []
     else:
         pairs, unpaired = pair_by_relative_path(inputs, settings.reference or ".")
     frames = []
     if pairs:
-        table = score_pairs([(processed, reference) for _, processed, reference in pairs], profiles,
+        table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
                             spl=settings.spl, mix=settings.mix, workers=settings.workers,
                             progress=settings.progress)
         frames.append(_rename_files(table, pairs))
@@ -725,19 +707,21 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
     return pd.concat(frames, ignore_index=True).reindex(columns=SCORE_COLUMNS)
 
 
+def _relative_name(path: Path, folder: Path) -> str:
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
 def _rename_files(table: pd.DataFrame, pairs: Sequence[tuple[str, Path, Path]]) -> pd.DataFrame:
-    """Key rows by the processed file's relative name, whatever naming score_pairs used."""
+    """score_pairs names rows by the processed path; the gate keys them by the input's relative name."""
     by_path = {str(Path(processed).resolve()): name for name, processed, _ in pairs}
     table = table.copy()
-    if "path" in table.columns:
-        names = [by_path.get(str(Path(p).resolve())) if isinstance(p, str) and p else None for p in table["path"]]
-        if all(n is not None for n in names):
-            table["file"] = names
-            return table
-    if "file" in table.columns:
-        by_file = {str(Path(processed)): name for name, processed, _ in pairs}
-        by_file.update({Path(processed).name: name for name, processed, _ in pairs})
-        table["file"] = [by_file.get(str(f), by_file.get(Path(str(f)).name, str(f))) for f in table["file"]]
+    table["path"] = table["processed"]
+    table["file"] = [by_path.get(str(Path(p).resolve()), str(p)) for p in table["processed"]]
+    table["model"] = "reference"
+    table["model_sha256"] = ""
     return table
 
 
