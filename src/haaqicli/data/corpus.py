@@ -39,6 +39,7 @@ from haaqicli.data.packages import (
     split_of,
 )
 from haaqicli.errors import AudioError
+from haaqicli.tables import content_hash as sha256_file  # one streamed sha256 for the project
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,6 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scan_corpus(corpus_dir: Path, packages: Sequence[str] | None = None,

@@ -33,6 +33,7 @@ from haaqicli.errors import ModelError
 from haaqicli.models.beats import read_beats_checkpoint
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.student import StudentNet
+from haaqicli.tables import content_hash as sha256_file  # one streamed sha256 for the project
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -153,12 +154,6 @@ def get_info(name: str, weights_dir: str | Path | None = None) -> ModelInfo:
     return ModelInfo.from_dict(data["models"][name], str(wd / MANIFEST))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
