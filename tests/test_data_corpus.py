@@ -140,8 +140,16 @@ def test_labelling_resumes_and_merges(corpus: Path, tmp_path: Path) -> None:
     write_manifest(_build(corpus, items=8), path)
     calls: list[str] = []
     first = lab.label_manifest(path, corpus, workers=1, flush_every=2, limit=3, haaqi_fn=_cheap_haaqi,
-                               progress=False, on_result=lambda r: calls.append(r["item_id"]))
+                               progress=False, on_result=lambda r: calls.append(r["item_id"]),
+                               cache_dir=tmp_path / "cache")
     assert first["labelled"] == 3 and first["errors"] == 0
+    # the labeller cached exactly the model inputs that load_split_arrays would build
+    from haaqicli.data.export import item_cache_path, model_input
+
+    for item_id in calls:
+        row = read_manifest(path).set_index("item_id").loc[item_id].to_dict() | {"item_id": item_id}
+        np.testing.assert_array_equal(np.load(item_cache_path(tmp_path / "cache", item_id)),
+                                      model_input(*materialise(row, corpus)))
     assert len(list(lab.shard_dir(path).glob("shard-*.parquet"))) == 2  # flushed at 2, then the rest
     df = read_manifest(path)
     assert np.isfinite(df["label"]).sum() == 3 and (df["label_seconds"].dropna() > 0).all()
@@ -210,7 +218,7 @@ def test_load_split_arrays_level_convention_and_cache(corpus: Path, tmp_path: Pa
     for i in identity:  # clean items sit at REFERENCE_RMS
         assert np.sqrt(np.mean(waves[i].astype(np.float64) ** 2)) == pytest.approx(0.1, rel=0.02)
     again, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
-    assert np.array_equal(np.asarray(again), waves) and len(list(cache.glob("*.npy"))) == 1
+    assert np.array_equal(np.asarray(again), waves) and len(list(cache.glob("items/*/*.npy"))) == len(waves)
     x = model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000)
     assert np.allclose(x, 0.05)
 

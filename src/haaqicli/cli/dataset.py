@@ -126,7 +126,8 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
 
     manifest_path, corpus_dir = _paths(manifest, corpus)
     summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
-                             flush_every=flush_every, limit=limit, split=split, progress=not quiet)
+                             flush_every=flush_every, limit=limit, split=split, progress=not quiet,
+                             cache_dir=_data_dir() / "cache")
     done = summary["labelled"] + summary["errors"]
     rate = 3600.0 * done / summary["wall_seconds"] if summary["wall_seconds"] > 0 else 0.0
     cpu = summary["cpu_seconds"] / done if done else 0.0

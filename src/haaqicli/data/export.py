@@ -1,20 +1,22 @@
-"""Training arrays from a labelled manifest (cached as .npy under data/cache/).
+"""Training arrays from a labelled manifest (cached per item as .npy under data/cache/items/).
 
 Waves are the processed clips, mono float32 at ``sample_rate``, scaled by the level convention
 (processed * REFERENCE_RMS / rms(reference)), so the model hears level changes the degradation
-made exactly as the label did (reference at 65 dB SPL).
+made exactly as the label did (reference at 65 dB SPL). Resampling is the same torchaudio filter
+`haaqi score` uses, so training and inference inputs match.
+
+The labeller writes each item's model input while it has the audio at hand (`save_item_input`),
+so building the training arrays later costs no second regeneration (codecs are slow).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import signal
+from joblib import Parallel, delayed
 
 from haaqicli.constants import MODEL_SAMPLE_RATE, REFERENCE_RMS
 from haaqicli.data.corpus import default_data_dir, materialise, read_manifest
@@ -27,8 +29,9 @@ def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_ra
     rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     x = processed.astype(np.float64) * (REFERENCE_RMS / max(rms, 1e-12))
     if sr != sample_rate:
-        g = np.gcd(int(sr), int(sample_rate))
-        x = signal.resample_poly(x, sample_rate // g, int(sr) // g)
+        from haaqicli.audio import resample
+
+        x = resample(x, int(sr), int(sample_rate))
     if length is not None:
         out = np.zeros(length)
         out[: min(length, len(x))] = x[:length]
@@ -36,9 +39,27 @@ def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_ra
     return x.astype(np.float32)
 
 
-def _cache_key(ids: list[str], sample_rate: int, length: int) -> str:
-    h = hashlib.sha256(json.dumps([ids, sample_rate, length]).encode()).hexdigest()
-    return h[:16]
+def item_cache_path(cache_dir: str | Path, item_id: str, sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
+    return Path(cache_dir) / "items" / str(sample_rate) / f"{item_id}.npy"
+
+
+def save_item_input(cache_dir: str | Path, item_id: str, reference: np.ndarray, processed: np.ndarray, sr: int,
+                    sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
+    """Write one item's model input atomically (safe with several labelling processes)."""
+    path = item_cache_path(cache_dir, item_id, sample_rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, model_input(reference, processed, sr, sample_rate))
+    os.replace(tmp, path)
+    return path
+
+
+def _item_input(row: dict, corpus: Path, cache: Path, sample_rate: int) -> np.ndarray:
+    path = item_cache_path(cache, row["item_id"], sample_rate)
+    if not path.is_file():
+        ref, proc, sr = materialise(row, corpus)
+        save_item_input(cache, row["item_id"], ref, proc, sr, sample_rate)
+    return np.load(path)
 
 
 def load_split_arrays(
@@ -47,11 +68,12 @@ def load_split_arrays(
     sample_rate: int = MODEL_SAMPLE_RATE,
     corpus_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    workers: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
     """(waves (N, T) float32, audiograms (N, 8) float32, labels (N,) float32, meta) for a split.
 
-    Only labelled items are used. Results are cached by the item list, rate and length, so a
-    second call (or another process) is a memory-mapped load.
+    Only labelled items are used. Each item's input comes from the per-item cache, regenerated
+    (in `workers` processes) where the labeller did not write it.
     """
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
@@ -62,19 +84,14 @@ def load_split_arrays(
     if meta.empty:
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
     length = int(round(float(meta["duration_s"].max()) * sample_rate))
-    key = _cache_key(meta["item_id"].tolist(), sample_rate, length)
-    wave_path = cache / f"{split}-{key}-waves.npy"
-    if wave_path.is_file():
-        waves = np.load(wave_path, mmap_mode="r")
-    else:
-        waves = np.zeros((len(meta), length), dtype=np.float32)
-        for i, row in enumerate(meta.to_dict(orient="records")):
-            ref, proc, sr = materialise(row, corpus)
-            waves[i] = model_input(ref, proc, sr, sample_rate, length)
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = wave_path.with_name(f".{wave_path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, waves)
-        os.replace(tmp, wave_path)
+    rows = meta.to_dict(orient="records")
+    # Items the labeller did not cache are regenerated in parallel (codec items call ffmpeg).
+    inputs = Parallel(n_jobs=workers, prefer="processes")(
+        delayed(_item_input)(row, corpus, cache, sample_rate) for row in rows
+    ) if workers > 1 else [_item_input(row, corpus, cache, sample_rate) for row in rows]
+    waves = np.zeros((len(rows), length), dtype=np.float32)
+    for i, x in enumerate(inputs):
+        waves[i, : min(length, len(x))] = x[:length]
     audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
     labels = meta["label"].to_numpy(dtype=np.float32)
     return waves, audiograms, labels, meta

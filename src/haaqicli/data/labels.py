@@ -57,12 +57,18 @@ def _cpu_seconds() -> float:
     return time.process_time() + t.children_user + t.children_system
 
 
-def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None) -> dict[str, Any]:
-    """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI."""
+def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None,
+               cache_dir: Path | None = None) -> dict[str, Any]:
+    """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI. With
+    ``cache_dir`` the item's model input is saved too, while the audio is at hand."""
     t0 = _cpu_seconds()
     try:
         ref, proc, sr = materialise(item, corpus_dir)
         label = label_pair(ref, proc, sr, item["audiogram"], haaqi_fn)
+        if cache_dir is not None:
+            from haaqicli.data.export import save_item_input
+
+            save_item_input(cache_dir, item["item_id"], ref, proc, sr)
         error = ""
     except Exception as exc:  # one bad item must not stop a day-long job; the error is recorded
         label, error = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -121,15 +127,16 @@ def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Non
     return todo
 
 
-def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None) -> Iterator[dict[str, Any]]:
+def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
+         cache_dir: Path | None = None) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         for item in items:
-            yield label_item(item, corpus_dir, haaqi_fn)
+            yield label_item(item, corpus_dir, haaqi_fn, cache_dir)
         return
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", batch_size=1)
-    yield from parallel(delayed(label_item)(item, corpus_dir, haaqi_fn) for item in items)
+    yield from parallel(delayed(label_item)(item, corpus_dir, haaqi_fn, cache_dir) for item in items)
 
 
 def label_manifest(
@@ -142,8 +149,10 @@ def label_manifest(
     haaqi_fn: HaaqiFn | None = None,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Label pending items, flushing shards every ``flush_every`` results, then merge.
+    """Label pending items, flushing shards every ``flush_every`` results, then merge. With
+    ``cache_dir`` each item's model input is cached for training (see data.export).
 
     Returns a summary: labelled, errors, cpu_seconds (sum), wall_seconds, pending_before.
     """
@@ -164,7 +173,7 @@ def label_manifest(
             counter += 1
             buffer = []
 
-    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn)
+    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_dir)
     bar = None
     if progress and items:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
