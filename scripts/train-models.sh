@@ -36,4 +36,4 @@ $BIN/haaqi train --config "$TEACHER_CONFIG" --epochs ${TEACHER_EPOCHS:-8} --thre
     --max-minutes "$TEACHER_MINUTES" --weights-dir "$WEIGHTS" ${RESUME:+--resume} 2>&1 | tee "$RESULTS/train-teacher.log"
 $BIN/haaqi distill --config "$STUDENT_CONFIG" --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" \
     --max-minutes "$STUDENT_MINUTES" --weights-dir "$WEIGHTS" 2>&1 | tee "$RESULTS/distill.log"
-HAAQI_WEIGHTS=$WEIGHTS $BIN/haaqi evaluate --json "$RESULTS/evaluate.json" | tee "$RESULTS/evaluate.txt"
+HAAQI_WEIGHTS=$WEIGHTS $BIN/haaqi evaluate --record --weights-dir "$WEIGHTS" --json "$RESULTS/evaluate.json" | tee "$RESULTS/evaluate.txt"

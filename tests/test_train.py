@@ -107,3 +107,8 @@ def test_distil_and_evaluate(fake_data, tmp_path):
     assert set(result["by_degradation"]) == {"lowpass2000", "lowpass4000", "lowpass8000"}
     text = train.format_evaluation(result)
     assert "overall" in text and "paper" in text
+    from haaqicli.models.registry import record_metrics
+
+    record_metrics("distilled", "validation", result["overall"], weights)
+    assert get_info("distilled", weights).metrics["validation"]["n"] == 12
+    assert get_info("distilled", weights).sha256 == info["sha256"]  # weights untouched

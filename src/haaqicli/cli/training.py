@@ -80,9 +80,10 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
 @click.option("--weights-dir", default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write JSON.")
+@click.option("--record", is_flag=True, help="Store the overall metrics in the weights manifest (haaqi models).")
 @one_line_errors
 def evaluate(names: tuple[str, ...], manifest: str, split: str, weights_dir: str | None, device: str,
-             json_path: str | None) -> None:
+             json_path: str | None, record: bool) -> None:
     """LCC, SRCC and MSE against true labels on the validation packages, by family and severity."""
     from haaqicli.train import evaluate_model, format_evaluation
 
@@ -92,3 +93,9 @@ def evaluate(names: tuple[str, ...], manifest: str, split: str, weights_dir: str
         click.echo("")
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))
+    if record:
+        from haaqicli.models.registry import record_metrics
+
+        for result in results:
+            record_metrics(result["model"], split, {**result["overall"], "packages": result["packages"]},
+                           weights_dir)

@@ -285,8 +285,23 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
     data = _read_manifest(wd)
     data["format_version"] = FORMAT_VERSION
     data["models"][done.name] = done.to_dict()
-    _atomic_write(wd / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    _write_manifest(wd, data)
     return done
+
+
+def _write_manifest(weights_dir: Path, data: dict[str, Any]) -> None:
+    _atomic_write(weights_dir / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def record_metrics(name: str, key: str, metrics: Mapping[str, Any], weights_dir: str | Path | None = None) -> None:
+    """Store measured metrics (e.g. key "validation" from `haaqi evaluate --record`) in the manifest,
+    so `haaqi models` shows them; the weights and their sha256 are untouched."""
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    data = _read_manifest(wd)
+    if name not in data["models"]:
+        raise ModelError(f"{wd / MANIFEST}: no model named {name!r}")
+    data["models"][name].setdefault("metrics", {})[key] = dict(metrics)
+    _write_manifest(wd, data)
 
 
 def measure_throughput(model: nn.Module, batch: int = 16, window_s: float = WINDOW_SECONDS,
