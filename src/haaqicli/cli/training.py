@@ -40,7 +40,10 @@ def _config(name: str, run_dir: str | None, config_json: str | None, **kwargs): 
 
     model_config = {}
     if config_json:
-        text = Path(config_json).read_text() if Path(config_json).exists() else config_json
+        try:
+            text = config_json if config_json.lstrip().startswith("{") else Path(config_json).read_text()
+        except OSError as error:
+            raise click.BadParameter(f"{config_json}: {error.strerror}", param_hint="--config") from None
         try:
             model_config = json.loads(text)
         except json.JSONDecodeError as error:
