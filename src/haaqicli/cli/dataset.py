@@ -146,13 +146,12 @@ def stats(manifest: str | None, as_json: bool) -> None:
 
 @one_line_errors
 def _stats(manifest: str | None, as_json: bool) -> None:
-    from haaqicli.data.corpus import read_manifest
-    from haaqicli.data.labels import apply_labels, read_shards, shard_dir
+    from haaqicli.data.labels import labelled_manifest
     from haaqicli.data.labels import stats as compute_stats
 
     manifest_path, _ = _paths(manifest, None)
     # Include labels still in shards (a labelling job may be running).
-    df = apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+    df = labelled_manifest(manifest_path)
     result = compute_stats(df)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -189,12 +188,11 @@ def _fit(manifest: str | None, out: str) -> None:
     import numpy as np
 
     from haaqicli.data import degrade
-    from haaqicli.data.corpus import read_manifest
-    from haaqicli.data.labels import apply_labels, read_shards, shard_dir
+    from haaqicli.data.labels import labelled_manifest
     from haaqicli.data.packages import DatasetError
 
     manifest_path, _ = _paths(manifest, None)
-    df = apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+    df = labelled_manifest(manifest_path)
     df = df[(df["split"] == "train") & np.isfinite(df["label"].to_numpy(dtype=float))]
     if len(df) < 50:
         raise DatasetError(f"{manifest_path}: only {len(df)} labelled training items; label a pilot of 50+ first")
@@ -239,11 +237,11 @@ def balance(manifest: str | None, per_bin: int, bins: int, seed: int, out: str) 
 
 @one_line_errors
 def _balance(manifest: str | None, per_bin: int, bins: int, seed: int, out: str) -> None:
-    from haaqicli.data.corpus import read_manifest, write_manifest
-    from haaqicli.data.labels import apply_labels, balance_by_label, read_shards, shard_dir
+    from haaqicli.data.corpus import write_manifest
+    from haaqicli.data.labels import balance_by_label, labelled_manifest
 
     manifest_path, _ = _paths(manifest, None)
-    df = apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+    df = labelled_manifest(manifest_path)
     balanced = balance_by_label(df, per_bin, n_bins=bins, seed=seed)
     write_manifest(balanced, Path(out))
     click.echo(f"wrote {out}: {len(balanced)} of {int(df['label'].notna().sum())} labelled items")

@@ -19,7 +19,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from haaqicli.constants import MODEL_SAMPLE_RATE, REFERENCE_RMS
-from haaqicli.data.corpus import default_data_dir, materialise, read_manifest
+from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
 
 
@@ -78,7 +78,9 @@ def load_split_arrays(
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
     cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
-    manifest = read_manifest(Path(manifest_path))
+    from haaqicli.data.labels import labelled_manifest
+
+    manifest = labelled_manifest(Path(manifest_path))  # labels of a run still going count too
     meta = manifest[(manifest["split"] == split) & np.isfinite(manifest["label"].to_numpy(dtype=float))]
     meta = meta.sort_values("item_id").reset_index(drop=True)
     if meta.empty:

@@ -105,10 +105,15 @@ def apply_labels(manifest: pd.DataFrame, shards: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def labelled_manifest(manifest_path: Path) -> pd.DataFrame:
+    """The manifest with every label found so far, shards included (a labelling run may still be
+    going: nothing is written)."""
+    return apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+
+
 def merge_shards(manifest_path: Path) -> pd.DataFrame:
     """Fold shard labels into the manifest file (atomic rewrite); shards are kept as a log."""
-    manifest = read_manifest(manifest_path)
-    merged = apply_labels(manifest, read_shards(shard_dir(manifest_path)))
+    merged = labelled_manifest(manifest_path)
     write_manifest(merged, manifest_path)
     return merged
 
