@@ -361,6 +361,8 @@ def evaluate_model(
     predicted = predict(model, data, batch_size, dev)
     target = data.labels.numpy()
     meta = data.meta.assign(predicted=predicted, label=target)
+    if "degradation" in meta:  # "cascade:noise+codec" -> "cascade": families, not every pair
+        meta["degradation"] = meta["degradation"].astype(str).str.split(":").str[0]
     result: dict[str, Any] = {"model": name, "sha256": info.sha256, "split": split,
                               "packages": sorted(meta["package"].unique().tolist()),
                               "overall": metrics(predicted, target), "paper": PAPER_FIGURES.get(name)}
