@@ -99,7 +99,9 @@ def prepare_file(
         gain = audio.presentation_gain(rms, options.spl)
         prepared.ears = ears_for(info.channels, options.mix)
         windows, starts, ends = [], [], []
-        for window in audio.iter_windows(audio.open_audio(item.path), options.window_s, options.hop_s):
+        # Second pass over the same source (each blocks() call restarts the stream): RMS first, then
+        # windows, so the whole file is never held in memory.
+        for window in audio.iter_windows(source, options.window_s, options.hop_s):
             raw = window.samples
             raw = raw.mean(axis=0, keepdims=True) if len(prepared.ears) == 1 else raw[:2]
             windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, model_sample_rate))
@@ -248,7 +250,6 @@ def score_inputs(
         options.model, device=device, beats_checkpoint=options.beats_checkpoint, weights_dir=options.weights_dir
     )
     scorer = WindowScorer(model, device, options.batch_size)
-    torch.manual_seed(0)
 
     profile_names = [p.name for p in profiles]
     kept, done_hashes = _resumable_rows(out, resume, profile_names, info.sha256)
