@@ -26,6 +26,13 @@ from haaqicli.models.beats import BEATs, BEATsConfig
 AUDIOGRAM_SCALE = 100.0
 
 
+def check_known_fields(cls: type, cfg: Mapping[str, Any], what: str) -> None:
+    """Our own configs are strict: a field this version does not know is an error, not ignored."""
+    unknown = set(cfg) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ModelError(f"{what}: unknown fields {sorted(unknown)}")
+
+
 @dataclass
 class HeadConfig:
     d_adapter: int = 256
@@ -36,10 +43,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ModelError(f"head config: unknown fields {sorted(unknown)}")
+        check_known_fields(cls, cfg, "head config")
         return cls(**dict(cfg))
 
 

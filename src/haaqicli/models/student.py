@@ -12,7 +12,7 @@ hidden states and frame scores align one-to-one for distillation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from haaqicli.errors import ModelError
 from haaqicli.models.beats import BEATsConfig, KaldiFbank, TransformerEncoder
-from haaqicli.models.haaqinet import HAAQIHead, HAAQINetOutput, HeadConfig
+from haaqicli.models.haaqinet import HAAQIHead, HAAQINetOutput, HeadConfig, check_known_fields
 
 
 @dataclass
@@ -50,10 +50,7 @@ class StudentEncoderConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> StudentEncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ModelError(f"student encoder config: unknown fields {sorted(unknown)}")
+        check_known_fields(cls, cfg, "student encoder config")
         d = dict(cfg)
         for k in ("conv_channels", "conv_time_strides", "conv_freq_strides"):
             if k in d:
