@@ -85,7 +85,7 @@ def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
 class Split:
     waves: torch.Tensor  # (N, T) float32, calibrated model input at the model's rate
     audiograms: torch.Tensor  # (N, 8) dB HL
-    labels: torch.Tensor  # (N,) HAAQI, NaN where unlabelled
+    labels: torch.Tensor  # (N,) HAAQI
     meta: pd.DataFrame
 
     def __len__(self) -> int:
@@ -307,7 +307,7 @@ def teacher_targets(
 
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Distil the student from the registered teacher: the teacher's hidden layers and outputs are
-    the main targets; the true label (where known) is an extra term."""
+    the main targets; the true label is an extra term."""
     from haaqicli.models.registry import STUDENT_CONFIG, build_model, load_model
     from haaqicli.models.student import distillation_loss
 
@@ -316,23 +316,19 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     teacher.eval().requires_grad_(False)
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
-    labelled = ~torch.isnan(data.labels).numpy()
-    train, dev = data.subset(~mask), data.subset(mask & labelled)
+    train, dev = data.subset(~mask), data.subset(mask)
     student_config = dict(config.config or STUDENT_CONFIG)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model = build_model("haaqinet-student", student_config).to(device)
-    log(f"distil: {len(train)} clips ({int(labelled[~mask].sum())} labelled), {len(dev)} dev clips")
+    log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
     targets = teacher_targets(teacher, train, [t for _, t in model.distill_cfg.targets], device, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.waves[index].to(device), train.audiograms[index].to(device))
         loss, parts = distillation_loss(out, targets.select(index, device), model)
-        label = train.labels[index].to(device)
-        known = ~torch.isnan(label)
-        if known.any():
-            loss = loss + config.label_weight * nn.functional.mse_loss(out.clip[known], label[known])
+        loss = loss + config.label_weight * nn.functional.mse_loss(out.clip, train.labels[index].to(device))
         return loss, parts
 
     state = fit(model, train, dev, config, step_loss, log)
