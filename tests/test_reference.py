@@ -10,7 +10,7 @@ from haaqicli import synth
 from haaqicli.errors import AudioError, ProfileError
 from haaqicli.reference import compute_haaqi, haaqi_loss
 from haaqicli.reference.align import align
-from haaqicli.reference.haaqi import env_smooth
+from haaqicli.reference.haaqi import env_smooth, haaqi_terms
 
 SR = 24000
 NORMAL = np.zeros(8)
@@ -24,6 +24,17 @@ def ref() -> np.ndarray:
 
 def _level1(x: np.ndarray) -> float:
     return 65 - 20 * np.log10(np.sqrt(np.mean(x**2)))
+
+
+@pytest.mark.parametrize("noise", ["fast", "pyclarity"])
+def test_thread_count_does_not_change_scores(ref: np.ndarray, noise: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # signals, bands and noise rows are split across threads; every split must be bit-identical
+    processed = synth.add_noise(synth.lowpass(ref, SR, 4000), 15.0, seed=3)
+    terms = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("HAAQI_THREADS", threads)
+        terms.append(haaqi_terms(processed, ref, SR, SR, LOSS, 1, _level1(ref), seed=7, noise=noise))
+    assert terms[0] == terms[1] == terms[2]
 
 
 def test_loss_drops_3k_and_8k() -> None:

@@ -6,17 +6,14 @@ including decoding and resampling, and as a ratio to pyclarity's intrusive HAAQI
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
 from haaqicli import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 
 
 @dataclass
@@ -61,21 +58,27 @@ def time_model(folder: Path, model: str, device: str, batch_size: int, workers: 
     return BenchRow(label, audio_seconds, float(best))
 
 
-def time_pyclarity(seconds: float, sample_rate: int = 44100) -> tuple[BenchRow, float] | None:
-    """pyclarity's intrusive HAAQI on one clip (it is slow, so one call). None if not installed."""
-    try:
-        from clarity.evaluator.haaqi import compute_haaqi as clarity_haaqi
-        from clarity.utils.audiogram import Audiogram as ClarityAudiogram
-    except ImportError:
-        return None
-    reference = synth.music(seconds, sample_rate, seed=1)[0]
-    processed = synth.lowpass(reference, sample_rate, 5000)
-    profile = BUILTIN_PROFILES["mild"].left
-    audiogram = ClarityAudiogram(levels=np.array(profile.levels), frequencies=np.array(AUDIOGRAM_FREQUENCIES))
-    level1 = 65 - 20 * np.log10(np.sqrt(np.mean(reference**2)))
-    started = time.perf_counter()
-    score = clarity_haaqi(processed, reference, sample_rate, sample_rate, audiogram, 1, level1)
-    return BenchRow("pyclarity HAAQI (cpu)", seconds, time.perf_counter() - started), float(score)
+def time_model_only(model: str, device: str, batch_size: int, repeats: int) -> BenchRow:
+    """The network alone (fbank included) on one batch of 6-s windows: the models' own throughput,
+    without decoding, resampling and per-file work, which both models share."""
+    from haaqicli.models.registry import load_model, measure_throughput
+
+    network, info = load_model(model, device=device)
+    speed = measure_throughput(network, batch=batch_size, threads=None, repeats=max(3, repeats), device=device)
+    audio_seconds = batch_size * info.window_s
+    return BenchRow(f"{model} ({device}, model only)", audio_seconds, audio_seconds / speed["realtime_factor"])
+
+
+def time_reference(seconds: float, repeats: int, sample_rate: int = 44100) -> tuple[list[BenchRow], dict]:
+    """Our exact HAAQI and pyclarity's (when installed) on the same clip, same rate, timed alternately."""
+    from haaqicli.reference.bench import benchmark_reference
+    from haaqicli.reference.parallel import thread_count
+
+    measured = benchmark_reference(seconds=seconds, repeats=repeats, sample_rate=sample_rate)
+    rows = [BenchRow(f"exact HAAQI, ours (cpu, {thread_count()} threads)", seconds, measured["ours_seconds"])]
+    if "pyclarity_seconds" in measured:
+        rows.append(BenchRow("pyclarity HAAQI (cpu)", seconds, measured["pyclarity_seconds"]))
+    return rows, measured
 
 
 def run_bench(
@@ -98,19 +101,14 @@ def run_bench(
     for device in devices:
         for model in models:
             rows.append(time_model(folder, model, device, batch_size, workers, repeats))
+        for model in models:
+            rows.append(time_model_only(model, device, batch_size, repeats))
     result: dict = {"cpu_threads": torch.get_num_threads(), "files": n_files, "file_seconds": seconds}
-    oracle = time_pyclarity(pyclarity_seconds)
-    try:
-        from haaqicli.reference.bench import benchmark_reference
-
-        ours = benchmark_reference(seconds=pyclarity_seconds, with_oracle=False)
-        rows.append(BenchRow("exact HAAQI, ours (cpu)", pyclarity_seconds, float(ours["ours_seconds"])))
-    except ImportError:
-        pass
-    if oracle is not None:
-        rows.append(oracle[0])
-        result["pyclarity_score"] = oracle[1]
-    baseline = oracle[0].realtime if oracle is not None else None
+    reference_rows, reference = time_reference(pyclarity_seconds, repeats)
+    rows.extend(reference_rows)
+    result["reference"] = reference
+    oracle = reference_rows[1] if len(reference_rows) > 1 else None
+    baseline = oracle.realtime if oracle is not None else None
     result["rows"] = [
         {**row.to_dict(), "x_pyclarity": (row.realtime / baseline) if baseline else None} for row in rows
     ]
@@ -128,4 +126,11 @@ def format_bench(result: dict) -> str:
             f"{row['x_realtime']:12.1f} {ratio:>12s}"
         )
     lines.append(f"(torch threads: {result['cpu_threads']}; {result['files']} stereo files of {result['file_seconds']} s)")
+    reference = result.get("reference", {})
+    if "speedup" in reference:
+        lines.append(
+            f"exact HAAQI vs pyclarity on one {reference['seconds']:g}-s clip at {reference['sample_rate']} Hz: "
+            f"{reference['speedup_wall']:.1f}x wall, {reference['speedup']:.1f}x CPU time; "
+            f"scores {reference['ours_score']:.6f} vs {reference['pyclarity_score']:.6f}"
+        )
     return "\n".join(lines)

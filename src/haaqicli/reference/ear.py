@@ -10,11 +10,14 @@ compensation. All 32 bands are processed at once; only the truly sequential recu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.fft as sfft
 from numba import njit
 from scipy.signal import butter, cheby2, lfilter, resample_poly
+
+from haaqicli.reference.parallel import map_rows, run_all
 
 FS = 24_000.0  # the model's internal sample rate (Hz)
 N_BANDS = 32
@@ -245,13 +248,12 @@ def _resonate(st, i, xi):  # pragma: no cover - compiled
         st[_YI1 * nb + k] = yi
 
 
-@_jit()
-def _gammatone_control(x, st):  # pragma: no cover - compiled
+@_jit(nogil=True)
+def _gammatone_control(x, st, env):  # pragma: no cover - compiled
     """Control-path envelopes clipped to [lo, hi] per band (the compression rule's linear range),
-    time-major (samples, bands), and the mean square of the unclipped envelopes."""
+    written time-major into `env` (samples * bands); returns the mean square of the unclipped envelopes."""
     nb = 32
     n = x.shape[0]
-    env = np.empty(n * nb)
     for i in range(n):
         _resonate(st, i, x[i])
         for k in range(nb):
@@ -259,22 +261,20 @@ def _gammatone_control(x, st):  # pragma: no cover - compiled
             yi = st[_YI1 * nb + k]
             e = st[_GAIN * nb + k] * np.sqrt(yr * yr + yi * yi)
             st[_ACC * nb + k] += e * e
-            env[i * nb + k] = min(max(e, st[_LO * nb + k]), st[_HI * nb + k])
+            env[i, k] = min(max(e, st[_LO * nb + k]), st[_HI * nb + k])
     env_ms = np.empty(nb)
     for k in range(nb):
         env_ms[k] = st[_ACC * nb + k] / n
-    return env.reshape(n, nb), env_ms
+    return env_ms
 
 
-@_jit()
-def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1):  # pragma: no cover - compiled
+@_jit(nogil=True)
+def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1, env, bm):  # pragma: no cover - compiled
     """Main path: with `comp` (time-major OHC gain in linear units, before its 800 Hz one-pole
-    smoothing, still to be multiplied by the `scale` row) returns the compressed envelope and BM
-    motion (band-major) and the mean square of the uncompressed envelope per band."""
+    smoothing, still to be multiplied by the `scale` row) writes the compressed envelope and BM
+    motion (band-major) into `env` and `bm`; returns the mean square of the uncompressed envelope."""
     nb = 32
     n = x.shape[0]
-    env = np.empty((nb, n))
-    bm = np.empty((nb, n))
     flat = comp.ravel()
     for i in range(n):
         _resonate(st, i, x[i])
@@ -298,7 +298,7 @@ def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1):  # pragma: no cover - com
     env_ms = np.empty(nb)
     for k in range(nb):
         env_ms[k] = st[_ACC * nb + k] / n
-    return env, bm, env_ms
+    return env_ms
 
 
 @_jit(inline="always")
@@ -332,8 +332,8 @@ def _ihc_step(v0, e, b, v1, v2):  # pragma: no cover - compiled
     return o, b * ((o + small) / (v0 + small)), w1, w2
 
 
-@_jit()
-def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, delay, noise, noise_gain):  # noqa: E501  # pragma: no cover
+@_jit(nogil=True)
+def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, delay, noise, noise_gain, k0, k1, x_out, x_bm_out, y_out, y_bm_out):  # noqa: E501  # pragma: no cover
     """Per band: time shift (envelope alignment), BM rescaled to the dB SL envelope, IHC rapid (2 ms)
     and short-term (60 ms) adaptation with overshoot 2 (RC-circuit recursion), threshold noise
     (noise: (2, bands, samples), reference then processed), then the group-delay compensation delay.
@@ -343,14 +343,11 @@ def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, d
     motion may be aligned by different lags, exactly as in the reference code).
 
     Both signals run in the same time loop: the adaptation recursion is latency-bound, so two
-    independent chains (kept in registers) cost about as much as one.
+    independent chains (kept in registers) cost about as much as one. Writes bands k0..k1-1 of the
+    outputs (threads take disjoint band ranges).
     """
-    n_bands, n = x_log.shape
-    x_out = np.empty_like(x_log)
-    x_bm_out = np.empty(x_bm.shape, dtype=np.float32)  # only used by the float32 BM coherence
-    y_out = np.empty_like(y_log)
-    y_bm_out = np.empty(y_bm.shape, dtype=np.float32)
-    for k in range(n_bands):
+    n = x_log.shape[1]
+    for k in range(k0, k1):
         d = delay[k]
         x_out[k, :d] = 0.0
         x_bm_out[k, :d] = 0.0
@@ -374,6 +371,16 @@ def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, d
             o, b, yv1, yv2 = _ihc_step(v0, e, b, yv1, yv2)
             y_out[k, i + d] = o
             y_bm_out[k, i + d] = b + noise_gain * noise[1, k, i]
+
+
+def _post_bands(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, delay, noise, noise_gain):  # noqa: E501
+    """`_post` over all bands, split across threads; returns (x_db, x_bm, y_db, y_bm), BM as float32
+    (only the float32 BM coherence reads it)."""
+    x_out, y_out = np.empty_like(x_log), np.empty_like(y_log)
+    x_bm_out = np.empty(x_bm.shape, dtype=np.float32)
+    y_bm_out = np.empty(y_bm.shape, dtype=np.float32)
+    args = (x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, delay, noise, noise_gain)
+    map_rows(lambda k0, k1: _post(*args, k0, k1, x_out, x_bm_out, y_out, y_bm_out), x_log.shape[0])
     return x_out, x_bm_out, y_out, y_bm_out
 
 
@@ -400,7 +407,7 @@ def _compression_rule(attn_ohc, low_knee, ratio, level1: float) -> tuple[np.ndar
     return lo, hi, p, scale
 
 
-@_jit()
+@_jit(nogil=True)
 def _lagged_dots(a, b, lags):  # pragma: no cover - compiled
     """sum_m a[m+lag] b[m] over the overlap, for each lag (float64, sequential sum)."""
     n = a.shape[0]
@@ -470,7 +477,8 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     """
     n_bands, n = ref.shape
     lags = min(int(np.rint(0.001 * max_lag_ms * FS)), n)
-    c = _xcorr_blocked(ref, out, lags)
+    # bands split across threads (measured: faster here than scipy's threaded FFTs of the whole batch)
+    c = np.concatenate(map_rows(lambda a, b: _xcorr_blocked(ref[a:b], out[a:b], lags), n_bands))
     tol = 1e-5 * np.sqrt(np.einsum("ij,ij->i", ref, ref) * np.einsum("ij,ij->i", out, out)) + 1e-300
     best = np.empty(ref.shape[0], dtype=np.int64)
     for k in range(ref.shape[0]):
@@ -486,10 +494,10 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     return best
 
 
-def _log_env(env: np.ndarray) -> np.ndarray:
-    """log10 of the envelope (+1e-30); `_post` turns it into dB SL (x20, + level1 - IHC attenuation,
-    clipped at 0) on the fly, saving three passes over the array."""
-    out = np.add(env, SMALL)
+def _log_env(env: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """log10 of the envelope (+1e-30) into `out`; `_post` turns it into dB SL (x20, + level1 - IHC
+    attenuation, clipped at 0) on the fly, saving three passes over the array."""
+    np.add(env, SMALL, out=out)
     return np.log10(out, out=out)
 
 
@@ -551,7 +559,7 @@ def _unit(z):  # pragma: no cover - compiled
     return (np.float64(z >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-@_jit()
+@_jit(nogil=True)
 def _ziggurat_fill(out, seeds, kn, wn, fn):  # pragma: no cover - compiled
     """Standard normal samples into each row of `out`, row j from its own SplitMix64 stream seeded by
     seeds[j] (the generator is a sequential recursion, hence numba). Marsaglia-Tsang ziggurat: ~99%
@@ -612,7 +620,7 @@ def threshold_noise(
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {mode!r}")
     out = np.empty((2 * shape[0], shape[1]), dtype=np.float32)
     seeds = np.random.default_rng(seed).integers(0, 2**63 - 1, size=out.shape[0], dtype=np.int64)
-    _ziggurat_fill(out, seeds, _ZIG_KN, _ZIG_WN, _ZIG_FN)
+    map_rows(lambda a, b: _ziggurat_fill(out[a:b], seeds[a:b], _ZIG_KN, _ZIG_WN, _ZIG_FN), out.shape[0])
     return gain, out.reshape(2, *shape)
 
 
@@ -650,8 +658,14 @@ def ear_model(
     # they come out already clipped to the compression rule's range (the RMS is of the raw envelope).
     lo_x, hi_x, p_x, scale_x = _compression_rule(attn_ohc_x, knee_x, ratio_x, level1)
     lo_y, hi_y, p_y, scale_y = _compression_rule(attn_ohc_y, knee_y, ratio_y, level1)
-    x_gain, x_ctrl_ms = _gammatone_control(x, _gammatone_state(bw_max, cf, lo=lo_x, hi=hi_x))
-    y_gain, y_ctrl_ms = _gammatone_control(y, _gammatone_state(bw_max, cf, lo=lo_y, hi=hi_y))
+    # The two signals are independent until the comparison: each pair of stages runs in two threads.
+    # Large outputs are allocated here, in the main thread: glibc serves big blocks for other threads
+    # by fresh mmaps (page faults on every use), while the main heap reuses them (see _heap).
+    x_gain, y_gain = np.empty((n, N_BANDS)), np.empty((n, N_BANDS))
+    x_ctrl_ms, y_ctrl_ms = run_all(
+        partial(_gammatone_control, x, _gammatone_state(bw_max, cf, lo=lo_x, hi=hi_x), x_gain),
+        partial(_gammatone_control, y, _gammatone_state(bw_max, cf, lo=lo_y, hi=hi_y), y_gain),
+    )
     x_ctrl_rms, y_ctrl_rms = np.sqrt(x_ctrl_ms), np.sqrt(y_ctrl_ms)
     bw_x = _bandwidth_for_level(x_ctrl_rms, bw_min_x, bw_max, level1)
     bw_y = _bandwidth_for_level(y_ctrl_rms, bw_min_y, bw_max, level1)
@@ -660,13 +674,18 @@ def ear_model(
     (lp_b0, lp_b1), (_, lp_a1) = butter(1, 800 / (0.5 * FS))
     np.power(x_gain, p_x, out=x_gain)
     np.power(y_gain, p_y, out=y_gain)
-    x_env, x_bm, x_ms = _gammatone_main(x, _gammatone_state(bw_x, cf, scale=scale_x), x_gain, lp_b0, lp_b1, lp_a1)
-    del x_gain
-    y_env, y_bm, y_ms = _gammatone_main(y, _gammatone_state(bw_y, cf, scale=scale_y), y_gain, lp_b0, lp_b1, lp_a1)
-    del y_gain
+    x_env, x_bm, y_env, y_bm = (np.empty((N_BANDS, n)) for _ in range(4))
+    x_ms, y_ms = run_all(
+        partial(_gammatone_main, x, _gammatone_state(bw_x, cf, scale=scale_x), x_gain, lp_b0, lp_b1, lp_a1,
+                x_env, x_bm),
+        partial(_gammatone_main, y, _gammatone_state(bw_y, cf, scale=scale_y), y_gain, lp_b0, lp_b1, lp_a1,
+                y_env, y_bm),
+    )
+    del x_gain, y_gain
     x_avg, y_avg = np.sqrt(x_ms), np.sqrt(y_ms)
 
     # Per-band alignment of the processed envelope and BM motion (applied inside _post).
+    # (sequential: the FFTs inside are threaded, and their large buffers come from the main heap)
     shift_env = -_best_lags(x_env, y_env)
     shift_bm = -_best_lags(x_bm, y_bm)
 
@@ -677,8 +696,10 @@ def ear_model(
 
     noise_gain, noise_xy = threshold_noise(x_env.shape, level1, seed, noise)
     offset = np.stack((level1 - attn_ihc_x, level1 - attn_ihc_y))
-    x_db, x_bm, y_db, y_bm = _post(
-        x_env, _log_env(x_env), x_bm, y_env, _log_env(y_env), y_bm, offset, shift_env, shift_bm, correct,
+    x_log, y_log = np.empty_like(x_env), np.empty_like(y_env)
+    run_all(partial(_log_env, x_env, x_log), partial(_log_env, y_env, y_log))
+    x_db, x_bm, y_db, y_bm = _post_bands(
+        x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, correct,
         noise_xy, noise_gain,
     )
 

@@ -19,6 +19,7 @@ from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 from haaqicli.errors import AudioError, ProfileError
 from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import FS, HAAQI_FREQUENCIES, NOISE_MODES, center_frequencies, ear_model
+from haaqicli.reference.parallel import map_rows, run_all
 
 SILENCE_THRESHOLD = 2.5  # dB SL summed over bands: segments below are ignored
 MIN_SECONDS = 0.1
@@ -167,15 +168,24 @@ def _fill_segments(
 
 def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
     """Per band and 50%-overlap segment: max over +-1 ms lags of the window-unbiased normalised
-    cross-covariance (clipped to [0, 1]), and 2x the reference mean square."""
+    cross-covariance (clipped to [0, 1]), and 2x the reference mean square. Bands are split across
+    threads."""
+    x_bm = np.asarray(x_bm, dtype=np.float32)
+    y_bm = np.asarray(y_bm, dtype=np.float32)
+    parts = map_rows(lambda a, b: _bm_covariance_rows(x_bm[a:b], y_bm[a:b], segment_ms), x_bm.shape[0])
+    cov = np.concatenate([part[0] for part in parts])
+    x_ms = np.concatenate([part[1] for part in parts])
+    return np.clip(cov, 0.0, 1.0), 2.0 * x_ms
+
+
+def _bm_covariance_rows(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """`bm_covariance` for a range of bands (float32 input): unclipped peak covariance, reference mean square."""
     max_lag = int(np.around(1.0 * 0.001 * FS))
     nwin = int(np.around(segment_ms * 0.001 * FS))
     nwin += nwin % 2
     half = nwin // 2
     w = _hann(nwin)
     w32 = w.astype(np.float32)
-    x_bm = np.asarray(x_bm, dtype=np.float32)
-    y_bm = np.asarray(y_bm, dtype=np.float32)
 
     def inv_autocorr(win: np.ndarray) -> np.ndarray:
         full = np.correlate(win, win, "full")
@@ -220,7 +230,7 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
         cov[:, s0:s1] = block
         x_ms[:, s0:s1] = xm
         y_ms[:, s0:s1] = ym
-    return np.clip(cov, 0.0, 1.0), 2.0 * x_ms
+    return cov, x_ms
 
 
 def bm_sync5(cov: np.ndarray, ref_ms: np.ndarray, threshold: float = SILENCE_THRESHOLD) -> float:
@@ -282,7 +292,7 @@ def haaqi_terms(
         raise AudioError("reference is silent (all zeros)")
     ear = ear_model(ref, reference_sr, proc, processed_sr, loss, equalisation, level1, seed, noise)
 
-    cep_high = mel_cepstral_high(env_smooth(ear.x_db), env_smooth(ear.y_db))
+    cep_high = mel_cepstral_high(*run_all(lambda: env_smooth(ear.x_db), lambda: env_smooth(ear.y_db)))
     d_loud_std, d_norm_std = spectrum_terms(ear.x_sl, ear.y_sl)
     cov, ref_ms = bm_covariance(ear.x_bm, ear.y_bm)
     sync5 = bm_sync5(cov, ref_ms)
