@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from haaqicli.audio import plan_windows
+from haaqicli.audio import plan_windows, resample
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
 from haaqicli.errors import AudioError, ModelError
 from haaqicli.models.registry import ModelInfo, load_model
@@ -76,7 +75,7 @@ class HAAQIPredictor(nn.Module):
         dev = self.device
         x = waveform.to(dev, torch.float32)
         if int(sample_rate) != self.sample_rate:
-            x = AF.resample(x, int(sample_rate), self.sample_rate)
+            x = resample(x, int(sample_rate), self.sample_rate)  # the same filter as the file scorer
         if spl is not None:
             target = REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20)
             rms = x.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()

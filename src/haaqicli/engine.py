@@ -9,9 +9,11 @@ The encoder runs once per window; only the small head runs once per profile.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ MAX_TIMELINE_POINTS = 2000
 # Files longer than this are streamed in the main process instead of prefetched by workers,
 # so a 2-hour file never sits whole in memory.
 PREFETCH_MAX_SECONDS = 20 * 60.0
+# Windows resampled per call: one filter pass over many windows, little raw audio held.
+RESAMPLE_BATCH = 16
 
 
 @dataclass
@@ -88,34 +92,59 @@ def prepare_file(
 ) -> PreparedFile:
     """Decode, calibrate, window and resample one file. Errors become the row's reason."""
     prepared = PreparedFile(input=item)
+    # hashlib releases the GIL, so the file is hashed on another core while it is decoded
+    hashing = _hash_pool().submit(content_hash, item.path)
     try:
-        prepared.content_hash = content_hash(item.path)
         source = audio.open_audio(item.path)
         info = source.info
         prepared.duration_s = info.duration_s
         prepared.sample_rate = info.sample_rate
         prepared.channels = info.channels
-        rms = audio.overall_rms(audio.channel_rms(source))
-        gain = audio.presentation_gain(rms, options.spl)
         prepared.ears = ears_for(info.channels, options.mix)
-        windows, starts, ends = [], [], []
-        # Second pass over the same source (each blocks() call restarts the stream): RMS first, then
-        # windows, so the whole file is never held in memory.
-        for window in audio.iter_windows(source, options.window_s, options.hop_s):
-            raw = window.samples
-            raw = raw.mean(axis=0, keepdims=True) if len(prepared.ears) == 1 else raw[:2]
-            windows.append(audio.resample(np.ascontiguousarray(raw * gain), info.sample_rate, model_sample_rate))
+        # One decoding pass: windows are collected (and resampled a batch at a time) while the level
+        # is metered; the presentation gain is applied afterwards (resampling is linear).
+        meter = audio.LevelMeter(info.channels, str(item.path))
+        pending: list[np.ndarray] = []
+        resampled: list[np.ndarray] = []
+        starts, ends = [], []
+
+        def flush() -> None:
+            length = min(w.shape[-1] for w in pending)  # only a short last window can differ
+            batch = np.stack([w[..., :length] for w in pending]) if len(pending) > 1 else pending[0][None]
+            resampled.extend(audio.resample(batch, info.sample_rate, model_sample_rate))
+            pending.clear()
+
+        mono = len(prepared.ears) == 1
+        for window in audio.iter_windows(source, options.window_s, options.hop_s, meter=meter, downmix=mono):
+            pending.append(window.samples if mono else window.samples[:2])
             starts.append(window.start_s)
             ends.append(window.end_s)
-        length = min(w.shape[1] for w in windows)
-        prepared.windows = np.stack([w[:, :length] for w in windows], axis=1).astype(np.float32)
+            if len(pending) == RESAMPLE_BATCH:
+                flush()
+        if pending:
+            flush()
+        gain = audio.presentation_gain(audio.overall_rms(meter.rms()), options.spl)
+        length = min(w.shape[1] for w in resampled)
+        prepared.windows = np.stack([w[:, :length] for w in resampled], axis=1).astype(np.float32)
+        prepared.windows *= np.float32(gain)
         prepared.starts_s = np.array(starts, dtype=np.float64)
         prepared.ends_s = np.array(ends, dtype=np.float64)
+        prepared.content_hash = hashing.result()
     except HaaqiError as error:
         prepared.error = str(error)
     except Exception as error:  # a batch never dies because of one file
         prepared.error = f"{item.path}: {type(error).__name__}: {error}"
+    if not prepared.content_hash:
+        try:
+            prepared.content_hash = hashing.result()
+        except OSError:
+            pass  # the decoding error already names the file
     return prepared
+
+
+@functools.lru_cache(maxsize=1)
+def _hash_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="haaqi-hash")
 
 
 def aggregate(scores: np.ndarray, starts_s: np.ndarray, ends_s: np.ndarray) -> dict[str, float]:
