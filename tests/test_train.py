@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from conftest import TINY_TEACHER, tiny_student_config
 
 from haaqicli import synth, train
+from haaqicli.errors import HaaqiError
 from haaqicli.models.registry import get_info, load_model
 
 
@@ -112,3 +114,32 @@ def test_distil_and_evaluate(fake_data, tmp_path):
     record_metrics("distilled", "validation", result["overall"], weights)
     assert get_info("distilled", weights).metrics["validation"]["n"] == 12
     assert get_info("distilled", weights).sha256 == info["sha256"]  # weights untouched
+
+
+def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tmp_path):
+    weights = str(tmp_path / "w")
+    two_layers = copy.deepcopy(TINY_TEACHER)
+    two_layers["encoder"]["encoder_layers"] = 2
+    config = train.TrainConfig(run_dir=str(tmp_path / "t"), weights_dir=weights, epochs=1, batch_size=4,
+                               config=two_layers, device="cpu")
+    train.train_teacher(config, log=lambda _: None)
+    trained, _ = load_model("teacher", weights_dir=weights)
+
+    one_layer = copy.deepcopy(TINY_TEACHER)
+    one_layer["encoder"]["encoder_layers"] = 1
+    from haaqicli.models.registry import build_model
+
+    torch.manual_seed(1)
+    small = build_model("haaqinet", one_layer)
+    messages: list[str] = []
+    copied = train.warm_start(small, "teacher", weights, messages.append)
+    ours, theirs = small.state_dict(), trained.state_dict()
+    assert 0 < copied < len(ours) and "copied" in messages[0]
+    layer0 = [k for k in ours if ".layers.0." in k]
+    assert layer0 and all(torch.equal(ours[k], theirs[k]) for k in layer0)
+    # the head's layer weights differ in shape (2 vs 3 hidden states): kept fresh, not copied
+    mismatched = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape]
+    assert mismatched
+
+    with pytest.raises(HaaqiError, match="no such file"):
+        train.warm_start(small, str(tmp_path / "missing.safetensors"), weights, messages.append)

@@ -57,6 +57,7 @@ class TrainConfig:
     resume: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # model config; empty = the registry default
     teacher: str = "teacher"  # distillation only: registry name of the teacher
+    init: str | None = None  # warm start: registry name or .safetensors file (matching tensors copied)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,6 +230,30 @@ def _setup(config: TrainConfig) -> torch.device:
     return resolve_device(config.device)
 
 
+def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Callable[[str], None]) -> int:
+    """Copy every tensor of `source` (a registered model, loaded with its sha256 checked, or a
+    .safetensors file) whose name and shape match the model's; the rest keep their fresh values.
+    This lets a smaller variant (fewer layers) start from a trained model. Returns the count copied."""
+    from haaqicli.models.registry import load_model
+
+    path = Path(source)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise HaaqiError(f"--init {source}: no such file")
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = load_model(source, weights_dir=weights_dir)[0].state_dict()
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise HaaqiError(f"--init {source}: no tensor matches this model's names and shapes")
+    model.load_state_dict(matched, strict=False)
+    log(f"warm start from {source}: {len(matched)} of {len(own)} tensors copied")
+    return len(matched)
+
+
 def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best: dict, extra: dict) -> dict:
     from haaqicli.models.registry import ModelInfo, save_model
 
@@ -259,6 +284,8 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     train, dev = data.subset(~mask), data.subset(mask)
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
+    if config.init:
+        warm_start(model, config.init, config.weights_dir, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.waves[index].to(device), train.audiograms[index].to(device))
@@ -321,6 +348,8 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model = build_model("haaqinet-student", student_config).to(device)
+    if config.init:
+        warm_start(model, config.init, config.weights_dir, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
     targets = teacher_targets(teacher, train, [t for _, t in model.distill_cfg.targets], device, log)

@@ -27,6 +27,9 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--max-minutes", type=float, default=None, help="Stop (and save) after this long."),
             click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt."),
             click.option("--config", "config_json", default=None, help="Model config JSON (file or string)."),
+            click.option("--init", default=None,
+                         help="Warm start: a registered model name or a .safetensors file; every tensor whose "
+                              "name and shape match is copied before training."),
         ]
         for option in reversed(options):
             func = option(func)

@@ -54,12 +54,10 @@ def save_item_input(cache_dir: str | Path, item_id: str, reference: np.ndarray, 
     return path
 
 
-def _item_input(row: dict, corpus: Path, cache: Path, sample_rate: int) -> np.ndarray:
-    path = item_cache_path(cache, row["item_id"], sample_rate)
-    if not path.is_file():
+def _ensure_cached(row: dict, corpus: Path, cache: Path, sample_rate: int) -> None:
+    if not item_cache_path(cache, row["item_id"], sample_rate).is_file():
         ref, proc, sr = materialise(row, corpus)
         save_item_input(cache, row["item_id"], ref, proc, sr, sample_rate)
-    return np.load(path)
 
 
 def load_split_arrays(
@@ -87,12 +85,18 @@ def load_split_arrays(
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
     length = int(round(float(meta["duration_s"].max()) * sample_rate))
     rows = meta.to_dict(orient="records")
-    # Items the labeller did not cache are regenerated in parallel (codec items call ffmpeg).
-    inputs = Parallel(n_jobs=workers, prefer="processes")(
-        delayed(_item_input)(row, corpus, cache, sample_rate) for row in rows
-    ) if workers > 1 else [_item_input(row, corpus, cache, sample_rate) for row in rows]
+    # Items the labeller did not cache are regenerated first, in parallel (codec items call ffmpeg);
+    # then every input is read into one preallocated array (a split of 20,000 clips is ~11 GB and
+    # must not exist twice).
+    missing = [row for row in rows if not item_cache_path(cache, row["item_id"], sample_rate).is_file()]
+    if missing and workers > 1:
+        Parallel(n_jobs=workers, prefer="processes")(
+            delayed(_ensure_cached)(row, corpus, cache, sample_rate) for row in missing)
+    for row in missing:
+        _ensure_cached(row, corpus, cache, sample_rate)  # no-op for items the workers wrote
     waves = np.zeros((len(rows), length), dtype=np.float32)
-    for i, x in enumerate(inputs):
+    for i, row in enumerate(rows):
+        x = np.load(item_cache_path(cache, row["item_id"], sample_rate))
         waves[i, : min(length, len(x))] = x[:length]
     audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
     labels = meta["label"].to_numpy(dtype=np.float32)
