@@ -60,3 +60,24 @@ def test_ears_for_channels_and_mix():
     assert ears_for(1, "stereo") == ["both"]
     assert ears_for(2, "stereo") == ["left", "right"]
     assert ears_for(2, "mono") == ["both"]
+
+
+def test_windows_of_many_files_share_batches_without_changing_scores(music_folder, use_tiny_weights):
+    """Cross-file batching (units spanning batches, mixed window lengths) gives each file the scores it
+    gets alone, batch by batch."""
+    from pathlib import Path
+
+    from haaqicli.audiogram import BUILTIN_PROFILES
+    from haaqicli.engine import ScoreOptions, score_inputs
+
+    profiles = [BUILTIN_PROFILES["mild"], BUILTIN_PROFILES["N5"]]
+    together = score_inputs([music_folder], profiles, ScoreOptions(batch_size=3), progress=False).table
+    for path in sorted(Path(music_folder).rglob("*.*")):
+        if path.name.startswith(".") or path.suffix == ".txt":
+            continue
+        alone = score_inputs([path], profiles, ScoreOptions(batch_size=1), progress=False).table
+        mine = together[together["path"] == str(path)].reset_index(drop=True)
+        assert len(mine) == len(alone) > 0
+        assert list(mine["ear"]) == list(alone["ear"]) and list(mine["profile"]) == list(alone["profile"])
+        np.testing.assert_allclose(mine["score"], alone["score"], atol=1e-5)
+        np.testing.assert_allclose(mine["score_min"], alone["score_min"], atol=1e-5)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -183,29 +184,55 @@ def stitch_timeline(
 
 
 class WindowScorer:
-    """Runs the model over windows: encoder once per window, head once per audiogram."""
+    """Runs the model over windows: encoder once per window, head once per audiogram.
+
+    Windows of several files (and channels) share encoder batches, so short files do not run the
+    network on small batches."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = max(1, batch_size)
 
-    @torch.inference_mode()
     def __call__(self, windows: np.ndarray, audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """windows (N, T), audiograms (P, 8) -> clip scores (P, N) and frame scores (P, N, F)."""
+        return self.score_units([(windows, audiograms)])[0]
+
+    @torch.inference_mode()
+    def score_units(
+        self, units: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each unit (windows (N_i, T_i), audiograms (P_i, 8)): clip (P_i, N_i), frames (P_i, N_i, F)."""
+        clips: list[list[np.ndarray]] = [[] for _ in units]
+        frames: list[list[np.ndarray]] = [[] for _ in units]
+        by_length: dict[int, list[int]] = {}
+        for index, (windows, _) in enumerate(units):
+            by_length.setdefault(windows.shape[-1], []).append(index)
+        for members in by_length.values():  # only equal-length windows can share a batch
+            windows = np.concatenate([units[i][0] for i in members])
+            owner = np.repeat(members, [len(units[i][0]) for i in members])  # unit of each window
+            for start in range(0, len(windows), self.batch_size):
+                stop = min(start + self.batch_size, len(windows))
+                wave = torch.from_numpy(windows[start:stop]).to(self.device)
+                features = self.model.encode(wave)
+                # heads on each unit's share of the batch (a unit may span batches: parts are joined)
+                for unit in np.unique(owner[start:stop]):
+                    rows = np.flatnonzero(owner[start:stop] == unit)
+                    part = [f[rows[0] : rows[-1] + 1] for f in features]
+                    clip, frame = self._heads(part, units[unit][1])
+                    clips[unit].append(clip)
+                    frames[unit].append(frame)
+        return [(np.concatenate(c, axis=1), np.concatenate(f, axis=1)) for c, f in zip(clips, frames, strict=True)]
+
+    def _heads(self, features: list[torch.Tensor], audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(features[0])
         clips, frames = [], []
-        for start in range(0, len(windows), self.batch_size):
-            wave = torch.from_numpy(windows[start : start + self.batch_size]).to(self.device)
-            features = self.model.encode(wave)
-            clip_p, frame_p = [], []
-            for levels in audiograms:
-                gram = torch.as_tensor(levels, dtype=torch.float32, device=self.device).expand(len(wave), -1)
-                clip_logit, frame_logits = self.model.head(features, gram)
-                clip_p.append(torch.sigmoid(clip_logit).float().cpu().numpy())
-                frame_p.append(torch.sigmoid(frame_logits).float().cpu().numpy())
-            clips.append(np.stack(clip_p))
-            frames.append(np.stack(frame_p))
-        return np.concatenate(clips, axis=1), np.concatenate(frames, axis=1)
+        for levels in audiograms:
+            gram = torch.as_tensor(levels, dtype=torch.float32, device=self.device).expand(n, -1)
+            clip_logit, frame_logits = self.model.head(features, gram)
+            clips.append(torch.sigmoid(clip_logit).float().cpu().numpy())
+            frames.append(torch.sigmoid(frame_logits).float().cpu().numpy())
+        return np.stack(clips), np.stack(frames)
 
 
 def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> list[dict]:
@@ -214,24 +241,29 @@ def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict)
     ]
 
 
-def score_prepared(
-    prepared: PreparedFile, profiles: Sequence[Profile], scorer: WindowScorer, base: dict
+def _file_units(prepared: PreparedFile, profiles: Sequence[Profile]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One scoring unit per channel: its windows and the audiograms of the ear that hears it. A mono
+    signal reaches both ears: it is scored with each ear's audiogram (one encoder pass)."""
+    if prepared.error or prepared.windows is None:
+        return []
+    left = np.stack([p.ear("left").as_array() for p in profiles])
+    right = np.stack([p.ear("right").as_array() for p in profiles])
+    grams = {"both": np.concatenate([left, right]), "left": left, "right": right}
+    return [(prepared.windows[channel], grams[ear]) for channel, ear in enumerate(prepared.ears)]
+
+
+def _file_rows(
+    prepared: PreparedFile, profiles: Sequence[Profile], base: dict,
+    results: Sequence[tuple[np.ndarray, np.ndarray]],
 ) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]:
-    """Rows and timelines for one prepared file."""
+    """Rows and timelines of one file from its units' scores."""
     if prepared.error or prepared.windows is None:
         return _error_rows(prepared, profiles, base), {}
     rows, timelines = [], {}
-    left = np.stack([p.ear("left").as_array() for p in profiles])
-    right = np.stack([p.ear("right").as_array() for p in profiles])
-    for channel, ear in enumerate(prepared.ears):
-        if ear == "both":
-            # A mono signal reaches both ears: score with each ear's audiogram (one encoder pass)
-            # and average the ears.
-            clip, frames = scorer(prepared.windows[channel], np.concatenate([left, right]))
-            n = len(profiles)
+    n = len(profiles)
+    for ear, (clip, frames) in zip(prepared.ears, results, strict=True):
+        if ear == "both":  # average the two ears' scores
             clip, frames = (clip[:n] + clip[n:]) / 2, (frames[:n] + frames[n:]) / 2
-        else:
-            clip, frames = scorer(prepared.windows[channel], left if ear == "left" else right)
         for index, profile in enumerate(profiles):
             stats = aggregate(clip[index], prepared.starts_s, prepared.ends_s)
             rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "", **stats})
@@ -241,6 +273,19 @@ def score_prepared(
     order = {p.name: i for i, p in enumerate(profiles)}
     rows.sort(key=lambda row: order[row["profile"]])  # stable: ears stay left, right within a profile
     return rows, timelines
+
+
+def score_prepared(
+    prepared: Sequence[PreparedFile], profiles: Sequence[Profile], scorer: WindowScorer, bases: Sequence[dict]
+) -> list[tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]]:
+    """Rows and timelines for each of several prepared files, their windows scored in shared batches."""
+    units = [_file_units(item, profiles) for item in prepared]
+    flat = scorer.score_units([unit for file_units in units for unit in file_units])
+    out, offset = [], 0
+    for item, base, file_units in zip(prepared, bases, units, strict=True):
+        out.append(_file_rows(item, profiles, base, flat[offset : offset + len(file_units)]))
+        offset += len(file_units)
+    return out
 
 
 def _prepared_stream(
@@ -293,28 +338,39 @@ def score_inputs(
     audio_seconds = 0.0
     interrupted = False
     report_progress = _progress_callback(progress, len(todo))
-    try:
-        for count, prepared in enumerate(_prepared_stream(todo, options, info.sample_rate), start=1):
-            base = {
-                "file": prepared.input.relative,
-                "path": str(prepared.input.path),
-                "model": info.name,
-                "model_sha256": info.sha256,
-                "duration_s": prepared.duration_s,
-                "sample_rate": prepared.sample_rate,
-                "channels": prepared.channels,
-                "content_hash": prepared.content_hash,
-            }
-            file_rows, file_timelines = score_prepared(prepared, profiles, scorer, base)
+    group: list[PreparedFile] = []
+    done = 0
+
+    def flush() -> None:
+        # Files are scored in groups of about one batch of windows; their rows are written together.
+        nonlocal audio_seconds, done
+        bases = [_row_base(item, info) for item in group]
+        for item, (file_rows, file_timelines) in zip(group, score_prepared(group, profiles, scorer, bases),
+                                                     strict=True):
             rows.extend(file_rows)
             timelines.update(file_timelines)
             if table is not None:
                 table.add(file_rows)
-            if not prepared.error:
-                audio_seconds += prepared.duration_s
-            report_progress(count, len(todo))
+            if not item.error:
+                audio_seconds += item.duration_s
+        done += len(group)
+        group.clear()
+        report_progress(done, len(todo))
+
+    try:
+        for prepared in _prepared_stream(todo, options, info.sample_rate):
+            group.append(prepared)
+            if sum(len(p.ears) * p.windows.shape[1] for p in group if p.windows is not None) >= scorer.batch_size:
+                flush()
+        if group:
+            flush()
     except KeyboardInterrupt:
         interrupted = True
+        try:  # files already decoded are one batch at most: score them, so their rows are kept
+            if group:
+                flush()
+        except KeyboardInterrupt:
+            pass
     finally:
         if table is not None:
             table.close()
@@ -328,6 +384,20 @@ def score_inputs(
         audio_seconds=audio_seconds,
         interrupted=interrupted,
     )
+
+
+def _row_base(prepared: PreparedFile, info: Any) -> dict:
+    """The columns a file's rows share."""
+    return {
+        "file": prepared.input.relative,
+        "path": str(prepared.input.path),
+        "model": info.name,
+        "model_sha256": info.sha256,
+        "duration_s": prepared.duration_s,
+        "sample_rate": prepared.sample_rate,
+        "channels": prepared.channels,
+        "content_hash": prepared.content_hash,
+    }
 
 
 def _resumable_rows(

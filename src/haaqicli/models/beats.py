@@ -97,6 +97,8 @@ class KaldiFbank(nn.Module):
     """Batched, differentiable equivalent of `torchaudio.compliance.kaldi.fbank` with the options BEATs uses
     (povey window, preemphasis 0.97, DC removal, snip_edges, power spectrum, log mel, no dither)."""
 
+    INFERENCE_CHUNK = 2  # windows per pass without gradients
+
     def __init__(self, sample_rate: int, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
                  frame_shift_ms: float = 10.0, low_freq: float = 20.0, high_freq: float = 0.0,
                  preemphasis: float = 0.97) -> None:
@@ -127,6 +129,10 @@ class KaldiFbank(nn.Module):
         if wave.shape[-1] < self.window_size:
             raise ModelError(f"input of {wave.shape[-1]} samples is shorter than one "
                              f"{self.window_size}-sample fbank frame")
+        if wave.dim() == 2 and len(wave) > self.INFERENCE_CHUNK and not torch.is_grad_enabled():
+            # The intermediates (~2 MB per 6-s window) of a few windows stay in cache; a whole batch's do not
+            # (measured: 2x faster per window). Rows are independent, so the result is the same.
+            return torch.cat([self.forward(part) for part in wave.split(self.INFERENCE_CHUNK)])
         x = wave.float() * 32768.0
         frames = x.unfold(-1, self.window_size, self.window_shift)  # (B, M, W)
         frames = frames - frames.mean(dim=-1, keepdim=True)
