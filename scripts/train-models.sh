@@ -5,35 +5,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-RESULTS=data/results
+RESULTS=${RESULTS:-data/results}
+RUNS=${RUNS:-runs}
 mkdir -p "$RESULTS"
 TEACHER_MINUTES=${TEACHER_MINUTES:-45}
 STUDENT_MINUTES=${STUDENT_MINUTES:-15}
 THREADS=${THREADS:-2}
 WEIGHTS=${WEIGHTS:-weights}
 
-# Teacher: BEATs encoder (4 layers x 256, 24 kHz fbank) + HAAQI-Net head.
-TEACHER_CONFIG=$($BIN/python - <<'PY'
-import copy, json
-from haaqicli.models.registry import TEACHER_CONFIG
-config = copy.deepcopy(TEACHER_CONFIG)
-config["encoder"]["encoder_layers"] = 4
-print(json.dumps(config))
-PY
-)
-# Student: its three layers predict teacher layers 1, 2 and 4.
-STUDENT_CONFIG=$($BIN/python - <<'PY'
-import copy, json
-from haaqicli.models.registry import STUDENT_CONFIG
-config = copy.deepcopy(STUDENT_CONFIG)
-config["distill"]["targets"] = [[1, 1], [2, 2], [3, 4]]
-print(json.dumps(config))
-PY
-)
+# Architectures: the registry defaults (teacher: BEATs encoder 4 x 256 + HAAQI-Net head; student: conv
+# front end + 2 x 160 layers that learn teacher layers 2 and 4). TEACHER_INIT / STUDENT_INIT warm-start
+# from a registered model (e.g. the previous release) or a .safetensors file; empty = from scratch.
+TEACHER_INIT=${TEACHER_INIT:-}
+STUDENT_INIT=${STUDENT_INIT:-}
+TEACHER_LR=${TEACHER_LR:-5e-4}
+STUDENT_LR=${STUDENT_LR:-1e-3}
 
 $BIN/haaqi dataset stats --json > "$RESULTS/dataset.json"
-$BIN/haaqi train --config "$TEACHER_CONFIG" --epochs ${TEACHER_EPOCHS:-8} --threads "$THREADS" \
-    --max-minutes "$TEACHER_MINUTES" --weights-dir "$WEIGHTS" ${RESUME:+--resume} 2>&1 | tee "$RESULTS/train-teacher.log"
-$BIN/haaqi distill --config "$STUDENT_CONFIG" --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" \
-    --max-minutes "$STUDENT_MINUTES" --weights-dir "$WEIGHTS" 2>&1 | tee "$RESULTS/distill.log"
+$BIN/haaqi train --epochs ${TEACHER_EPOCHS:-8} --threads "$THREADS" --lr "$TEACHER_LR" \
+    --max-minutes "$TEACHER_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/teacher" ${TEACHER_INIT:+--init "$TEACHER_INIT"} \
+    ${RESUME:+--resume} 2>&1 | tee "$RESULTS/train-teacher.log"
+$BIN/haaqi distill --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" --lr "$STUDENT_LR" \
+    --max-minutes "$STUDENT_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/distilled" ${STUDENT_INIT:+--init "$STUDENT_INIT"} \
+    2>&1 | tee "$RESULTS/distill.log"
 HAAQI_WEIGHTS=$WEIGHTS $BIN/haaqi evaluate --record --weights-dir "$WEIGHTS" --json "$RESULTS/evaluate.json" | tee "$RESULTS/evaluate.txt"
