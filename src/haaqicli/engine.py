@@ -31,9 +31,6 @@ from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
-# Files longer than this are streamed in the main process instead of prefetched by workers,
-# so a 2-hour file never sits whole in memory.
-PREFETCH_MAX_SECONDS = 20 * 60.0
 # Windows resampled per call: one filter pass over many windows, little raw audio held.
 RESAMPLE_BATCH = 16
 
