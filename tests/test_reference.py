@@ -162,3 +162,12 @@ def test_best_lags_match_exact_search(max_lag_ms: float) -> None:
                   for lag in range(-lags + 1, lags + 1)]
         expected.append(int(np.argmax(window)) - lags + 1)
     assert list(_best_lags(ref, out, max_lag_ms)) == expected
+
+
+def test_nested_parallel_calls_run_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a task on the pool that itself asks for threads must not wait on the (busy) pool: no deadlock
+    from haaqicli.reference.parallel import map_rows, run_all
+
+    monkeypatch.setenv("HAAQI_THREADS", "2")
+    nested = run_all(lambda: run_all(lambda: 1, lambda: 2), lambda: map_rows(lambda a, b: (a, b), 4))
+    assert nested == [[1, 2], [(0, 2), (2, 4)]]

@@ -108,8 +108,8 @@ def _xcorr_fft(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
     """c[k] = sum_n a[n+k] b[n] for k in [-max_lag, max_lag] (rows batched), non-circular via padding."""
     n = a.shape[-1]
     size = sfft.next_fast_len(n + max_lag + 1, real=True)
-    spec = sfft.rfft(a, size, axis=-1) * np.conj(sfft.rfft(b, size, axis=-1))
-    full = sfft.irfft(spec, size, axis=-1)
+    spec_a, spec_b = run_all(partial(sfft.rfft, a, size, axis=-1), partial(sfft.rfft, b, size, axis=-1))
+    full = sfft.irfft(spec_a * np.conj(spec_b), size, axis=-1)
     return np.concatenate((full[..., size - max_lag :], full[..., : max_lag + 1]), axis=-1)
 
 
@@ -480,7 +480,9 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     lags = min(int(np.rint(0.001 * max_lag_ms * FS)), n)
     # bands split across threads (measured: faster here than scipy's threaded FFTs of the whole batch)
     c = np.concatenate(map_rows(lambda a, b: _xcorr_blocked(ref[a:b], out[a:b], lags), n_bands))
-    tol = 1e-5 * np.sqrt(np.einsum("ij,ij->i", ref, ref) * np.einsum("ij,ij->i", out, out)) + 1e-300
+    energy = np.concatenate(map_rows(
+        lambda a, b: np.einsum("ij,ij->i", ref[a:b], ref[a:b]) * np.einsum("ij,ij->i", out[a:b], out[a:b]), n_bands))
+    tol = 1e-5 * np.sqrt(energy) + 1e-300
     best = np.empty(ref.shape[0], dtype=np.int64)
     for k in range(ref.shape[0]):
         cand = np.nonzero(c[k] >= c[k].max() - tol[k])[0]
@@ -650,11 +652,14 @@ def ear_model(
     n = min(len(x), len(y))
     x, y = input_align(x[:n], y[:n])
     n = len(x)
-    if equalisation == 1:
-        fir = nalr_filter(loss6)
-        x = np.convolve(x, fir)[len(fir) - 1 : len(fir) - 1 + n]
-    x = middle_ear(x)
-    y = middle_ear(y)
+    fir = nalr_filter(loss6) if equalisation == 1 else None
+
+    def outer_middle_ear(signal: np.ndarray, amplify: bool) -> np.ndarray:
+        if amplify:  # NAL-R on the reference only
+            signal = np.convolve(signal, fir)[len(fir) - 1 : len(fir) - 1 + n]
+        return middle_ear(signal)
+
+    x, y = run_all(partial(outer_middle_ear, x, fir is not None), partial(outer_middle_ear, y, False))
 
     # Control path: the widest (maximally damaged) filters set the level-dependent bandwidth.
     # Control envelopes are time-major (samples, bands), the layout the main kernel reads gains in;

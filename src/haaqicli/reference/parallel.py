@@ -11,12 +11,14 @@ the cores, so batch labelling does not oversubscribe), else every core.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 # one pool per thread count, per process (a forked child inherits the dict but not the threads)
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_inside = threading.local()  # .pool is True in the pools' threads
 
 
 def thread_count() -> int:
@@ -29,15 +31,22 @@ def thread_count() -> int:
 
 
 def run_all(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls concurrently (sequentially with one thread); results in call order."""
+    """Run the calls concurrently (sequentially with one thread); results in call order.
+    Called from inside one of the pool's own threads, the calls run inline: waiting there on the
+    same pool could deadlock, and the other threads are busy anyway."""
     n = min(thread_count(), len(calls))
-    if n <= 1:
+    if n <= 1 or getattr(_inside, "pool", False):
         return [call() for call in calls]
     key = (os.getpid(), n)
     pool = _pools.get(key)
     if pool is None:
         pool = _pools[key] = ThreadPoolExecutor(n, thread_name_prefix="haaqi")
-    return [future.result() for future in [pool.submit(call) for call in calls]]
+    return [future.result() for future in [pool.submit(_mark_inside, call) for call in calls]]
+
+
+def _mark_inside(call: Callable[[], Any]) -> Any:
+    _inside.pool = True
+    return call()
 
 
 def row_chunks(n_rows: int) -> list[tuple[int, int]]:
