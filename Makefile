@@ -25,8 +25,10 @@ test:
 lint:
 	$(BIN)/ruff check src tests
 
+# The figures README.md and weights/MODEL_CARD.md quote (pyclarity's HAAQI timed in the same run).
 bench:
-	$(BIN)/haaqi bench
+	mkdir -p data/results
+	$(BIN)/haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 --json data/results/bench.json
 
 # The training pipeline (see weights/MODEL_CARD.md): corpus -> manifest -> labels -> models.
 MANIFEST ?= data/manifest.parquet
