@@ -121,7 +121,7 @@ def main() -> None:
                           for k, m in groups.items()]
 
     if bench:
-        lines += ["", "## Speed", "", "`haaqi bench --files 4 --seconds 30 --repeats 2 --pyclarity-seconds 10 --json data/results/bench.json` "
+        lines += ["", "## Speed", "", "`make bench` (`haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 --json data/results/bench.json`) "
                   f"({bench['files']} stereo files of {bench['file_seconds']:.0f} s, torch threads "
                   f"{bench['cpu_threads']}, decoding and resampling included):", "",
                   "| what | x real time | x pyclarity |", "|---|---|---|"]
