@@ -282,6 +282,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
     train, dev = data.subset(~mask), data.subset(mask)
+    del data  # the subsets are copies: keeping the whole split too would double ~10 GB of audio
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
     if config.init:
@@ -344,6 +345,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
     train, dev = data.subset(~mask), data.subset(mask)
+    del data  # the subsets are copies: keeping the whole split too would double ~10 GB of audio
     student_config = dict(config.config or STUDENT_CONFIG)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
