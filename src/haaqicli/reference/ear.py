@@ -692,7 +692,7 @@ def ear_model(
     x_avg, y_avg = np.sqrt(x_ms), np.sqrt(y_ms)
 
     # Per-band alignment of the processed envelope and BM motion (applied inside _post).
-    # (sequential: the FFTs inside are threaded, and their large buffers come from the main heap)
+    # (one after the other: each search already splits its bands across the threads)
     shift_env = -_best_lags(x_env, y_env)
     shift_bm = -_best_lags(x_bm, y_bm)
 

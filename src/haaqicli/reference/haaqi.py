@@ -173,7 +173,7 @@ def _bm_covariance_rows(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float) -
 
 @_jit(nogil=True)
 def _bm_coherence_kernel(x_bm, y_bm, w, half, nseg, max_lag, corr_full, corr_half, ms_full, ms_half, cov, x_ms):  # noqa: E501  # pragma: no cover
-    """Direct form of `_bm_covariance_rows` for the +-max_lag lags only (49 at 24 kHz): per band and
+    """The work of `_bm_covariance_rows`, direct over the +-max_lag lags only (49 at 24 kHz): per band and
     segment, window, remove the mean, cross-correlate at each lag, weight by the window's inverse
     autocorrelation and keep the peak |value| / sqrt(x ms * y ms). The loop over lags is innermost, so
     it vectorises without reassociating any sum; 49 lags cost less than three FFTs per segment."""
