@@ -16,6 +16,7 @@ from haaqicli import audio
 from haaqicli.audio import (
     ArraySource,
     AudioInfo,
+    StreamResampler,
     channel_rms,
     decode,
     discover,
@@ -23,6 +24,7 @@ from haaqicli.audio import (
     open_audio,
     presentation_gain,
     resample,
+    resampled_length,
     write_audio,
 )
 from haaqicli.constants import REFERENCE_RMS
@@ -232,6 +234,25 @@ def test_resample_removes_content_above_new_nyquist() -> None:
     assert resample(x, 48000, 48000) is x
 
 
+@pytest.mark.parametrize("orig,new,block", [(44100, 24000, 65536), (48000, 24000, 777), (8000, 24000, 1000),
+                                           (22050, 24000, 3), (44100, 24000, 10**6)])
+def test_stream_resampler_equals_resampling_the_whole_signal(orig: int, new: int, block: int) -> None:
+    x = np.random.default_rng(orig + block).normal(size=(2, 3 * orig + 17)).astype(np.float32)
+    stream = StreamResampler(orig, new, channels=2)
+    parts = [stream.push(x[:, i : i + block]) for i in range(0, x.shape[1], block)] + [stream.finish()]
+    y = np.concatenate(parts, axis=1)
+    whole = resample(x, orig, new)
+    assert y.shape == whole.shape == (2, resampled_length(x.shape[1], orig, new))
+    np.testing.assert_allclose(y, whole, atol=1e-6)  # no seams at block boundaries
+
+
+def test_stream_resampler_short_input() -> None:
+    x = np.ones((1, 5), np.float32)
+    stream = StreamResampler(44100, 24000, channels=1)
+    y = np.concatenate([stream.push(x), stream.finish()], axis=1)
+    np.testing.assert_allclose(y, resample(x, 44100, 24000), atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ level
 
 
@@ -275,6 +296,44 @@ def test_windows_short_file_single_window_and_all_windows_full_length() -> None:
     assert spans == [(0.0, 6.0), (6.0, 12.0), (6.2, 12.2)]  # the 0.2 s tail is covered by a full window
     gaps = [(w.start_s, w.end_s) for w in iter_windows(ArraySource(np.ones((1, 10 * sr), np.float32), sr), 2.0, 3.0)]
     assert gaps == [(0.0, 2.0), (3.0, 5.0), (6.0, 8.0), (8.0, 10.0)]
+
+
+def test_windows_at_the_model_rate_are_slices_of_the_whole_resampled_signal() -> None:
+    sr, model_sr = 44100, 24000
+    x = np.random.default_rng(5).normal(size=(2, int(14.3 * sr))).astype(np.float32) * 0.1
+    meter = audio.LevelMeter(2, "x")
+    windows = list(iter_windows(ArraySource(x, sr), 6.0, 4.5, block_frames=10_000, meter=meter,
+                                downmix=True, sample_rate=model_sr))
+    whole = resample(x.mean(axis=0, keepdims=True), sr, model_sr)
+    n = whole.shape[1]
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 6.0), (4.5, 10.5), ((n - 144000) / model_sr, n / model_sr)]
+    for w in windows:
+        assert w.sample_rate == model_sr and w.samples.shape == (1, 6 * model_sr)
+        start = int(round(w.start_s * model_sr))
+        np.testing.assert_allclose(w.samples, whole[:, start : start + 6 * model_sr], atol=1e-6)
+    np.testing.assert_allclose(meter.rms(), np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1)), rtol=1e-6)
+
+
+class _ShortDelivery(ArraySource):
+    """Announces more frames than it delivers (a compressed container's estimate)."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, announced: int):
+        super().__init__(samples, sample_rate)
+        self.info = AudioInfo(sample_rate, self.samples.shape[0], announced, announced / sample_rate, "float32")
+
+
+@pytest.mark.parametrize("model_rate", [None, 8000])
+def test_windows_when_the_decoder_delivers_fewer_frames_than_announced(model_rate: int | None) -> None:
+    sr = 16000
+    x = np.random.default_rng(1).normal(size=(1, int(10.0 * sr))).astype(np.float32)
+    source = _ShortDelivery(x, sr, announced=int(11.5 * sr))
+    windows = list(iter_windows(source, 6.0, 4.5, sample_rate=model_rate))
+    rate = model_rate or sr
+    # the plan wanted windows at 0, 4.5 and 5.5 s (ending at 11.5 s); the last one ends at the real end
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 6.0), (4.0, 10.0)]
+    assert all(w.samples.shape == (1, 6 * rate) for w in windows)
+    if model_rate is None:
+        np.testing.assert_array_equal(windows[-1].samples, x[:, 4 * sr :])
 
 
 class _LongSynthetic:

@@ -81,3 +81,34 @@ def test_windows_of_many_files_share_batches_without_changing_scores(music_folde
         assert list(mine["ear"]) == list(alone["ear"]) and list(mine["profile"]) == list(alone["profile"])
         np.testing.assert_allclose(mine["score"], alone["score"], atol=1e-5)
         np.testing.assert_allclose(mine["score_min"], alone["score_min"], atol=1e-5)
+
+
+def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tiny_weights):
+    """The engine resamples the decoded stream and cuts windows at the model rate, exactly as
+    HAAQIPredictor does with a whole waveform: the same file gives the same score both ways."""
+    import soundfile as sf
+    import torch
+
+    from haaqicli import audio, synth
+    from haaqicli.api import HAAQIPredictor
+    from haaqicli.audiogram import BUILTIN_PROFILES
+    from haaqicli.engine import ScoreOptions, prepare_file, score_inputs
+
+    sr = 44100
+    x = synth.music(14.2, sr, seed=4)[0].astype(np.float32)
+    path = tmp_path / "song.wav"
+    sf.write(path, x, sr, subtype="FLOAT")
+    row = score_inputs([path], [BUILTIN_PROFILES["normal"]], ScoreOptions(), progress=False).table.iloc[0]
+    predictor = HAAQIPredictor.from_pretrained("distilled", weights_dir=use_tiny_weights)
+    gain = audio.presentation_gain(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))), 65.0)  # the file's level
+    with torch.inference_mode():
+        expected = predictor(torch.from_numpy(x * np.float32(gain))[None], torch.zeros(1, 8), sr)
+    assert row["status"] == "ok"
+    assert row["score"] == pytest.approx(float(expected[0]), abs=2e-6)
+    # and the very samples each window holds (a window resampled on its own differs at its edges)
+    prepared = prepare_file(audio.discover([path])[0], ScoreOptions())
+    wave, _ = predictor.prepare(torch.from_numpy(x * np.float32(gain))[None], torch.zeros(1, 8), sr, None)
+    spans = audio.plan_windows(wave.shape[-1], 144000, 108000)
+    assert [(round(a * 24000), round(b * 24000)) for a, b in zip(prepared.starts_s, prepared.ends_s, strict=True)] == spans
+    for window, (start, end) in zip(prepared.windows[0], spans, strict=True):
+        np.testing.assert_allclose(window, wave[0, start:end].numpy(), atol=1e-6)

@@ -9,7 +9,7 @@ Channel policy: mono and stereo are kept as they are. Files with more than two c
 downmixed to stereo by ffmpeg (its standard matrix, e.g. 5.1 -> L/R); without ffmpeg they are an
 ``AudioError``. ``AudioInfo.channels`` is the number of channels the blocks really have.
 
-Torch is imported lazily (only ``resample`` needs it), so listing profiles stays fast.
+Torch is imported lazily (only resampling needs it), so listing profiles stays fast.
 """
 
 from __future__ import annotations
@@ -478,6 +478,76 @@ def _resampler(orig_sr: int, new_sr: int, dtype: torch.dtype, device: str) -> to
                         resampling_method="sinc_interp_kaiser", beta=8.555, dtype=dtype).to(device)
 
 
+def resampled_length(n_frames: int, orig_sr: int, new_sr: int) -> int:
+    """Samples that `resample` returns for ``n_frames`` input frames."""
+    g = math.gcd(int(orig_sr), int(new_sr))
+    return -(-n_frames * (new_sr // g) // (orig_sr // g))
+
+
+class StreamResampler:
+    """`resample` of a signal that arrives block by block: the concatenated outputs equal `resample`
+    of the whole signal, with no seams at block boundaries.
+
+    The polyphase filter (torchaudio's kernel, width and padding) is applied at the same input
+    positions as on the whole signal; only the input the next outputs still need is kept. The
+    filter runs on a fixed number of output steps at a time: a constant convolution shape lets
+    oneDNN reuse its plan (a new shape per block costs more than the filtering itself).
+    """
+
+    STEPS = 4096  # output steps (of `new` samples each) per filter call
+
+    def __init__(self, orig_sr: int, new_sr: int, channels: int) -> None:
+        import torch
+
+        module = _resampler(int(orig_sr), int(new_sr), torch.float32, "cpu")
+        g = math.gcd(int(orig_sr), int(new_sr))
+        self.orig, self.new = int(orig_sr) // g, int(new_sr) // g
+        self.width: int = module.width
+        self.kernel: torch.Tensor = module.kernel  # (new, 1, 2 * width + orig)
+        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        # the whole signal is zero-padded by `width` on the left, `width + orig` on the right
+        self.pending = [np.zeros((channels, self.width), dtype=np.float32)]
+        self.n_pending = self.width
+        self.frames_in = 0
+        self.frames_out = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Resampled output that `block` (channels, n) completes; possibly empty."""
+        self.frames_in += block.shape[1]
+        self.pending.append(np.asarray(block, dtype=np.float32))
+        self.n_pending += block.shape[1]
+        span = (self.STEPS - 1) * self.orig + self.kernel.shape[-1]
+        if self.n_pending < span:
+            return np.zeros((self.pending[0].shape[0], 0), dtype=np.float32)
+        return self._run(self.STEPS * ((self.n_pending - span) // (self.STEPS * self.orig) + 1))
+
+    def finish(self) -> np.ndarray:
+        """The rest of the output; the total has `resampled_length` samples."""
+        self.pending.append(np.zeros((self.pending[0].shape[0], self.width + self.orig), dtype=np.float32))
+        self.n_pending += self.width + self.orig
+        remaining = resampled_length(self.frames_in, self.orig_sr, self.new_sr) - self.frames_out
+        steps = (self.n_pending - self.kernel.shape[-1]) // self.orig + 1
+        return self._run(steps)[:, : max(0, remaining)]
+
+    def _run(self, steps: int) -> np.ndarray:
+        """Output of the next `steps` filter positions (a multiple of STEPS, except at the end)."""
+        import torch
+
+        x = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+        outs = []
+        with torch.inference_mode():
+            for first in range(0, steps, self.STEPS):
+                n = min(self.STEPS, steps - first)
+                chunk = torch.from_numpy(x[:, first * self.orig : (first + n - 1) * self.orig + self.kernel.shape[-1]])
+                y = torch.nn.functional.conv1d(chunk[:, None], self.kernel, stride=self.orig)
+                outs.append(y.transpose(1, 2).reshape(x.shape[0], -1).numpy())
+        self.pending = [x[:, steps * self.orig :].copy()]
+        self.n_pending = self.pending[0].shape[1]
+        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        self.frames_out += out.shape[1]
+        return out
+
+
 def channel_rms(source: BlockSource | str | Path | np.ndarray, allow_silent: bool = False) -> np.ndarray:
     """RMS per channel, streamed. Silent input (overall RMS < 1e-6) raises ``AudioError`` unless allowed."""
     if isinstance(source, np.ndarray):
@@ -541,7 +611,7 @@ def presentation_gain(rms: float, spl: float = DEFAULT_SPL) -> float:
 class Window:
     start_s: float
     end_s: float
-    samples: np.ndarray  # (channels, n) at the source's native rate
+    samples: np.ndarray  # (channels, n) at `sample_rate` (the source's own unless resampled)
     sample_rate: int = 0
 
 
@@ -564,11 +634,15 @@ def plan_windows(n_frames: int, window: int, hop: int) -> list[tuple[int, int]]:
 
 def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float,
                  block_frames: int = DEFAULT_BLOCK_FRAMES, meter: LevelMeter | None = None,
-                 downmix: bool = False) -> Iterator[Window]:
+                 downmix: bool = False, sample_rate: int | None = None) -> Iterator[Window]:
     """The windows of :func:`plan_windows`, streamed: at most one window plus one block is held,
     so a 2-hour file needs no more memory than a short one. With ``meter``, every decoded block is
     also metered (before any downmix), so the level and the windows come from one decoding pass;
     ``downmix`` averages the channels of each block, so windows are mono.
+
+    With ``sample_rate``, the stream is resampled to that rate as it is decoded (`StreamResampler`:
+    the same samples as `resample` of the whole file, so windows have real context at their edges)
+    and the windows are planned and cut at that rate, as the API does with a whole waveform.
 
     The plan uses the frame count the decoder announced; if it delivers fewer frames (an estimate
     from a compressed container), the last window is what remains.
@@ -576,28 +650,50 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
     if window_s <= 0 or hop_s <= 0:
         raise ValueError("window_s and hop_s must be positive")
     src = _as_source(source)
-    sr = src.info.sample_rate
-    plan = plan_windows(src.info.frames, max(1, int(round(window_s * sr))), max(1, int(round(hop_s * sr))))
+    native = src.info.sample_rate
+    sr = int(sample_rate or native)
+    resampler = StreamResampler(native, sr, 1 if downmix else src.info.channels) if sr != native else None
+    n_frames = resampled_length(src.info.frames, native, sr) if resampler else src.info.frames
+    plan = plan_windows(n_frames, max(1, int(round(window_s * sr))), max(1, int(round(hop_s * sr))))
     buffer = np.zeros((1 if downmix else src.info.channels, 0), dtype=np.float32)
     buffer_start = 0  # absolute frame index of buffer[:, 0]
     index = 0
+    last: Window | None = None  # the latest window yielded, and its frames
+    last_span = (0, 0)
+
+    def take(block: np.ndarray) -> Iterator[Window]:
+        """Append a block; yield the windows it completes and drop what no later window needs."""
+        nonlocal buffer, buffer_start, index, last, last_span
+        buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
+        while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
+            start, end = plan[index]
+            last = Window(start / sr, end / sr, buffer[:, start - buffer_start : end - buffer_start].copy(), sr)
+            last_span = (start, end)
+            yield last
+            index += 1
+        keep_from = plan[index][0] if index < len(plan) else buffer_start + buffer.shape[1]
+        if keep_from > buffer_start:
+            buffer = buffer[:, keep_from - buffer_start :]
+            buffer_start = keep_from
+
     for block in src.blocks(block_frames):
         if meter is not None:
             meter.add(block)
         if downmix and block.shape[0] > 1:
             block = block.mean(axis=0, keepdims=True)
-        buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
-        while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
-            start, end = plan[index]
-            yield Window(start / sr, end / sr, buffer[:, start - buffer_start : end - buffer_start].copy(), sr)
-            index += 1
-        # Drop what no later window needs.
-        keep_from = plan[index][0] if index < len(plan) else buffer_start + buffer.shape[1]
-        if keep_from > buffer_start:
-            buffer = buffer[:, keep_from - buffer_start :]
-            buffer_start = keep_from
-    if index < len(plan):
+        yield from take(resampler.push(block) if resampler else block)
+    if resampler:
+        yield from take(resampler.finish())
+    if index < len(plan):  # the decoder delivered fewer frames than it announced
         start = plan[index][0]
         samples = buffer[:, max(0, start - buffer_start) :]
-        if samples.shape[1] > 0:
-            yield Window(start / sr, (start + samples.shape[1]) / sr, samples.copy(), sr)
+        end = start + samples.shape[1]
+        if last is not None and end > last_span[1] and end - last.samples.shape[1] >= last_span[0] \
+                and start <= last_span[1]:
+            # as in plan_windows, the last window keeps the full length and ends at the end: its head
+            # comes from the previous window
+            head = last.samples[:, end - last.samples.shape[1] - last_span[0] : start - last_span[0]]
+            samples = np.concatenate([head, samples], axis=1)
+            yield Window((end - samples.shape[1]) / sr, end / sr, samples, sr)
+        elif last is None and samples.shape[1] > 0:
+            yield Window(start / sr, end / sr, samples.copy(), sr)

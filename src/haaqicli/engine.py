@@ -31,8 +31,6 @@ from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
-# Windows resampled per call: one filter pass over many windows, little raw audio held.
-RESAMPLE_BATCH = 16
 
 
 @dataclass
@@ -99,31 +97,18 @@ def prepare_file(
         prepared.sample_rate = info.sample_rate
         prepared.channels = info.channels
         prepared.ears = ears_for(info.channels, options.mix)
-        # One decoding pass: windows are collected (and resampled a batch at a time) while the level
-        # is metered; the presentation gain is applied afterwards (resampling is linear).
+        # One decoding pass: the level is metered while the stream is resampled to the model rate
+        # and cut into windows there; the presentation gain is applied afterwards (all linear).
         meter = audio.LevelMeter(info.channels, str(item.path))
-        pending: list[np.ndarray] = []
-        resampled: list[np.ndarray] = []
+        windows: list[np.ndarray] = []
         starts, ends = [], []
-
-        def flush() -> None:
-            length = min(w.shape[-1] for w in pending)  # only a short last window can differ
-            batch = np.stack([w[..., :length] for w in pending]) if len(pending) > 1 else pending[0][None]
-            resampled.extend(audio.resample(batch, info.sample_rate, model_sample_rate))
-            pending.clear()
-
-        mono = len(prepared.ears) == 1
-        for window in audio.iter_windows(source, options.window_s, options.hop_s, meter=meter, downmix=mono):
-            pending.append(window.samples if mono else window.samples[:2])
+        for window in audio.iter_windows(source, options.window_s, options.hop_s, meter=meter,
+                                         downmix=len(prepared.ears) == 1, sample_rate=model_sample_rate):
+            windows.append(window.samples if len(prepared.ears) == 1 else window.samples[:2])
             starts.append(window.start_s)
             ends.append(window.end_s)
-            if len(pending) == RESAMPLE_BATCH:
-                flush()
-        if pending:
-            flush()
         gain = audio.presentation_gain(audio.overall_rms(meter.rms()), options.spl)
-        length = min(w.shape[1] for w in resampled)
-        prepared.windows = np.stack([w[:, :length] for w in resampled], axis=1).astype(np.float32)
+        prepared.windows = np.stack(windows, axis=1)
         prepared.windows *= np.float32(gain)
         prepared.starts_s = np.array(starts, dtype=np.float64)
         prepared.ends_s = np.array(ends, dtype=np.float64)
