@@ -112,3 +112,28 @@ def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tin
     assert [(round(a * 24000), round(b * 24000)) for a, b in zip(prepared.starts_s, prepared.ends_s, strict=True)] == spans
     for window, (start, end) in zip(prepared.windows[0], spans, strict=True):
         np.testing.assert_allclose(window, wave[0, start:end].numpy(), atol=1e-6)
+
+
+def test_one_head_pass_per_batch_gives_each_audiogram_its_own_scores(use_tiny_weights):
+    """Units with repeated and distinct audiograms share one head pass; every (audiogram, window) score
+    equals the model run on that pair alone."""
+    import torch
+
+    from haaqicli.engine import WindowScorer
+    from haaqicli.models.registry import load_model
+
+    model, _ = load_model("distilled", device="cpu", weights_dir=use_tiny_weights)
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(size=(n, 24000)).astype(np.float32) * 0.1 for n in (3, 2)]
+    grams = [np.array([[0.0] * 8, [40.0] * 8, [0.0] * 8]), np.array([[10.0, 20, 30, 40, 50, 60, 70, 80]])]
+    results = WindowScorer(model, torch.device("cpu"), batch_size=4).score_units(list(zip(waves, grams, strict=True)))
+    with torch.inference_mode():
+        for (clip, frames), wave, gram in zip(results, waves, grams, strict=True):
+            assert clip.shape == (len(gram), len(wave)) and frames.shape[:2] == (len(gram), len(wave))
+            for p, levels in enumerate(gram):
+                for w in range(len(wave)):
+                    out = model(torch.from_numpy(wave[w : w + 1]), torch.tensor(levels, dtype=torch.float32)[None])
+                    assert clip[p, w] == pytest.approx(float(out.clip[0]), abs=1e-5)
+                    np.testing.assert_allclose(frames[p, w], out.frames[0].numpy(), atol=1e-5)
+    assert not np.allclose(results[0][0][0], results[0][0][1])  # the audiograms matter
+    np.testing.assert_array_equal(results[0][0][0], results[0][0][2])  # equal audiograms, equal scores

@@ -197,24 +197,28 @@ class WindowScorer:
                 stop = min(start + self.batch_size, len(windows))
                 wave = torch.from_numpy(windows[start:stop]).to(self.device)
                 features = self.model.encode(wave)
-                # heads on each unit's share of the batch (a unit may span batches: parts are joined)
+                # One head pass for the whole batch: a row per (window, distinct audiogram of its
+                # unit). Profiles with equal ears, and a mono signal heard by both, cost one row.
+                rows, grams, parts = [], [], []
                 for unit in np.unique(owner[start:stop]):
-                    rows = np.flatnonzero(owner[start:stop] == unit)
-                    part = [f[rows[0] : rows[-1] + 1] for f in features]
-                    clip, frame = self._heads(part, units[unit][1])
-                    clips[unit].append(clip)
-                    frames[unit].append(frame)
+                    mine = np.flatnonzero(owner[start:stop] == unit)
+                    distinct, inverse = np.unique(units[unit][1], axis=0, return_inverse=True)
+                    parts.append((unit, sum(len(r) for r in rows), len(mine), len(distinct), inverse.ravel()))
+                    for gram in distinct:
+                        rows.append(mine)
+                        grams.append(np.broadcast_to(gram, (len(mine), gram.shape[0])))
+                index = torch.from_numpy(np.concatenate(rows)).to(self.device)
+                gram = torch.from_numpy(np.concatenate(grams).astype(np.float32)).to(self.device)
+                clip_logit, frame_logits = self.model.head([f.index_select(0, index) for f in features], gram)
+                clip = torch.sigmoid(clip_logit).float().cpu().numpy()
+                frame = torch.sigmoid(frame_logits).float().cpu().numpy()
+                for unit, first, n, n_distinct, inverse in parts:
+                    # (distinct audiograms, windows) -> one row per audiogram of the unit
+                    unit_clip = clip[first : first + n * n_distinct].reshape(n_distinct, n)
+                    unit_frame = frame[first : first + n * n_distinct].reshape(n_distinct, n, -1)
+                    clips[unit].append(unit_clip[inverse])
+                    frames[unit].append(unit_frame[inverse])
         return [(np.concatenate(c, axis=1), np.concatenate(f, axis=1)) for c, f in zip(clips, frames, strict=True)]
-
-    def _heads(self, features: list[torch.Tensor], audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(features[0])
-        clips, frames = [], []
-        for levels in audiograms:
-            gram = torch.as_tensor(levels, dtype=torch.float32, device=self.device).expand(n, -1)
-            clip_logit, frame_logits = self.model.head(features, gram)
-            clips.append(torch.sigmoid(clip_logit).float().cpu().numpy())
-            frames.append(torch.sigmoid(frame_logits).float().cpu().numpy())
-        return np.stack(clips), np.stack(frames)
 
 
 def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> list[dict]:
