@@ -20,12 +20,13 @@ TEACHER_INIT=${TEACHER_INIT:-}
 STUDENT_INIT=${STUDENT_INIT:-}
 TEACHER_LR=${TEACHER_LR:-5e-4}
 STUDENT_LR=${STUDENT_LR:-1e-3}
+STUDENT_LABEL_WEIGHT=${STUDENT_LABEL_WEIGHT:-1}  # weight of the true-label term next to the teacher's
 
 $BIN/haaqi dataset stats --json > "$RESULTS/dataset.json"
 $BIN/haaqi train --epochs ${TEACHER_EPOCHS:-8} --threads "$THREADS" --lr "$TEACHER_LR" \
     --max-minutes "$TEACHER_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/teacher" ${TEACHER_INIT:+--init "$TEACHER_INIT"} \
     ${RESUME:+--resume} 2>&1 | tee "$RESULTS/train-teacher.log"
-$BIN/haaqi distill --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" --lr "$STUDENT_LR" \
+$BIN/haaqi distill --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" --lr "$STUDENT_LR" --label-weight "$STUDENT_LABEL_WEIGHT" \
     --max-minutes "$STUDENT_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/distilled" ${STUDENT_INIT:+--init "$STUDENT_INIT"} \
     2>&1 | tee "$RESULTS/distill.log"
 HAAQI_WEIGHTS=$WEIGHTS $BIN/haaqi evaluate --record --weights-dir "$WEIGHTS" --json "$RESULTS/evaluate.json" | tee "$RESULTS/evaluate.txt"
