@@ -101,7 +101,9 @@ def main() -> None:
                      f"{fmt(info.get('metrics', {}).get('dev', {}).get('mse'), '.4f')}).")
     lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label).",
               "- Student loss: L1 + cosine distance between its projected layers and teacher layers, MSE to "
-              "the teacher's clip and frame scores, plus MSE to the true label.", ""]
+              "the teacher's clip and frame scores, plus MSE to the true label (weight "
+              f"{manifest.get('distilled', {}).get('training', {}).get('recipe', {}).get('label_weight', '–')}).",
+              ""]
 
     lines += ["## Validation (packages never seen in training)", "",
               "`haaqi evaluate --json data/results/evaluate.json` on the validation packages "
