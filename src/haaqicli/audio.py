@@ -664,6 +664,8 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
     def take(block: np.ndarray) -> Iterator[Window]:
         """Append a block; yield the windows it completes and drop what no later window needs."""
         nonlocal buffer, buffer_start, index, last, last_span
+        if block.shape[1] == 0:  # the resampler often has nothing yet: do not copy the buffer
+            return
         buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
         while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
             start, end = plan[index]
