@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -29,14 +30,15 @@ def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.S
         grams.append(np.full(8, loss, dtype=np.float32))
         labels.append(np.clip(cutoff / 10000 - loss / 200, 0, 1))
         rows.append({"source": f"track{i % 6}", "package": "synthetic", "degradation": f"lowpass{int(cutoff)}",
-                     "severity": "normal" if loss < 20 else "mild"})
+                     "severity": "normal" if loss < 20 else "mild", "item_id": f"{seed}-{i}"})
     return train.Split(torch.from_numpy(np.stack(waves).astype(np.float32)),
                        torch.from_numpy(np.stack(grams)), torch.tensor(labels, dtype=torch.float32),
                        pd.DataFrame(rows))
 
 
 @pytest.fixture()
-def fake_data(monkeypatch):
+def fake_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("HAAQI_DATA_DIR", str(tmp_path / "data"))  # caches stay in the test's folder
     data = {"train": synthetic_split(24), "validation": synthetic_split(12, seed=1)}
     monkeypatch.setattr(train, "load_split", lambda manifest, split: data[split])
     monkeypatch.setattr(train, "dev_mask", lambda meta, fraction=0.06: (meta["source"] == "track0").to_numpy())
@@ -100,8 +102,20 @@ def test_distil_and_evaluate(fake_data, tmp_path):
     train.train_teacher(teacher_config, log=lambda _: None)
     student_config = train.TrainConfig(name="distilled", run_dir=str(tmp_path / "s"), weights_dir=weights,
                                        epochs=1, batch_size=4, config=tiny_student_config(), device="cpu")
-    info = train.distill_student(student_config, log=lambda _: None)
+    first: list[str] = []
+    info = train.distill_student(student_config, log=first.append)
     assert info["training"]["teacher_sha256"] == get_info("teacher", weights).sha256
+    # a second distillation from the same teacher on the same items reads the teacher's targets back
+    again: list[str] = []
+    repeat = train.distill_student(dataclasses.replace(student_config, run_dir=str(tmp_path / "s2"), name="distilled2"),
+                                   log=again.append)
+    assert any("teacher targets" in line and " in " in line for line in first)
+    assert any("teacher targets" in line and "from" in line for line in again)
+    assert repeat["sha256"]
+    one, _ = load_model("distilled", weights_dir=weights)
+    two, _ = load_model("distilled2", weights_dir=weights)
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)  # same seed, same targets (from the cache): same student
     student, _ = load_model("distilled", weights_dir=weights)
     assert student.arch == "haaqinet-student"
     result = train.evaluate_model("distilled", "unused.parquet", "validation", weights_dir=weights, device="cpu")

@@ -314,11 +314,31 @@ class TeacherTargets:
         return HAAQINetOutput(self.clip[index].to(device), self.frames[index].to(device), hidden)
 
 
+def _targets_cache_path(teacher_sha256: str, layers: list[int], data: Split) -> Path | None:
+    """Where the targets of this teacher on these items are kept: the key covers the teacher's
+    weights, the layers and the items (whose inputs the manifest fixes bit-exactly). None for data
+    without manifest item ids."""
+    from haaqicli.data.corpus import default_data_dir
+
+    if "item_id" not in data.meta:
+        return None
+    key = hashlib.sha256("|".join([teacher_sha256, ",".join(map(str, sorted(set(layers)))),
+                                   ",".join(map(str, data.meta["item_id"]))]).encode()).hexdigest()[:24]
+    return default_data_dir() / "cache" / "teacher-targets" / f"{key}.pt"
+
+
 @torch.inference_mode()
 def teacher_targets(
     teacher: nn.Module, data: Split, layers: list[int], device: torch.device, log: Callable[[str], None],
-    batch_size: int = 32,
+    batch_size: int = 32, cache: Path | None = None,
 ) -> TeacherTargets:
+    """The teacher's outputs on every item; with `cache`, read from there when present, else written
+    there, so another distillation from the same teacher on the same items skips the teacher passes."""
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        log(f"teacher targets for {len(data)} clips from {cache}")
+        return TeacherTargets(saved["clip"], saved["frames"],
+                              {int(layer): values.float() for layer, values in saved["hidden"].items()})
     clips, frames, hidden = [], [], {layer: [] for layer in sorted(set(layers))}
     started = time.time()
     for start in range(0, len(data), batch_size):
@@ -329,8 +349,15 @@ def teacher_targets(
         for layer in hidden:
             hidden[layer].append(out.hidden[layer].cpu().half())  # half: 2x less memory, ample precision
     log(f"teacher targets for {len(data)} clips in {time.time() - started:.0f} s")
-    return TeacherTargets(torch.cat(clips), torch.cat(frames),
-                          {layer: torch.cat(values).float() for layer, values in hidden.items()})
+    halves = {layer: torch.cat(values) for layer, values in hidden.items()}
+    result = TeacherTargets(torch.cat(clips), torch.cat(frames), {k: v.float() for k, v in halves.items()})
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".tmp")
+        torch.save({"clip": result.clip, "frames": result.frames,
+                    "hidden": {str(k): v for k, v in halves.items()}}, partial)
+        partial.replace(cache)  # atomic: an interrupted run leaves no half-written cache
+    return result
 
 
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -354,7 +381,9 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
         warm_start(model, config.init, config.weights_dir, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
-    targets = teacher_targets(teacher, train, [t for _, t in model.distill_cfg.targets], device, log)
+    layers = [t for _, t in model.distill_cfg.targets]
+    targets = teacher_targets(teacher, train, layers, device, log,
+                              cache=_targets_cache_path(teacher_info.sha256, layers, train))
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.waves[index].to(device), train.audiograms[index].to(device))
