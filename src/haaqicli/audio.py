@@ -504,7 +504,6 @@ class StreamResampler:
         self.orig, self.new = int(orig_sr) // g, int(new_sr) // g
         self.width: int = module.width
         self.kernel: torch.Tensor = module.kernel  # (new, 1, 2 * width + orig)
-        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
         # the whole signal is zero-padded by `width` on the left, `width + orig` on the right
         self.pending = [np.zeros((channels, self.width), dtype=np.float32)]
         self.n_pending = self.width
@@ -525,7 +524,7 @@ class StreamResampler:
         """The rest of the output; the total has `resampled_length` samples."""
         self.pending.append(np.zeros((self.pending[0].shape[0], self.width + self.orig), dtype=np.float32))
         self.n_pending += self.width + self.orig
-        remaining = resampled_length(self.frames_in, self.orig_sr, self.new_sr) - self.frames_out
+        remaining = resampled_length(self.frames_in, self.orig, self.new) - self.frames_out
         steps = (self.n_pending - self.kernel.shape[-1]) // self.orig + 1
         return self._run(steps)[:, : max(0, remaining)]
 
@@ -645,7 +644,8 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
     and the windows are planned and cut at that rate, as the API does with a whole waveform.
 
     The plan uses the frame count the decoder announced; if it delivers fewer frames (an estimate
-    from a compressed container), the last window is what remains.
+    from a compressed container), the last window still ends at the real end with the full length,
+    its head taken from the previous window (a file shorter than one window is one short window).
     """
     if window_s <= 0 or hop_s <= 0:
         raise ValueError("window_s and hop_s must be positive")
@@ -692,8 +692,7 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
         start = plan[index][0]
         samples = buffer[:, max(0, start - buffer_start) :]
         end = start + samples.shape[1]
-        if last is not None and end > last_span[1] and end - last.samples.shape[1] >= last_span[0] \
-                and start <= last_span[1]:
+        if last is not None and last_span[1] < end and start <= last_span[1]:
             # as in plan_windows, the last window keeps the full length and ends at the end: its head
             # comes from the previous window
             head = last.samples[:, end - last.samples.shape[1] - last_span[0] : start - last_span[0]]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from haaqicli.errors import HaaqiError
+from haaqicli.tables import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -496,7 +497,7 @@ def junit_xml(report: GateReport, suite_name: str = "haaqi") -> ET.ElementTree:
 
 
 def write_junit(report: GateReport, path: str | Path, suite_name: str = "haaqi") -> None:
-    _atomic_write(Path(path), lambda tmp: junit_xml(report, suite_name).write(tmp, encoding="utf-8",
+    atomic_write(Path(path), lambda tmp: junit_xml(report, suite_name).write(tmp, encoding="utf-8",
                                                                              xml_declaration=True))
 
 
@@ -603,15 +604,6 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
     colour = {"PASSED": "green", "FAILED": "red", "ERROR": "red"}[report.verdict]
     console.print(f"[bold {colour}]{report.verdict}[/]: {report.n_failed} gate failure(s), "
                   f"{report.n_errors} error(s)")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

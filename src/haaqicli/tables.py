@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,18 @@ def _format_of(path: Path) -> str:
     if suffix not in TABLE_FORMATS:
         raise HaaqiError(f"{path}: unsupported table format {suffix or '(none)'} (use .csv, .parquet or .jsonl)")
     return suffix
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then move it into place: readers never see a
+    half-written file, and a failed write leaves no temporary behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from haaqicli.errors import HaaqiError
+from haaqicli.tables import atomic_write
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
 PAPER_FIGURES = {
@@ -351,12 +352,9 @@ def teacher_targets(
     log(f"teacher targets for {len(data)} clips in {time.time() - started:.0f} s")
     halves = {layer: torch.cat(values) for layer, values in hidden.items()}
     result = TeacherTargets(torch.cat(clips), torch.cat(frames), {k: v.float() for k, v in halves.items()})
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".tmp")
-        torch.save({"clip": result.clip, "frames": result.frames,
-                    "hidden": {str(k): v for k, v in halves.items()}}, partial)
-        partial.replace(cache)  # atomic: an interrupted run leaves no half-written cache
+    if cache is not None:  # atomic: an interrupted run leaves no half-written cache
+        saved = {"clip": result.clip, "frames": result.frames, "hidden": {str(k): v for k, v in halves.items()}}
+        atomic_write(cache, lambda tmp: torch.save(saved, tmp))
     return result
 
 
