@@ -627,24 +627,16 @@ def threshold_noise(
     return gain, out.reshape(2, *shape)
 
 
-def ear_model(
+def front_end(
     reference: np.ndarray,
     reference_sr: float,
     processed: np.ndarray,
     processed_sr: float,
     loss6: np.ndarray,
     equalisation: int,
-    level1: float,
-    seed: int | None = 0,
-    noise: str = "fast",
-) -> EarOutput:
-    """Run both signals through the impaired-ear model (reference gets NAL-R when equalisation == 1)."""
-    cf = center_frequencies()
-    attn_ohc_y, bw_min_y, knee_y, ratio_y, attn_ihc_y = loss_parameters(loss6, cf)
-    loss_x = np.zeros(6) if equalisation == 0 else loss6
-    attn_ohc_x, bw_min_x, knee_x, ratio_x, attn_ihc_x = loss_parameters(loss_x, cf)
-    bw_max = loss_parameters(np.full(6, 100.0), cf)[1]
-
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals at 24 kHz, broadband-aligned and trimmed to the same length, through NAL-R
+    (reference only, when equalisation == 1) and the middle ear. Shared by both engines."""
     x, y = run_all(
         partial(resample_to_model_rate, np.asarray(reference, dtype=float), reference_sr),
         partial(resample_to_model_rate, np.asarray(processed, dtype=float), processed_sr),
@@ -660,6 +652,37 @@ def ear_model(
         return middle_ear(signal)
 
     x, y = run_all(partial(outer_middle_ear, x, fir is not None), partial(outer_middle_ear, y, False))
+    return x, y
+
+
+def ear_parameters(loss6: np.ndarray, equalisation: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], np.ndarray]:
+    """(reference, processed) loss parameters (see `loss_parameters`) and the widest (control-path)
+    bandwidths. With equalisation 0 the reference is heard by a normal ear."""
+    cf = center_frequencies()
+    params_y = loss_parameters(loss6, cf)
+    params_x = loss_parameters(np.zeros(6) if equalisation == 0 else loss6, cf)
+    bw_max = loss_parameters(np.full(6, 100.0), cf)[1]
+    return params_x, params_y, bw_max
+
+
+def ear_model(
+    reference: np.ndarray,
+    reference_sr: float,
+    processed: np.ndarray,
+    processed_sr: float,
+    loss6: np.ndarray,
+    equalisation: int,
+    level1: float,
+    seed: int | None = 0,
+    noise: str = "fast",
+) -> EarOutput:
+    """Run both signals through the impaired-ear model (reference gets NAL-R when equalisation == 1)."""
+    cf = center_frequencies()
+    params_x, params_y, bw_max = ear_parameters(loss6, equalisation)
+    attn_ohc_x, bw_min_x, knee_x, ratio_x, attn_ihc_x = params_x
+    attn_ohc_y, bw_min_y, knee_y, ratio_y, attn_ihc_y = params_y
+    x, y = front_end(reference, reference_sr, processed, processed_sr, loss6, equalisation)
+    n = len(x)
 
     # Control path: the widest (maximally damaged) filters set the level-dependent bandwidth.
     # Control envelopes are time-major (samples, bands), the layout the main kernel reads gains in;

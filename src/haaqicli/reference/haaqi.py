@@ -47,24 +47,33 @@ def _hann(n: int) -> np.ndarray:
     return np.hanning(n)
 
 
-def env_smooth(env: np.ndarray, segment_ms: float = 8.0) -> np.ndarray:
-    """Hann-weighted averages over 50%-overlapping segments (half windows at both ends)."""
+def env_smooth(env: Any, segment_ms: float = 8.0) -> Any:
+    """Hann-weighted averages over 50%-overlapping segments (half windows at both ends), along the
+    last axis of a (bands, samples) numpy array or torch tensor (computed on the tensor's device)."""
     nwin = int(np.around(segment_ms * 0.001 * FS))
     nwin += nwin % 2
     half = nwin // 2
     w = _hann(nwin)
     wsum, hsum = w.sum(), w[half:].sum()
-    npts = env.shape[1]
-    nseg = int(1 + np.floor(npts / nwin) + np.floor((npts - nwin / 2) / nwin))
+    is_array = isinstance(env, np.ndarray)
+    if not is_array:
+        import torch
+
+        w = torch.as_tensor(w, dtype=env.dtype, device=env.device)
+    nseg = segment_count(env.shape[1], nwin)
     blocks = env[:, : nseg * half].reshape(env.shape[0], nseg, half)
-    out = np.empty((env.shape[0], nseg))
     head = blocks @ w[:half]  # block weighted by rising half
     tail = blocks @ w[half:]  # block weighted by falling half
-    out[:, 0] = tail[:, 0] / hsum
-    if nseg > 2:
-        out[:, 1 : nseg - 1] = (head[:, 1 : nseg - 1] + tail[:, 2:nseg]) / wsum
-    out[:, nseg - 1] = head[:, nseg - 1] / hsum
-    return out
+    last = head[:, nseg - 1 : nseg] / hsum
+    if nseg == 1:
+        return last
+    # segment s > 0 is block s under the rising half plus block s + 1 under the falling half
+    parts = (tail[:, :1] / hsum, (head[:, 1 : nseg - 1] + tail[:, 2:nseg]) / wsum, last)
+    if is_array:
+        return np.concatenate(parts, axis=1)
+    import torch
+
+    return torch.cat(parts, dim=1)
 
 
 # ----------------------------------------------------------------------------- envelope term
@@ -144,26 +153,37 @@ def bm_covariance(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float = 16.0) 
     return np.clip(cov, 0.0, 1.0), 2.0 * x_ms
 
 
-def _bm_covariance_rows(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float) -> tuple[np.ndarray, np.ndarray]:
-    """`bm_covariance` for a range of bands (float32 input): unclipped peak covariance, reference mean square.
-    float32 products are ample here: the coherences are averaged over hundreds of tiles (the oracle
-    test measures the effect on the score)."""
+def segment_count(npts: int, nwin: int) -> int:
+    """Number of 50%-overlap segments of `nwin` samples (half windows at both ends) in `npts` samples."""
+    return int(1 + np.floor(npts / nwin) + np.floor((npts - nwin / 2) / nwin))
+
+
+def bm_window_tables(segment_ms: float = 16.0) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """(max lag, half window, Hann window, inverse window autocorrelation over +-max lag for the full
+    and the half window, inverse window energy for each): the window-unbiasing of the BM coherence."""
     max_lag = int(np.around(1.0 * 0.001 * FS))
     nwin = int(np.around(segment_ms * 0.001 * FS))
     nwin += nwin % 2
     half = nwin // 2
     w = _hann(nwin)
-    w32 = w.astype(np.float32)
 
     def inv_autocorr(win: np.ndarray) -> np.ndarray:
         full = np.correlate(win, win, "full")
         centre = len(win) - 1
         return 1.0 / full[centre - max_lag : centre + max_lag + 1]
 
-    full_corr, half_corr = inv_autocorr(w), inv_autocorr(w[half:])
-    full_ms, half_ms = 1.0 / np.sum(w**2), 1.0 / np.sum(w[half:] ** 2)
+    return (max_lag, half, w, inv_autocorr(w), inv_autocorr(w[half:]), 1.0 / np.sum(w**2),
+            1.0 / np.sum(w[half:] ** 2))
+
+
+def _bm_covariance_rows(x_bm: np.ndarray, y_bm: np.ndarray, segment_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """`bm_covariance` for a range of bands (float32 input): unclipped peak covariance, reference mean square.
+    float32 products are ample here: the coherences are averaged over hundreds of tiles (the oracle
+    test measures the effect on the score)."""
+    max_lag, half, w, full_corr, half_corr, full_ms, half_ms = bm_window_tables(segment_ms)
+    w32 = w.astype(np.float32)
     n_bands, npts = x_bm.shape
-    nseg = int(1 + np.floor(npts / nwin) + np.floor((npts - nwin / 2) / nwin))
+    nseg = segment_count(npts, 2 * half)
     cov = np.empty((n_bands, nseg))
     x_ms = np.empty((n_bands, nseg))
     _bm_coherence_kernel(np.ascontiguousarray(x_bm), np.ascontiguousarray(y_bm), w32, half, nseg, max_lag,
@@ -278,6 +298,19 @@ def haaqi_terms(
 ) -> dict[str, float]:
     """Score plus its components (cep_high, bm_sync5, d_loud, d_norm, nonlinear, linear)."""
     keep_freed_memory()  # once per process: large buffers are reused instead of page-faulted anew
+    loss, ref, proc = validated_inputs(processed, reference, processed_sr, reference_sr, audiogram,
+                                       equalisation, level1, noise)
+    ear = ear_model(ref, reference_sr, proc, processed_sr, loss, equalisation, level1, seed, noise)
+
+    cep_high = mel_cepstral_high(*run_all(lambda: env_smooth(ear.x_db), lambda: env_smooth(ear.y_db)))
+    cov, ref_ms = bm_covariance(ear.x_bm, ear.y_bm)
+    return combine_terms(cep_high, bm_sync5(cov, ref_ms), *spectrum_terms(ear.x_sl, ear.y_sl))
+
+
+def validated_inputs(processed: Any, reference: Any, processed_sr: float, reference_sr: float, audiogram: Any,
+                     equalisation: int, level1: float, noise: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (HAAQI loss at its six frequencies, reference, processed) for one item; raises a
+    ValueError, AudioError or ProfileError naming what is wrong."""
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     if equalisation not in (0, 1, 2):
@@ -289,13 +322,11 @@ def haaqi_terms(
     proc = _check_signal(processed, "processed", processed_sr)
     if not np.any(ref):
         raise AudioError("reference is silent (all zeros)")
-    ear = ear_model(ref, reference_sr, proc, processed_sr, loss, equalisation, level1, seed, noise)
+    return loss, ref, proc
 
-    cep_high = mel_cepstral_high(*run_all(lambda: env_smooth(ear.x_db), lambda: env_smooth(ear.y_db)))
-    d_loud_std, d_norm_std = spectrum_terms(ear.x_sl, ear.y_sl)
-    cov, ref_ms = bm_covariance(ear.x_bm, ear.y_bm)
-    sync5 = bm_sync5(cov, ref_ms)
 
+def combine_terms(cep_high: float, sync5: float, d_loud_std: float, d_norm_std: float) -> dict[str, float]:
+    """The published combination of the nonlinear (envelope, fine structure) and linear (spectrum) terms."""
     d_loud = min(max(1.0 - d_loud_std / 2.5, 0.0), 1.0)
     d_norm = min(max(1.0 - d_norm_std / 25.0, 0.0), 1.0)
     nonlinear = 0.754 * cep_high**3 + 0.246 * sync5
@@ -303,8 +334,8 @@ def haaqi_terms(
     score = 0.336 * nonlinear + 0.001 * linear + 0.501 * nonlinear**2 + 0.161 * linear**2
     return {
         "score": float(score),
-        "cep_high": cep_high,
-        "bm_sync5": sync5,
+        "cep_high": float(cep_high),
+        "bm_sync5": float(sync5),
         "d_loud": d_loud,
         "d_norm": d_norm,
         "nonlinear": float(nonlinear),
