@@ -382,12 +382,25 @@ def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
 def compute_haaqi_batch(
     items: Sequence[dict[str, Any]],
     workers: int = 1,
+    device: str = "cpu",
+    batch_size: int = 8,
 ) -> list[float]:
-    """Score many items (dicts of compute_haaqi keyword arguments), in order. Bands and segments are
-    vectorised inside each item; items are spread over `workers` single-threaded processes (joblib
-    loky), in a few chunks per worker so that the per-task overhead and the numba cache loading of
-    each process are amortised. workers <= 0 means one per CPU core."""
+    """Score many items (dicts of compute_haaqi keyword arguments), in order.
+
+    On a CUDA device ("cuda", "cuda:N", or "auto" where one is present) `batch_size` clips at a time
+    go through the batched torch engine (`reference.batched`). On the CPU the numba engine is the
+    faster one: bands and segments are vectorised inside each item, and items are spread over
+    `workers` single-threaded processes (joblib loky), in a few chunks per worker so that the per-task
+    overhead and the numba cache loading of each process are amortised. workers <= 0 means one per
+    CPU core."""
     items = list(items)
+    if device != "cpu":
+        from haaqicli.models.registry import resolve_device
+
+        if resolve_device(device).type == "cuda":
+            from haaqicli.reference.batched import compute_haaqi_torch
+
+            return compute_haaqi_torch(items, device, batch_size)
     if workers <= 0:
         workers = os.cpu_count() or 1
     if workers <= 1 or len(items) <= 1:
