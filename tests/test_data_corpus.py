@@ -245,3 +245,19 @@ def test_balance_by_label_caps_each_bin() -> None:
     out = lab.balance_by_label(df, per_bin=10)
     assert len(out) == 15 and out["label"].notna().all()
     assert (out["label"] < 0.1).sum() == 10
+
+
+def test_batched_labels_equal_process_labels_and_isolate_bad_items(corpus: Path, tmp_path: Path) -> None:
+    """The GPU labelling path (batched torch engine, run here on the CPU) gives the numba engine's
+    labels, and a broken item becomes an error row without costing the others their labels."""
+    config = BuildConfig(items=8, variants_per_clip=2, clips_per_track=2, max_package_share=0.6, seed=1,
+                         recipe_weights=NO_CODEC, clip_seconds=1.0)
+    items = build_manifest(corpus, config).iloc[:2].to_dict(orient="records")
+    broken = dict(items[0], item_id="broken", source="packages/naev-data/music/missing.ogg")
+    rows = list(lab.label_items_batched([items[0], broken, items[1]], corpus, "cpu", batch_size=3))
+    assert [r["item_id"] for r in rows] == [items[0]["item_id"], "broken", items[1]["item_id"]]
+    assert rows[1]["error"] and np.isnan(rows[1]["label"])
+    for row, item in zip([rows[0], rows[2]], items, strict=True):
+        expected = lab.label_item(item, corpus)
+        assert not row["error"] and row["label"] == pytest.approx(expected["label"], abs=1e-6)
+        assert row["label_seconds"] > 0

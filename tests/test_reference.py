@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from haaqicli import synth
@@ -133,6 +134,29 @@ def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
     assert list(pd.read_csv(out).ear) == ["both"]
     result = CliRunner().invoke(reference, ["-q"])
     assert result.exit_code == 2
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(reference, ["--pairs", str(csv), "--device", "cuda", "-q"])
+        assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_pair_rows_from_the_batched_engine(tmp_path, ref: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair's (profile, ear) clips go to the engine as one batch; rows get their own scores back."""
+    from haaqicli.audio import write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference import haaqi
+    from haaqicli.reference.batched import compute_haaqi_torch
+    from haaqicli.reference.pairs import score_pair
+
+    stereo = np.stack([ref, synth.lowpass(ref, SR, 3000)]).astype(np.float32)
+    write_audio(tmp_path / "r.wav", stereo, SR)
+    write_audio(tmp_path / "p.wav", stereo * np.array([[1.0], [0.5]], dtype=np.float32), SR)
+    profiles = resolve_profiles(["N2", "profiles/asymmetric.csv"])
+    expected = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles)
+    monkeypatch.setattr(haaqi, "compute_haaqi_batch", lambda items, device: compute_haaqi_torch(items, "cpu"))
+    batched = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles, device="cuda")
+    assert [(r["profile"], r["ear"]) for r in batched] == [(r["profile"], r["ear"]) for r in expected]
+    assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in expected], abs=1e-6)
+    assert len({round(r["score"], 4) for r in expected}) == len(expected)
 
 
 def test_noise_modes(ref: np.ndarray) -> None:

@@ -687,7 +687,7 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
     if pairs:
         table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
                             spl=settings.spl, mix=settings.mix, workers=settings.workers,
-                            progress=settings.progress)
+                            progress=settings.progress, device=settings.device)
         frames.append(_rename_files(table, pairs))
     error_rows = [{"file": name, "path": str(path), "profile": profile.name, "ear": "", "status": "error",
                    "error": reason, "model": "reference", "model_sha256": ""}

@@ -112,22 +112,28 @@ def _build(manifest: str | None, corpus: str | None, items: int, variants: int, 
 @click.option("--split", type=click.Choice(["train", "validation"]), default=None)
 @click.option("--flush-every", type=click.IntRange(1), default=20, show_default=True,
               help="Write a label shard after this many items (a kill loses at most one shard).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda or cuda:N. CUDA batches clips in the torch engine.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Clips per batch on a CUDA device.")
 @quiet_option
 def label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None, split: str | None,
-          flush_every: int, quiet: bool) -> None:
+          flush_every: int, device: str, batch_size: int, quiet: bool) -> None:
     """Label pending items with our HAAQI (resumable: re-running skips labelled items)."""
-    _label(manifest, corpus, workers, limit, split, flush_every, quiet)
+    _label(manifest, corpus, workers, limit, split, flush_every, device, batch_size, quiet)
 
 
 @one_line_errors
 def _label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None,
-                split: str | None, flush_every: int, quiet: bool) -> None:
+                split: str | None, flush_every: int, device: str, batch_size: int, quiet: bool) -> None:
     from haaqicli.data.labels import label_manifest
+    from haaqicli.models.registry import resolve_device
 
+    resolve_device(device)  # a bad device is a one-line error before any work
     manifest_path, corpus_dir = _paths(manifest, corpus)
     summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
                              flush_every=flush_every, limit=limit, split=split, progress=not quiet,
-                             cache_dir=_data_dir() / "cache")
+                             cache_dir=_data_dir() / "cache", device=device, batch_size=batch_size)
     done = summary["labelled"] + summary["errors"]
     rate = 3600.0 * done / summary["wall_seconds"] if summary["wall_seconds"] > 0 else 0.0
     cpu = summary["cpu_seconds"] / done if done else 0.0

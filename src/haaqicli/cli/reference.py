@@ -26,12 +26,15 @@ from haaqicli.cli.common import (
 @spl_option
 @click.option("--mix", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True,
               help="stereo: left channel with left audiogram, right with right; mono: downmix.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Parallel pairs.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Parallel pairs (CPU processes).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
 @output_options
 @quiet_option
 @one_line_errors
 def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
-              mix: str, workers: int, out: str | None, report: str | None, quiet: bool) -> None:
+              mix: str, workers: int, device: str, out: str | None, report: str | None, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
     Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
@@ -43,7 +46,8 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
         raise click.UsageError("give exactly one of --pairs CSV or --reference REF_DIR PROCESSED_DIR")
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
-    table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet)
+    table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
+                         device=device)
     if out:
         from haaqicli.tables import write_table
 

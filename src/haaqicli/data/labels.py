@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,22 @@ def _default_haaqi() -> HaaqiFn:
     return functools.partial(compute_haaqi, noise="fast")
 
 
-def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
-               haaqi_fn: HaaqiFn | None = None) -> float:
-    """The label convention: reference presented at DEFAULT_SPL (65 dB SPL)."""
-    fn = haaqi_fn or _default_haaqi()
+def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any) -> dict[str, Any]:
+    """compute_haaqi keyword arguments of the label convention: reference presented at DEFAULT_SPL
+    (65 dB SPL), NAL-R on the reference (equalisation 1), the fast threshold-noise mode, seed 0."""
     rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     if rms <= 0:
         raise ValueError("silent reference")
-    level1 = DEFAULT_SPL - 20.0 * np.log10(rms)
-    return float(fn(processed, reference, sr, sr, np.asarray(audiogram, dtype=float), equalisation=1, level1=level1))
+    return {"processed": processed, "reference": reference, "processed_sr": sr, "reference_sr": sr,
+            "audiogram": np.asarray(audiogram, dtype=float), "equalisation": 1,
+            "level1": DEFAULT_SPL - 20.0 * np.log10(rms)}
+
+
+def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
+               haaqi_fn: HaaqiFn | None = None) -> float:
+    """The label of one pair (see `label_arguments`)."""
+    fn = haaqi_fn or _default_haaqi()
+    return float(fn(**label_arguments(reference, processed, sr, audiogram)))
 
 
 def _cpu_seconds() -> float:
@@ -57,22 +64,65 @@ def _cpu_seconds() -> float:
     return time.process_time() + t.children_user + t.children_system
 
 
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _materialised_arguments(item: Mapping[str, Any], corpus_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """The item's audio regenerated, its model input cached (while the audio is at hand), and its
+    label's compute_haaqi arguments."""
+    ref, proc, sr = materialise(item, corpus_dir)
+    if cache_dir is not None:
+        from haaqicli.data.export import save_item_input
+
+        save_item_input(cache_dir, item["item_id"], ref, proc, sr)
+    return label_arguments(ref, proc, sr, item["audiogram"])
+
+
 def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None,
                cache_dir: Path | None = None) -> dict[str, Any]:
     """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI. With
-    ``cache_dir`` the item's model input is saved too, while the audio is at hand."""
+    ``cache_dir`` the item's model input is saved too."""
     t0 = _cpu_seconds()
     try:
-        ref, proc, sr = materialise(item, corpus_dir)
-        label = label_pair(ref, proc, sr, item["audiogram"], haaqi_fn)
-        if cache_dir is not None:
-            from haaqicli.data.export import save_item_input
-
-            save_item_input(cache_dir, item["item_id"], ref, proc, sr)
-        error = ""
+        label, error = float((haaqi_fn or _default_haaqi())(**_materialised_arguments(item, corpus_dir, cache_dir))), ""
     except Exception as exc:  # one bad item must not stop a day-long job; the error is recorded
-        label, error = float("nan"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        label, error = float("nan"), _error_text(exc)
     return {"item_id": item["item_id"], "label": label, "label_seconds": _cpu_seconds() - t0, "error": error}
+
+
+def label_items_batched(items: Sequence[Mapping[str, Any]], corpus_dir: Path, device: str, batch_size: int = 8,
+                        cache_dir: Path | None = None) -> Iterator[dict[str, Any]]:
+    """Label rows `batch_size` at a time with the batched torch engine on `device` (a GPU). A batch
+    that fails is retried item by item, so one bad item only costs its own label. CPU seconds
+    (regeneration + this process's share of the engine) are split evenly over a batch."""
+    from haaqicli.reference.batched import compute_haaqi_torch
+
+    for start in range(0, len(items), batch_size):
+        t0 = _cpu_seconds()
+        chunk, rows, arguments = items[start : start + batch_size], [], []
+        for item in chunk:
+            try:
+                arguments.append(_materialised_arguments(item, corpus_dir, cache_dir))
+                rows.append({"item_id": item["item_id"], "label": float("nan"), "error": ""})
+            except Exception as exc:
+                rows.append({"item_id": item["item_id"], "label": float("nan"), "error": _error_text(exc)})
+        good = [row for row in rows if not row["error"]]
+        try:
+            labels = compute_haaqi_torch(arguments, device, batch_size)
+        except Exception:
+            labels = []
+            for args, row in zip(arguments, good, strict=True):
+                try:
+                    labels += compute_haaqi_torch([args], device)
+                except Exception as exc:
+                    labels.append(float("nan"))
+                    row["error"] = _error_text(exc)
+        for row, label in zip(good, labels, strict=True):
+            row["label"] = float(label)
+        seconds = (_cpu_seconds() - t0) / max(1, len(rows))
+        for row in rows:
+            yield {**row, "label_seconds": seconds}
 
 
 def read_shards(directory: Path) -> pd.DataFrame:
@@ -133,7 +183,14 @@ def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Non
 
 
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
-         cache_dir: Path | None = None) -> Iterator[dict[str, Any]]:
+         cache_dir: Path | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
+    if device != "cpu" and haaqi_fn is None:
+        from haaqicli.models.registry import resolve_device
+
+        resolved = resolve_device(device)
+        if resolved.type == "cuda":
+            yield from label_items_batched(items, corpus_dir, str(resolved), batch_size, cache_dir)
+            return
     if workers <= 1:
         for item in items:
             yield label_item(item, corpus_dir, haaqi_fn, cache_dir)
@@ -155,9 +212,13 @@ def label_manifest(
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     cache_dir: Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Label pending items, flushing shards every ``flush_every`` results, then merge. With
-    ``cache_dir`` each item's model input is cached for training (see data.export).
+    ``cache_dir`` each item's model input is cached for training (see data.export). On a CUDA
+    ``device`` ("auto" picks one when present) items go through the batched torch engine
+    ``batch_size`` at a time; on the CPU, through ``workers`` processes of the numba engine.
 
     Returns a summary: labelled, errors, cpu_seconds (sum), wall_seconds, pending_before.
     """
@@ -178,7 +239,7 @@ def label_manifest(
             counter += 1
             buffer = []
 
-    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_dir)
+    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_dir, device, batch_size)
     bar = None
     if progress and items:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

@@ -55,11 +55,12 @@ def pair_directories(reference_dir: str | Path, processed_dir: str | Path) -> li
 
 
 def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
-               mix: str = "stereo", seed: int = 0) -> list[dict[str, Any]]:
-    """Rows for one pair; any failure becomes error rows (the batch goes on)."""
+               mix: str = "stereo", seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
+    """Rows for one pair; any failure becomes error rows (the batch goes on). Every (profile, ear) of
+    the pair is scored in one `compute_haaqi_batch` call: one batch of equal-length clips on a GPU."""
     from haaqicli.audio import decode, resample
     from haaqicli.reference.align import align
-    from haaqicli.reference.haaqi import compute_haaqi
+    from haaqicli.reference.haaqi import compute_haaqi_batch
 
     base = {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
             "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan}
@@ -86,7 +87,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         # one delay for the pair, estimated on the channel mix
         delay, _, _ = align(ref.mean(axis=0), proc.mean(axis=0), sr)
         base["delay_s"] = delay / sr
-        rows = []
+        rows, items, sides_per_row = [], [], []
         # reference presented at `spl`: RMS over all reference channels together
         level1 = spl - 20 * np.log10(np.sqrt(np.mean(np.asarray(ref, dtype=np.float64) ** 2)))
         for ear, r, p in zip(ears, ref_ch, proc_ch, strict=True):
@@ -101,9 +102,14 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
             base["duration_s"] = n / sr
             for profile in profiles:
                 sides = ["left", "right"] if ear == "both" else [ear]
-                scores = [compute_haaqi(p, r, sr, sr, profile.ear(side), 1, level1, seed=seed) for side in sides]
-                rows.append({**base, "profile": profile.name, "ear": ear, "score": float(np.mean(scores)),
-                             "status": "ok", "error": ""})
+                items += [{"processed": p, "reference": r, "processed_sr": sr, "reference_sr": sr,
+                           "audiogram": profile.ear(side), "equalisation": 1, "level1": level1, "seed": seed}
+                          for side in sides]
+                sides_per_row.append(len(sides))
+                rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": ""})
+        scores = iter(compute_haaqi_batch(items, device=device))
+        for row, n_sides in zip(rows, sides_per_row, strict=True):
+            row["score"] = float(np.mean([next(scores) for _ in range(n_sides)]))
         return rows
     except (HaaqiError, ValueError, RuntimeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -113,12 +119,18 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
 
 
 def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
-                mix: str = "stereo", workers: int = 1, progress: bool = False) -> pd.DataFrame:
-    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised)."""
+                mix: str = "stereo", workers: int = 1, progress: bool = False,
+                device: str = "auto") -> pd.DataFrame:
+    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
+    `device`: "auto" uses CUDA when present (batched torch engine, pairs in this process), else the
+    CPU's numba engine with `workers` processes; "cpu", "cuda" or "cuda:N" choose."""
+    from haaqicli.models.registry import resolve_device
+
     if mix not in ("stereo", "mono"):
         raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
+    device = str(resolve_device(device))  # a bad or missing device is one error, not one per pair
     jobs = list(pairs)
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(jobs) > 1 and device == "cpu":
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=workers, verbose=5 if progress else 0)(
@@ -127,7 +139,7 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     else:
         results = []
         for i, (r, p) in enumerate(jobs):
-            results.append(score_pair(r, p, profiles, spl, mix))
+            results.append(score_pair(r, p, profiles, spl, mix, device=device))
             if progress:
                 print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
         if progress and jobs:
