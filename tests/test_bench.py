@@ -26,6 +26,8 @@ def test_bench_reports_models_and_reference_against_pyclarity(use_tiny_weights: 
         assert rows[name]["x_realtime"] > 0
     ours = next(row for name, row in rows.items() if name.startswith("exact HAAQI, ours"))
     assert ours["x_pyclarity"] > 1  # ours must be faster than the oracle even on a 1-s clip
+    batch = next(row for name, row in rows.items() if name.startswith("exact HAAQI, ours, 8 clips (cpu"))
+    assert batch["audio_seconds"] == pytest.approx(8.0) and batch["x_pyclarity"] > 1
     assert rows["pyclarity HAAQI (cpu)"]["x_pyclarity"] == pytest.approx(1.0)
     reference = json.loads(out.read_text())["reference"]
     assert reference["abs_diff"] < 0.01  # same clip, same rate: the scores agree

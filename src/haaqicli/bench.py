@@ -6,6 +6,7 @@ including decoding and resampling, and as a ratio to pyclarity's intrusive HAAQI
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import torch
 
 from haaqicli import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
+
+
+BATCH_CLIPS = 8  # clips per call in the labelling-engine rows
 
 
 @dataclass
@@ -71,13 +75,21 @@ def time_model_only(model: str, device: str, batch_size: int, repeats: int) -> B
 
 def time_reference(seconds: float, repeats: int, sample_rate: int = 44100) -> tuple[list[BenchRow], dict]:
     """Our exact HAAQI and pyclarity's (when installed) on the same clip, same rate, timed alternately."""
-    from haaqicli.reference.bench import benchmark_reference
+    from haaqicli.reference.bench import benchmark_batch, benchmark_reference
     from haaqicli.reference.parallel import thread_count
 
     measured = benchmark_reference(seconds=seconds, repeats=repeats, sample_rate=sample_rate)
     rows = [BenchRow(f"exact HAAQI, ours (cpu, {thread_count()} threads)", seconds, measured["ours_seconds"])]
     if "pyclarity_seconds" in measured:
         rows.append(BenchRow("pyclarity HAAQI (cpu)", seconds, measured["pyclarity_seconds"]))
+    # the labelling engine: many clips per call (processes on the CPU, one torch batch on a GPU)
+    batches = [("cpu", f"exact HAAQI, ours, {BATCH_CLIPS} clips (cpu, {os.cpu_count()} processes)")]
+    if torch.cuda.is_available():
+        batches.append(("cuda", f"exact HAAQI, ours, {BATCH_CLIPS} clips (cuda, one batch)"))
+    for device, label in batches:
+        batch = benchmark_batch(seconds, BATCH_CLIPS, sample_rate, device=device, repeats=repeats)
+        measured[f"batch_{device}"] = {k: v for k, v in batch.items() if k != "scores"}
+        rows.append(BenchRow(label, seconds * BATCH_CLIPS, batch["wall_seconds"]))
     return rows, measured
 
 

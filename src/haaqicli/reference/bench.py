@@ -83,6 +83,30 @@ def benchmark_reference(
     return result
 
 
+def benchmark_batch(
+    seconds: float = 10.0, n_clips: int = 8, sample_rate: int = 44100, device: str = "cpu", workers: int = 0,
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """Throughput of the labelling engine: `n_clips` items (the bench clip with different threshold-noise
+    seeds) in one `compute_haaqi_batch` call: on the CPU, spread over `workers` single-threaded processes
+    (0: one per core); on CUDA, batched in the torch engine. Best of `repeats` after a warm-up call
+    (process start, numba cache, CUDA context)."""
+    from haaqicli.reference.haaqi import compute_haaqi_batch
+
+    reference, processed, level1 = _clip(seconds, sample_rate)
+    items = [{"processed": processed, "reference": reference, "processed_sr": sample_rate,
+              "reference_sr": sample_rate, "audiogram": AUDIOGRAM, "equalisation": 1, "level1": level1, "seed": seed}
+             for seed in range(n_clips)]
+    compute_haaqi_batch(items[: min(2, n_clips)], workers=workers, device=device, batch_size=n_clips)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        scores = compute_haaqi_batch(items, workers=workers, device=device, batch_size=n_clips)
+        best = min(best, time.perf_counter() - start)
+    return {"seconds": seconds, "n_clips": n_clips, "device": device, "wall_seconds": best,
+            "seconds_per_clip": best / n_clips, "scores": scores}
+
+
 if __name__ == "__main__":  # python -m haaqicli.reference.bench [seconds] [repeats]
     import sys
 
