@@ -16,7 +16,6 @@ import torch
 from haaqicli import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
 
-
 BATCH_CLIPS = 8  # clips per call in the labelling-engine rows
 
 
