@@ -42,7 +42,8 @@ def _default_haaqi() -> HaaqiFn:
 
 def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any) -> dict[str, Any]:
     """compute_haaqi keyword arguments of the label convention: reference presented at DEFAULT_SPL
-    (65 dB SPL), NAL-R on the reference (equalisation 1), the fast threshold-noise mode, seed 0."""
+    (65 dB SPL), NAL-R on the reference (equalisation 1); the engine's default (fast) threshold-noise
+    mode and seed."""
     rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     if rms <= 0:
         raise ValueError("silent reference")
@@ -51,11 +52,18 @@ def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audio
             "level1": DEFAULT_SPL - 20.0 * np.log10(rms)}
 
 
+def _apply(haaqi_fn: HaaqiFn | None, args: Mapping[str, Any]) -> float:
+    """haaqi_fn (default: ours) called as compute_haaqi(processed, reference, sr, sr, audiogram,
+    equalisation=..., level1=...)."""
+    fn = haaqi_fn or _default_haaqi()
+    return float(fn(args["processed"], args["reference"], args["processed_sr"], args["reference_sr"],
+                    args["audiogram"], equalisation=args["equalisation"], level1=args["level1"]))
+
+
 def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
                haaqi_fn: HaaqiFn | None = None) -> float:
     """The label of one pair (see `label_arguments`)."""
-    fn = haaqi_fn or _default_haaqi()
-    return float(fn(**label_arguments(reference, processed, sr, audiogram)))
+    return _apply(haaqi_fn, label_arguments(reference, processed, sr, audiogram))
 
 
 def _cpu_seconds() -> float:
@@ -85,7 +93,7 @@ def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | No
     ``cache_dir`` the item's model input is saved too."""
     t0 = _cpu_seconds()
     try:
-        label, error = float((haaqi_fn or _default_haaqi())(**_materialised_arguments(item, corpus_dir, cache_dir))), ""
+        label, error = _apply(haaqi_fn, _materialised_arguments(item, corpus_dir, cache_dir)), ""
     except Exception as exc:  # one bad item must not stop a day-long job; the error is recorded
         label, error = float("nan"), _error_text(exc)
     return {"item_id": item["item_id"], "label": label, "label_seconds": _cpu_seconds() - t0, "error": error}
