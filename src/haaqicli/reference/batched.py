@@ -37,6 +37,7 @@ from haaqicli.reference.ear import (
     center_frequencies,
     ear_parameters,
     front_end,
+    ihc_state_space,
     threshold_noise,
 )
 from haaqicli.reference.haaqi import (
@@ -56,22 +57,10 @@ BM_FFT_SIZE = 512  # >= 384-sample segment + 24 lags: the +-1 ms BM correlations
 
 
 def _ihc_filter() -> tuple[list[float], list[float], float]:
-    """IHC adaptation (RC circuit, overshoot 2, 2 ms and 60 ms time constants; `ear._ihc_step`) as a
-    2nd-order IIR filter from the dB SL envelope v0 to the state v1, plus r1: the output is
-    max((v0 - v1) / r1, 0). The state update s[n] = A s[n-1] + B v0[n] does not depend on the
-    clipped output, so v1 = C (I - A/z)^-1 B v0 with C = [1, 0]."""
-    delta, dt = 2.0, 1.0 / FS
-    r1 = 1.0 / delta
-    r2 = r3 = 0.5 * (1.0 - r1)
-    c1 = 0.002 * (r1 + r2) / (r1 * r2)
-    c2 = 0.060 / ((r1 + r2) * r3)
-    a11, a12 = r1 + r2 + r1 * r2 * (c1 / dt), -r1
-    a21, a22 = -r3, r2 + r3 + r2 * r3 * (c2 / dt)
-    denom = 1.0 / (a11 * a22 - a21 * a12)
-    p1, p2 = r1 * r2 * (c1 / dt), r2 * r3 * (c2 / dt)
-    m11, m12 = denom * a22 * p1, -denom * a12 * p2
-    m21, m22 = -denom * a21 * p1, denom * a11 * p2
-    g1, g2 = denom * a22 * r2, -denom * a21 * r2
+    """IHC adaptation (`ear.ihc_state_space`) as a 2nd-order IIR filter from the dB SL envelope v0 to
+    the state v1, plus r1: the output is max((v0 - v1) / r1, 0). The state update s[n] = M s[n-1] +
+    g v0[n] does not depend on the clipped output, so v1 = [1, 0] (I - M/z)^-1 g v0."""
+    g1, g2, m11, m12, m21, m22, r1 = ihc_state_space()
     b = [g1, -m22 * g1 + m12 * g2, 0.0]
     a = [1.0, -(m11 + m22), m11 * m22 - m12 * m21]
     return b, a, r1

@@ -302,35 +302,40 @@ def _gammatone_main(x, st, comp, lp_b0, lp_b1, lp_a1, env, bm):  # pragma: no co
     return env_ms
 
 
-@_jit(inline="always")
-def _ihc_step(v0, e, b, v1, v2):  # pragma: no cover - compiled
-    """One sample of the IHC adaptation (RC circuit, overshoot 2, 2 ms and 60 ms time constants) for
-    the dB SL envelope v0; the BM sample b is rescaled to the dB SL envelope and then by the same
-    adaptation gain. Returns (envelope out, BM out, new state v1, v2)."""
-    delta = 2.0
-    dt = 1.0 / 24000.0
+def ihc_state_space() -> tuple[float, float, float, float, float, float, float]:
+    """The IHC adaptation (RC circuit, overshoot 2, 2 ms and 60 ms time constants, at 24 kHz) as the
+    linear state update [v1, v2] <- M [v1, v2] + g v0 of the reference code's two-node circuit, for the
+    dB SL envelope v0; the output is max((v0 - v1) / r1, 0). Returns (g1, g2, m11, m12, m21, m22, r1)."""
+    delta, dt = 2.0, 1.0 / FS
     r1 = 1.0 / delta
-    r2 = 0.5 * (1.0 - r1)
-    r3 = r2
+    r2 = r3 = 0.5 * (1.0 - r1)
     c1 = 0.002 * (r1 + r2) / (r1 * r2)
     c2 = 0.060 / ((r1 + r2) * r3)
-    a11 = r1 + r2 + r1 * r2 * (c1 / dt)
-    a12 = -r1
-    a21 = -r3
-    a22 = r2 + r3 + r2 * r3 * (c2 / dt)
+    a11, a12 = r1 + r2 + r1 * r2 * (c1 / dt), -r1
+    a21, a22 = -r3, r2 + r3 + r2 * r3 * (c2 / dt)
     denom = 1.0 / (a11 * a22 - a21 * a12)
-    p1 = r1 * r2 * (c1 / dt)
-    p2 = r2 * r3 * (c2 / dt)
+    p1, p2 = r1 * r2 * (c1 / dt), r2 * r3 * (c2 / dt)
+    return (denom * a22 * r2, -denom * a21 * r2, denom * a22 * p1, -denom * a12 * p2, -denom * a21 * p1,
+            denom * a11 * p2, r1)
+
+
+# compile-time constants of `_ihc_step`: folded, the recursion's critical path is one multiply-add
+_IHC_G1, _IHC_G2, _IHC_M11, _IHC_M12, _IHC_M21, _IHC_M22, _IHC_R1 = ihc_state_space()
+_IHC_INV_R1 = 1.0 / _IHC_R1
+
+
+@_jit(inline="always")
+def _ihc_step(v0, e, b, v1, v2):  # pragma: no cover - compiled
+    """One sample of the IHC adaptation (see `ihc_state_space`) for the dB SL envelope v0; the BM
+    sample b is rescaled to the dB SL envelope and by the same adaptation gain: b (v0/e) (o/v0) = b o/e
+    (each +1e-30). Returns (envelope out, BM out, new state v1, v2)."""
     small = 1e-30
-    b = b * ((v0 + small) / (e + small))
-    b1 = v0 * r2 + p1 * v1
-    b2 = p2 * v2
-    w1 = denom * (a22 * b1 - a12 * b2)
-    w2 = denom * (-a21 * b1 + a11 * b2)
-    o = (v0 - w1) * (1.0 / r1)
+    w1 = (_IHC_G1 * v0 + _IHC_M12 * v2) + _IHC_M11 * v1
+    w2 = (_IHC_G2 * v0 + _IHC_M21 * v1) + _IHC_M22 * v2
+    o = (v0 - w1) * _IHC_INV_R1
     if o < 0.0:
         o = 0.0
-    return o, b * ((o + small) / (v0 + small)), w1, w2
+    return o, b * ((o + small) / (e + small)), w1, w2
 
 
 @_jit(nogil=True)
