@@ -698,7 +698,9 @@ def ear_model(
     # The two signals are independent until the comparison: each pair of stages runs in two threads.
     # Large outputs are allocated here, in the main thread: glibc serves big blocks for other threads
     # by fresh mmaps (page faults on every use), while the main heap reuses them (see _heap).
-    x_gain, y_gain = np.empty((n, N_BANDS)), np.empty((n, N_BANDS))
+    # The OHC gain is float32: it is smoothed by an 800 Hz low-pass before use, float32 halves its memory
+    # traffic and numpy's float32 power is 2.3x faster (the oracle test measures the effect: ~1e-8).
+    x_gain, y_gain = np.empty((n, N_BANDS), np.float32), np.empty((n, N_BANDS), np.float32)
     x_ctrl_ms, y_ctrl_ms = run_all(
         partial(_gammatone_control, x, _gammatone_state(bw_max, cf, lo=lo_x, hi=hi_x), x_gain),
         partial(_gammatone_control, y, _gammatone_state(bw_max, cf, lo=lo_y, hi=hi_y), y_gain),
@@ -709,7 +711,8 @@ def ear_model(
 
     # Main path with OHC compression; the gain is smoothed by an 800 Hz one-pole low-pass.
     (lp_b0, lp_b1), (_, lp_a1) = butter(1, 800 / (0.5 * FS))
-    run_all(partial(np.power, x_gain, p_x, out=x_gain), partial(np.power, y_gain, p_y, out=y_gain))
+    p_x32, p_y32 = p_x.astype(np.float32), p_y.astype(np.float32)
+    run_all(partial(np.power, x_gain, p_x32, out=x_gain), partial(np.power, y_gain, p_y32, out=y_gain))
     x_env, x_bm, y_env, y_bm = (np.empty((N_BANDS, n)) for _ in range(4))
     x_ms, y_ms = run_all(
         partial(_gammatone_main, x, _gammatone_state(bw_x, cf, scale=scale_x), x_gain, lp_b0, lp_b1, lp_a1,
