@@ -188,6 +188,32 @@ def test_best_lags_match_exact_search(max_lag_ms: float) -> None:
     assert list(_best_lags(ref, out, max_lag_ms)) == expected
 
 
+@pytest.mark.parametrize("case", ["delay", "periodic"])
+def test_input_align_matches_exact_search(case: str) -> None:
+    """The broadband alignment (float32 FFT, near-maximal lags re-checked in float64) picks the lag
+    of a direct float64 search (the first maximum of |c|), also for a periodic signal whose lags a
+    period apart correlate nearly equally."""
+    from haaqicli.reference.ear import FS, input_align
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    x = rng.standard_normal(n)
+    if case == "delay":
+        y = np.concatenate((np.zeros(37), x[:-37])) + 0.5 * rng.standard_normal(n)
+    else:  # period 100: the lags 100 samples apart differ only by their overlap
+        x = np.tile(rng.standard_normal(100), n // 100)
+        y = np.roll(x, 30)
+    a, b = x - x.mean(), y - y.mean()
+    c = [abs(np.dot(a[max(0, j - n + 1) : n + min(0, j - n + 1)], b[max(0, n - 1 - j) : n + min(0, n - 1 - j)]))
+         for j in range(2 * n - 1)]
+    delay = int(np.rint((n - 1) - int(np.argmax(c)) - 2 * FS / 1000.0))
+    expected_y = np.concatenate((y[delay:], np.zeros(delay))) if delay > 0 else np.concatenate((np.zeros(-delay), y[: n + delay]))
+    _, aligned = input_align(x, y)
+    ax = np.abs(x)
+    above = np.nonzero(ax > 0.001 * ax.max())[0]
+    np.testing.assert_array_equal(aligned, expected_y[above[0] : above[-1] + 1])
+
+
 def test_nested_parallel_calls_run_inline(monkeypatch: pytest.MonkeyPatch) -> None:
     # a task on the pool that itself asks for threads must not wait on the (busy) pool: no deadlock
     from haaqicli.reference.parallel import map_rows, run_all

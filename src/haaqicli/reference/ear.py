@@ -114,14 +114,36 @@ def _xcorr_fft(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
     return np.concatenate((full[..., size - max_lag :], full[..., : max_lag + 1]), axis=-1)
 
 
+# A float32 FFT correlation is within this fraction of ||a|| ||b|| of the exact one (with a wide margin)
+FLOAT32_CORRELATION_TOLERANCE = 1e-5
+
+
+def _refined_first_max(approx: np.ndarray, tol: float, exact) -> int:  # type: ignore[no-untyped-def]
+    """Index of the first maximum of a sequence known to within +-tol by `approx` (a float32 FFT
+    correlation): the indices within tol of the approximate maximum (the 4 best, on a flat peak) are
+    re-evaluated by `exact(indices)` in float64 and the first exact maximum wins. This equals the
+    exact search except on plateaus where values agree to ~1e-5 relative, where any choice is
+    equivalent."""
+    cand = np.nonzero(approx >= approx.max() - tol)[0]
+    if cand.size == 1:  # the usual case: a clear maximum, nothing to re-check
+        return int(cand[0])
+    if cand.size > 4:
+        cand = np.sort(cand[np.argsort(-approx[cand], kind="stable")[:4]])
+    return int(cand[int(np.argmax(exact(cand.astype(np.int64))))])
+
+
 def input_align(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Broadband alignment (cross-covariance peak, backed off 2 ms for dispersion), then trim the
     leading/trailing samples where the reference is below 0.001 of its peak."""
     n = min(len(x), len(y))
     ny = len(y)
-    # c[j] = sum x[m + j - (n-1)] y[m]; the first maximum of |c| wins, as in the oracle
-    c = _xcorr_fft(x[:n] - x[:n].mean(), y[:n] - y[:n].mean(), n - 1)
-    delay = (n - 1) - int(np.argmax(np.abs(c)))
+    # c[j] = sum x[m + j - (n-1)] y[m]; the first maximum of |c| wins, as in the oracle. float32
+    # transforms (2.4x faster), with the near-maximal lags re-checked in float64.
+    a, b = x[:n] - x[:n].mean(), y[:n] - y[:n].mean()
+    c = np.abs(_xcorr_fft(a.astype(np.float32), b.astype(np.float32), n - 1))
+    tol = FLOAT32_CORRELATION_TOLERANCE * np.sqrt(np.dot(a, a) * np.dot(b, b)) + 1e-300
+    best = _refined_first_max(c, tol, lambda idx: np.abs(_lagged_dots(a, b, idx - (n - 1))))
+    delay = (n - 1) - best
     delay = int(np.rint(delay - 2 * FS / 1000.0))
     if delay > 0:
         y = np.concatenate((y[delay:ny], np.zeros(delay)))
@@ -488,19 +510,11 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
     c = np.concatenate(map_rows(lambda a, b: _xcorr_blocked(ref[a:b], out[a:b], lags), n_bands))
     energy = np.concatenate(map_rows(
         lambda a, b: np.einsum("ij,ij->i", ref[a:b], ref[a:b]) * np.einsum("ij,ij->i", out[a:b], out[a:b]), n_bands))
-    tol = 1e-5 * np.sqrt(energy) + 1e-300
-    best = np.empty(ref.shape[0], dtype=np.int64)
-    for k in range(ref.shape[0]):
-        cand = np.nonzero(c[k] >= c[k].max() - tol[k])[0]
-        if cand.size == 1:  # the usual case: a clear maximum, nothing to re-check
-            best[k] = int(cand[0]) + 1 - lags
-            continue
-        if cand.size > 4:
-            # a flat peak: lags this close are indistinguishable in float32; re-check the 4 best
-            cand = np.sort(cand[np.argsort(-c[k, cand], kind="stable")[:4]])
-        values = _lagged_dots(ref[k], out[k], cand.astype(np.int64) + 1 - lags)
-        best[k] = int(cand[int(np.argmax(values))]) + 1 - lags
-    return best
+    tol = FLOAT32_CORRELATION_TOLERANCE * np.sqrt(energy) + 1e-300
+    return np.array([
+        _refined_first_max(c[k], tol[k], lambda idx, k=k: _lagged_dots(ref[k], out[k], idx + 1 - lags)) + 1 - lags
+        for k in range(n_bands)
+    ], dtype=np.int64)
 
 
 def _log_env(env: np.ndarray, out: np.ndarray) -> np.ndarray:
