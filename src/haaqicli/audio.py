@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 import numpy as np
 import soundfile as sf
 
+from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL, REFERENCE_RMS
 from haaqicli.errors import AudioError, ToolMissingError
 
@@ -420,23 +421,21 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, subtype: str | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".w64": "W64",
            ".caf": "CAF", ".au": "AU"}.get(path.suffix.lower())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if fmt is not None:
             sf.write(str(tmp), data.T, sr, format=fmt, subtype=subtype)
-        else:
-            exe = _require_ffmpeg(path, f"writing {path.suffix} files")
-            with tempfile.TemporaryDirectory() as tmpdir:
-                wav = Path(tmpdir) / "in.wav"
-                sf.write(str(wav), data.T, sr, subtype="FLOAT")
-                proc = subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-i", str(wav), str(tmp)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise AudioError(f"{path}: ffmpeg could not encode ({_last_line(proc.stderr)})")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+            return
+        exe = _require_ffmpeg(path, f"writing {path.suffix} files")
+        with tempfile.TemporaryDirectory() as tmpdir:
+            wav = Path(tmpdir) / "in.wav"
+            sf.write(str(wav), data.T, sr, subtype="FLOAT")
+            proc = subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-i", str(wav), str(tmp)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise AudioError(f"{path}: ffmpeg could not encode ({_last_line(proc.stderr)})")
+
+    return atomic_write(path, write, keep_suffix=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pandas as pd
 
+from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
-from haaqicli.tables import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib

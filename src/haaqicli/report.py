@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import math
-import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
 
 Timelines = Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
@@ -333,9 +333,4 @@ def write_report(table: pd.DataFrame, path: str | Path, timelines: Timelines | N
         text = _render_html(blocks, title)
     else:
         text = _render_markdown(blocks, path.with_name(f"{path.stem}_files"))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

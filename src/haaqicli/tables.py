@@ -7,14 +7,14 @@ so a reader (or a Ctrl-C) never sees a half-written table.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
 
 SCORE_COLUMNS: list[str] = [
@@ -37,38 +37,23 @@ def _format_of(path: Path) -> str:
     return suffix
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then move it into place: readers never see a
-    half-written file, and a failed write leaves no temporary behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` atomically; the format follows the extension (.csv, .parquet, .jsonl)."""
     path = Path(path)
     fmt = _format_of(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         if fmt == ".csv":
             df.to_csv(tmp, index=False)
         elif fmt == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_json(tmp, orient="records", lines=True, force_ascii=False, double_precision=15)
-        os.replace(tmp, path)
+
+    try:
+        return atomic_write(path, write)
     except OSError as error:
         raise HaaqiError(f"{path}: cannot write table ({error.strerror or error})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
-from haaqicli.tables import atomic_write
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
 PAPER_FIGURES = {

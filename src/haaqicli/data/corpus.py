@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from haaqicli.atomic import atomic_write
 from haaqicli.constants import CLIP_SECONDS
 from haaqicli.data import audiograms as ag
 from haaqicli.data import degrade
@@ -299,11 +300,7 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
 
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
     """Atomic Parquet write (tmp + os.replace), so a crash never leaves half a manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -11,13 +11,13 @@ so building the training arrays later costs no second regeneration (codecs are s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
+from haaqicli.atomic import atomic_write
 from haaqicli.constants import MODEL_SAMPLE_RATE, REFERENCE_RMS
 from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
@@ -46,12 +46,9 @@ def item_cache_path(cache_dir: str | Path, item_id: str, sample_rate: int = MODE
 def save_item_input(cache_dir: str | Path, item_id: str, reference: np.ndarray, processed: np.ndarray, sr: int,
                     sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
     """Write one item's model input atomically (safe with several labelling processes)."""
-    path = item_cache_path(cache_dir, item_id, sample_rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, model_input(reference, processed, sr, sample_rate))
-    os.replace(tmp, path)
-    return path
+    data = model_input(reference, processed, sr, sample_rate)
+    return atomic_write(item_cache_path(cache_dir, item_id, sample_rate), lambda tmp: np.save(tmp, data),
+                        keep_suffix=True)
 
 
 def _ensure_cached(row: dict, corpus: Path, cache: Path, sample_rate: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL
 from haaqicli.data.corpus import materialise, read_manifest, write_manifest
 
@@ -142,12 +143,8 @@ def read_shards(directory: Path) -> pd.DataFrame:
 
 
 def _write_shard(directory: Path, rows: list[dict[str, Any]], counter: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"shard-{int(time.time() * 1000):015d}-{os.getpid()}-{counter:05d}.parquet"
-    tmp = directory / f".{path.name}.tmp"
-    pd.DataFrame(rows, columns=SHARD_COLUMNS).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pd.DataFrame(rows, columns=SHARD_COLUMNS).to_parquet(tmp, index=False))
 
 
 def apply_labels(manifest: pd.DataFrame, shards: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from haaqicli.atomic import atomic_write
 from haaqicli.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from haaqicli.errors import ModelError
 from haaqicli.models.beats import read_beats_checkpoint
@@ -250,22 +250,6 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
     return model.to(dev).eval(), info
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shipped files must be readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None = None) -> ModelInfo:
     """Write `<weights_dir>/<info.file>` (safetensors) and upsert the manifest entry atomically; returns the
     completed info (sha256, n_params, created, config and arch filled from the model)."""
@@ -278,7 +262,7 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
     # Clone so shared tensors (BEATs' relative bias table) become separate entries safetensors accepts.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     blob = save(state, metadata={"name": info.name, "arch": getattr(model, "arch", info.arch)})
-    _atomic_write(wd / info.file, blob)
+    atomic_write(wd / info.file, lambda tmp: tmp.write_bytes(blob), durable=True)  # must survive a crash
     done = ModelInfo(**{**info.to_dict(),
                         "arch": getattr(model, "arch", info.arch),
                         "config": getattr(model, "config", info.config),
@@ -294,7 +278,8 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
 
 
 def _write_manifest(weights_dir: Path, data: dict[str, Any]) -> None:
-    _atomic_write(weights_dir / MANIFEST, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(weights_dir / MANIFEST, lambda tmp: tmp.write_text(text), durable=True)
 
 
 def record_metrics(name: str, key: str, metrics: Mapping[str, Any], weights_dir: str | Path | None = None) -> None:
