@@ -233,7 +233,7 @@ def _ear_model(clips: Sequence[_Clip], device: torch.device) -> tuple[_Batch, to
     del env, level
     noise = torch.zeros_like(bm)
     for b, clip in enumerate(clips):
-        noise[2 * b : 2 * b + 2, :, : clip.n] = torch.from_numpy(clip.noise).to(device) * clip.noise_gain
+        noise[2 * b : 2 * b + 2, :, : clip.n] = torch.from_numpy(clip.noise).to(device, torch.float64) * clip.noise_gain
     bm += noise
     del noise
 
