@@ -9,9 +9,9 @@ coherence. Every recursion of the model is *linear* (the gammatone resonators, t
 the OHC gain, the IHC RC circuit, whose clip at zero comes after its state update), so each runs as an
 IIR filter in torchaudio's `lfilter`, which has a CUDA kernel. Everything is float64.
 
-On a CPU this engine is far slower than the numba one (8.7 s against 0.3 s for a 10-s clip at 44.1 kHz,
-measured here: torchaudio's CPU lfilter is a scalar loop per channel), so `compute_haaqi_batch` uses it
-on CUDA devices only; on the CPU it serves the tests. Scores agree with the numba engine to 1e-6 on
+On a CPU this engine is far slower than the numba one, slower even than pyclarity (torchaudio's CPU
+lfilter is a scalar loop per channel), so `compute_haaqi_batch` uses it on CUDA devices only; on the
+CPU it serves the tests. Scores agree with the numba engine to 1e-6 on
 every term (tests/test_reference_batched.py).
 """
 
