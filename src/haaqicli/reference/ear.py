@@ -483,15 +483,20 @@ def _xcorr_blocked(ref: np.ndarray, out: np.ndarray, lags: int) -> np.ndarray:
     block, n_blocks, size = plan
     xp = np.zeros((n_bands, n_blocks * block + 2 * lags), dtype=np.float32)
     xp[:, lags : lags + n] = ref
-    yp = np.zeros((n_bands, n_blocks * block), dtype=np.float32)
-    yp[:, :n] = out
+    # `out` blocks laid out already zero-padded to the transform size: pocketfft's own padding of a
+    # shorter input costs more than this copy (measured: up to 1.8x the transform)
+    yp = np.zeros((n_bands, n_blocks, size), dtype=np.float32)
+    full = n // block
+    yp[:, :full, :block] = out[:, : full * block].reshape(n_bands, full, block)
+    if n > full * block:
+        yp[:, full, : n - full * block] = out[:, full * block :]
     step = xp.strides[1]
     xs = np.lib.stride_tricks.as_strided(
         xp, (n_bands, n_blocks, block + 2 * lags), (xp.strides[0], block * step, step), writeable=False
     )
     spec = sfft.rfft(xs, size, axis=-1)
     del xp
-    spec *= np.conj(sfft.rfft(yp.reshape(n_bands, n_blocks, block), size, axis=-1))
+    spec *= np.conj(sfft.rfft(yp, axis=-1))
     del yp
     corr = sfft.irfft(spec.sum(axis=1), size, axis=-1)
     return corr[:, 1 : 2 * lags + 1]
