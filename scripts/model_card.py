@@ -6,6 +6,7 @@ Inputs (made by scripts/train-models.sh and `haaqi bench --json`):
     data/results/bench.json     haaqi bench --json
     weights/manifest.json       written by haaqi train / haaqi distill
 Run from the repository root: .venv/bin/python scripts/model_card.py
+(`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights)
 """
 
 from __future__ import annotations
@@ -24,6 +25,43 @@ def load(name: str) -> dict | list | None:
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None or value != value else format(value, spec)
+
+
+def speed_section(bench: dict) -> list[str]:
+    """The "## Speed" section from `make bench`'s JSON (empty without it)."""
+    if not bench:
+        return []
+    lines = ["", "## Speed", "", "`make bench` (`haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 "
+             "--json data/results/bench.json`) "
+             f"({bench['files']} stereo files of {bench['file_seconds']:.0f} s, torch threads "
+             f"{bench['cpu_threads']}, decoding and resampling included):", "",
+             "| what | x real time | x pyclarity |", "|---|---|---|"]
+    for row in bench["rows"]:
+        ratio = f"{row['x_pyclarity']:.1f}" if row.get("x_pyclarity") else "–"
+        lines.append(f"| {row['name']} | {row['x_realtime']:.1f} | {ratio} |")
+    reference = bench.get("reference", {})
+    if "speedup" in reference:
+        lines += ["", f"Exact HAAQI against pyclarity on the same {reference['seconds']:g}-s clip at "
+                  f"{reference['sample_rate']} Hz: {reference['speedup_wall']:.1f}x in wall time, "
+                  f"{reference['speedup']:.1f}x in CPU time; scores {reference['ours_score']:.6f} and "
+                  f"{reference['pyclarity_score']:.6f}. The 8-clip rows are the labelling engine: "
+                  "one `compute_haaqi_batch` call (single-threaded processes, one per core)."]
+    rows = {row["name"]: row for row in bench["rows"]}
+    teacher, student = rows.get("teacher (cpu, model only)"), rows.get("distilled (cpu, model only)")
+    if teacher and student:
+        lines += ["", f"Model only (one batch of 6-s windows, fbank included): the student runs "
+                  f"{student['x_realtime'] / teacher['x_realtime']:.1f}x the teacher's throughput."]
+    return lines
+
+
+def rewrite_speed_section() -> None:
+    """Replace only the speed section of the existing card (after a new `make bench` with unchanged
+    weights: the other sections stay as their own commands made them)."""
+    card = (WEIGHTS / "MODEL_CARD.md").read_text()
+    start, end = card.index("\n## Speed\n"), card.index("\n## Known limits\n")
+    section = "\n".join(speed_section(load("bench.json") or {}))
+    (WEIGHTS / "MODEL_CARD.md").write_text(card[:start] + section + "\n" + card[end:])
+    print(section)
 
 
 def main() -> None:
@@ -122,25 +160,7 @@ def main() -> None:
                 lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} |"
                           for k, m in groups.items()]
 
-    if bench:
-        lines += ["", "## Speed", "", "`make bench` (`haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 --json data/results/bench.json`) "
-                  f"({bench['files']} stereo files of {bench['file_seconds']:.0f} s, torch threads "
-                  f"{bench['cpu_threads']}, decoding and resampling included):", "",
-                  "| what | x real time | x pyclarity |", "|---|---|---|"]
-        for row in bench["rows"]:
-            ratio = f"{row['x_pyclarity']:.0f}" if row.get("x_pyclarity") else "–"
-            lines.append(f"| {row['name']} | {row['x_realtime']:.1f} | {ratio} |")
-        reference = bench.get("reference", {})
-        if "speedup" in reference:
-            lines += ["", f"Exact HAAQI against pyclarity on the same {reference['seconds']:g}-s clip at "
-                      f"{reference['sample_rate']} Hz: {reference['speedup_wall']:.1f}x in wall time, "
-                      f"{reference['speedup']:.1f}x in CPU time; scores {reference['ours_score']:.6f} and "
-                      f"{reference['pyclarity_score']:.6f}."]
-        rows = {row["name"]: row for row in bench["rows"]}
-        teacher, student = rows.get("teacher (cpu, model only)"), rows.get("distilled (cpu, model only)")
-        if teacher and student:
-            lines += ["", f"Model only (one batch of 6-s windows, fbank included): the student runs "
-                      f"{student['x_realtime'] / teacher['x_realtime']:.1f}x the teacher's throughput."]
+    lines += speed_section(bench)
 
     lines += [
         "", "## Known limits", "",
@@ -162,4 +182,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    rewrite_speed_section() if "--speed-only" in sys.argv[1:] else main()
