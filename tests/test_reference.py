@@ -188,6 +188,49 @@ def test_best_lags_match_exact_search(max_lag_ms: float) -> None:
     assert list(_best_lags(ref, out, max_lag_ms)) == expected
 
 
+def test_segment_bounds() -> None:
+    from haaqicli.reference.pairs import segment_bounds
+
+    assert segment_bounds(1000, 100, None) == [(0, 1000)]
+    assert segment_bounds(1000, 100, 4.5) == [(0, 450), (450, 1000)]  # a 1-s tail joins the segment before
+    assert segment_bounds(1000, 100, 3.0) == [(0, 300), (300, 600), (600, 1000)]
+    assert segment_bounds(1000, 100, 2.5) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+
+
+def test_long_pairs_segmented_or_refused_without_killing_the_batch(tmp_path, ref: np.ndarray,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair too long for the memory is an error row (running out of memory would kill the whole
+    batch); --segment-seconds scores it in segments: length-weighted mean and minimum."""
+    from haaqicli.audio import decode, write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference import haaqi
+    from haaqicli.reference.pairs import score_pair, score_pairs
+
+    long_ref = np.concatenate((ref, 0.5 * ref)).astype(np.float32)
+    write_audio(tmp_path / "r.wav", long_ref, SR)
+    write_audio(tmp_path / "p.wav", synth.lowpass(long_ref, SR, 3000).astype(np.float32), SR)
+    profiles = resolve_profiles(["N2"])
+    whole = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles)[0]
+    assert whole["status"] == "ok" and whole["segments"] == 1 and whole["score_min"] == whole["score"]
+
+    rows = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles, segment_seconds=1.0)
+    r, p = (decode(tmp_path / name)[0][0].astype(np.float64) for name in ("r.wav", "p.wav"))
+    halves = [compute_haaqi(p[a:b], r[a:b], SR, SR, profiles[0].ear("left"), 1, _level1(r))
+              for a, b in [(0, SR), (SR, 2 * SR)]]
+    assert rows[0]["segments"] == 2
+    assert rows[0]["score"] == pytest.approx(np.mean(halves), abs=1e-9)
+    assert rows[0]["score_min"] == pytest.approx(min(halves), abs=1e-9)
+
+    monkeypatch.setattr(haaqi, "available_memory_bytes", lambda: 10**6)
+    table = score_pairs([(tmp_path / "r.wav", tmp_path / "p.wav")], profiles, device="cpu")
+    assert (table.status == "error").all() and table.error.str.contains("too long for the exact HAAQI").all()
+    table = score_pairs([(tmp_path / "r.wav", tmp_path / "p.wav")], profiles, device="cpu", segment_seconds=1.0)
+    assert (table.status == "error").all()  # 1-s segments do not fit in 1 MB either: still refused, clearly
+    monkeypatch.setattr(haaqi, "available_memory_bytes", lambda: 10**9)
+    table = score_pairs([(tmp_path / "r.wav", tmp_path / "p.wav")], profiles, device="cpu", segment_seconds=1.0)
+    assert (table.status == "ok").all() and (table.segments == 2).all()
+
+
 @pytest.mark.parametrize("case", ["delay", "periodic"])
 def test_input_align_matches_exact_search(case: str) -> None:
     """The broadband alignment (float32 FFT, near-maximal lags re-checked in float64) picks the lag

@@ -30,11 +30,15 @@ from haaqicli.cli.common import (
               help="Parallel pairs (CPU processes).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
+@click.option("--segment-seconds", type=click.FloatRange(1.0, min_open=False), default=None,
+              help="Score consecutive segments of this length (length-weighted mean in `score`, minimum in "
+                   "`score_min`) with bounded memory, instead of the whole pair at once.")
 @output_options
 @quiet_option
 @one_line_errors
 def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
-              mix: str, workers: int, device: str, out: str | None, report: str | None, quiet: bool) -> None:
+              mix: str, workers: int, device: str, segment_seconds: float | None, out: str | None,
+              report: str | None, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
     Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
@@ -47,7 +51,7 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
     table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
-                         device=device)
+                         device=device, segment_seconds=segment_seconds)
     if out:
         from haaqicli.tables import write_table
 

@@ -378,6 +378,29 @@ def compute_haaqi(
     )["score"]
 
 
+# Peak memory of one numba-engine call grows with the clip: ~3.4 kB per 24 kHz sample (dozens of
+# (32 bands x samples) arrays), measured with resource.getrusage on 10-s and 30-s clips (1.1 and 2.7 GB
+# peak RSS), so a 5-minute pair needs ~25 GB.
+BYTES_PER_MODEL_SAMPLE = 3400
+
+
+def estimated_peak_bytes(n_samples: int, sample_rate: float) -> int:
+    """Memory one exact-HAAQI call on `n_samples` at `sample_rate` needs at its peak (estimate)."""
+    return int(n_samples * FS / sample_rate * BYTES_PER_MODEL_SAMPLE)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
     """Worker: score a chunk of items single-threaded (the process pool already uses every core;
     nested BLAS/OpenMP threads would only contend for them)."""

@@ -14,7 +14,7 @@ from haaqicli.errors import AudioError, HaaqiError
 
 PAIR_COLUMNS = [
     "processed", "reference", "profile", "ear", "score", "status", "error",
-    "delay_s", "duration_s", "sample_rate",
+    "delay_s", "duration_s", "sample_rate", "segments", "score_min",
 ]
 
 
@@ -54,16 +54,33 @@ def pair_directories(reference_dir: str | Path, processed_dir: str | Path) -> li
     return [(refs.get(k), procs.get(k)) for k in keys]
 
 
+def segment_bounds(n: int, sr: int, segment_seconds: float | None) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) segments of `segment_seconds` covering n samples; a last piece shorter
+    than half a segment joins the one before. None: one segment, the whole signal."""
+    if not segment_seconds:
+        return [(0, n)]
+    length = max(1, int(round(segment_seconds * sr)))
+    starts = list(range(0, n, length))
+    if len(starts) > 1 and n - starts[-1] < length / 2:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
+
+
 def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
-               mix: str = "stereo", seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
-    """Rows for one pair; any failure becomes error rows (the batch goes on). Every (profile, ear) of
-    the pair is scored in one `compute_haaqi_batch` call: one batch of equal-length clips on a GPU."""
+               mix: str = "stereo", seed: int = 0, device: str = "cpu",
+               segment_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Rows for one pair; any failure becomes error rows (the batch goes on). Every (segment, profile,
+    ear) of the pair is scored in one `compute_haaqi_batch` call: one batch of clips on a GPU.
+
+    `segment_seconds`: score consecutive segments of the aligned pair and report their length-weighted
+    mean (`score`) and minimum (`score_min`), with bounded memory; None scores the whole pair at once,
+    the exact HAAQI, and refuses (error rows) a pair whose estimated memory exceeds what is available."""
     from haaqicli.audio import decode, resample
     from haaqicli.reference.align import align
-    from haaqicli.reference.haaqi import compute_haaqi_batch
+    from haaqicli.reference.haaqi import available_memory_bytes, compute_haaqi_batch, estimated_peak_bytes
 
     base = {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
-            "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan}
+            "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan, "segments": np.nan, "score_min": np.nan}
 
     def failed(message: str) -> list[dict[str, Any]]:
         return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message}
@@ -100,17 +117,32 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
             n = min(len(r), len(p))
             r, p = r[:n], p[:n]
             base["duration_s"] = n / sr
+            segments = segment_bounds(n, sr, segment_seconds)
+            base["segments"] = len(segments)
+            longest = max(b - a for a, b in segments)
+            need, free = estimated_peak_bytes(longest, sr), available_memory_bytes()
+            if device == "cpu" and free is not None and need > free:
+                # refused up front: running out of memory would kill the whole batch, not just this pair
+                return failed(f"{processed.name}: {longest / sr:.0f} s is too long for the exact HAAQI in "
+                              f"this memory (needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available); "
+                              "use --segment-seconds")
             for profile in profiles:
                 sides = ["left", "right"] if ear == "both" else [ear]
-                items += [{"processed": p, "reference": r, "processed_sr": sr, "reference_sr": sr,
+                items += [{"processed": p[a:b], "reference": r[a:b], "processed_sr": sr, "reference_sr": sr,
                            "audiogram": profile.ear(side), "equalisation": 1, "level1": level1, "seed": seed}
-                          for side in sides]
+                          for side in sides for a, b in segments]
                 sides_per_row.append(len(sides))
                 rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": ""})
         scores = iter(compute_haaqi_batch(items, device=device))
+        weights = np.array([b - a for a, b in segments], dtype=float)
         for row, n_sides in zip(rows, sides_per_row, strict=True):
-            row["score"] = float(np.mean([next(scores) for _ in range(n_sides)]))
+            # per segment: the ears' mean; per row: the segments' length-weighted mean and their minimum
+            per_segment = np.mean([[next(scores) for _ in segments] for _ in range(n_sides)], axis=0)
+            row["score"] = float(np.average(per_segment, weights=weights))
+            row["score_min"] = float(per_segment.min())
         return rows
+    except MemoryError:
+        return failed(f"{processed.name if processed else ''}: out of memory; use --segment-seconds")
     except (HaaqiError, ValueError, RuntimeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not isinstance(error, AudioError) or str(processed) not in message and str(reference) not in message:
@@ -120,7 +152,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
 
 def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
                 mix: str = "stereo", workers: int = 1, progress: bool = False,
-                device: str = "auto") -> pd.DataFrame:
+                device: str = "auto", segment_seconds: float | None = None) -> pd.DataFrame:
     """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
     `device`: "auto" uses CUDA when present (batched torch engine, pairs in this process), else the
     CPU's numba engine with `workers` processes; "cpu", "cuda" or "cuda:N" choose."""
@@ -134,12 +166,12 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=workers, verbose=5 if progress else 0)(
-            delayed(score_pair)(r, p, profiles, spl, mix) for r, p in jobs
+            delayed(score_pair)(r, p, profiles, spl, mix, segment_seconds=segment_seconds) for r, p in jobs
         )
     else:
         results = []
         for i, (r, p) in enumerate(jobs):
-            results.append(score_pair(r, p, profiles, spl, mix, device=device))
+            results.append(score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds))
             if progress:
                 print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
         if progress and jobs:
