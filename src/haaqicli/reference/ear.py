@@ -691,22 +691,20 @@ def ear_parameters(loss6: np.ndarray, equalisation: int) -> tuple[tuple[np.ndarr
 
 
 def ear_model(
-    reference: np.ndarray,
-    reference_sr: float,
-    processed: np.ndarray,
-    processed_sr: float,
+    x: np.ndarray,
+    y: np.ndarray,
     loss6: np.ndarray,
     equalisation: int,
     level1: float,
     seed: int | None = 0,
     noise: str = "fast",
 ) -> EarOutput:
-    """Run both signals through the impaired-ear model (reference gets NAL-R when equalisation == 1)."""
+    """Run the reference x and processed y, as `front_end` leaves them, through the impaired ear
+    (the reference with a normal ear when equalisation == 0)."""
     cf = center_frequencies()
     params_x, params_y, bw_max = ear_parameters(loss6, equalisation)
     attn_ohc_x, bw_min_x, knee_x, ratio_x, attn_ihc_x = params_x
     attn_ohc_y, bw_min_y, knee_y, ratio_y, attn_ihc_y = params_y
-    x, y = front_end(reference, reference_sr, processed, processed_sr, loss6, equalisation)
     n = len(x)
 
     # Control path: the widest (maximally damaged) filters set the level-dependent bandwidth.

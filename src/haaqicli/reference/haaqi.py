@@ -17,7 +17,15 @@ from scipy.signal import fftconvolve, firwin
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 from haaqicli.errors import AudioError, ProfileError
 from haaqicli.reference._heap import keep_freed_memory
-from haaqicli.reference.ear import FS, HAAQI_FREQUENCIES, NOISE_MODES, _jit, center_frequencies, ear_model
+from haaqicli.reference.ear import (
+    FS,
+    HAAQI_FREQUENCIES,
+    NOISE_MODES,
+    _jit,
+    center_frequencies,
+    ear_model,
+    front_end,
+)
 from haaqicli.reference.parallel import map_rows, run_all
 
 SILENCE_THRESHOLD = 2.5  # dB SL summed over bands: segments below are ignored
@@ -311,7 +319,8 @@ def haaqi_terms(
     keep_freed_memory()  # once per process: large buffers are reused instead of page-faulted anew
     loss, ref, proc = validated_inputs(processed, reference, processed_sr, reference_sr, audiogram,
                                        equalisation, level1, noise)
-    ear = ear_model(ref, reference_sr, proc, processed_sr, loss, equalisation, level1, seed, noise)
+    x, y = front_end(ref, reference_sr, proc, processed_sr, loss, equalisation)
+    ear = ear_model(x, y, loss, equalisation, level1, seed, noise)
 
     cep_high = mel_cepstral_high(*run_all(lambda: env_smooth(ear.x_db), lambda: env_smooth(ear.y_db)))
     cov, ref_ms = bm_covariance(ear.x_bm, ear.y_bm)
