@@ -354,6 +354,18 @@ def test_exact_reference_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 1
     table = pd.read_csv(out)
     assert set(table.loc[table["status"] == "ok", "file"]) == {"clean.wav", "noisy.wav"}
+    # --segment-seconds: a 2-s pair in two 1-s segments; the table keeps their minimum in score_min
+    long_refs, long_proc = tmp_path / "long_refs", tmp_path / "long_proc"
+    long_refs.mkdir(), long_proc.mkdir()
+    two = np.concatenate((chord, chord))
+    sf.write(long_refs / "song.wav", two, SR)
+    hiss = 0.05 * rng.standard_normal(SR).astype(np.float32)
+    sf.write(long_proc / "song.wav", two + np.concatenate((np.zeros(SR, np.float32), hiss)), SR)  # 2nd s noisy
+    result = runner.invoke(main, ["check", str(long_proc), "--reference", str(long_refs), "--segment-seconds", "1",
+                                  "--out", str(out), "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out).iloc[0]
+    assert row["status"] == "ok" and row["score_min"] < row["score"] - 0.01, row.to_dict()
 
 
 def test_real_engine_end_to_end_is_deterministic(use_tiny_weights: Path, tmp_path: Path) -> None:

@@ -626,6 +626,7 @@ class ScoreSettings:
     progress: bool = True
     reference: str | None = None  # folder of references, paired by relative path
     pairs: str | None = None  # CSV with columns processed, reference
+    segment_seconds: float | None = None  # exact HAAQI of long pairs in segments
 
 
 # (inputs, settings) -> score table with SCORE_COLUMNS
@@ -687,7 +688,8 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
     if pairs:
         table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
                             spl=settings.spl, mix=settings.mix, workers=settings.workers,
-                            progress=settings.progress, device=settings.device)
+                            progress=settings.progress, device=settings.device,
+                            segment_seconds=settings.segment_seconds)
         frames.append(_rename_files(table, pairs))
     error_rows = [{"file": name, "path": str(path), "profile": profile.name, "ear": "", "status": "error",
                    "error": reason, "model": "reference", "model_sha256": ""}

@@ -72,6 +72,14 @@ def output_options(func: F) -> F:
     return func
 
 
+def segment_seconds_option(func: F) -> F:
+    """Exact-HAAQI segmenting of long pairs (`haaqi reference`, `haaqi check --reference`)."""
+    return click.option(
+        "--segment-seconds", type=click.FloatRange(1.0), default=None,
+        help="Exact HAAQI: score consecutive segments of this length (length-weighted mean in `score`, "
+             "minimum in `score_min`) with bounded memory, instead of each whole pair at once.")(func)
+
+
 def quiet_option(func: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(func)
 

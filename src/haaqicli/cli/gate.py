@@ -16,6 +16,7 @@ from haaqicli.cli.common import (
     one_line_errors,
     profile_option,
     quiet_option,
+    segment_seconds_option,
     show_warnings,
     spl_option,
 )
@@ -83,6 +84,7 @@ def _console():  # type: ignore[no-untyped-def]
               help="Folder of references paired by relative path: exact HAAQI instead of the model.")
 @click.option("--pairs", type=click.Path(dir_okay=False), default=None,
               help="CSV with columns processed,reference: exact HAAQI of each pair.")
+@segment_seconds_option
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Gate this existing score table instead of scoring INPUTS.")
 @click.option("--min-score", type=score_range, default=None, help="Fail a file scoring below this.")
@@ -119,6 +121,7 @@ def check(
     beats_checkpoint: str | None,
     reference_dir: str | None,
     pairs: str | None,
+    segment_seconds: float | None,
     scores_path: str | None,
     min_score: float | None,
     min_mean: float | None,
@@ -165,7 +168,8 @@ def check(
     else:
         settings = gate.ScoreSettings(profiles=profiles, spl=spl, mix=mix, model=model, device=device,
                                       batch_size=batch_size, workers=workers, beats_checkpoint=beats_checkpoint,
-                                      progress=not quiet, reference=reference_dir, pairs=pairs)
+                                      progress=not quiet, reference=reference_dir, pairs=pairs,
+                                      segment_seconds=segment_seconds)
         scorer = _scorer_from_context() or gate.default_scorer(settings)
         table = scorer(list(inputs), settings)
     if out:

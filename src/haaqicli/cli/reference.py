@@ -13,6 +13,7 @@ from haaqicli.cli.common import (
     output_options,
     profile_option,
     quiet_option,
+    segment_seconds_option,
     spl_option,
 )
 
@@ -30,9 +31,7 @@ from haaqicli.cli.common import (
               help="Parallel pairs (CPU processes).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
-@click.option("--segment-seconds", type=click.FloatRange(1.0, min_open=False), default=None,
-              help="Score consecutive segments of this length (length-weighted mean in `score`, minimum in "
-                   "`score_min`) with bounded memory, instead of the whole pair at once.")
+@segment_seconds_option
 @output_options
 @quiet_option
 @one_line_errors
