@@ -418,7 +418,6 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, subtype: str | None = 
     data = np.asarray(x, dtype=np.float32)
     if data.ndim == 1:
         data = data[None, :]
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".w64": "W64",
            ".caf": "CAF", ".au": "AU"}.get(path.suffix.lower())
 

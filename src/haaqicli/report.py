@@ -328,7 +328,6 @@ def write_report(table: pd.DataFrame, path: str | Path, timelines: Timelines | N
     if suffix not in {".md", ".markdown", ".html", ".htm"}:
         raise HaaqiError(f"{path}: unsupported report format {suffix or '(none)'} (use .md or .html)")
     blocks = _build(table, timelines, title, worst_n, timeline_n)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in {".html", ".htm"}:
         text = _render_html(blocks, title)
     else:

@@ -180,7 +180,7 @@ def _best_lags(ref: torch.Tensor, out: torch.Tensor, lengths: torch.Tensor) -> t
     return lags[torch.argmax(corr, dim=-1)]
 
 
-def _ear_model(clips: Sequence[_Clip], device: torch.device) -> tuple[_Batch, torch.Tensor, torch.Tensor, list]:
+def _ear_model(clips: Sequence[_Clip], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list]:
     """dB SL envelopes and BM motion (rows, bands, samples) after IHC adaptation, noise and group-delay
     compensation, and per clip the (reference, processed) long-term band levels in dB SL."""
     batch = _Batch(clips, device)
@@ -229,7 +229,7 @@ def _ear_model(clips: Sequence[_Clip], device: torch.device) -> tuple[_Batch, to
                      torch.tensor([ihc_a], dtype=torch.float64, device=device).expand(rows, 3)).reshape(level.shape)
     adapted = torch.clamp((level - state) * (1.0 / r1), min=0.0)
     del state
-    bm = bm * ((level + SMALL) / (env + SMALL)) * ((adapted + SMALL) / (level + SMALL))
+    bm = bm * ((adapted + SMALL) / (env + SMALL))  # b (v0/e) (o/v0), the form of ear._ihc_step
     del env, level
     noise = torch.zeros_like(bm)
     for b, clip in enumerate(clips):
@@ -255,7 +255,7 @@ def _ear_model(clips: Sequence[_Clip], device: torch.device) -> tuple[_Batch, to
             r = 2 * b + s
             pair.append(_rms_to_sl(avg[r], control_rms[r], attn_ohc, knee, ratio, attn_ihc, clip.level1))
         sl.append(pair)
-    return batch, db, bm, sl
+    return db, bm, sl
 
 
 def bm_covariance(x_bm: torch.Tensor, y_bm: torch.Tensor, segment_ms: float = 16.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,7 +311,7 @@ def haaqi_terms_batch(items: Sequence[Mapping[str, Any]], device: str | torch.de
     dev = resolve_device(device)
     clips = [_prepare(item) for item in items]
     with torch.no_grad():
-        batch, db, bm, sl = _ear_model(clips, dev)
+        db, bm, sl = _ear_model(clips, dev)
         results = []
         for b, clip in enumerate(clips):
             x_db, y_db = db[2 * b, :, : clip.n], db[2 * b + 1, :, : clip.n]
@@ -319,7 +319,6 @@ def haaqi_terms_batch(items: Sequence[Mapping[str, Any]], device: str | torch.de
             cov, ref_ms = bm_covariance(bm[2 * b, :, : clip.n], bm[2 * b + 1, :, : clip.n])
             sync5 = bm_sync5(cov.cpu().numpy(), ref_ms.cpu().numpy())
             results.append(combine_terms(cep_high, sync5, *spectrum_terms(*sl[b])))
-    del batch
     return results
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,11 +64,13 @@ def env_smooth(env: Any, segment_ms: float = 8.0) -> Any:
     half = nwin // 2
     w = _hann(nwin)
     wsum, hsum = w.sum(), w[half:].sum()
-    is_array = isinstance(env, np.ndarray)
-    if not is_array:
+    if isinstance(env, np.ndarray):
+        concatenate = partial(np.concatenate, axis=1)
+    else:
         import torch
 
         w = torch.as_tensor(w, dtype=env.dtype, device=env.device)
+        concatenate = partial(torch.cat, dim=1)
     nseg = segment_count(env.shape[1], nwin)
     blocks = env[:, : nseg * half].reshape(env.shape[0], nseg, half)
     head = blocks @ w[:half]  # block weighted by rising half
@@ -76,12 +79,7 @@ def env_smooth(env: Any, segment_ms: float = 8.0) -> Any:
     if nseg == 1:
         return last
     # segment s > 0 is block s under the rising half plus block s + 1 under the falling half
-    parts = (tail[:, :1] / hsum, (head[:, 1 : nseg - 1] + tail[:, 2:nseg]) / wsum, last)
-    if is_array:
-        return np.concatenate(parts, axis=1)
-    import torch
-
-    return torch.cat(parts, dim=1)
+    return concatenate((tail[:, :1] / hsum, (head[:, 1 : nseg - 1] + tail[:, 2:nseg]) / wsum, last))
 
 
 # ----------------------------------------------------------------------------- envelope term
