@@ -109,8 +109,21 @@ def benchmark_batch(
             "seconds_per_clip": best / n_clips, "scores": scores}
 
 
-if __name__ == "__main__":  # python -m haaqicli.reference.bench [seconds] [repeats]
+def peak_memory(seconds: float, sample_rate: int = 44100) -> dict[str, float]:
+    """Peak resident memory of this process after one exact-HAAQI call on the bench clip (run it in a
+    fresh process: the figure behind `haaqi.BYTES_PER_MODEL_SAMPLE`)."""
+    import resource
+
+    reference, processed, level1 = _clip(seconds, sample_rate)
+    compute_haaqi(processed, reference, sample_rate, sample_rate, AUDIOGRAM, 1, level1)
+    return {"seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+if __name__ == "__main__":  # python -m haaqicli.reference.bench [seconds] [repeats] | memory SECONDS
     import sys
 
     args = sys.argv[1:]
-    print(benchmark_reference(float(args[0]) if args else 10.0, int(args[1]) if len(args) > 1 else 3))
+    if args[:1] == ["memory"]:
+        print(peak_memory(float(args[1]) if len(args) > 1 else 10.0))
+    else:
+        print(benchmark_reference(float(args[0]) if args else 10.0, int(args[1]) if len(args) > 1 else 3))

@@ -386,8 +386,8 @@ def compute_haaqi(
 
 
 # Peak memory of one numba-engine call grows with the clip: ~3.4 kB per 24 kHz sample (dozens of
-# (32 bands x samples) arrays), measured with resource.getrusage on 10-s and 30-s clips (1.1 and 2.7 GB
-# peak RSS), so a 5-minute pair needs ~25 GB.
+# (32 bands x samples) arrays): `python -m haaqicli.reference.bench memory 10` and `... memory 30` give
+# 1.09 and 2.72 GB peak RSS, 81 MB per extra second of 44.1 kHz audio; a 5-minute pair needs ~25 GB.
 BYTES_PER_MODEL_SAMPLE = 3400
 
 
