@@ -219,6 +219,12 @@ def test_load_split_arrays_level_convention_and_cache(corpus: Path, tmp_path: Pa
         assert np.sqrt(np.mean(waves[i].astype(np.float64) ** 2)) == pytest.approx(0.1, rel=0.02)
     again, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
     assert np.array_equal(np.asarray(again), waves) and len(list(cache.glob("items/*/*.npy"))) == len(waves)
+    # one memory-mapped file per split and item set; a relabelled split replaces the older file
+    assert isinstance(again, np.memmap) and len(list(cache.glob("splits/train-8000-*.npy"))) == 1
+    df.loc[df.index[df["split"] == "train"][0], "label"] = np.nan
+    write_manifest(df, path)
+    fewer, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
+    assert len(fewer) == n - 1 and len(list(cache.glob("splits/train-8000-*.npy"))) == 1
     x = model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000)
     assert np.allclose(x, 0.05)
 

@@ -54,13 +54,23 @@ def test_metrics_match_definitions():
     assert m["mse"] == pytest.approx(np.mean((pred - target) ** 2))
 
 
+def test_split_subsets_index_one_shared_array():
+    data = synthetic_split(6)
+    mapped = train.Split(data.waves.numpy(), data.audiograms, data.labels, data.meta)
+    inner = mapped.subset(np.array([False, True, True, False, True, True])).subset(np.array([True, False, True, True]))
+    assert inner.waves is mapped.waves  # no copy of the audio
+    assert list(inner.meta["item_id"]) == ["0-1", "0-4", "0-5"]
+    assert torch.equal(inner.wave_batch([2, 0]), data.waves[[5, 1]])
+    assert torch.equal(inner.labels, data.labels[[1, 4, 5]])
+
+
 def test_frame_loss_produces_gradients():
     from haaqicli.models.haaqinet import haaqinet_loss
     from haaqicli.models.registry import build_model
 
     model = build_model("haaqinet", TINY_TEACHER)
     data = synthetic_split(2)
-    out = model(data.waves, data.audiograms)
+    out = model(data.wave_batch(range(len(data))), data.audiograms)
     loss = haaqinet_loss(out, data.labels, frame_weight=1.0) - torch.nn.functional.mse_loss(out.clip, data.labels)
     loss.backward()  # the frame term alone
     grads = [p.grad.abs().sum() for p in model.head.frame_proj.parameters()]

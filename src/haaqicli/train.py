@@ -85,29 +85,42 @@ def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 @dataclass
 class Split:
-    waves: torch.Tensor  # (N, T) float32, calibrated model input at the model's rate
+    """Labelled clips. `waves` holds calibrated model inputs at the model's rate, (M, T) float32, often
+    a read-only memory map; a subset keeps row indices into it (`rows`) instead of copying the audio."""
+
+    waves: np.ndarray | torch.Tensor
     audiograms: torch.Tensor  # (N, 8) dB HL
     labels: torch.Tensor  # (N,) HAAQI
     meta: pd.DataFrame
+    rows: np.ndarray | None = None  # the rows of `waves` this split holds, in order; None = all
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def wave_batch(self, index: np.ndarray | torch.Tensor | range) -> torch.Tensor:
+        """The waves of items `index` (positions in this split) as a float32 tensor."""
+        index = np.asarray(index, dtype=np.int64)
+        if self.rows is not None:
+            index = self.rows[index]
+        if isinstance(self.waves, torch.Tensor):
+            return self.waves[torch.from_numpy(index)]
+        return torch.from_numpy(np.ascontiguousarray(self.waves[index], dtype=np.float32))
+
     def subset(self, mask: np.ndarray) -> Split:
-        index = torch.from_numpy(np.flatnonzero(mask))
-        return Split(self.waves[index], self.audiograms[index], self.labels[index],
-                     self.meta.iloc[index.numpy()].reset_index(drop=True))
+        index = np.flatnonzero(mask)
+        rows = index if self.rows is None else self.rows[index]
+        return Split(self.waves, self.audiograms[index], self.labels[index],
+                     self.meta.iloc[index].reset_index(drop=True), rows)
 
 
 def load_split(manifest: str | Path, split: str) -> Split:
-    """Materialise the labelled items of a manifest split into tensors (cached by the data module)."""
+    """The labelled items of a manifest split; the waves stay memory-mapped (see `load_split_arrays`)."""
     from haaqicli.data.export import load_split_arrays
 
     waves, audiograms, labels, meta = load_split_arrays(manifest, split)
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
-    return Split(torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)),
-                 torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
+    return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
                  torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
 
 
@@ -140,7 +153,7 @@ def predict(model: nn.Module, data: Split, batch_size: int = 32, device: torch.d
     device = device or next(model.parameters()).device
     out = []
     for start in range(0, len(data), batch_size):
-        wave = data.waves[start : start + batch_size].to(device)
+        wave = data.wave_batch(range(start, min(start + batch_size, len(data)))).to(device)
         gram = data.audiograms[start : start + batch_size].to(device)
         out.append(model(wave, gram).clip.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -282,15 +295,14 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     device = _setup(config)
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
-    train, dev = data.subset(~mask), data.subset(mask)
-    del data  # the subsets are copies: keeping the whole split too would double ~10 GB of audio
+    train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
-        out = model(train.waves[index].to(device), train.audiograms[index].to(device))
+        out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
         return haaqinet_loss(out, train.labels[index].to(device), frame_weight=config.frame_weight), {}
 
     state = fit(model, train, dev, config, step_loss, log)
@@ -343,7 +355,7 @@ def teacher_targets(
     clips, frames, hidden = [], [], {layer: [] for layer in sorted(set(layers))}
     started = time.time()
     for start in range(0, len(data), batch_size):
-        out = teacher(data.waves[start : start + batch_size].to(device),
+        out = teacher(data.wave_batch(range(start, min(start + batch_size, len(data)))).to(device),
                       data.audiograms[start : start + batch_size].to(device))
         clips.append(out.clip.cpu())
         frames.append(out.frames.cpu())
@@ -369,8 +381,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     teacher.eval().requires_grad_(False)
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
-    train, dev = data.subset(~mask), data.subset(mask)
-    del data  # the subsets are copies: keeping the whole split too would double ~10 GB of audio
+    train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
     student_config = dict(config.config or STUDENT_CONFIG)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
@@ -384,7 +395,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
                               cache=_targets_cache_path(teacher_info.sha256, layers, train))
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
-        out = model(train.waves[index].to(device), train.audiograms[index].to(device))
+        out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
         loss, parts = distillation_loss(out, targets.select(index, device), model)
         loss = loss + config.label_weight * nn.functional.mse_loss(out.clip, train.labels[index].to(device))
         return loss, parts

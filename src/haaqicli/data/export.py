@@ -11,6 +11,7 @@ so building the training arrays later costs no second regeneration (codecs are s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,33 @@ def _ensure_cached(row: dict, corpus: Path, cache: Path, sample_rate: int) -> No
         save_item_input(cache, row["item_id"], ref, proc, sr, sample_rate)
 
 
+def _split_waves(rows: list[dict], cache: Path, sample_rate: int, length: int, split: str) -> np.ndarray:
+    """All item inputs of a split as one read-only memory-mapped (N, length) float32 array.
+
+    A split of 30,000 clips is ~17 GB: as a memory map the page cache holds it and the kernel can
+    evict it, where an in-memory copy would leave no room for training on a 24 GB machine. The file is
+    keyed by the items and rate, so training, distillation and evaluation on the same labels share it;
+    older files of the same split (fewer labels) are removed when a new one is written.
+    """
+    key = hashlib.sha256("|".join([str(sample_rate), str(length), *(r["item_id"] for r in rows)]).encode())
+    folder = cache / "splits"
+    path = folder / f"{split}-{sample_rate}-{key.hexdigest()[:16]}.npy"
+    if not path.is_file():
+        def write(tmp: Path) -> None:
+            waves = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), length))
+            for i, row in enumerate(rows):
+                x = np.load(item_cache_path(cache, row["item_id"], sample_rate))
+                waves[i, : min(length, len(x))] = x[:length]
+            waves.flush()
+            del waves
+
+        atomic_write(path, write, keep_suffix=True)
+        for stale in folder.glob(f"{split}-{sample_rate}-*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
 def load_split_arrays(
     manifest_path: str | Path,
     split: str,
@@ -68,7 +96,8 @@ def load_split_arrays(
     """(waves (N, T) float32, audiograms (N, 8) float32, labels (N,) float32, meta) for a split.
 
     Only labelled items are used. Each item's input comes from the per-item cache, regenerated
-    (in `workers` processes) where the labeller did not write it.
+    (in `workers` processes) where the labeller did not write it. `waves` is a read-only memory map
+    of one .npy file per split and item set (see `_split_waves`).
     """
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
@@ -83,18 +112,14 @@ def load_split_arrays(
     length = int(round(float(meta["duration_s"].max()) * sample_rate))
     rows = meta.to_dict(orient="records")
     # Items the labeller did not cache are regenerated first, in parallel (codec items call ffmpeg);
-    # then every input is read into one preallocated array (a split of 20,000 clips is ~11 GB and
-    # must not exist twice).
+    # then every input is gathered into one array file.
     missing = [row for row in rows if not item_cache_path(cache, row["item_id"], sample_rate).is_file()]
     if missing and workers > 1:
         Parallel(n_jobs=workers, prefer="processes")(
             delayed(_ensure_cached)(row, corpus, cache, sample_rate) for row in missing)
     for row in missing:
         _ensure_cached(row, corpus, cache, sample_rate)  # no-op for items the workers wrote
-    waves = np.zeros((len(rows), length), dtype=np.float32)
-    for i, row in enumerate(rows):
-        x = np.load(item_cache_path(cache, row["item_id"], sample_rate))
-        waves[i, : min(length, len(x))] = x[:length]
+    waves = _split_waves(rows, cache, sample_rate, length, split)
     audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
     labels = meta["label"].to_numpy(dtype=np.float32)
     return waves, audiograms, labels, meta
