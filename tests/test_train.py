@@ -77,6 +77,22 @@ def test_frame_loss_produces_gradients():
     assert all(g > 0 for g in grads)
 
 
+def test_dropout_override_reaches_every_layer():
+    from haaqicli.models.registry import build_model
+
+    config = train.with_dropout(TINY_TEACHER, 0.0)
+    assert config["encoder"]["dropout"] == config["encoder"]["attention_dropout"] == config["head"]["dropout"] == 0
+    assert train.with_dropout(TINY_TEACHER, None) is TINY_TEACHER
+    with pytest.raises(HaaqiError, match="--dropout"):
+        train.with_dropout(TINY_TEACHER, 1.0)
+    data = synthetic_split(2)
+    for rate, same in ((0.0, True), (0.5, False)):
+        model = build_model("haaqinet", train.with_dropout(TINY_TEACHER, rate)).train()
+        waves = data.wave_batch(range(2))
+        first, second = model(waves, data.audiograms).clip, model(waves, data.audiograms).clip
+        assert torch.equal(first, second) == same  # in training mode only dropout is random
+
+
 def test_teacher_trains_resumes_and_exports(fake_data, tmp_path):
     config = train.TrainConfig(name="teacher", run_dir=str(tmp_path / "run"), weights_dir=str(tmp_path / "w"),
                                epochs=2, batch_size=4, lr=3e-3, warmup_steps=2, config=TINY_TEACHER,

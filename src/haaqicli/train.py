@@ -59,6 +59,7 @@ class TrainConfig:
     config: dict[str, Any] = field(default_factory=dict)  # model config; empty = the registry default
     teacher: str = "teacher"  # distillation only: registry name of the teacher
     init: str | None = None  # warm start: registry name or .safetensors file (matching tensors copied)
+    dropout: float | None = None  # overrides every dropout rate of the model config; None = the config's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,6 +236,23 @@ def fit(
     return state
 
 
+DROPOUT_KEYS = ("dropout", "attention_dropout")
+
+
+def with_dropout(model_config: dict[str, Any], rate: float | None) -> dict[str, Any]:
+    """`model_config` with every dropout rate (encoder and head) set to `rate`; unchanged for None.
+
+    A warm-started model that sees about one epoch in a CPU run underfits, so dropout there only costs
+    time: it is ~30% of a teacher step (the attention-dropout masks)."""
+    if rate is None:
+        return model_config
+    if not 0.0 <= rate < 1.0:
+        raise HaaqiError(f"--dropout {rate}: must be in [0, 1)")
+    return {part: ({k: (rate if k in DROPOUT_KEYS else v) for k, v in values.items()}
+                   if part in ("encoder", "head") else values)
+            for part, values in model_config.items()}
+
+
 def _setup(config: TrainConfig) -> torch.device:
     from haaqicli.models.registry import resolve_device
 
@@ -297,7 +315,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     mask = dev_mask(data.meta)
     train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
-    model = build_model("haaqinet", config.config or TEACHER_CONFIG).to(device)
+    model = build_model("haaqinet", with_dropout(config.config or TEACHER_CONFIG, config.dropout)).to(device)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
 
@@ -382,7 +400,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     data = load_split(config.manifest, "train")
     mask = dev_mask(data.meta)
     train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
-    student_config = dict(config.config or STUDENT_CONFIG)
+    student_config = with_dropout(dict(config.config or STUDENT_CONFIG), config.dropout)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model = build_model("haaqinet-student", student_config).to(device)

@@ -27,6 +27,8 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--max-minutes", type=float, default=None, help="Stop (and save) after this long."),
             click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt."),
             click.option("--config", "config_json", default=None, help="Model config JSON (file or string)."),
+            click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+                         help="Every dropout rate of the model (encoder and head) [default: the config's]."),
             click.option("--init", default=None,
                          help="Warm start: a registered model name or a .safetensors file; every tensor whose "
                               "name and shape match is copied before training."),
@@ -98,7 +100,10 @@ def evaluate(names: tuple[str, ...], manifest: str, split: str, weights_dir: str
         click.echo(format_evaluation(result))
         click.echo("")
     if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2))
+        from haaqicli.atomic import atomic_write
+
+        text = json.dumps(results, indent=2)
+        atomic_write(Path(json_path), lambda tmp: tmp.write_text(text))
     if record:
         from haaqicli.models.registry import record_metrics
 
