@@ -135,9 +135,19 @@ def test_resume_skips_done_rows_and_keeps_them(music_folder: Path, tmp_path: Pat
         prepared.append(item.relative)
         return original(item, *args, **kwargs)
 
+    hashed = []
+    original_hash = engine.content_hash
+
+    def hash_spy(path):
+        hashed.append(Path(path).name)
+        return original_hash(path)
+
     monkeypatch.setattr(engine, "prepare_file", spy)
+    monkeypatch.setattr(engine, "content_hash", hash_spy)
     assert run("score", str(music_folder), "--out", str(out), "--resume", "-q")[0] == 0
     assert prepared == ["new.wav"]
+    assert sorted(hashed) == sorted(set(hashed))  # every file is hashed once, the new one included
+    assert "new.wav" in hashed
     second = read_table(out)
     assert len(second) == len(first) + 1
     merged = second.merge(first, on=["file", "profile", "ear"], suffixes=("", "_before"))

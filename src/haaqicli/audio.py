@@ -68,6 +68,7 @@ class InputFile:
     path: Path
     root: Path
     relative: str  # posix path relative to the scanned root (the file name for a file given directly)
+    content_hash: str = ""  # sha256 of the file when already known (a resumed run hashed it)
 
 
 def _hidden(name: str) -> bool:

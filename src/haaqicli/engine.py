@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ def prepare_file(
     """Decode, calibrate, window and resample one file. Errors become the row's reason."""
     prepared = PreparedFile(input=item)
     # hashlib releases the GIL, so the file is hashed on another core while it is decoded
-    hashing = _hash_pool().submit(content_hash, item.path)
+    hashing = None if item.content_hash else _hash_pool().submit(content_hash, item.path)
+    prepared.content_hash = item.content_hash
     try:
         source = audio.open_audio(item.path)
         info = source.info
@@ -112,12 +113,13 @@ def prepare_file(
         prepared.windows *= np.float32(gain)
         prepared.starts_s = np.array(starts, dtype=np.float64)
         prepared.ends_s = np.array(ends, dtype=np.float64)
-        prepared.content_hash = hashing.result()
+        if hashing is not None:
+            prepared.content_hash = hashing.result()
     except HaaqiError as error:
         prepared.error = str(error)
     except Exception as error:  # a batch never dies because of one file
         prepared.error = f"{item.path}: {type(error).__name__}: {error}"
-    if not prepared.content_hash:
+    if hashing is not None and not prepared.content_hash:
         try:
             prepared.content_hash = hashing.result()
         except OSError:
@@ -316,7 +318,10 @@ def score_inputs(
     table = IncrementalTable(out, SCORE_COLUMNS) if out else None
     if table is not None and len(kept):
         table.add(kept)
-    todo = [item for item in items if not done_hashes or content_hash(item.path) not in done_hashes]
+    todo = items
+    if done_hashes:  # each file is hashed once: the hash travels with the item into prepare_file
+        hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
+        todo = [item for item in hashed if item.content_hash not in done_hashes]
 
     rows: list[dict] = []
     timelines: dict = {}
