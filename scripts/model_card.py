@@ -156,9 +156,10 @@ def main() -> None:
         for column in ("degradation", "severity"):
             groups = result.get(f"by_{column}", {})
             if groups:
-                lines += ["", f"`{name}` by {column}:", "", "| group | n | LCC | SRCC | MSE |", "|---|---|---|---|---|"]
-                lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} |"
-                          for k, m in groups.items()]
+                lines += ["", f"`{name}` by {column} (bias: mean of predicted - true):", "",
+                          "| group | n | LCC | SRCC | MSE | bias |", "|---|---|---|---|---|---|"]
+                lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
+                          f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
 
     lines += speed_section(bench)
 

@@ -52,6 +52,7 @@ def test_metrics_match_definitions():
     assert m["lcc"] == pytest.approx(np.corrcoef(pred, target)[0, 1])
     assert m["srcc"] == pytest.approx(1.0)
     assert m["mse"] == pytest.approx(np.mean((pred - target) ** 2))
+    assert m["bias"] == pytest.approx(np.mean(pred - target))
 
 
 def test_split_subsets_index_one_shared_array():

@@ -67,7 +67,8 @@ class TrainConfig:
 
 
 def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """LCC (Pearson), SRCC (Spearman) and MSE, the figures HAAQI-Net reports."""
+    """LCC (Pearson), SRCC (Spearman) and MSE, the figures HAAQI-Net reports, and the bias (mean of
+    predicted - true): a family the model cannot hear (e.g. reverb) shows up as a large bias."""
     from scipy import stats
 
     predicted = np.asarray(predicted, dtype=np.float64)
@@ -77,7 +78,9 @@ def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     else:
         lcc = float(stats.pearsonr(predicted, target)[0])
         srcc = float(stats.spearmanr(predicted, target)[0])
-    return {"n": int(len(target)), "lcc": lcc, "srcc": srcc, "mse": float(np.mean((predicted - target) ** 2))}
+    error = predicted - target
+    return {"n": int(len(target)), "lcc": lcc, "srcc": srcc, "mse": float(np.mean(error**2)),
+            "bias": float(np.mean(error)) if len(error) else float("nan")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,11 +463,11 @@ def evaluate_model(
 
 def format_evaluation(result: dict[str, Any]) -> str:
     def line(label: str, m: dict) -> str:
-        return f"{label:28s} {m['n']:6d} {m['lcc']:7.4f} {m['srcc']:7.4f} {m['mse']:8.5f}"
+        return f"{label:28s} {m['n']:6d} {m['lcc']:7.4f} {m['srcc']:7.4f} {m['mse']:8.5f} {m['bias']:+7.3f}"
 
     lines = [f"model {result['model']} ({result['sha256'][:12]}), split {result['split']}: "
              + ", ".join(result["packages"]),
-             f"{'':28s} {'n':>6s} {'LCC':>7s} {'SRCC':>7s} {'MSE':>8s}",
+             f"{'':28s} {'n':>6s} {'LCC':>7s} {'SRCC':>7s} {'MSE':>8s} {'bias':>7s}",
              line("overall", result["overall"])]
     if result.get("paper"):
         paper = result["paper"]
