@@ -37,8 +37,10 @@ WORKERS  ?= 2
 corpus:
 	bash scripts/install-corpus.sh
 
+# 12 variants (degradation x audiogram) of each of the 3,750 clips: the same clips as the first 30,000-item
+# manifest (8 variants), whose items keep their ids, so labels made for it stay valid.
 dataset:
-	$(BIN)/haaqi dataset build --manifest $(MANIFEST)
+	$(BIN)/haaqi dataset build --manifest $(MANIFEST) --items 45000 --variants 12
 
 labels:
 	$(BIN)/haaqi dataset label --manifest $(MANIFEST) --workers $(WORKERS)

@@ -68,6 +68,20 @@ def _build(corpus: Path, items: int = 24) -> pd.DataFrame:
     return build_manifest(corpus, config)
 
 
+def test_more_variants_per_clip_keep_the_items_and_ids_of_the_smaller_manifest(corpus: Path) -> None:
+    """`make dataset` grows the manifest by variants of the same clips: labels keyed by id stay valid."""
+    def build(items: int, variants: int) -> pd.DataFrame:
+        return build_manifest(corpus, BuildConfig(items=items, variants_per_clip=variants, clips_per_track=2,
+                                                  max_package_share=0.6, seed=1, recipe_weights=NO_CODEC))
+
+    small, large = build(8, 2), build(12, 3)
+    assert len(small) == 8 and len(large) == 12
+    assert set(small["item_id"]) < set(large["item_id"])
+    assert set(small["clip_id"]) == set(large["clip_id"])
+    kept = large.set_index("item_id").loc[small["item_id"], ["recipe", "offset_s", "split"]].reset_index(drop=True)
+    assert kept.equals(small[["recipe", "offset_s", "split"]].reset_index(drop=True))
+
+
 def test_reserved_guard_refuses_evaluation_packages(tmp_path: Path) -> None:
     for name in ["widelands-data", "openclonk-data", "fretsonfire-songs-sectoid", "hyperrogue-music", "0ad-data",
                  "musescore-general-soundfont", "music21"]:
