@@ -129,3 +129,14 @@ def test_batch_agrees_with_pyclarity() -> None:
         expected = clarity.compute_haaqi(case["processed"], case["reference"], case["processed_sr"],
                                          case["reference_sr"], Audiogram(levels=case["audiogram"]), 1, case["level1"])
         assert score == pytest.approx(expected, abs=1e-6)
+
+
+def test_engine_choice_follows_the_device(monkeypatch):
+    from haaqicli.reference.haaqi import cuda_device
+
+    assert cuda_device("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_device("auto") is None  # no CUDA: the numba engine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert cuda_device("auto") == "cuda" and cuda_device("cuda:1") == "cuda:1"

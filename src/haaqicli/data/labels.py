@@ -189,13 +189,12 @@ def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Non
 
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
          cache_dir: Path | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
-    if device != "cpu" and haaqi_fn is None:
-        from haaqicli.models.registry import resolve_device
+    from haaqicli.reference.haaqi import cuda_device
 
-        resolved = resolve_device(device)
-        if resolved.type == "cuda":
-            yield from label_items_batched(items, corpus_dir, str(resolved), batch_size, cache_dir)
-            return
+    cuda = cuda_device(device) if haaqi_fn is None else None
+    if cuda is not None:
+        yield from label_items_batched(items, corpus_dir, cuda, batch_size, cache_dir)
+        return
     if workers <= 1:
         for item in items:
             yield label_item(item, corpus_dir, haaqi_fn, cache_dir)

@@ -420,6 +420,17 @@ def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
         return [compute_haaqi(**item) for item in items]
 
 
+def cuda_device(device: str) -> str | None:
+    """The CUDA device that `device` names ("auto" where CUDA is present, "cuda", "cuda:N"), or None
+    for the CPU: the one place that chooses the batched torch engine over the numba engine."""
+    if device == "cpu":
+        return None
+    from haaqicli.models.registry import resolve_device
+
+    resolved = resolve_device(device)
+    return str(resolved) if resolved.type == "cuda" else None
+
+
 def compute_haaqi_batch(
     items: Sequence[dict[str, Any]],
     workers: int = 1,
@@ -435,13 +446,11 @@ def compute_haaqi_batch(
     overhead and the numba cache loading of each process are amortised. workers <= 0 means one per
     CPU core."""
     items = list(items)
-    if device != "cpu":
-        from haaqicli.models.registry import resolve_device
+    cuda = cuda_device(device)
+    if cuda is not None:
+        from haaqicli.reference.batched import compute_haaqi_torch
 
-        if resolve_device(device).type == "cuda":
-            from haaqicli.reference.batched import compute_haaqi_torch
-
-            return compute_haaqi_torch(items, device, batch_size)
+        return compute_haaqi_torch(items, cuda, batch_size)
     if workers <= 0:
         workers = os.cpu_count() or 1
     if workers <= 1 or len(items) <= 1:
