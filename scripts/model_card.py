@@ -27,6 +27,26 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None or value != value else format(value, spec)
 
 
+def write_card(text: str) -> None:
+    from haaqicli.atomic import atomic_write
+
+    atomic_write(WEIGHTS / "MODEL_CARD.md", lambda tmp: tmp.write_text(text))
+
+
+def biased_families(evaluation: dict, threshold: float = 0.05) -> list[str]:
+    """Known-limit bullets: degradation families whose mean error (predicted - true) exceeds `threshold`."""
+    bullets = []
+    for name, result in evaluation.items():
+        groups = {k: m for k, m in result.get("by_degradation", {}).items()
+                  if m.get("bias") is not None and abs(m["bias"]) > threshold}
+        if groups:
+            listed = ", ".join(f"{k} {m['bias']:+.2f}" for k, m in sorted(groups.items(), key=lambda kv: -abs(kv[1]["bias"])))
+            bullets.append(f"- `{name}` is biased on some degradation families (mean of predicted - true on the "
+                           f"validation packages, from the tables above): {listed}. A positive bias means the model "
+                           "does not hear that damage fully (e.g. reverb on music that is reverberant already).")
+    return bullets
+
+
 def speed_section(bench: dict) -> list[str]:
     """The "## Speed" section from `make bench`'s JSON (empty without it)."""
     if not bench:
@@ -60,7 +80,7 @@ def rewrite_speed_section() -> None:
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
     start, end = card.index("\n## Speed\n"), card.index("\n## Known limits\n")
     section = "\n".join(speed_section(load("bench.json") or {}))
-    (WEIGHTS / "MODEL_CARD.md").write_text(card[:start] + section + "\n" + card[end:])
+    write_card(card[:start] + section + "\n" + card[end:])
     print(section)
 
 
@@ -132,8 +152,15 @@ def main() -> None:
         recipe = info.get("training", {}).get("recipe", {})
         start = (f"warm-started from `{recipe['init']}` (the previous release, matching tensors copied)"
                  if recipe.get("init") else "from scratch")
-        lines.append(f"- `{name}`: {start}; {info['training'].get('items', '–')} training clips, "
-                     f"{info['training'].get('epochs_run', '–')} epochs, AdamW lr {recipe.get('lr')}, batch "
+        training = info["training"]
+        if "steps_run" in training:  # a time-limited run may stop inside its first epoch
+            passes = training["steps_run"] * recipe.get("batch_size", 0) / max(training.get("items", 1), 1)
+            length = f"{training['steps_run']} steps ({passes:.1f} passes over the data)"
+        else:
+            length = f"{training.get('epochs_run', '–')} epochs"
+        dropout = f", dropout {recipe['dropout']}" if recipe.get("dropout") is not None else ""
+        lines.append(f"- `{name}`: {start}; {training.get('items', '–')} training clips, "
+                     f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
                      f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on 2 CPU threads; "
                      f"checkpoint chosen on held-out tracks of the training packages (dev MSE "
                      f"{fmt(info.get('metrics', {}).get('dev', {}).get('mse'), '.4f')}).")
@@ -169,8 +196,9 @@ def main() -> None:
         "labels: far less data and compute than HAAQI-Net had. Compare the validation table with the "
         "project's targets (teacher LCC/SRCC >= 0.95, MSE <= 0.005; distilled >= 0.93, <= 0.008) and the "
         "paper's figures (measured on their own data).",
-        "- The BEATs teacher costs ~8x more per training step than the student, so on this CPU it sees "
-        "far fewer epochs; this is why the student can score above its teacher.",
+        "- The BEATs teacher costs many times more per training step than the student (see the recipe's "
+        "epochs), so on this CPU it sees far fewer epochs; this is why the student can score above its teacher.",
+        *biased_families(evaluation),
         "- Game and MIDI music only; no vocals-heavy pop, live recordings or speech. Judge it on your own "
         "material with `haaqi reference` (exact HAAQI) before trusting it for decisions.",
         "- HAAQI itself (equalisation=1) scores an *unamplified* signal low for a listener with hearing "
@@ -178,7 +206,7 @@ def main() -> None:
         "- Scores of a window shorter than 6 s (short files) are extrapolated from training on 6-s clips.",
         "",
     ]
-    (WEIGHTS / "MODEL_CARD.md").write_text("\n".join(lines))
+    write_card("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -327,7 +327,8 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
         return haaqinet_loss(out, train.labels[index].to(device), frame_weight=config.frame_weight), {}
 
     state = fit(model, train, dev, config, step_loss, log)
-    return _export(model, config, "haaqinet", train, state["best"], {"epochs_run": state["epoch"]})
+    return _export(model, config, "haaqinet", train, state["best"],
+                   {"epochs_run": state["epoch"], "steps_run": state["step"]})
 
 
 @dataclass
@@ -423,7 +424,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, "haaqinet-student", train, state["best"],
-                   {"epochs_run": state["epoch"], "teacher_sha256": teacher_info.sha256})
+                   {"epochs_run": state["epoch"], "steps_run": state["step"], "teacher_sha256": teacher_info.sha256})
 
 
 # ----------------------------------------------------------------------------------------------
