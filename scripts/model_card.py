@@ -157,13 +157,16 @@ def main() -> None:
             passes = training["steps_run"] * recipe.get("batch_size", 0) / max(training.get("items", 1), 1)
             length = f"{training['steps_run']} steps ({passes:.1f} passes over the data)"
         else:
-            length = f"{training.get('epochs_run', '–')} epochs"
+            epochs = training.get("epochs_run", "–")
+            length = f"{epochs} epoch{'' if epochs == 1 else 's'}"
         dropout = f", dropout {recipe['dropout']}" if recipe.get("dropout") is not None else ""
+        dev = info.get("metrics", {}).get("dev", {})
+        kept = f", the checkpoint after epoch {dev['epoch']}, step {dev['step']}" if "step" in dev else ""
         lines.append(f"- `{name}`: {start}; {training.get('items', '–')} training clips, "
                      f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
                      f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on 2 CPU threads; "
                      f"checkpoint chosen on held-out tracks of the training packages (dev MSE "
-                     f"{fmt(info.get('metrics', {}).get('dev', {}).get('mse'), '.4f')}).")
+                     f"{fmt(dev.get('mse'), '.4f')}{kept}).")
     lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label).",
               "- Student loss: L1 + cosine distance between its projected layers and teacher layers, MSE to "
               "the teacher's clip and frame scores, plus MSE to the true label (weight "
