@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,12 @@ class Split:
             return self.waves[torch.from_numpy(index)]
         return torch.from_numpy(np.ascontiguousarray(self.waves[index], dtype=np.float32))
 
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(waves, audiograms) of consecutive items, `batch_size` at a time, in order."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield self.wave_batch(range(start, stop)), self.audiograms[start:stop]
+
     def subset(self, mask: np.ndarray) -> Split:
         index = np.flatnonzero(mask)
         rows = index if self.rows is None else self.rows[index]
@@ -126,6 +132,13 @@ def load_split(manifest: str | Path, split: str) -> Split:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
                  torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
+
+
+def load_train_dev(manifest: str | Path) -> tuple[Split, Split]:
+    """The labelled training split, divided into training items and dev tracks (views of one array)."""
+    data = load_split(manifest, "train")
+    mask = dev_mask(data.meta)
+    return data.subset(~mask), data.subset(mask)
 
 
 def dev_mask(meta: pd.DataFrame, fraction: float = DEV_FRACTION) -> np.ndarray:
@@ -156,10 +169,8 @@ def predict(model: nn.Module, data: Split, batch_size: int = 32, device: torch.d
     model.eval()
     device = device or next(model.parameters()).device
     out = []
-    for start in range(0, len(data), batch_size):
-        wave = data.wave_batch(range(start, min(start + batch_size, len(data)))).to(device)
-        gram = data.audiograms[start : start + batch_size].to(device)
-        out.append(model(wave, gram).clip.float().cpu().numpy())
+    for wave, gram in data.batches(batch_size):
+        out.append(model(wave.to(device), gram.to(device)).clip.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -314,9 +325,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     from haaqicli.models.registry import TEACHER_CONFIG, build_model
 
     device = _setup(config)
-    data = load_split(config.manifest, "train")
-    mask = dev_mask(data.meta)
-    train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
+    train, dev = load_train_dev(config.manifest)
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", with_dropout(config.config or TEACHER_CONFIG, config.dropout)).to(device)
     if config.init:
@@ -376,9 +385,8 @@ def teacher_targets(
                               {int(layer): values.float() for layer, values in saved["hidden"].items()})
     clips, frames, hidden = [], [], {layer: [] for layer in sorted(set(layers))}
     started = time.time()
-    for start in range(0, len(data), batch_size):
-        out = teacher(data.wave_batch(range(start, min(start + batch_size, len(data)))).to(device),
-                      data.audiograms[start : start + batch_size].to(device))
+    for wave, gram in data.batches(batch_size):
+        out = teacher(wave.to(device), gram.to(device))
         clips.append(out.clip.cpu())
         frames.append(out.frames.cpu())
         for layer in hidden:
@@ -401,9 +409,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
-    data = load_split(config.manifest, "train")
-    mask = dev_mask(data.meta)
-    train, dev = data.subset(~mask), data.subset(mask)  # views of one memory-mapped array
+    train, dev = load_train_dev(config.manifest)
     student_config = with_dropout(dict(config.config or STUDENT_CONFIG), config.dropout)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
