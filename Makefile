@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install system-deps test lint bench corpus dataset labels train distill evaluate models clean
+.PHONY: install system-deps test lint bench corpus dataset freeze labels train distill evaluate models clean
 
 install: system-deps $(BIN)/python
 	$(PIP) torch==2.11.0 torchaudio==2.11.0
@@ -30,20 +30,29 @@ bench:
 	mkdir -p data/results
 	$(BIN)/haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 --json data/results/bench.json
 
-# The training pipeline (see weights/MODEL_CARD.md): corpus -> manifest -> labels -> models.
-MANIFEST ?= data/manifest.parquet
+# The training pipeline (see weights/MODEL_CARD.md): corpus -> manifest -> frozen manifest -> labels -> models.
+# `make dataset` builds data/manifest.parquet from the corpus (deterministic: a fresh clone rebuilds the same
+# items) and compares it with the committed labels/manifest.parquet; `make freeze` writes that frozen copy
+# (commit it before labelling); `make labels` labels the frozen manifest into labels/manifest.labels/
+# (append-only shards to commit; validation splits first; resumable).
+BUILT    ?= data/manifest.parquet
+MANIFEST ?= labels/manifest.parquet
 WORKERS  ?= 2
+SPLITS   ?=
 
 corpus:
 	bash scripts/install-corpus.sh
 
-# 12 variants (degradation x audiogram) of each of the 3,750 clips: the same clips as the first 30,000-item
-# manifest (8 variants), whose items keep their ids, so labels made for it stay valid.
+# Every validation clip x 7 profiles x 4 variants (clean + 3 degradations), then training items up to 125,000.
 dataset:
-	$(BIN)/haaqi dataset build --manifest $(MANIFEST) --items 45000 --variants 12
+	$(BIN)/haaqi dataset build --manifest $(BUILT) --items 125000 --variants 12 --frozen $(MANIFEST)
 
+freeze:
+	$(BIN)/haaqi dataset freeze --manifest $(BUILT) --out $(MANIFEST)
+
+# SPLITS="--split validation-real" labels just that split; the default order is validation-real, validation, train.
 labels:
-	$(BIN)/haaqi dataset label --manifest $(MANIFEST) --workers $(WORKERS)
+	$(BIN)/haaqi dataset label --manifest $(MANIFEST) --workers $(WORKERS) $(SPLITS)
 	$(BIN)/haaqi dataset stats --manifest $(MANIFEST)
 
 train:

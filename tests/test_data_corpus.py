@@ -62,17 +62,23 @@ def corpus(tmp_path: Path) -> Path:
     return root
 
 
-def _build(corpus: Path, items: int = 24) -> pd.DataFrame:
-    config = BuildConfig(items=items, variants_per_clip=2, clips_per_track=2, max_package_share=0.6, seed=1,
-                         recipe_weights=NO_CODEC)
-    return build_manifest(corpus, config)
+def _config(items: int = 24, **kwargs) -> BuildConfig:  # type: ignore[no-untyped-def]
+    """One validation clip per track, clean + 1 degradation for each of the 7 profiles (14 items)."""
+    return BuildConfig(**{"items": items, "variants_per_clip": 2, "clips_per_track": 2, "max_package_share": 0.6,
+                          "seed": 1, "recipe_weights": NO_CODEC, "validation_variants": 2,
+                          "validation_clips_per_track": 1, **kwargs})
+
+
+def _build(corpus: Path, items: int = 24, **kwargs) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    return build_manifest(corpus, _config(items, **kwargs))
 
 
 def test_more_variants_per_clip_keep_the_items_and_ids_of_the_smaller_manifest(corpus: Path) -> None:
     """`make dataset` grows the manifest by variants of the same clips: labels keyed by id stay valid."""
     def build(items: int, variants: int) -> pd.DataFrame:
         return build_manifest(corpus, BuildConfig(items=items, variants_per_clip=variants, clips_per_track=2,
-                                                  max_package_share=0.6, seed=1, recipe_weights=NO_CODEC))
+                                                  max_package_share=0.6, seed=1, recipe_weights=NO_CODEC,
+                                                  packages=["naev-data", "supertux-data", "simutrans-data"]))
 
     small, large = build(8, 2), build(12, 3)
     assert len(small) == 8 and len(large) == 12
@@ -121,7 +127,7 @@ def test_manifest_round_trip_and_bit_exact_regeneration(corpus: Path, tmp_path: 
                                                           VALIDATION_PACKAGES[0]])
     assert not any("sfx" in t.source or "notes" in t.source for t in tracks)  # too short / not audio
     df = _build(corpus)
-    assert len(df) == 24
+    assert len(df) == 24 and (df["split"] == "validation").sum() == 14
     assert "silent.wav" not in set(Path(s).name for s in df["source"])  # silent clips are skipped
     # No package in both splits.
     per_pkg = df.groupby("package")["split"].nunique()
@@ -135,7 +141,7 @@ def test_manifest_round_trip_and_bit_exact_regeneration(corpus: Path, tmp_path: 
     back = read_manifest(path)
     assert back["audiogram"].map(len).eq(8).all()
     assert back["label"].isna().all()
-    for item in list(iter_items(back))[:6]:
+    for item in [*list(iter_items(back))[:3], *list(iter_items(back, split="train"))[:6]]:
         ref1, proc1, sr1 = materialise(item, corpus, verify_sha=True)
         ref2, proc2, sr2 = materialise(item, corpus)
         assert sr1 == sr2 == SR and ref1.dtype == np.float32
@@ -149,39 +155,79 @@ def _cheap_haaqi(processed, reference, psr, rsr, audiogram, equalisation=1, leve
     return float(np.clip(np.corrcoef(processed, reference)[0, 1], 0.0, 1.0))
 
 
-def test_labelling_resumes_and_merges(corpus: Path, tmp_path: Path) -> None:
-    path = tmp_path / "m.parquet"
-    write_manifest(_build(corpus, items=8), path)
-    calls: list[str] = []
-    first = lab.label_manifest(path, corpus, workers=1, flush_every=2, limit=3, haaqi_fn=_cheap_haaqi,
-                               progress=False, on_result=lambda r: calls.append(r["item_id"]),
-                               cache_dir=tmp_path / "cache")
-    assert first["labelled"] == 3 and first["errors"] == 0
-    # the labeller cached exactly the model inputs that load_split_arrays would build
-    from haaqicli.data.export import item_cache_path, model_input
+def test_labelling_resumes_from_append_only_shards(corpus: Path, tmp_path: Path) -> None:
+    from haaqicli.data.export import SplitCache, item_input
 
-    for item_id in calls:
-        row = read_manifest(path).set_index("item_id").loc[item_id].to_dict() | {"item_id": item_id}
-        np.testing.assert_array_equal(np.load(item_cache_path(tmp_path / "cache", item_id)),
-                                      model_input(*materialise(row, corpus)))
-    assert len(list(lab.shard_dir(path).glob("shard-*.parquet"))) == 2  # flushed at 2, then the rest
-    df = read_manifest(path)
+    path = tmp_path / "m.parquet"
+    write_manifest(_build(corpus, items=22), path, compact=True)
+    frozen = path.read_bytes()
+    calls: list[str] = []
+    first = lab.label_manifest(path, corpus, workers=1, flush_every=1, limit=3, haaqi_fn=_cheap_haaqi,
+                               progress=False, on_result=lambda r: calls.append(r["item_id"]),
+                               cache_dir=tmp_path / "cache", shard_size=2)
+    assert first["labelled"] == 3 and first["errors"] == 0
+    # validation first: the first items labelled are validation items
+    manifest = read_manifest(path).set_index("item_id")
+    assert set(manifest.loc[calls, "split"]) == {"validation"}
+    # the labeller stored exactly the model inputs training would regenerate (int16, at the item's level)
+    store = SplitCache.of_manifest(tmp_path / "cache", read_manifest(path), "validation")
+    waves = store.waves(calls)
+    for k, item_id in enumerate(calls):
+        row, scale = item_input(manifest.loc[item_id].to_dict() | {"item_id": item_id}, corpus, 24000, store.length)
+        np.testing.assert_allclose(waves[[k]][0], row.astype(np.float32) * np.float32(scale), rtol=0, atol=1e-7)
+    shards = sorted(lab.shard_dir(path).glob("shard-*.parquet"))
+    assert len(shards) == 2 and not list(lab.shard_dir(path).glob("open-*.parquet"))  # sealed at 2, then the rest
+    df = lab.labelled_manifest(path)
     assert np.isfinite(df["label"]).sum() == 3 and (df["label_seconds"].dropna() > 0).all()
-    # Resume: only the 5 others are labelled; none twice.
+    # A killed run leaves an open shard: the next run adopts its rows (no relabelling) and seals them.
+    killed = lab.shard_dir(path) / "open-20000101T000000-1-0000.parquet"
+    pending = lab.pending_items(read_manifest(path), lab.read_shards(lab.shard_dir(path)))
+    lab.write_shard(killed, [{"item_id": pending.iloc[0]["item_id"], "label": 0.5, "label_seconds": 1.0, "error": ""}])
+    calls.append(pending.iloc[0]["item_id"])
     second = lab.label_manifest(path, corpus, workers=1, flush_every=2, haaqi_fn=_cheap_haaqi, progress=False,
                                 on_result=lambda r: calls.append(r["item_id"]))
-    assert second["pending_before"] == 5 and len(calls) == len(set(calls)) == 8
-    df = read_manifest(path)
+    assert second["pending_before"] == 18 and len(calls) == len(set(calls)) == 22
+    assert not killed.exists() and not list(lab.shard_dir(path).glob("open-*.parquet"))
+    df = lab.labelled_manifest(path)
     assert np.isfinite(df["label"]).all()
+    assert df.set_index("item_id").loc[pending.iloc[0]["item_id"], "label"] == 0.5
+    # sealed shards are never rewritten: the first run's files are byte for byte as they were
+    assert all(f.exists() for f in shards) and path.read_bytes() == frozen
     third = lab.label_manifest(path, corpus, haaqi_fn=_cheap_haaqi, progress=False)
     assert third["pending_before"] == 0
     summary = lab.stats(df)
-    assert summary["labelled"] == 8 and sum(summary["label_histogram"]["counts"]) == 8
-    # Shards survive a manifest that lost its merge (e.g. killed before merge_shards).
-    df2 = df.assign(label=np.nan)
-    write_manifest(df2, path)
-    assert lab.pending_items(read_manifest(path), lab.read_shards(lab.shard_dir(path))).empty
-    assert np.isfinite(lab.merge_shards(path)["label"]).all()
+    assert summary["labelled"] == 22 and sum(summary["label_histogram"]["counts"]) == 22
+    assert summary["labelled_with_terms"] == 0  # a plain score function has no sub-terms
+    # a second run on the same folder at the same time is refused
+    with lab._exclusive(lab.shard_dir(path)), pytest.raises(lab.DatasetError, match="another labelling run"):
+        lab.label_manifest(path, corpus, haaqi_fn=_cheap_haaqi, progress=False)
+
+
+def test_shards_hold_haaqi_sub_terms_compactly(corpus: Path, tmp_path: Path) -> None:
+    """Real labels carry haaqi_terms' sub-terms (clipped d_loud/d_norm); a shard costs < 60 bytes a label
+    (120,000 labels < 8 MB tracked)."""
+    from haaqicli.reference import haaqi_terms
+
+    path = tmp_path / "m.parquet"
+    df = _build(corpus, items=16, clip_seconds=1.0)
+    write_manifest(df, path, compact=True)
+    lab.label_manifest(path, corpus, workers=1, limit=1, split="train", progress=False)
+    shard = lab.read_shards(lab.shard_dir(path))
+    row = shard.iloc[0]
+    item = read_manifest(path).set_index("item_id").loc[row["item_id"]].to_dict()
+    ref, proc, sr = materialise(item, corpus)
+    expected = haaqi_terms(proc, ref, sr, sr, item["audiogram"], 1,
+                           item["spl"] - 20 * np.log10(np.sqrt(np.mean(ref.astype(np.float64) ** 2))))
+    for name in ("cep_high", "bm_sync5", "d_loud", "d_norm"):
+        assert row[name] == pytest.approx(expected[name], abs=1e-6)
+    assert row["label"] == pytest.approx(expected["score"], abs=1e-6)
+    assert lab.stats(lab.labelled_manifest(path))["labelled_with_terms"] == 1
+    rng = np.random.default_rng(0)
+    rows = [{"item_id": f"{rng.integers(2**63):016x}", "label": rng.uniform(), "cep_high": rng.uniform(),
+             "bm_sync5": rng.uniform(), "d_loud": 1.0, "d_norm": rng.uniform(), "label_seconds": 0.4, "error": ""}
+            for _ in range(2000)]
+    lab.write_shard(tmp_path / "labels" / "shard-x.parquet", rows)
+    assert lab.shard_bytes_per_label(tmp_path / "labels") < 60
 
 
 def test_real_haaqi_label_clean_beats_noisy(corpus: Path) -> None:
@@ -218,29 +264,116 @@ def test_label_convention_matches_pyclarity(corpus: Path) -> None:
     assert ours == pytest.approx(theirs, abs=1e-3)
 
 
-def test_load_split_arrays_level_convention_and_cache(corpus: Path, tmp_path: Path) -> None:
+def _label_all(path: Path, df: pd.DataFrame, labels: np.ndarray) -> None:
+    lab.write_shard(lab.shard_dir(path) / "shard-test.parquet",
+                    [{"item_id": i, "label": v, "label_seconds": 0.1, "error": ""} for i, v in
+                     zip(df["item_id"], labels, strict=True) if np.isfinite(v)])
+
+
+def test_load_split_arrays_level_convention_and_int16_cache(corpus: Path, tmp_path: Path) -> None:
+    from haaqicli.data.export import Int16Waves
+
     path = tmp_path / "m.parquet"
-    df = _build(corpus, items=8)
-    df["label"] = np.linspace(0.1, 0.9, len(df))
-    write_manifest(df, path)
+    df = _build(corpus, items=22)
+    write_manifest(df, path, compact=True)
+    labels = np.linspace(0.1, 0.9, len(df))
+    _label_all(path, df, labels)
     cache = tmp_path / "cache"
-    waves, grams, labels, meta = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
+    printed: list[str] = []
+    waves, grams, labels_out, meta = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus,
+                                                       cache_dir=cache, workers=1, log=printed.append)
     n = int((df["split"] == "train").sum())
-    assert waves.shape == (n, 6 * 8000) and waves.dtype == np.float32
-    assert grams.shape == (n, 8) and labels.shape == (n,)
-    identity = [i for i, r in enumerate(meta["recipe"]) if r == '{"type":"identity"}']
-    for i in identity:  # clean items sit at REFERENCE_RMS
-        assert np.sqrt(np.mean(waves[i].astype(np.float64) ** 2)) == pytest.approx(0.1, rel=0.02)
+    assert isinstance(waves, Int16Waves) and waves.shape == (n, 6 * 8000) and waves[[0]].dtype == np.float32
+    assert grams.shape == (n, 8) and labels_out.shape == (n,)
+    assert "GB on disk (int16)" in printed[0]
+    files = sorted(cache.glob("splits/train-8000-*.npy"))
+    assert [np.load(f, mmap_mode="r").dtype for f in files] == [np.int16, np.float32]  # waves and row scales
+    for i, (recipe, spl) in enumerate(zip(meta["recipe"], meta["spl"], strict=True)):
+        rms = np.sqrt(np.mean(waves[[i]][0].astype(np.float64) ** 2))
+        if recipe == '{"type":"identity"}' and meta["augmentation"][i] == "none":
+            # clean items at the item's level: the reference at `spl` dB SPL, as `haaqi score --spl` presents it
+            assert rms == pytest.approx(0.1 * 10 ** ((spl - 65) / 20), rel=0.02)
+    # int16 with a scale per row keeps the input within half a step of its peak/32767
+    row = meta.iloc[0].to_dict()
+    ref, proc, sr = materialise(row, corpus)
+    exact = model_input(ref, proc, sr, 8000, 6 * 8000, row["spl"])
+    assert np.max(np.abs(waves[[0]][0] - exact)) <= np.max(np.abs(exact)) / 32767 * 0.51
     again, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
-    assert np.array_equal(np.asarray(again), waves) and len(list(cache.glob("items/*/*.npy"))) == len(waves)
-    # one memory-mapped file per split and item set; a relabelled split replaces the older file
-    assert isinstance(again, np.memmap) and len(list(cache.glob("splits/train-8000-*.npy"))) == 1
-    df.loc[df.index[df["split"] == "train"][0], "label"] = np.nan
-    write_manifest(df, path)
+    assert np.array_equal(np.asarray(again), np.asarray(waves))
+    # one cache per split, whatever the labels: fewer labels read the same file
+    _label_all(path, df, np.where(df["split"] == "train", np.nan, labels))
+    lab.write_shard(lab.shard_dir(path) / "shard-test.parquet",
+                    [{"item_id": i, "label": 0.5, "label_seconds": 0.1, "error": ""}
+                     for i in df.loc[df["split"] == "train", "item_id"][1:]])
     fewer, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
-    assert len(fewer) == n - 1 and len(list(cache.glob("splits/train-8000-*.npy"))) == 1
+    assert len(fewer) == n - 1 and sorted(cache.glob("splits/train-8000-*.npy")) == files
     x = model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000)
     assert np.allclose(x, 0.05)
+    assert np.allclose(model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000, spl=85.0), 0.5)
+
+
+def test_items_follow_the_design_and_ids_cover_the_source_audio(corpus: Path, tmp_path: Path) -> None:
+    df = _build(corpus, items=40)
+    val = df[df["split"] == "validation"]
+    # every validation clip x every profile x every variant; variant 0 clean; one level per variant
+    from haaqicli.data.corpus import VALIDATION_PROFILES
+
+    assert sorted(set(val["profile"])) == sorted(VALIDATION_PROFILES)
+    assert len(val) == val["clip_id"].nunique() * len(VALIDATION_PROFILES) * 2
+    assert (val["augmentation"] == "none").all()
+    assert (val.groupby(["clip_id", "recipe"])["spl"].nunique() == 1).all()
+    assert (val.groupby("clip_id")["recipe"].apply(lambda r: (r == '{"type":"identity"}').sum()) == 7).all()
+    train = df[df["split"] == "train"]
+    assert (train["profile"] == "").all() and train["spl"].between(50, 85).all() and train["spl"].nunique() > 5
+    assert (train["augmentation"] != "none").any()
+    # augmentation: a mix partner from the training split; the augmented reference is not the plain clip
+    mixed = train[train["augment"].str.contains('"mix"')]
+    for item in mixed.to_dict(orient="records")[:2]:
+        import json
+
+        partner = json.loads(item["augment"])["mix"]["source"]
+        assert partner != item["source"] and df.loc[df["source"] == partner, "split"].eq("train").all()
+        ref, _, _ = materialise(item, corpus, verify_sha=True)
+        plain, _, _ = materialise({**item, "augment": "{}"}, corpus)
+        assert not np.allclose(ref, plain)
+    # downmix weight 1.0 is the left channel alone
+    item = train.iloc[0].to_dict()
+    left, _, sr = materialise({**item, "augment": '{"downmix":1.0}', "recipe": '{"type":"identity"}'}, corpus)
+    raw = sf.read(corpus / item["source"], dtype="float64")[0][:, 0]
+    start = int(round(item["offset_s"] * sr))
+    np.testing.assert_allclose(left, raw[start : start + len(left)].astype(np.float32), atol=1e-7)
+    # ids cover the source audio: the same file path with other audio gives other ids
+    source = corpus / df.iloc[0]["source"]
+    data, sr = sf.read(source)
+    sf.write(source, data * 0.9, sr)
+    changed = _build(corpus, items=40)
+    same_source = df["source"] == df.iloc[0]["source"]
+    assert not set(df.loc[same_source, "item_id"]) & set(changed["item_id"])
+    assert set(df.loc[~same_source & ~df["augment"].str.contains(str(df.iloc[0]["source"])), "item_id"]) <= \
+        set(changed["item_id"])
+
+
+def test_verify_regenerates_items_against_manifest_and_labels(corpus: Path, tmp_path: Path) -> None:
+    from haaqicli.cli import main
+    from haaqicli.data.verify import verify
+
+    path = tmp_path / "m.parquet"
+    df = _build(corpus, items=16, clip_seconds=1.0)
+    write_manifest(df, path, compact=True)
+    lab.label_manifest(path, corpus, workers=1, limit=2, progress=False)
+    result = verify(lab.labelled_manifest(path), corpus, 4)
+    assert result["checked"] == 4 and result["relabelled"] == 2 and result["failed"] == 0
+    # a wrong label in a shard is found
+    shard = lab.read_shards(lab.shard_dir(path))
+    lab.write_shard(lab.shard_dir(path) / "shard-zz.parquet", [{**shard.iloc[0].to_dict(), "label": 0.123}])
+    result = verify(lab.labelled_manifest(path), corpus, 2)
+    assert list(result["problems"]) == [shard.iloc[0]["item_id"]]
+    # a changed source file is found, and the CLI exits 1 with one line per item
+    data, sr = sf.read(corpus / df.iloc[0]["source"])
+    sf.write(corpus / df.iloc[0]["source"], data * 0.5, sr)
+    out = CliRunner().invoke(main, ["dataset", "verify", "--manifest", str(path), "--corpus", str(corpus),
+                                    "--sample", "16", "-q"])
+    assert out.exit_code == 1 and "sha256 differs" in out.output and "Traceback" not in out.output
 
 
 def test_cli_build_stats_and_guard(corpus: Path, tmp_path: Path) -> None:
@@ -249,11 +382,31 @@ def test_cli_build_stats_and_guard(corpus: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     manifest = tmp_path / "cli.parquet"
     result = runner.invoke(main, ["dataset", "build", "--corpus", str(corpus), "--manifest", str(manifest),
-                                  "--items", "12", "--variants", "2", "--clips-per-track", "1", "-q"])
+                                  "--items", "12", "--variants", "2", "--clips-per-track", "1", "-q",
+                                  "--validation-variants", "1", "--validation-clips-per-track", "1"])
     assert result.exit_code == 0, result.output
     assert len(read_manifest(manifest)) == 12
-    result = runner.invoke(main, ["dataset", "stats", "--manifest", str(manifest), "--json"])
+    frozen = tmp_path / "labels" / "manifest.parquet"
+    result = runner.invoke(main, ["dataset", "freeze", "--manifest", str(manifest), "--out", str(frozen)])
+    assert result.exit_code == 0 and "froze 12 items" in result.output
+    assert "label" not in pd.read_parquet(frozen).columns
+    # a rebuild is compared with the frozen manifest
+    result = runner.invoke(main, ["dataset", "build", "--corpus", str(corpus), "--manifest", str(manifest),
+                                  "--items", "12", "--variants", "2", "--clips-per-track", "1", "-q",
+                                  "--validation-variants", "1", "--validation-clips-per-track", "1",
+                                  "--frozen", str(frozen)])
+    assert "compared with the frozen" in result.output and "the same items" in result.output
+    df = read_manifest(frozen)
+    _label_all(frozen, df, np.linspace(0, 1, len(df)))
+    result = runner.invoke(main, ["dataset", "stats", "--manifest", str(frozen), "--json"])
     assert result.exit_code == 0 and '"items": 12' in result.output
+    import json
+
+    stats = json.loads(result.output)
+    assert stats["labelled"] == 12 and set(stats["label_histogram_by_severity"]) == set(df["severity"])
+    assert {"tracks", "minutes", "items", "labelled"} <= set(stats["packages"][0])
+    result = runner.invoke(main, ["dataset", "stats", "--manifest", str(frozen)])
+    assert result.exit_code == 0 and "labels per severity" in result.output
     result = runner.invoke(main, ["dataset", "build", "--corpus", str(corpus), "--package", "openclonk-data"])
     assert result.exit_code == 2 and "reserved" in result.output and "Traceback" not in result.output
 
@@ -270,9 +423,7 @@ def test_balance_by_label_caps_each_bin() -> None:
 def test_batched_labels_equal_process_labels_and_isolate_bad_items(corpus: Path, tmp_path: Path) -> None:
     """The GPU labelling path (batched torch engine, run here on the CPU) gives the numba engine's
     labels, and a broken item becomes an error row without costing the others their labels."""
-    config = BuildConfig(items=8, variants_per_clip=2, clips_per_track=2, max_package_share=0.6, seed=1,
-                         recipe_weights=NO_CODEC, clip_seconds=1.0)
-    items = build_manifest(corpus, config).iloc[:2].to_dict(orient="records")
+    items = _build(corpus, items=16, clip_seconds=1.0).iloc[:2].to_dict(orient="records")
     broken = dict(items[0], item_id="broken", source="packages/naev-data/music/missing.ogg")
     rows = list(lab.label_items_batched([items[0], broken, items[1]], corpus, "cpu", batch_size=3))
     assert [r["item_id"] for r in rows] == [items[0]["item_id"], "broken", items[1]["item_id"]]
@@ -280,4 +431,5 @@ def test_batched_labels_equal_process_labels_and_isolate_bad_items(corpus: Path,
     for row, item in zip([rows[0], rows[2]], items, strict=True):
         expected = lab.label_item(item, corpus)
         assert not row["error"] and row["label"] == pytest.approx(expected["label"], abs=1e-6)
+        assert row["d_norm"] == pytest.approx(expected["d_norm"], abs=1e-6)
         assert row["label_seconds"] > 0

@@ -198,3 +198,67 @@ def test_audiogram_sampler_families_and_range() -> None:
     b = ag.sample_audiogram(np.random.default_rng(9))
     assert a == b
     assert ag.severity_of(10) == "normal" and ag.severity_of(50) == "moderate"
+
+
+@pytest.mark.ffmpeg
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg missing")
+@pytest.mark.parametrize(("codec", "bitrate"), [("mp3", 8), ("mp3", 16), ("mp3", 24), ("mp3", 32), ("opus", 6),
+                                                ("opus", 12), ("aac", 16)])
+def test_lowest_codec_bitrates_are_really_coded_at_that_bitrate(codec: str, bitrate: int) -> None:
+    """libmp3lame codes `-b:a 8k` at 44.1 kHz as 32 kb/s: the encode rate of a recipe allows its bitrate."""
+    x = _music(3.0)
+    recipe = d.sample_recipe(np.random.default_rng(0), {"codec": 1.0}, has_ffmpeg=True, sample_rate=SR)
+    recipe.update(codec=codec, bitrate=bitrate, rate_hz=d.encode_rate(codec, bitrate, SR))
+    y, actual = d._codec_round_trip(x, SR, recipe)
+    assert y.shape == x.shape
+    # Container overhead and rate control put the real bitrate within 25% of the asked one (opus 6 -> ~5).
+    assert actual == pytest.approx(bitrate, rel=0.25)
+    if codec == "mp3" and bitrate < 32:
+        assert recipe["rate_hz"] < 32000
+
+
+def test_sampled_codecs_record_their_encode_rate_and_ladders_reach_the_lowest_bitrates() -> None:
+    assert d.CODECS["opus"][3][0] == 6 and d.CODECS["aac"][3][0] == 16 and d.CODECS["mp3"][3][0] == 8
+    recipes = [d.sample_recipe(np.random.default_rng(s), {"codec": 1.0}, has_ffmpeg=True, sample_rate=44100)
+               for s in range(40)]
+    for r in recipes:
+        assert r["rate_hz"] == d.encode_rate(r["codec"], r["bitrate"], 44100)
+    assert d.encode_rate("mp3", 8, 44100) == 8000 and d.encode_rate("mp3", 128, 44100) == 44100
+    assert d.encode_rate("opus", 64, 44100) == 48000
+
+
+def test_strong_degradation_ranges_and_cascades_of_three() -> None:
+    rng = np.random.default_rng(3)
+    draws = [d._draw(rng, kind, False) for kind in ("reverb", "clipping") for _ in range(300)]
+    rt60 = [r["rt60_s"] for r in draws if r["type"] == "reverb"]
+    drr = [r["drr_db"] for r in draws if r["type"] == "reverb"]
+    clip = [r["threshold"] for r in draws if r["type"] == "clipping"]
+    assert 0.3 <= min(rt60) < 0.5 and 2.3 < max(rt60) <= 2.5
+    assert -5 <= min(drr) < -3 and 13 < max(drr) <= 15
+    assert 0.1 <= min(clip) < 0.12 and max(clip) <= 0.9
+    cascades = [d.sample_recipe(np.random.default_rng(s), {"cascade": 1.0, "noise": 1.0, "lowpass": 1.0,
+                                                           "clipping": 1.0}, has_ffmpeg=False) for s in range(60)]
+    lengths = {len(r["steps"]) for r in cascades if r["type"] == "cascade"}
+    assert lengths == {2, 3}
+
+
+def test_packet_loss_loses_the_asked_share_in_bursts() -> None:
+    x = _music(4.0) + 0.5
+    recipe = {"type": "packet_loss", "packet_ms": 20.0, "loss_rate": 0.1, "burst": 3.0, "conceal": "zero", "seed": 1}
+    y = d.apply_recipe(x, SR, recipe)
+    size = int(0.02 * SR)
+    lost = np.array([np.all(y[i : i + size] == 0) for i in range(0, len(y) - size, size)])
+    assert 0.04 < lost.mean() < 0.2
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], lost.astype(int), [0]]))))[::2]
+    assert runs.mean() > 1.5  # bursts, not isolated packets
+    repeat = d.apply_recipe(x, SR, {**recipe, "conceal": "repeat"})
+    assert not np.any([np.all(repeat[i : i + size] == 0) for i in range(size, len(y) - size, size)])
+    assert np.array_equal(repeat, d.apply_recipe(x, SR, {**recipe, "conceal": "repeat"}))
+
+
+def test_limiter_holds_the_ceiling_and_raises_density() -> None:
+    x = _music(1.0)
+    y = d.apply_recipe(x, SR, {"type": "limiter", "drive_db": 9.0, "release_ms": 100.0})
+    crest = lambda s: np.max(np.abs(s)) / np.sqrt(np.mean(s**2))  # noqa: E731
+    assert crest(y) < crest(x) - 0.5
+    assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-6)

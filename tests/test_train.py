@@ -40,7 +40,7 @@ def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.S
 def fake_data(monkeypatch, tmp_path):
     monkeypatch.setenv("HAAQI_DATA_DIR", str(tmp_path / "data"))  # caches stay in the test's folder
     data = {"train": synthetic_split(24), "validation": synthetic_split(12, seed=1)}
-    monkeypatch.setattr(train, "load_split", lambda manifest, split: data[split])
+    monkeypatch.setattr(train, "load_split", lambda manifest, split, log=None: data[split])
     monkeypatch.setattr(train, "dev_mask", lambda meta, fraction=0.06: (meta["source"] == "track0").to_numpy())
     return data
 
@@ -53,6 +53,30 @@ def test_metrics_match_definitions():
     assert m["srcc"] == pytest.approx(1.0)
     assert m["mse"] == pytest.approx(np.mean((pred - target) ** 2))
     assert m["bias"] == pytest.approx(np.mean(pred - target))
+
+
+def test_evaluation_reports_within_profile_correlation_and_clean_normal_mean():
+    """Two profiles whose labels sit at different levels: pooled LCC is high from the level gap alone,
+    the within-profile LCC (mean of per-profile LCCs) shows the ranking inside each profile."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for profile, offset in (("normal", 0.5), ("N3", 0.0)):
+        for k in range(10):
+            label = offset + 0.04 * k
+            rows.append({"profile": profile, "package": "p" if k % 2 else "q", "severity": profile,
+                         "degradation": "identity" if k == 9 else "noise", "augmentation": "none",
+                         "label": label, "predicted": offset + 0.2 + rng.uniform(0, 0.4) if k < 9 else 0.8})
+    meta = pd.DataFrame(rows)
+    result = train.evaluation_metrics(meta)
+    per = result["by_profile"]
+    assert set(per) == {"normal", "N3"} and set(result["by_package"]) == {"p", "q"}
+    assert result["within_profile"]["lcc"] == pytest.approx((per["normal"]["lcc"] + per["N3"]["lcc"]) / 2)
+    assert result["within_profile"]["lcc"] < result["overall"]["lcc"] - 0.2
+    assert result["clean_normal"] == {"n": 1, "predicted": pytest.approx(0.8), "label": pytest.approx(0.86)}
+    assert result["by_degradation"]["noise"]["bias"] > 0
+    text = train.format_evaluation({"model": "m", "sha256": "0" * 12, "split": "validation-real",
+                                    "packages": ["p", "q"], "paper": None, **result})
+    assert "within-profile (mean of 2)" in text and "clean, normal hearing" in text and "profile=N3" in text
 
 
 def test_split_subsets_index_one_shared_array():

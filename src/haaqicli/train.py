@@ -123,20 +123,21 @@ class Split:
                      self.meta.iloc[index].reset_index(drop=True), rows)
 
 
-def load_split(manifest: str | Path, split: str) -> Split:
-    """The labelled items of a manifest split; the waves stay memory-mapped (see `load_split_arrays`)."""
+def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print) -> Split:
+    """The labelled items of a manifest split, each presented at its level; the waves stay an int16
+    memory map on disk (see `load_split_arrays`), whose disk use is logged."""
     from haaqicli.data.export import load_split_arrays
 
-    waves, audiograms, labels, meta = load_split_arrays(manifest, split)
+    waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log)
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
                  torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
 
 
-def load_train_dev(manifest: str | Path) -> tuple[Split, Split]:
+def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
     """The labelled training split, divided into training items and dev tracks (views of one array)."""
-    data = load_split(manifest, "train")
+    data = load_split(manifest, "train", log)
     mask = dev_mask(data.meta)
     return data.subset(~mask), data.subset(mask)
 
@@ -325,7 +326,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     from haaqicli.models.registry import TEACHER_CONFIG, build_model
 
     device = _setup(config)
-    train, dev = load_train_dev(config.manifest)
+    train, dev = load_train_dev(config.manifest, log)
     log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
     model = build_model("haaqinet", with_dropout(config.config or TEACHER_CONFIG, config.dropout)).to(device)
     if config.init:
@@ -409,7 +410,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
-    train, dev = load_train_dev(config.manifest)
+    train, dev = load_train_dev(config.manifest, log)
     student_config = with_dropout(dict(config.config or STUDENT_CONFIG), config.dropout)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
@@ -437,6 +438,41 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
 # Evaluation
 
 
+def _grouped(meta: pd.DataFrame, column: str) -> dict[str, dict[str, float]]:
+    return {str(key): metrics(group["predicted"].to_numpy(), group["label"].to_numpy())
+            for key, group in meta.groupby(column) if str(key)}
+
+
+def evaluation_metrics(meta: pd.DataFrame) -> dict[str, Any]:
+    """Metrics of predictions (``predicted``) against labels (``label``) of manifest items: overall, per
+    package, degradation family, severity and profile; within-profile LCC/SRCC (the mean of the
+    per-profile correlations: how well versions of the music are ranked for one listener); and the
+    mean prediction on clean items for normal hearing (where the exact HAAQI is near its ceiling)."""
+    meta = meta.copy()
+    if "degradation" in meta:  # "cascade:noise+codec" -> "cascade": families, not every pair
+        meta["degradation"] = meta["degradation"].astype(str).str.split(":").str[0]
+    result: dict[str, Any] = {"overall": metrics(meta["predicted"].to_numpy(), meta["label"].to_numpy())}
+    for column in ("package", "degradation", "severity", "profile"):
+        if column in meta:
+            result[f"by_{column}"] = _grouped(meta, column)
+    profiles = [m for m in result.get("by_profile", {}).values() if np.isfinite(m["lcc"])]
+    result["within_profile"] = {
+        "profiles": len(profiles),
+        "lcc": float(np.mean([m["lcc"] for m in profiles])) if profiles else float("nan"),
+        "srcc": float(np.mean([m["srcc"] for m in profiles])) if profiles else float("nan"),
+    }
+    clean = meta["degradation"].eq("identity") if "degradation" in meta else pd.Series(False, index=meta.index)
+    if "augmentation" in meta:
+        clean &= meta["augmentation"].astype(str).isin(["none", ""])
+    normal = (meta["profile"].eq("normal") if "profile" in meta and meta["profile"].astype(str).ne("").any()
+              else meta.get("audiogram_family", pd.Series("", index=meta.index)).eq("normal"))
+    chosen = meta[clean & normal]
+    result["clean_normal"] = {"n": int(len(chosen)),
+                              "predicted": float(chosen["predicted"].mean()) if len(chosen) else float("nan"),
+                              "label": float(chosen["label"].mean()) if len(chosen) else float("nan")}
+    return result
+
+
 def evaluate_model(
     name: str,
     manifest: str | Path,
@@ -445,42 +481,40 @@ def evaluate_model(
     device: str = "auto",
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Metrics of a registered model against true labels: overall, by family and by severity."""
+    """Metrics of a registered model against true labels (see `evaluation_metrics`)."""
     from haaqicli.models.registry import load_model, resolve_device
 
     dev = resolve_device(device)
     model, info = load_model(name, device=dev, weights_dir=weights_dir)
-    data = load_split(manifest, split)
+    data = load_split(manifest, split, log=None)
     predicted = predict(model, data, batch_size, dev)
-    target = data.labels.numpy()
-    meta = data.meta.assign(predicted=predicted, label=target)
-    if "degradation" in meta:  # "cascade:noise+codec" -> "cascade": families, not every pair
-        meta["degradation"] = meta["degradation"].astype(str).str.split(":").str[0]
-    result: dict[str, Any] = {"model": name, "sha256": info.sha256, "split": split,
-                              "packages": sorted(meta["package"].unique().tolist()),
-                              "overall": metrics(predicted, target), "paper": PAPER_FIGURES.get(name)}
-    for column in ("degradation", "severity"):
-        if column in meta:
-            result[f"by_{column}"] = {
-                str(key): metrics(group["predicted"].to_numpy(), group["label"].to_numpy())
-                for key, group in meta.groupby(column)
-            }
-    return result
+    meta = data.meta.assign(predicted=predicted, label=data.labels.numpy())
+    return {"model": name, "sha256": info.sha256, "split": split,
+            "packages": sorted(meta["package"].unique().tolist()), "paper": PAPER_FIGURES.get(name),
+            **evaluation_metrics(meta)}
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
     def line(label: str, m: dict) -> str:
-        return f"{label:28s} {m['n']:6d} {m['lcc']:7.4f} {m['srcc']:7.4f} {m['mse']:8.5f} {m['bias']:+7.3f}"
+        return f"{label:34s} {m['n']:6d} {m['lcc']:7.4f} {m['srcc']:7.4f} {m['mse']:8.5f} {m['bias']:+7.3f}"
 
     lines = [f"model {result['model']} ({result['sha256'][:12]}), split {result['split']}: "
              + ", ".join(result["packages"]),
-             f"{'':28s} {'n':>6s} {'LCC':>7s} {'SRCC':>7s} {'MSE':>8s} {'bias':>7s}",
+             f"{'':34s} {'n':>6s} {'LCC':>7s} {'SRCC':>7s} {'MSE':>8s} {'bias':>7s}",
              line("overall", result["overall"])]
+    within = result.get("within_profile")
+    if within and within["profiles"]:
+        lines.append(f"{'within-profile (mean of ' + str(within['profiles']) + ')':34s} {'':6s} "
+                     f"{within['lcc']:7.4f} {within['srcc']:7.4f}")
+    clean = result.get("clean_normal")
+    if clean and clean["n"]:
+        lines.append(f"{'clean, normal hearing: mean':34s} {clean['n']:6d} predicted {clean['predicted']:.3f}, "
+                     f"exact HAAQI {clean['label']:.3f}")
     if result.get("paper"):
         paper = result["paper"]
-        lines.append(f"{'paper (HAAQI-Net, own data)':28s} {'':6s} {paper['lcc']:7.4f} {paper['srcc']:7.4f} "
+        lines.append(f"{'paper (HAAQI-Net, own data)':34s} {'':6s} {paper['lcc']:7.4f} {paper['srcc']:7.4f} "
                      f"{paper['mse']:8.5f}")
-    for column in ("degradation", "severity"):
+    for column in ("package", "degradation", "severity", "profile"):
         for key, m in result.get(f"by_{column}", {}).items():
             lines.append(line(f"  {column}={key}", m))
     return "\n".join(lines)

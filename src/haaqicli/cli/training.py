@@ -13,8 +13,8 @@ from haaqicli.cli.common import one_line_errors
 def run_options(default_name: str, default_epochs: int, default_lr: float):  # type: ignore[no-untyped-def]
     def decorate(func):  # type: ignore[no-untyped-def]
         options = [
-            click.option("--manifest", default="data/manifest.parquet", show_default=True,
-                         type=click.Path(dir_okay=False)),
+            click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+                         help="[default: labels/manifest.parquet if present, else data/manifest.parquet]"),
             click.option("--name", default=default_name, show_default=True, help="Registry name to export as."),
             click.option("--run-dir", default=None, help="Checkpoints (default runs/NAME)."),
             click.option("--weights-dir", default=None, help="Registry folder (default weights/)."),
@@ -40,9 +40,16 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
     return decorate
 
 
+def _manifest(manifest: str | None) -> str:
+    from haaqicli.cli.dataset import default_manifest
+
+    return str(manifest or default_manifest())
+
+
 def _config(name: str, run_dir: str | None, config_json: str | None, **kwargs):  # type: ignore[no-untyped-def]
     from haaqicli.train import TrainConfig
 
+    kwargs["manifest"] = _manifest(kwargs.get("manifest"))
     model_config = {}
     if config_json:
         try:
@@ -83,19 +90,33 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
 
 @click.command()
 @click.option("--model", "names", multiple=True, default=("teacher", "distilled"), show_default=True)
-@click.option("--manifest", default="data/manifest.parquet", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--split", default="validation", show_default=True)
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+              help="[default: labels/manifest.parquet if present, else data/manifest.parquet]")
+@click.option("--split", "splits", multiple=True, default=("validation-real", "validation"), show_default=True,
+              help="Splits to evaluate on (repeatable); a split without labels is skipped with a note.")
 @click.option("--weights-dir", default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write JSON.")
 @click.option("--record", is_flag=True, help="Store the overall metrics in the weights manifest (haaqi models).")
 @one_line_errors
-def evaluate(names: tuple[str, ...], manifest: str, split: str, weights_dir: str | None, device: str,
-             json_path: str | None, record: bool) -> None:
-    """LCC, SRCC and MSE against true labels on the validation packages, by family and severity."""
+def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ...], weights_dir: str | None,
+             device: str, json_path: str | None, record: bool) -> None:
+    """LCC, SRCC, MSE and bias against the exact HAAQI on the validation splits: overall, per package,
+    degradation family, severity and profile, within-profile LCC/SRCC and the clean-normal mean."""
+    from haaqicli.data.labels import labelled_manifest
+    from haaqicli.errors import HaaqiError
     from haaqicli.train import evaluate_model, format_evaluation
 
-    results = [evaluate_model(name, manifest, split, weights_dir, device) for name in names]
+    path = _manifest(manifest)
+    labelled = labelled_manifest(Path(path))
+    labelled = labelled[labelled["label"].notna()]
+    present = [s for s in splits if (labelled["split"] == s).any()]
+    for split in splits:
+        if split not in present:
+            click.echo(f"split {split}: no labelled items in {path}, skipped", err=True)
+    if not present:
+        raise HaaqiError(f"{path}: no labelled items in split(s) {', '.join(splits)}")
+    results = [evaluate_model(name, path, split, weights_dir, device) for split in present for name in names]
     for result in results:
         click.echo(format_evaluation(result))
         click.echo("")
@@ -108,5 +129,5 @@ def evaluate(names: tuple[str, ...], manifest: str, split: str, weights_dir: str
         from haaqicli.models.registry import record_metrics
 
         for result in results:
-            record_metrics(result["model"], split, {**result["overall"], "packages": result["packages"]},
+            record_metrics(result["model"], result["split"], {**result["overall"], "packages": result["packages"]},
                            weights_dir)

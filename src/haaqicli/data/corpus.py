@@ -4,11 +4,18 @@ Layout (all under ``data/``, git-ignored)::
 
     data/corpus/packages/<pkg>/...   audio files extracted from Debian packages (install-corpus.sh)
     data/corpus/rendered/<pkg>/...   MIDI packages rendered to FLAC with fluidsynth
-    data/manifest.parquet            one row per (clip, degradation, audiogram) item
+    data/manifest.parquet            one row per (clip, augmentation, degradation, audiogram, level) item
 
-An item is fully described by its manifest row: source file (+ sha256), offset, duration,
-recipe JSON and audiogram. :func:`materialise` regenerates (reference, processed, sr) from it
-bit-exactly, so no processed audio is ever stored.
+An item is fully described by its manifest row: source file (+ sha256), offset, duration, content
+augmentation JSON (see data.augment), degradation recipe JSON, audiogram and presentation level
+(``spl``, dB SPL of the reference). :func:`materialise` regenerates (reference, processed, sr) from it
+bit-exactly, so no processed audio is ever stored. The item id is a hash of all of it, the source
+audio's sha256 included, so a label attaches to exactly the audio it was computed on.
+
+Training items draw their audiogram, recipe, augmentation and level at random. Validation items
+(every split but ``train``) follow a fixed design instead, so evaluation can compare like with like:
+every clip x every profile of VALIDATION_PROFILES x the clip's variants (variant 0 is the clean clip),
+no content augmentation (they are the music as released).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import soundfile as sf
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import CLIP_SECONDS
 from haaqicli.data import audiograms as ag
+from haaqicli.data import augment as aug
 from haaqicli.data import degrade
 from haaqicli.data.packages import (
     TRAIN_PACKAGES,
@@ -49,11 +57,19 @@ SCAN_EXTENSIONS = frozenset({".ogg", ".oga", ".wav", ".flac", ".mp3", ".opus"})
 # Game packages hold many short sound effects; music tracks are longer than this.
 MIN_TRACK_SECONDS = 20.0
 
+# The columns of a manifest file (what regenerates an item, and what groups it in statistics).
 MANIFEST_COLUMNS: list[str] = [
-    "item_id", "clip_id", "package", "split", "source", "source_sha256", "offset_s", "duration_s",
-    "sample_rate", "recipe", "degradation", "audiogram", "ear", "audiogram_family", "severity",
-    "seed", "label", "label_seconds",
+    "item_id", "clip_id", "package", "split", "source", "source_sha256", "source_seconds", "offset_s",
+    "duration_s", "sample_rate", "clip_rms_db", "augment", "augmentation", "recipe", "degradation",
+    "audiogram", "ear", "audiogram_family", "profile", "severity", "spl", "seed",
 ]
+# Filled from the label shards (data.labels), never stored in a frozen manifest.
+LABEL_COLUMNS: list[str] = ["label", "label_seconds", "cep_high", "bm_sync5", "d_loud", "d_norm"]
+
+# Presentation level of the reference (dB SPL), drawn per item; the processed keeps its relative level.
+SPL_RANGE: tuple[float, float] = (50.0, 85.0)
+# Validation items: every clip is heard by each of these profiles (built-ins, both ears alike).
+VALIDATION_PROFILES: tuple[str, ...] = ("normal", "N1", "N2", "N3", "N4", "S1", "S2")
 
 
 def default_data_dir() -> Path:
@@ -87,6 +103,9 @@ class BuildConfig:
     recipe_weights: dict[str, float] | None = None
     packages: Sequence[str] | None = None  # restrict to these training packages
     skipped: list[str] = field(default_factory=list)
+    validation_variants: int = 4  # per validation clip: the clean clip + this many - 1 degradations
+    validation_clips_per_track: int = 4
+    augment: bool = True  # content augmentation of training references
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -140,8 +159,9 @@ def scan_corpus(corpus_dir: Path, packages: Sequence[str] | None = None,
 
 
 def read_segment(corpus_dir: Path, source: str, offset_s: float, duration_s: float,
-                 sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Mono float64 segment of a corpus file (mean of channels), exactly as the manifest names it."""
+                 sample_rate: int | None = None, left_weight: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float64 segment of a corpus file, exactly as the manifest names it: the mean of the
+    channels, or ``left_weight * left + (1 - left_weight) * right`` of a stereo file."""
     guard_path(source)
     path = Path(corpus_dir) / source
     try:
@@ -157,6 +177,9 @@ def read_segment(corpus_dir: Path, source: str, offset_s: float, duration_s: flo
         raise AudioError(f"{source}: cannot read ({str(error).splitlines()[0]})") from None
     if data.shape[0] < frames:
         raise AudioError(f"{source}: segment at {offset_s:.3f}s is shorter than {duration_s}s")
+    if left_weight is not None and data.shape[1] == 2:
+        w = float(left_weight)
+        return w * data[:, 0] + (1.0 - w) * data[:, 1], sr
     return data.mean(axis=1), sr
 
 
@@ -177,19 +200,26 @@ def is_loud_enough(x: np.ndarray, sr: int, min_active_fraction: float = 0.9, min
     return bool(np.mean(active) >= min_active_fraction)
 
 
-def cut_clips(corpus_dir: Path, track: Track, config: BuildConfig) -> list[float]:
-    """Seeded offsets (s) of loud-enough clips in a track, at most ``clips_per_track``.
+def _rms_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def cut_clips(corpus_dir: Path, track: Track, config: BuildConfig,
+              clips_per_track: int | None = None) -> list[tuple[float, float]]:
+    """Seeded (offset s, RMS dBFS of the mono clip) of loud-enough clips in a track, at most
+    ``clips_per_track`` (default: the config's).
 
     The track is split into non-overlapping slots; slots are visited in a seeded order with a
     seeded jitter, so the clips differ across tracks but a rebuild gives the same offsets.
     """
     rng = np.random.default_rng(_stable_seed(config.seed, "clips", track.source))
     clip = config.clip_seconds
+    wanted = clips_per_track or config.clips_per_track
     slots = int(track.duration_s // clip)
     if slots < 1:
         return []
-    offsets: list[float] = []
-    for slot in rng.permutation(slots)[: 3 * config.clips_per_track]:
+    offsets: list[tuple[float, float]] = []
+    for slot in rng.permutation(slots)[: 3 * wanted]:
         room = track.duration_s - clip * (slot + 1)
         jitter = rng.uniform(0.0, min(clip * 0.5, max(room, 0.0)))
         # Offsets on whole frames so offset_s * sr rounds back to the same frame.
@@ -200,22 +230,29 @@ def cut_clips(corpus_dir: Path, track: Track, config: BuildConfig) -> list[float
         except AudioError:
             continue
         if is_loud_enough(x, sr, config.min_active_fraction, config.min_clip_dbfs):
-            offsets.append(offset)
-        if len(offsets) >= config.clips_per_track:
+            offsets.append((offset, round(_rms_db(x), 4)))
+        if len(offsets) >= wanted:
             break
     return sorted(offsets)
 
 
-def _cap_per_package(clips: list[tuple[Track, float]], max_share: float, total: int) -> list[tuple[Track, float]]:
+@dataclass(frozen=True)
+class Clip:
+    track: Track
+    offset_s: float
+    rms_db: float  # of the mono clip as read (a cheap regeneration check)
+
+
+def _cap_per_package(clips: list[Clip], max_share: float, total: int) -> list[Clip]:
     """Keep at most ``max_share * total`` clips per package, round-robin over tracks."""
-    by_pkg: dict[str, dict[str, list[tuple[Track, float]]]] = defaultdict(lambda: defaultdict(list))
-    for track, offset in clips:
-        by_pkg[track.package][track.source].append((track, offset))
+    by_pkg: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
+    for clip in clips:
+        by_pkg[clip.track.package][clip.track.source].append(clip)
     cap = max(1, int(np.ceil(max_share * total)))
-    kept: list[tuple[Track, float]] = []
+    kept: list[Clip] = []
     for pkg in sorted(by_pkg):
         per_track = [list(v) for _, v in sorted(by_pkg[pkg].items())]
-        taken: list[tuple[Track, float]] = []
+        taken: list[Clip] = []
         while len(taken) < cap and any(per_track):
             for queue in per_track:
                 if queue and len(taken) < cap:
@@ -224,86 +261,171 @@ def _cap_per_package(clips: list[tuple[Track, float]], max_share: float, total: 
     return kept
 
 
-def make_items(track: Track, offset: float, sha: str, config: BuildConfig, n_variants: int,
-               has_ffmpeg: bool | None = None) -> list[dict[str, Any]]:
-    """Manifest rows for one clip: each variant draws its own recipe and audiogram."""
-    clip_id = hashlib.sha1(f"{track.source}@{offset:.6f}".encode()).hexdigest()[:12]
+def item_id_of(source_sha256: str, offset_s: float, duration_s: float, augment_json: str, recipe_json: str,
+               audiogram: Sequence[float], spl: float) -> str:
+    """The id of an item: a hash of everything that makes its audio and label (the source audio's
+    sha256, the clip, augmentation, recipe, audiogram and level), so a label found under an id is a
+    label of exactly this item, whatever manifest or corpus build it came from."""
+    text = "|".join([source_sha256, f"{offset_s:.6f}", f"{duration_s:.6f}", augment_json, recipe_json,
+                     ",".join(f"{float(v):.1f}" for v in audiogram), f"{spl:.1f}"])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _clip_id(sha: str, offset: float) -> str:
+    return hashlib.sha1(f"{sha}@{offset:.6f}".encode()).hexdigest()[:12]
+
+
+def _row(clip: Clip, sha: str, config: BuildConfig, augment: Mapping[str, Any], recipe: Mapping[str, Any],
+         gram: ag.SampledAudiogram, spl: float, seed: int, profile: str = "") -> dict[str, Any]:
+    track = clip.track
+    augment_json = degrade.recipe_to_json(augment)
+    recipe_json = degrade.recipe_to_json(recipe)
+    return {
+        "item_id": item_id_of(sha, clip.offset_s, config.clip_seconds, augment_json, recipe_json, gram.levels, spl),
+        "clip_id": _clip_id(sha, clip.offset_s),
+        "package": track.package,
+        "split": split_of(track.package),
+        "source": track.source,
+        "source_sha256": sha,
+        "source_seconds": round(float(track.duration_s), 3),
+        "offset_s": float(clip.offset_s),
+        "duration_s": float(config.clip_seconds),
+        "sample_rate": int(track.sample_rate),
+        "clip_rms_db": float(clip.rms_db),
+        "augment": augment_json,
+        "augmentation": aug.augmentation_kind(augment),
+        "recipe": recipe_json,
+        "degradation": degrade.recipe_kind(recipe),
+        "audiogram": list(gram.levels),
+        "ear": gram.ear,
+        "audiogram_family": gram.family,
+        "profile": profile,
+        "severity": gram.severity,
+        "spl": float(spl),
+        "seed": int(seed),
+    }
+
+
+def _spl(rng: np.random.Generator) -> float:
+    return round(float(rng.uniform(*SPL_RANGE)), 1)
+
+
+def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_ffmpeg: bool | None = None,
+               partners: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Manifest rows of one training clip: each variant draws its own augmentation, recipe, audiogram
+    and level from a seed of (build seed, clip, variant), so more variants keep the earlier ones.
+    ``partners``: clips of the same split and rate a mix may add (the clip itself excluded)."""
+    clip_id = _clip_id(sha, clip.offset_s)
     rows = []
     for variant in range(n_variants):
         seed = _stable_seed(config.seed, "item", clip_id, variant) & (2**31 - 1)
         rng = np.random.default_rng(seed)
-        recipe = degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg)
+        recipe = degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
+                                       sample_rate=clip.track.sample_rate)
         gram = ag.sample_audiogram(rng)
-        recipe_json = degrade.recipe_to_json(recipe)
-        # The id fingerprints recipe + audiogram, so label shards stay valid across rebuilds
-        # (same id <=> same clip, degradation and listener) even if weights or the corpus change.
-        fingerprint = hashlib.sha1(f"{recipe_json}|{gram.levels}".encode()).hexdigest()[:6]
-        rows.append({
-            "item_id": f"{clip_id}-{variant:02d}-{fingerprint}",
-            "clip_id": clip_id,
-            "package": track.package,
-            "split": split_of(track.package),
-            "source": track.source,
-            "source_sha256": sha,
-            "offset_s": float(offset),
-            "duration_s": float(config.clip_seconds),
-            "sample_rate": int(track.sample_rate),
-            "recipe": recipe_json,
-            "degradation": degrade.recipe_kind(recipe),
-            "audiogram": list(gram.levels),
-            "ear": gram.ear,
-            "audiogram_family": gram.family,
-            "severity": gram.severity,
-            "seed": int(seed),
-            "label": float("nan"),
-            "label_seconds": float("nan"),
-        })
+        spl = _spl(rng)
+        augment: dict[str, Any] = {}
+        if config.augment:
+            partner = partners[int(rng.integers(len(partners)))] if partners else None
+            augment = aug.sample_augmentation(rng, clip.track.channels == 2, partner)
+        rows.append(_row(clip, sha, config, augment, recipe, gram, spl, seed))
+    return rows
+
+
+def profile_audiogram(name: str) -> ag.SampledAudiogram:
+    """A built-in profile as a validation listener (left ear; the built-ins are symmetric)."""
+    from haaqicli.audiogram import BUILTIN_PROFILES
+
+    levels = tuple(float(v) for v in BUILTIN_PROFILES[name].left.levels)
+    return ag.SampledAudiogram(levels, "normal" if name == "normal" else f"bisgaard:{name}", "left")
+
+
+def make_validation_items(clip: Clip, sha: str, config: BuildConfig, has_ffmpeg: bool | None = None) -> list[dict[str, Any]]:
+    """Every profile x every variant of one validation clip: variant 0 is the clean clip, the others
+    draw a recipe; a variant's level is drawn once, so all profiles hear the same pair at the same level."""
+    clip_id = _clip_id(sha, clip.offset_s)
+    grams = [(name, profile_audiogram(name)) for name in VALIDATION_PROFILES]
+    rows = []
+    for variant in range(config.validation_variants):
+        seed = _stable_seed(config.seed, "validation", clip_id, variant) & (2**31 - 1)
+        rng = np.random.default_rng(seed)
+        recipe = ({"type": "identity"} if variant == 0 else
+                  degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
+                                        sample_rate=clip.track.sample_rate))
+        spl = _spl(rng)
+        rows.extend(_row(clip, sha, config, {}, recipe, gram, spl, seed, profile=name) for name, gram in grams)
     return rows
 
 
 def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False) -> pd.DataFrame:
-    """Scan, cut clips, cap per package, draw items. Deterministic for a given corpus and config."""
+    """Scan, cut clips, draw items: the validation splits' fixed design first, then training items
+    up to ``config.items`` in all. Deterministic for a given corpus and config."""
     tracks = scan_corpus(corpus_dir, config.packages, skipped=config.skipped)
     if not tracks:
         raise DatasetError(f"{corpus_dir}: no training music found (run `make corpus` first)")
-    n_clips = int(np.ceil(config.items / config.variants_per_clip))
-    clips: list[tuple[Track, float]] = []
+    train_clips: list[Clip] = []
+    validation_clips: list[Clip] = []
     iterator: Any = tracks
     if progress:
         from rich.progress import track as rich_track
 
         iterator = rich_track(tracks, description="cutting clips")
     for tr in iterator:
-        clips.extend((tr, off) for off in cut_clips(corpus_dir, tr, config))
-    clips = _cap_per_package(clips, config.max_package_share, n_clips)
-    rng = np.random.default_rng(_stable_seed(config.seed, "select"))
-    if len(clips) > n_clips:
-        keep = np.sort(rng.choice(len(clips), size=n_clips, replace=False))
-        clips = [clips[i] for i in keep]
-    # More variants per clip when the corpus has fewer clips than asked for.
-    variants = max(config.variants_per_clip, int(np.ceil(config.items / max(len(clips), 1))))
+        if split_of(tr.package) == "train":
+            train_clips.extend(Clip(tr, off, db) for off, db in cut_clips(corpus_dir, tr, config))
+        else:
+            validation_clips.extend(Clip(tr, off, db) for off, db in
+                                    cut_clips(corpus_dir, tr, config, config.validation_clips_per_track))
     hashes: dict[str, str] = {}
+
+    def sha(clip: Clip) -> str:
+        if clip.track.source not in hashes:
+            hashes[clip.track.source] = sha256_file(Path(corpus_dir) / clip.track.source)
+        return hashes[clip.track.source]
+
     rows: list[dict[str, Any]] = []
-    for tr, off in clips:
-        if tr.source not in hashes:
-            hashes[tr.source] = sha256_file(Path(corpus_dir) / tr.source)
-        rows.extend(make_items(tr, off, hashes[tr.source], config, variants))
-    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    if len(df) > config.items:
-        df = df.iloc[np.sort(rng.choice(len(df), size=config.items, replace=False))]
-    return df.reset_index(drop=True)
+    for clip in validation_clips:
+        rows.extend(make_validation_items(clip, sha(clip), config))
+    n_train = max(0, config.items - len(rows))
+    n_clips = int(np.ceil(n_train / config.variants_per_clip))
+    train_clips = _cap_per_package(train_clips, config.max_package_share, n_clips)
+    rng = np.random.default_rng(_stable_seed(config.seed, "select"))
+    if len(train_clips) > n_clips:
+        keep = np.sort(rng.choice(len(train_clips), size=n_clips, replace=False))
+        train_clips = [train_clips[i] for i in keep]
+    # More variants per clip when the corpus has fewer clips than asked for.
+    variants = max(config.variants_per_clip, int(np.ceil(n_train / max(len(train_clips), 1))))
+    by_rate: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for clip in train_clips:
+        by_rate[clip.track.sample_rate].append({"source": clip.track.source, "source_sha256": sha(clip),
+                                                "offset_s": clip.offset_s})
+    train_rows: list[dict[str, Any]] = []
+    for clip in train_clips if n_train else []:
+        partners = [p for p in by_rate[clip.track.sample_rate] if p["source"] != clip.track.source]
+        train_rows.extend(make_items(clip, sha(clip), config, variants, partners=partners))
+    if len(train_rows) > n_train:
+        train_rows = [train_rows[i] for i in np.sort(rng.choice(len(train_rows), size=n_train, replace=False))]
+    df = pd.DataFrame(rows + train_rows, columns=MANIFEST_COLUMNS)
+    return df.drop_duplicates("item_id").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------
 # manifest I/O and regeneration
 
 
-def write_manifest(df: pd.DataFrame, path: Path) -> None:
-    """Atomic Parquet write (tmp + os.replace), so a crash never leaves half a manifest."""
+def write_manifest(df: pd.DataFrame, path: Path, compact: bool = False) -> None:
+    """Atomic Parquet write (tmp + os.replace), so a crash never leaves half a manifest. ``compact``:
+    the items only (no label columns), zstd-compressed, as a frozen manifest is committed."""
+    if compact:
+        df = df[[c for c in MANIFEST_COLUMNS if c in df.columns]]
+        atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False, compression="zstd",
+                                                           compression_level=19))
+        return
     atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest's items, with empty label columns where the file has none (labels live in shards)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: manifest not found (run `haaqi dataset build`)")
@@ -313,24 +435,54 @@ def read_manifest(path: Path) -> pd.DataFrame:
         raise DatasetError(f"{path}: unreadable manifest ({str(error).splitlines()[0]})") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
-        raise DatasetError(f"{path}: manifest lacks columns {missing}")
+        raise DatasetError(f"{path}: manifest lacks columns {missing} (built by an older version: rebuild it "
+                           "with `make dataset`)")
+    for column in LABEL_COLUMNS:
+        if column not in df.columns:
+            df[column] = np.nan
     for pkg in df["package"].unique():
         guard_package(str(pkg))
     return df
 
 
+def json_field(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return json.loads(value) if value else {}
+    return dict(value or {})
+
+
+def read_reference(item: Mapping[str, Any], corpus_dir: Path) -> tuple[np.ndarray, int]:
+    """The item's clean reference: the clip folded to mono, then its content augmentation."""
+    augment = json_field(item.get("augment", ""))
+    sr_expected = int(item["sample_rate"])
+    clip, sr = read_segment(corpus_dir, str(item["source"]), float(item["offset_s"]), float(item["duration_s"]),
+                            sr_expected, left_weight=augment.get("downmix"))
+
+    def partner(mix: Mapping[str, Any]) -> np.ndarray:
+        guard_path(str(mix["source"]))
+        return read_segment(corpus_dir, str(mix["source"]), float(mix["offset_s"]), float(item["duration_s"]),
+                            sr_expected)[0]
+
+    return aug.apply_augmentation(clip, sr, augment, partner), sr
+
+
 def materialise(item: Mapping[str, Any], corpus_dir: Path, verify_sha: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Regenerate (reference, processed, sr) of a manifest row, bit-exactly, as float32 arrays.
 
-    The reference is the mono clip at the source level and rate; processed is the degraded clip.
+    The reference is the augmented mono clip at the source level and rate; processed is the degraded
+    reference. Levels are digital: the item's ``spl`` says how loud the reference is presented.
     """
     guard_package(str(item["package"]))
     if verify_sha:
-        actual = sha256_file(Path(corpus_dir) / str(item["source"]))
-        if actual != item["source_sha256"]:
-            raise DatasetError(f"{item['source']}: sha256 differs from the manifest (corpus changed)")
-    ref, sr = read_segment(corpus_dir, str(item["source"]), float(item["offset_s"]), float(item["duration_s"]),
-                           int(item["sample_rate"]))
+        sources = [(str(item["source"]), str(item["source_sha256"]))]
+        mix = json_field(item.get("augment", "")).get("mix")
+        if mix:
+            sources.append((str(mix["source"]), str(mix["source_sha256"])))
+        for source, expected in sources:
+            guard_path(source)
+            if sha256_file(Path(corpus_dir) / source) != expected:
+                raise DatasetError(f"{source}: sha256 differs from the manifest (corpus changed)")
+    ref, sr = read_reference(item, corpus_dir)
     recipe = item["recipe"]
     if isinstance(recipe, str):
         recipe = json.loads(recipe)

@@ -83,32 +83,56 @@ def _ffmpeg() -> str:
 # processes: each takes (x, sr, recipe, audiogram) and returns a signal of the same length
 
 # codec -> (ffmpeg encoder, container extension, extra args, bitrates kb/s). We code mono, so the
-# ladder reaches lower than Kasperuk & Zielinski's stereo 24-320 kb/s to cover the same per-channel rates.
+# ladder reaches lower than Kasperuk & Zielinski's stereo 24-320 kb/s, down to each codec's lowest
+# bitrates that users meet (Opus 6 kb/s, AAC 16 kb/s, MP3 8 kb/s).
 CODECS: dict[str, tuple[str, str, tuple[str, ...], tuple[int, ...]]] = {
     "mp2": ("mp2", "mp2", (), (32, 48, 64, 80, 96, 128, 160, 192)),
     "mp3": ("libmp3lame", "mp3", (), (8, 16, 24, 32, 48, 64, 96, 128, 192, 320)),
-    "aac": ("aac", "aac", ("-f", "adts"), (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)),
+    "aac": ("aac", "aac", ("-f", "adts"), (16, 20, 24, 32, 48, 64, 96, 128, 192, 256)),
     "vorbis": ("libvorbis", "ogg", (), (32, 48, 64, 96, 128, 192)),
-    "opus": ("libopus", "opus", (), (8, 12, 16, 24, 32, 48, 64, 96, 128, 256)),
+    "opus": ("libopus", "opus", (), (6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 256)),
 }
+# MPEG audio has one bitrate table per sample-rate family: MPEG-1 (32-48 kHz) starts at 32 kb/s, so
+# libmp3lame silently codes `-b:a 8k` at 44.1 kHz as 32 kb/s. Below 32 kb/s the encoder runs at a
+# MPEG-2/2.5 rate whose table holds the bitrate (8 kb/s at 8 kHz, as LAME's own presets do).
+MP3_LOW_RATES: dict[int, int] = {8: 8000, 16: 16000, 24: 24000}
+
+
+def encode_rate(name: str, bitrate: int, sr: int) -> int:
+    """The sample rate a codec recipe encodes at: Opus only codes 48 kHz; low MP3 bitrates need an
+    MPEG-2/2.5 rate (see MP3_LOW_RATES); unusual source rates are coded at 48 kHz."""
+    if name == "opus":
+        return 48000
+    if name == "mp3" and int(bitrate) in MP3_LOW_RATES:
+        return MP3_LOW_RATES[int(bitrate)]
+    return sr if sr in (44100, 48000) else 48000
+
+
+def encoded_bitrate(path: str | Path, seconds: float) -> float:
+    """The bitrate (kb/s) an encoded file really has: its size over the signal's duration."""
+    return os.path.getsize(path) * 8 / 1000 / seconds
 
 
 def codec(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarray | None = None) -> np.ndarray:
     """Encode + decode with ffmpeg at ``recipe['bitrate']`` kb/s, then align back onto the input."""
+    return _codec_round_trip(x, sr, recipe)[0]
+
+
+def _codec_round_trip(x: np.ndarray, sr: int, recipe: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """(decoded signal aligned onto ``x``, the encoded file's real bitrate in kb/s)."""
     name = recipe["codec"]
     encoder, ext, extra, _ = CODECS[name]
     exe = _ffmpeg()
     peak = float(np.max(np.abs(x))) or 1.0
     # Encode at a safe digital level (codecs clip at full scale), undo the gain after decoding.
     gain = 0.5 / peak
+    rate = int(recipe.get("rate_hz") or encode_rate(name, int(recipe["bitrate"]), sr))
     with tempfile.TemporaryDirectory(prefix="haaqi-codec-") as tmp:
         src = os.path.join(tmp, "in.wav")
         enc = os.path.join(tmp, f"enc.{ext}")
         dec = os.path.join(tmp, "dec.wav")
         sf.write(src, (x * gain).astype(np.float32), sr, subtype="FLOAT")
-        # Opus only codes 48 kHz; unusual source rates are coded at 48 kHz too, so every bitrate
-        # of every ladder is valid (MPEG low-sample-rate modes have other bitrate tables).
-        enc_rate = ["-ar", "48000"] if name == "opus" or sr not in (44100, 48000) else []
+        enc_rate = ["-ar", str(rate)] if rate != sr else []
         common = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1"]
         try:
             subprocess.run(
@@ -123,10 +147,11 @@ def codec(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarr
         except subprocess.CalledProcessError as error:
             last = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
             raise AudioError(f"ffmpeg {name} at {recipe['bitrate']} kb/s failed: {last[0]}") from None
+        actual = encoded_bitrate(enc, len(x) / sr)
         decoded, _ = sf.read(dec, dtype="float64", always_2d=True)
     decoded = decoded[:, 0] / gain
     aligned, _ = align_to(x, decoded, max_lag=min(len(x) // 4, int(0.1 * sr)))
-    return aligned
+    return aligned, actual
 
 
 def lowpass(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarray | None = None) -> np.ndarray:
@@ -284,6 +309,61 @@ def dropouts(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.nd
     return y
 
 
+def packet_loss(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarray | None = None) -> np.ndarray:
+    """Lost packets of ``packet_ms`` in bursts (a two-state Gilbert-Elliott channel: ``loss_rate`` of
+    the packets lost, ``burst`` packets per loss on average), concealed as a streaming decoder would:
+    silence (``conceal="zero"``) or the last good packet repeated and fading (``"repeat"``)."""
+    rng = _rng(recipe)
+    size = max(1, int(round(float(recipe["packet_ms"]) / 1000.0 * sr)))
+    n_packets = -(-len(x) // size)
+    rate = float(recipe["loss_rate"])
+    burst = max(1.0, float(recipe.get("burst", 1.0)))
+    leave = 1.0 / burst  # P(lost -> good): mean burst length `burst` packets
+    enter = min(1.0, rate * leave / max(1e-9, 1.0 - rate))  # stationary loss share = rate
+    lost = np.zeros(n_packets, dtype=bool)
+    state = False
+    for i, u in enumerate(rng.random(n_packets)):
+        state = (u >= leave) if state else (u < enter)
+        lost[i] = state
+    y = x.copy()
+    repeat = recipe.get("conceal", "zero") == "repeat"
+    run = 0
+    for i in np.flatnonzero(lost) if not repeat else range(n_packets):
+        start, stop = i * size, min(len(x), (i + 1) * size)
+        if not repeat:
+            y[start:stop] = 0.0
+            continue
+        if not lost[i]:
+            run = 0
+            continue
+        run += 1
+        previous = y[max(0, start - size) : start]
+        if len(previous) < stop - start:
+            y[start:stop] = 0.0
+            continue
+        y[start:stop] = previous[: stop - start] * 0.6**run
+    return y
+
+
+def limiter(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarray | None = None) -> np.ndarray:
+    """A mastering limiter: ``drive_db`` of gain into a ceiling at the input's peak (look-ahead peak
+    hold, ``release_ms`` recovery, a final safety clip), then the input RMS restored."""
+    peak = float(np.max(np.abs(x))) or 1.0
+    y = x * 10 ** (float(recipe["drive_db"]) / 20.0)
+    look = max(1, int(0.005 * sr))
+    need = np.minimum(1.0, peak / np.maximum(np.abs(y), 1e-12))
+    # The gain a sample needs is held over the look-ahead window before it, so the gain is down in time.
+    from scipy.ndimage import minimum_filter1d
+
+    held = minimum_filter1d(need, size=2 * look + 1, mode="nearest")
+    alpha = np.exp(-1.0 / (float(recipe.get("release_ms", 100.0)) / 1000.0 * sr))
+    # Instant attack, exponential release: the running min of (held, released previous gain).
+    smooth = signal.lfilter([1 - alpha], [1, -alpha], held, zi=[alpha * held[0]])[0]
+    gain = np.minimum(held, smooth)
+    out = np.clip(y * gain, -peak, peak)
+    return out * (_rms(x) / (_rms(out) or 1.0))
+
+
 def level(x: np.ndarray, sr: int, recipe: Mapping[str, Any], audiogram: np.ndarray | None = None) -> np.ndarray:
     """Gain in dB, optionally a linear ramp from ``gain_db`` to ``end_gain_db`` over the clip."""
     start = float(recipe["gain_db"])
@@ -335,6 +415,8 @@ PROCESSES: dict[str, Callable[..., np.ndarray]] = {
     "resonance": resonance,
     "reverb": reverb,
     "dropouts": dropouts,
+    "packet_loss": packet_loss,
+    "limiter": limiter,
     "level": level,
     "nalr": nalr,
 }
@@ -382,20 +464,29 @@ RECIPE_WEIGHTS: dict[str, float] = {
     "tilt": 0.04,
     "resonance": 0.04,
     "reverb": 0.05,
-    "dropouts": 0.03,
+    "dropouts": 0.02,
+    "packet_loss": 0.04,
     "level": 0.03,
     "nalr": 0.06,
     "cascade": 0.10,
 }
 
 
-def _draw(rng: np.random.Generator, kind: str, has_ffmpeg: bool) -> Recipe:
+# Share of cascades with three steps (the rest have two).
+CASCADE_OF_THREE = 0.35
+
+
+def _draw(rng: np.random.Generator, kind: str, has_ffmpeg: bool, sample_rate: int | None = None) -> Recipe:
     seed = int(rng.integers(0, 2**31 - 1))
     if kind == "identity":
         return {"type": "identity"}
     if kind == "codec":
         name = str(rng.choice(sorted(CODECS)))
-        return {"type": "codec", "codec": name, "bitrate": int(rng.choice(CODECS[name][3]))}
+        bitrate = int(rng.choice(CODECS[name][3]))
+        recipe: Recipe = {"type": "codec", "codec": name, "bitrate": bitrate}
+        if sample_rate is not None:  # recorded, so the manifest says at what rate the bitrate was coded
+            recipe["rate_hz"] = encode_rate(name, bitrate, int(sample_rate))
+        return recipe
     if kind == "lowpass":
         return {"type": "lowpass", "cutoff_hz": float(rng.choice([3500.0, 5000.0, 7500.0, 9000.0]))}
     if kind == "highpass":
@@ -404,7 +495,8 @@ def _draw(rng: np.random.Generator, kind: str, has_ffmpeg: bool) -> Recipe:
         return {"type": "noise", "kind": str(rng.choice(["white", "pink", "babble"])),
                 "snr_db": float(rng.choice([-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 30.0])), "seed": seed}
     if kind == "clipping":
-        return {"type": "clipping", "threshold": round(float(rng.uniform(0.03, 0.7)), 3),
+        # Down to 10% of the peak, log-uniform: strong clipping is as common as mild.
+        return {"type": "clipping", "threshold": round(float(np.exp(rng.uniform(np.log(0.1), np.log(0.9)))), 3),
                 "mode": str(rng.choice(["hard", "soft"]))}
     if kind == "bitdepth":
         return {"type": "bitdepth", "bits": int(rng.integers(3, 13))}
@@ -422,14 +514,18 @@ def _draw(rng: np.random.Generator, kind: str, has_ffmpeg: bool) -> Recipe:
                  for _ in range(int(rng.integers(1, 4)))]
         return {"type": "resonance", "peaks": peaks}
     if kind == "reverb":
-        return {"type": "reverb", "rt60_s": round(float(rng.uniform(0.2, 3.0)), 2),
-                "drr_db": round(float(rng.uniform(-10.0, 10.0)), 1), "seed": seed}
+        return {"type": "reverb", "rt60_s": round(float(rng.uniform(0.3, 2.5)), 2),
+                "drr_db": round(float(rng.uniform(-5.0, 15.0)), 1), "seed": seed}
+    if kind == "packet_loss":
+        return {"type": "packet_loss", "packet_ms": float(rng.choice([10.0, 20.0, 40.0])),
+                "loss_rate": round(float(rng.uniform(0.01, 0.2)), 3), "burst": round(float(rng.uniform(1.0, 4.0)), 2),
+                "conceal": str(rng.choice(["zero", "repeat"])), "seed": seed}
     if kind == "dropouts":
         return {"type": "dropouts", "count": int(rng.integers(1, 12)), "min_ms": 10.0,
                 "max_ms": float(rng.choice([50.0, 100.0, 250.0])), "seed": seed}
     if kind == "level":
         g = round(float(rng.uniform(-20.0, 15.0)), 1)
-        recipe: Recipe = {"type": "level", "gain_db": g}
+        recipe = {"type": "level", "gain_db": g}
         if rng.random() < 0.3:
             recipe["end_gain_db"] = round(float(rng.uniform(-20.0, 15.0)), 1)
         return recipe
@@ -439,9 +535,11 @@ def _draw(rng: np.random.Generator, kind: str, has_ffmpeg: bool) -> Recipe:
 
 
 def sample_recipe(
-    rng: np.random.Generator, weights: Mapping[str, float] | None = None, has_ffmpeg: bool | None = None
+    rng: np.random.Generator, weights: Mapping[str, float] | None = None, has_ffmpeg: bool | None = None,
+    sample_rate: int | None = None,
 ) -> Recipe:
-    """Draw one recipe. Without ffmpeg, codec recipes are not drawn (their weight is dropped)."""
+    """Draw one recipe. Without ffmpeg, codec recipes are not drawn (their weight is dropped). A cascade
+    chains two or three different kinds. ``sample_rate`` (the source's) records codecs' encode rates."""
     weights = dict(RECIPE_WEIGHTS if weights is None else weights)
     if has_ffmpeg is None:
         has_ffmpeg = shutil.which("ffmpeg") is not None
@@ -453,9 +551,10 @@ def sample_recipe(
     if kind == "cascade":
         single = [k for k in names if k not in ("cascade", "identity")]
         q = np.asarray([weights[k] for k in single], dtype=float)
-        first, second = rng.choice(single, size=2, replace=False, p=q / q.sum())
-        return {"type": "cascade", "steps": [_draw(rng, str(first), has_ffmpeg), _draw(rng, str(second), has_ffmpeg)]}
-    return _draw(rng, kind, has_ffmpeg)
+        count = min(len(single), 3 if rng.random() < CASCADE_OF_THREE else 2)
+        kinds = rng.choice(single, size=count, replace=False, p=q / q.sum())
+        return {"type": "cascade", "steps": [_draw(rng, str(k), has_ffmpeg, sample_rate) for k in kinds]}
+    return _draw(rng, kind, has_ffmpeg, sample_rate)
 
 
 def recipe_kind(recipe: Mapping[str, Any]) -> str:

@@ -1,17 +1,25 @@
-"""Training arrays from a labelled manifest (cached per item as .npy under data/cache/items/).
+"""Training arrays from a labelled manifest: one int16 memory-mapped cache per split.
 
-Waves are the processed clips, mono float32 at ``sample_rate``, scaled by the level convention
-(processed * REFERENCE_RMS / rms(reference)), so the model hears level changes the degradation
-made exactly as the label did (reference at 65 dB SPL). Resampling is the same torchaudio filter
-`haaqi score` uses, so training and inference inputs match.
+Waves are the processed clips, mono at ``sample_rate``, presented at the item's level as `haaqi
+score --spl L` presents a file: the reference at the item's ``spl`` (RMS REFERENCE_RMS * 10**((L-65)/20),
+the level convention), the processed at its level relative to the reference, so the model hears
+level changes the degradation made exactly as the label did. Resampling is the same torchaudio
+filter `haaqi score` uses, so training and inference inputs match.
 
-The labeller writes each item's model input while it has the audio at hand (`save_item_input`),
-so building the training arrays later costs no second regeneration (codecs are slow).
+Storage: one (items, samples) int16 ``.npy`` per split and item set under ``data/cache/splits``,
+holding every item of the split in the manifest (labelled or not, so it survives new labels), with
+one float32 scale per row (NaN: not yet written). A row is its input divided by its own scale (the
+peak over 32767), so every clip keeps the full 16-bit resolution whatever its level. There is no
+second per-item copy: the labeller writes each item's row while it has the audio at hand, and
+training regenerates only the rows still missing. The file is sparse until rows are written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +27,24 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from haaqicli.atomic import atomic_write
-from haaqicli.constants import MODEL_SAMPLE_RATE, REFERENCE_RMS
+from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE, REFERENCE_RMS
 from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
 
+INT16_FULL_SCALE = 32767.0
+
+
+def presentation_gain(reference: np.ndarray, spl: float = DEFAULT_SPL) -> float:
+    """The gain that presents ``reference`` at ``spl`` dB SPL in the model's calibration."""
+    rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
+    return REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20.0) / max(rms, 1e-12)
+
 
 def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_rate: int = MODEL_SAMPLE_RATE,
-                length: int | None = None) -> np.ndarray:
-    """Processed clip at the model rate and level convention, padded/trimmed to ``length``."""
-    rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
-    x = processed.astype(np.float64) * (REFERENCE_RMS / max(rms, 1e-12))
+                length: int | None = None, spl: float = DEFAULT_SPL) -> np.ndarray:
+    """Processed clip at the model rate, presented as the label hears it (reference at ``spl``),
+    padded/trimmed to ``length``."""
+    x = processed.astype(np.float64) * presentation_gain(reference, spl)
     if sr != sample_rate:
         from haaqicli.audio import resample
 
@@ -40,49 +56,125 @@ def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_ra
     return x.astype(np.float32)
 
 
-def item_cache_path(cache_dir: str | Path, item_id: str, sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
-    return Path(cache_dir) / "items" / str(sample_rate) / f"{item_id}.npy"
+def to_int16(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(int16 samples, scale) with ``samples * scale`` ~ ``x``: the peak maps to full scale."""
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    scale = peak / INT16_FULL_SCALE if peak > 0 else 1.0
+    return np.round(np.asarray(x, dtype=np.float64) / scale).astype(np.int16), scale
 
 
-def save_item_input(cache_dir: str | Path, item_id: str, reference: np.ndarray, processed: np.ndarray, sr: int,
-                    sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
-    """Write one item's model input atomically (safe with several labelling processes)."""
-    data = model_input(reference, processed, sr, sample_rate)
-    return atomic_write(item_cache_path(cache_dir, item_id, sample_rate), lambda tmp: np.save(tmp, data),
-                        keep_suffix=True)
+def item_input(item: dict, corpus_dir: Path, sample_rate: int, length: int) -> tuple[np.ndarray, float]:
+    """One manifest item's model input, regenerated, as (int16 row, scale)."""
+    ref, proc, sr = materialise(item, corpus_dir)
+    return to_int16(model_input(ref, proc, sr, sample_rate, length, float(item.get("spl", DEFAULT_SPL))))
 
 
-def _ensure_cached(row: dict, corpus: Path, cache: Path, sample_rate: int) -> None:
-    if not item_cache_path(cache, row["item_id"], sample_rate).is_file():
-        ref, proc, sr = materialise(row, corpus)
-        save_item_input(cache, row["item_id"], ref, proc, sr, sample_rate)
+class Int16Waves:
+    """Rows of a split cache as float32 (int16 x scale), read on demand: `waves[index]` -> (k, T)."""
+
+    def __init__(self, data: np.ndarray, scales: np.ndarray, rows: np.ndarray) -> None:
+        self.data, self.scales, self.rows = data, scales, np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), int(self.data.shape[1]))
+
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Sequence[int] | np.ndarray | slice | int) -> np.ndarray:
+        rows = self.rows[index]
+        return (self.data[rows].astype(np.float32) * self.scales[rows, None] if np.ndim(rows)
+                else self.data[rows].astype(np.float32) * self.scales[rows])
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
 
 
-def _split_waves(rows: list[dict], cache: Path, sample_rate: int, length: int, split: str) -> np.ndarray:
-    """All item inputs of a split as one read-only memory-mapped (N, length) float32 array.
+class SplitCache:
+    """The int16 model inputs of every manifest item of one split (see the module docstring)."""
 
-    A split of 30,000 clips is ~17 GB: as a memory map the page cache holds it and the kernel can
-    evict it, where an in-memory copy would leave no room for training on a 24 GB machine. The file is
-    keyed by the items and rate, so training, distillation and evaluation on the same labels share it;
-    older files of the same split (fewer labels) are removed when a new one is written.
-    """
-    key = hashlib.sha256("|".join([str(sample_rate), str(length), *(r["item_id"] for r in rows)]).encode())
-    folder = cache / "splits"
-    path = folder / f"{split}-{sample_rate}-{key.hexdigest()[:16]}.npy"
-    if not path.is_file():
+    def __init__(self, cache_dir: str | Path, split: str, item_ids: Iterable[str], length: int,
+                 sample_rate: int = MODEL_SAMPLE_RATE) -> None:
+        self.ids = sorted(str(i) for i in item_ids)
+        self.index = {item_id: i for i, item_id in enumerate(self.ids)}
+        self.length, self.sample_rate, self.split = int(length), int(sample_rate), split
+        key = hashlib.sha256("|".join([str(sample_rate), str(length), *self.ids]).encode()).hexdigest()[:16]
+        self.folder = Path(cache_dir) / "splits"
+        self.path = self.folder / f"{split}-{sample_rate}-{key}.npy"
+        self.scale_path = self.folder / f"{split}-{sample_rate}-{key}.scale.npy"
+
+    @classmethod
+    def of_manifest(cls, cache_dir: str | Path, manifest: pd.DataFrame, split: str,
+                    sample_rate: int = MODEL_SAMPLE_RATE) -> SplitCache:
+        items = manifest[manifest["split"] == split]
+        length = int(round(float(items["duration_s"].max()) * sample_rate)) if len(items) else 0
+        return cls(cache_dir, split, items["item_id"], length, sample_rate)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f".{self.path.stem}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # labeller and training may both write rows
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _create(self) -> None:
         def write(tmp: Path) -> None:
-            waves = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), length))
-            for i, row in enumerate(rows):
-                x = np.load(item_cache_path(cache, row["item_id"], sample_rate))
-                waves[i, : min(length, len(x))] = x[:length]
-            waves.flush()
-            del waves
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(self.ids), self.length)).flush()
 
-        atomic_write(path, write, keep_suffix=True)
-        for stale in folder.glob(f"{split}-{sample_rate}-*.npy"):
-            if stale != path:
+        atomic_write(self.path, write, keep_suffix=True)
+        atomic_write(self.scale_path, lambda tmp: np.save(tmp, np.full(len(self.ids), np.nan, np.float32)),
+                     keep_suffix=True)
+        # Older files of this split (an earlier manifest) would only take disk.
+        for stale in self.folder.glob(f"{self.split}-{self.sample_rate}-*.npy"):
+            if stale not in (self.path, self.scale_path):
                 stale.unlink(missing_ok=True)
-    return np.load(path, mmap_mode="r")
+
+    def scales(self) -> np.ndarray:
+        """Per-row scales; NaN where a row is not written yet."""
+        if not self.scale_path.is_file():
+            return np.full(len(self.ids), np.nan, np.float32)
+        return np.load(self.scale_path)
+
+    def write(self, entries: Sequence[tuple[str, np.ndarray, float]]) -> None:
+        """Store (item_id, int16 row, scale) entries: the rows first, then their scales (a crash in
+        between leaves rows that count as missing, never a scale without its row)."""
+        entries = [e for e in entries if e[0] in self.index]
+        if not entries:
+            return
+        with self._locked():
+            if not self.path.is_file():
+                self._create()
+            data = np.load(self.path, mmap_mode="r+")
+            for item_id, row, _ in entries:
+                data[self.index[item_id], : min(self.length, len(row))] = row[: self.length]
+            data.flush()
+            del data
+            scales = self.scales()
+            for item_id, _, scale in entries:
+                scales[self.index[item_id]] = scale
+            atomic_write(self.scale_path, lambda tmp: np.save(tmp, scales), keep_suffix=True)
+
+    def waves(self, item_ids: Sequence[str]) -> Int16Waves:
+        scales = self.scales()
+        rows = np.asarray([self.index[i] for i in item_ids], dtype=np.int64)
+        if len(rows) and not np.all(np.isfinite(scales[rows])):
+            raise DatasetError(f"{self.path}: {int((~np.isfinite(scales[rows])).sum())} rows not written")
+        return Int16Waves(np.load(self.path, mmap_mode="r"), scales, rows)
+
+    def disk_bytes(self) -> int:
+        """Bytes the cache takes on disk (the array file is sparse until its rows are written)."""
+        return sum(p.stat().st_blocks * 512 for p in (self.path, self.scale_path) if p.is_file())
+
+
+def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
+    return [(row["item_id"], *item_input(row, corpus, sample_rate, length)) for row in rows]
 
 
 def load_split_arrays(
@@ -92,13 +184,11 @@ def load_split_arrays(
     corpus_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 2,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """(waves (N, T) float32, audiograms (N, 8) float32, labels (N,) float32, meta) for a split.
-
-    Only labelled items are used. Each item's input comes from the per-item cache, regenerated
-    (in `workers` processes) where the labeller did not write it. `waves` is a read-only memory map
-    of one .npy file per split and item set (see `_split_waves`).
-    """
+    log: object = None,
+) -> tuple[Int16Waves, np.ndarray, np.ndarray, pd.DataFrame]:
+    """(waves (N, T) float32 on read, audiograms (N, 8) float32, labels (N,) float32, meta) of a split's
+    labelled items. Rows the labeller did not write are regenerated (in `workers` processes) into the
+    split cache first. `log(text)` (e.g. print) hears the cache's disk use."""
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
     cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
@@ -109,17 +199,32 @@ def load_split_arrays(
     meta = meta.sort_values("item_id").reset_index(drop=True)
     if meta.empty:
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
-    length = int(round(float(meta["duration_s"].max()) * sample_rate))
+    store = SplitCache.of_manifest(cache, manifest, split, sample_rate)
+    scales = store.scales()
     rows = meta.to_dict(orient="records")
-    # Items the labeller did not cache are regenerated first, in parallel (codec items call ffmpeg);
-    # then every input is gathered into one array file.
-    missing = [row for row in rows if not item_cache_path(cache, row["item_id"], sample_rate).is_file()]
-    if missing and workers > 1:
-        Parallel(n_jobs=workers, prefer="processes")(
-            delayed(_ensure_cached)(row, corpus, cache, sample_rate) for row in missing)
-    for row in missing:
-        _ensure_cached(row, corpus, cache, sample_rate)  # no-op for items the workers wrote
-    waves = _split_waves(rows, cache, sample_rate, length, split)
+    missing = [row for row in rows if not np.isfinite(scales[store.index[row["item_id"]]])]
+    # Regenerated in chunks (codec items call ffmpeg), each chunk stored as it finishes.
+    chunk = 64
+    for start in range(0, len(missing), chunk):
+        part = missing[start : start + chunk]
+        if workers > 1:
+            groups = [part[i::workers] for i in range(workers)]
+            results = Parallel(n_jobs=workers, prefer="processes")(
+                delayed(_regenerate)(g, corpus, sample_rate, store.length) for g in groups if g)
+            store.write([entry for result in results for entry in result])
+        else:
+            store.write(_regenerate(part, corpus, sample_rate, store.length))
+    waves = store.waves(meta["item_id"].tolist())
+    if callable(log):
+        log(f"{split} cache: {len(meta)} labelled of {len(store.ids)} items, {store.path} takes "
+            f"{store.disk_bytes() / 1e9:.2f} GB on disk (int16)")
     audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
     labels = meta["label"].to_numpy(dtype=np.float32)
     return waves, audiograms, labels, meta
+
+
+def cache_disk_bytes(cache_dir: str | Path | None = None) -> int:
+    """Bytes all split caches take on disk."""
+    folder = Path(cache_dir if cache_dir is not None else default_data_dir() / "cache") / "splits"
+    return sum(p.stat().st_blocks * 512 for p in folder.glob("*.npy")) if folder.is_dir() else 0
+

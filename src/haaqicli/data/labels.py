@@ -1,14 +1,24 @@
-"""Resumable, parallel HAAQI labelling of manifest items.
+"""Resumable, parallel HAAQI labelling of manifest items into durable, append-only label shards.
 
-Labels follow the team convention: ``compute_haaqi(processed, reference, sr, sr, audiogram,
-equalisation=1, level1=65 - 20*log10(rms(reference)))`` with our ``haaqicli.reference``.
-Finished labels go to small shard files next to the manifest (written atomically every
-``flush_every`` items), so a killed job loses at most one shard; :func:`merge_shards` folds
-them into the manifest. Re-running skips every item that already has a label or a shard row.
+Labels follow the team convention: ``haaqi_terms(processed, reference, sr, sr, audiogram,
+equalisation=1, level1=spl - 20*log10(rms(reference)))`` with our ``haaqicli.reference``, where
+``spl`` is the item's presentation level (50-85 dB SPL, drawn per item; the processed keeps its level
+relative to the reference).
+
+Labels cost CPU hours, so they are kept where git can keep them: a frozen manifest (``haaqi dataset
+freeze``, e.g. ``labels/manifest.parquet``) and, beside it, ``<stem>.labels/shard-*.parquet``, each an
+immutable table of (item_id, label, cep_high, bm_sync5, d_loud, d_norm, label_seconds, error) with
+the clipped d_loud/d_norm that ``haaqi_terms`` returns. A run writes its results to one open shard
+(``open-*.parquet``, rewritten atomically every ``flush_every`` results, so a kill loses at most that
+many) and seals it into a new ``shard-*.parquet`` every ``shard_size`` results and at its end: a sealed
+shard is never rewritten, so commits only ever add files. A run adopts the open shards a killed run
+left behind. Re-running skips every item that has a row in any shard.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,10 +30,16 @@ import pandas as pd
 
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL
-from haaqicli.data.corpus import materialise, read_manifest, write_manifest
+from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
+from haaqicli.data.packages import DatasetError
 
-HaaqiFn = Callable[..., float]
-SHARD_COLUMNS = ["item_id", "label", "label_seconds", "error"]
+HaaqiFn = Callable[..., Any]
+TERMS = ("cep_high", "bm_sync5", "d_loud", "d_norm")
+SHARD_COLUMNS = ["item_id", "label", *TERMS, "label_seconds", "error"]
+# Labelling order of the splits when none is named: validation first, so calibration and
+# evaluation can start while the training items are still being labelled.
+SPLIT_ORDER = ("validation-real", "validation", "train")
+SHARD_SIZE = 2000
 
 
 def shard_dir(manifest_path: Path) -> Path:
@@ -34,37 +50,46 @@ def shard_dir(manifest_path: Path) -> Path:
 def _default_haaqi() -> HaaqiFn:
     import functools
 
-    from haaqicli.reference import compute_haaqi
+    from haaqicli.reference import haaqi_terms
 
     # The fast threshold-noise mode: within 2.1e-4 (max) / 3.1e-5 (mean) of pyclarity over the 52-case
     # oracle test, and ~25% cheaper per label than drawing pyclarity's exact stream (noise="pyclarity").
-    return functools.partial(compute_haaqi, noise="fast")
+    return functools.partial(haaqi_terms, noise="fast")
 
 
-def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any) -> dict[str, Any]:
-    """compute_haaqi keyword arguments of the label convention: reference presented at DEFAULT_SPL
-    (65 dB SPL), NAL-R on the reference (equalisation 1); the engine's default (fast) threshold-noise
-    mode and seed."""
+def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
+                    spl: float = DEFAULT_SPL) -> dict[str, Any]:
+    """compute_haaqi keyword arguments of the label convention: reference presented at ``spl`` dB SPL
+    (the processed at its level relative to the reference), NAL-R on the reference (equalisation 1);
+    the engine's default (fast) threshold-noise mode and seed."""
     rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     if rms <= 0:
         raise ValueError("silent reference")
     return {"processed": processed, "reference": reference, "processed_sr": sr, "reference_sr": sr,
             "audiogram": np.asarray(audiogram, dtype=float), "equalisation": 1,
-            "level1": DEFAULT_SPL - 20.0 * np.log10(rms)}
+            "level1": float(spl) - 20.0 * np.log10(rms)}
 
 
-def _apply(haaqi_fn: HaaqiFn | None, args: Mapping[str, Any]) -> float:
-    """haaqi_fn (default: ours) called as compute_haaqi(processed, reference, sr, sr, audiogram,
-    equalisation=..., level1=...)."""
+def _terms(value: Any) -> dict[str, float]:
+    """A HAAQI function's result as {label, sub-terms}: haaqi_terms gives a dict, a plain score function
+    a number (its sub-terms are then unknown)."""
+    if isinstance(value, Mapping):
+        return {"label": float(value["score"]), **{t: float(value[t]) for t in TERMS}}
+    return {"label": float(value), **{t: float("nan") for t in TERMS}}
+
+
+def haaqi_of(haaqi_fn: HaaqiFn | None, args: Mapping[str, Any]) -> dict[str, float]:
+    """haaqi_fn (default: our haaqi_terms) called as compute_haaqi(processed, reference, sr, sr,
+    audiogram, equalisation=..., level1=...)."""
     fn = haaqi_fn or _default_haaqi()
-    return float(fn(args["processed"], args["reference"], args["processed_sr"], args["reference_sr"],
-                    args["audiogram"], equalisation=args["equalisation"], level1=args["level1"]))
+    return _terms(fn(args["processed"], args["reference"], args["processed_sr"], args["reference_sr"],
+                     args["audiogram"], equalisation=args["equalisation"], level1=args["level1"]))
 
 
 def label_pair(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
-               haaqi_fn: HaaqiFn | None = None) -> float:
+               haaqi_fn: HaaqiFn | None = None, spl: float = DEFAULT_SPL) -> float:
     """The label of one pair (see `label_arguments`)."""
-    return _apply(haaqi_fn, label_arguments(reference, processed, sr, audiogram))
+    return haaqi_of(haaqi_fn, label_arguments(reference, processed, sr, audiogram, spl))["label"]
 
 
 def _cpu_seconds() -> float:
@@ -77,132 +102,241 @@ def _error_text(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _materialised_arguments(item: Mapping[str, Any], corpus_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
-    """The item's audio regenerated, its model input cached (while the audio is at hand), and its
-    label's compute_haaqi arguments."""
-    ref, proc, sr = materialise(item, corpus_dir)
-    if cache_dir is not None:
-        from haaqicli.data.export import save_item_input
+def _nan_row(item_id: str, error: str = "") -> dict[str, Any]:
+    return {"item_id": item_id, "label": float("nan"), **{t: float("nan") for t in TERMS}, "error": error}
 
-        save_item_input(cache_dir, item["item_id"], ref, proc, sr)
-    return label_arguments(ref, proc, sr, item["audiogram"])
+
+def _materialised_arguments(item: Mapping[str, Any], corpus_dir: Path, cache_length: int | None) -> tuple[dict[str, Any], Any]:
+    """The item's label arguments and, with ``cache_length``, its model input (int16 row, scale)
+    made while the audio is at hand."""
+    ref, proc, sr = materialise(item, corpus_dir)
+    spl = float(item.get("spl", DEFAULT_SPL))
+    cached = None
+    if cache_length is not None:
+        from haaqicli.constants import MODEL_SAMPLE_RATE
+        from haaqicli.data.export import model_input, to_int16
+
+        cached = to_int16(model_input(ref, proc, sr, MODEL_SAMPLE_RATE, cache_length, spl))
+    return label_arguments(ref, proc, sr, item["audiogram"], spl), cached
 
 
 def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None,
-               cache_dir: Path | None = None) -> dict[str, Any]:
+               cache_length: int | None = None) -> dict[str, Any]:
     """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI. With
-    ``cache_dir`` the item's model input is saved too."""
+    ``cache_length`` the row carries the item's model input (``input``: int16 row, scale) too."""
     t0 = _cpu_seconds()
+    row = _nan_row(item["item_id"])
     try:
-        label, error = _apply(haaqi_fn, _materialised_arguments(item, corpus_dir, cache_dir)), ""
+        args, cached = _materialised_arguments(item, corpus_dir, cache_length)
+        row.update(haaqi_of(haaqi_fn, args))
+        if cached is not None:
+            row["input"] = cached
     except Exception as exc:  # one bad item must not stop a day-long job; the error is recorded
-        label, error = float("nan"), _error_text(exc)
-    return {"item_id": item["item_id"], "label": label, "label_seconds": _cpu_seconds() - t0, "error": error}
+        row = _nan_row(item["item_id"], _error_text(exc))
+    return {**row, "label_seconds": _cpu_seconds() - t0}
 
 
 def label_items_batched(items: Sequence[Mapping[str, Any]], corpus_dir: Path, device: str, batch_size: int = 8,
-                        cache_dir: Path | None = None) -> Iterator[dict[str, Any]]:
+                        cache_length: int | None = None) -> Iterator[dict[str, Any]]:
     """Label rows `batch_size` at a time with the batched torch engine on `device` (a GPU). A batch
     that fails is retried item by item, so one bad item only costs its own label. CPU seconds
     (regeneration + this process's share of the engine) are split evenly over a batch."""
-    from haaqicli.reference.batched import compute_haaqi_torch
+    from haaqicli.reference.batched import haaqi_terms_batch
 
     for start in range(0, len(items), batch_size):
         t0 = _cpu_seconds()
         chunk, rows, arguments = items[start : start + batch_size], [], []
         for item in chunk:
             try:
-                arguments.append(_materialised_arguments(item, corpus_dir, cache_dir))
-                rows.append({"item_id": item["item_id"], "label": float("nan"), "error": ""})
+                args, cached = _materialised_arguments(item, corpus_dir, cache_length)
+                arguments.append(args)
+                rows.append({**_nan_row(item["item_id"]), **({"input": cached} if cached is not None else {})})
             except Exception as exc:
-                rows.append({"item_id": item["item_id"], "label": float("nan"), "error": _error_text(exc)})
+                rows.append(_nan_row(item["item_id"], _error_text(exc)))
         good = [row for row in rows if not row["error"]]
         try:
-            labels = compute_haaqi_torch(arguments, device, batch_size)
+            results: list[Any] = haaqi_terms_batch(arguments, device)
         except Exception:
-            labels = []
+            results = []
             for args, row in zip(arguments, good, strict=True):
                 try:
-                    labels += compute_haaqi_torch([args], device)
+                    results += haaqi_terms_batch([args], device)
                 except Exception as exc:
-                    labels.append(float("nan"))
+                    results.append(None)
                     row["error"] = _error_text(exc)
-        for row, label in zip(good, labels, strict=True):
-            row["label"] = float(label)
+        for row, result in zip(good, results, strict=True):
+            if result is not None:
+                row.update(_terms(result))
         seconds = (_cpu_seconds() - t0) / max(1, len(rows))
         for row in rows:
             yield {**row, "label_seconds": seconds}
 
 
+def _shard_files(directory: Path) -> list[Path]:
+    if not Path(directory).is_dir():
+        return []
+    return sorted([*Path(directory).glob("shard-*.parquet"), *Path(directory).glob("open-*.parquet")])
+
+
 def read_shards(directory: Path) -> pd.DataFrame:
-    files = sorted(Path(directory).glob("shard-*.parquet")) if Path(directory).is_dir() else []
+    """Every label row of a shard folder (sealed and open shards), one per item (the last wins)."""
+    files = _shard_files(directory)
     if not files:
         return pd.DataFrame(columns=SHARD_COLUMNS)
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return df.drop_duplicates("item_id", keep="last")
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as error:
+            raise DatasetError(f"{f}: unreadable label shard ({str(error).splitlines()[0]})") from None
+    df = pd.concat(frames, ignore_index=True)
+    for column in SHARD_COLUMNS:
+        if column not in df.columns:
+            df[column] = np.nan if column != "error" else ""
+    return df[SHARD_COLUMNS].drop_duplicates("item_id", keep="last")
 
 
-def _write_shard(directory: Path, rows: list[dict[str, Any]], counter: int) -> Path:
-    path = directory / f"shard-{int(time.time() * 1000):015d}-{os.getpid()}-{counter:05d}.parquet"
-    return atomic_write(path, lambda tmp: pd.DataFrame(rows, columns=SHARD_COLUMNS).to_parquet(tmp, index=False))
+def _shard_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {c: row.get(c, "" if c in ("item_id", "error") else float("nan")) for c in SHARD_COLUMNS}
+
+
+def _shard_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Compact types: float32 scores and terms (HAAQI agrees with pyclarity to ~1e-4; float32 keeps
+    ~1e-7), float16 CPU seconds."""
+    df = pd.DataFrame([_shard_row(r) for r in rows], columns=SHARD_COLUMNS)
+    for column in ("label", *TERMS):
+        df[column] = df[column].astype(np.float32)
+    df["label_seconds"] = df["label_seconds"].astype(np.float16)
+    df["error"] = df["error"].fillna("").astype(str)
+    return df
+
+
+def write_shard(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """One shard file, written atomically, zstd-compressed."""
+    table = _shard_table(rows)
+    return atomic_write(Path(path), lambda tmp: table.to_parquet(tmp, index=False, compression="zstd",
+                                                                 compression_level=19))
+
+
+def shard_bytes_per_label(directory: Path) -> float | None:
+    """Bytes of the sealed shards per label row (the tracked cost of a label)."""
+    files = list(Path(directory).glob("shard-*.parquet")) if Path(directory).is_dir() else []
+    rows = sum(len(pd.read_parquet(f, columns=["item_id"])) for f in files)
+    return sum(f.stat().st_size for f in files) / rows if rows else None
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """One labelling run per shard folder: a second would adopt the first one's open shard."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DatasetError(f"{directory}: another labelling run is writing here; wait for it or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class ShardWriter:
+    """Results of one run: an open shard rewritten every flush, sealed every ``shard_size`` rows."""
+
+    def __init__(self, directory: Path, shard_size: int = SHARD_SIZE) -> None:
+        self.directory, self.shard_size = Path(directory), shard_size
+        self.stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        self.count = 0
+        self.rows: list[dict[str, Any]] = []
+        # Open shards of killed runs: their rows join this run's first shard, their files go after it is written.
+        self.adopted = sorted(self.directory.glob("open-*.parquet"))
+        for path in self.adopted:
+            self.rows += pd.read_parquet(path).to_dict(orient="records")
+
+    def _path(self, kind: str) -> Path:
+        return self.directory / f"{kind}-{self.stamp}-{self.count:04d}.parquet"
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(_shard_row(row))
+
+    def flush(self, seal: bool = False) -> None:
+        if not self.rows:
+            return
+        if seal or len(self.rows) >= self.shard_size:
+            write_shard(self._path("shard"), self.rows)
+            self._path("open").unlink(missing_ok=True)
+            self.count += 1
+            self.rows = []
+        else:
+            write_shard(self._path("open"), self.rows)
+        for path in self.adopted:
+            path.unlink(missing_ok=True)
+        self.adopted = []
 
 
 def apply_labels(manifest: pd.DataFrame, shards: pd.DataFrame) -> pd.DataFrame:
-    """Manifest with labels/CPU seconds from shard rows filled in (shards win over NaN)."""
-    if shards.empty:
-        return manifest
+    """Manifest with labels, sub-terms and CPU seconds from shard rows (error rows stay unlabelled)."""
     out = manifest.copy()
+    for column in LABEL_COLUMNS:
+        if column not in out.columns:
+            out[column] = np.nan
+    if shards.empty:
+        return out
     table = shards.set_index("item_id")
-    idx = out["item_id"].map(lambda i: i in table.index)
-    ids = out.loc[idx, "item_id"]
-    out.loc[idx, "label"] = table.loc[ids, "label"].to_numpy(dtype=float)
-    out.loc[idx, "label_seconds"] = table.loc[ids, "label_seconds"].to_numpy(dtype=float)
+    ids = out["item_id"]
+    found = ids.isin(table.index).to_numpy()
+    for column in ("label", *TERMS, "label_seconds"):
+        if column in table.columns:
+            out.loc[found, column] = table.loc[ids[found], column].to_numpy(dtype=float)
     return out
 
 
-def labelled_manifest(manifest_path: Path) -> pd.DataFrame:
-    """The manifest with every label found so far, shards included (a labelling run may still be
+def labelled_manifest(manifest_path: Path, labels_dir: Path | None = None) -> pd.DataFrame:
+    """The manifest with every label found so far in its shard folder (a labelling run may still be
     going: nothing is written)."""
-    return apply_labels(read_manifest(manifest_path), read_shards(shard_dir(manifest_path)))
+    manifest_path = Path(manifest_path)
+    return apply_labels(read_manifest(manifest_path), read_shards(labels_dir or shard_dir(manifest_path)))
 
 
-def merge_shards(manifest_path: Path) -> pd.DataFrame:
-    """Fold shard labels into the manifest file (atomic rewrite); shards are kept as a log."""
-    merged = labelled_manifest(manifest_path)
-    write_manifest(merged, manifest_path)
-    return merged
-
-
-def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | None = None,
+def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Sequence[str] | None = None,
                   limit: int | None = None, order_seed: int | None = 0) -> pd.DataFrame:
-    """Items with no label and no shard row yet; shuffled (seeded) so a partial run is unbiased."""
+    """Items with no shard row yet, split by split in the given order (default SPLIT_ORDER, then any
+    other split), each shuffled (seeded) so a partial run is unbiased."""
     done = set(shards["item_id"]) if not shards.empty else set()
-    todo = manifest[~np.isfinite(manifest["label"].to_numpy(dtype=float)) & ~manifest["item_id"].isin(done)]
-    if split is not None:
-        todo = todo[todo["split"] == split]
-    if order_seed is not None and len(todo):
-        todo = todo.iloc[np.random.default_rng(order_seed).permutation(len(todo))]
+    todo = manifest[~manifest["item_id"].isin(done) & ~np.isfinite(manifest["label"].to_numpy(dtype=float))]
+    if split is None:
+        present = list(dict.fromkeys(todo["split"]))
+        splits = [s for s in SPLIT_ORDER if s in present] + sorted(s for s in present if s not in SPLIT_ORDER)
+    else:
+        splits = [split] if isinstance(split, str) else list(split)
+    parts = []
+    for i, name in enumerate(splits):
+        part = todo[todo["split"] == name]
+        if order_seed is not None and len(part):
+            part = part.iloc[np.random.default_rng([order_seed, i]).permutation(len(part))]
+        parts.append(part)
+    todo = pd.concat(parts) if parts else todo.iloc[:0]
     if limit is not None:
         todo = todo.iloc[:limit]
     return todo
 
 
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
-         cache_dir: Path | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
+         cache_length: int | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
     from haaqicli.reference.haaqi import cuda_device
 
     cuda = cuda_device(device) if haaqi_fn is None else None
     if cuda is not None:
-        yield from label_items_batched(items, corpus_dir, cuda, batch_size, cache_dir)
+        yield from label_items_batched(items, corpus_dir, cuda, batch_size, cache_length)
         return
     if workers <= 1:
         for item in items:
-            yield label_item(item, corpus_dir, haaqi_fn, cache_dir)
+            yield label_item(item, corpus_dir, haaqi_fn, cache_length)
         return
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", batch_size=1)
-    yield from parallel(delayed(label_item)(item, corpus_dir, haaqi_fn, cache_dir) for item in items)
+    yield from parallel(delayed(label_item)(item, corpus_dir, haaqi_fn, cache_length) for item in items)
 
 
 def label_manifest(
@@ -211,16 +345,19 @@ def label_manifest(
     workers: int = 1,
     flush_every: int = 20,
     limit: int | None = None,
-    split: str | None = None,
+    split: str | Sequence[str] | None = None,
     haaqi_fn: HaaqiFn | None = None,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     cache_dir: Path | None = None,
     device: str = "cpu",
     batch_size: int = 8,
+    labels_dir: Path | None = None,
+    shard_size: int = SHARD_SIZE,
 ) -> dict[str, Any]:
-    """Label pending items, flushing shards every ``flush_every`` results, then merge. With
-    ``cache_dir`` each item's model input is cached for training (see data.export). On a CUDA
+    """Label pending items into the shard folder (``labels_dir``, default beside the manifest),
+    flushing the open shard every ``flush_every`` results and sealing one every ``shard_size``. With
+    ``cache_dir`` each item's model input goes into its split's int16 cache (see data.export). On a CUDA
     ``device`` ("auto" picks one when present) items go through the batched torch engine
     ``batch_size`` at a time; on the CPU, through ``workers`` processes of the numba engine.
 
@@ -228,22 +365,41 @@ def label_manifest(
     """
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
-    directory = shard_dir(manifest_path)
-    todo = pending_items(manifest, read_shards(directory), split=split, limit=limit)
-    items = todo.to_dict(orient="records")
-    summary = {"pending_before": int(len(todo)), "labelled": 0, "errors": 0, "cpu_seconds": 0.0}
+    directory = Path(labels_dir or shard_dir(manifest_path))
+    with _exclusive(directory):
+        writer = ShardWriter(directory, shard_size)
+        done = pd.concat([read_shards(directory), pd.DataFrame(writer.rows, columns=SHARD_COLUMNS)])
+        todo = pending_items(manifest, done, split=split, limit=limit)
+        return _label_items(todo.to_dict(orient="records"), manifest, corpus_dir, writer, workers, flush_every,
+                            haaqi_fn, progress, on_result, cache_dir, device, batch_size)
+
+
+def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir: Path, writer: ShardWriter,
+                 workers: int, flush_every: int, haaqi_fn: HaaqiFn | None, progress: bool,
+                 on_result: Callable[[dict[str, Any]], None] | None, cache_dir: Path | None, device: str,
+                 batch_size: int) -> dict[str, Any]:
+    summary = {"pending_before": int(len(items)), "labelled": 0, "errors": 0, "cpu_seconds": 0.0}
     t0 = time.time()
-    buffer: list[dict[str, Any]] = []
-    counter = 0
+    caches: dict[str, Any] = {}
+    inputs: list[tuple[str, str, np.ndarray, float]] = []
+    split_of_item = {item["item_id"]: item["split"] for item in items}
+    cache_length = None
+    if cache_dir is not None and items:
+        from haaqicli.constants import MODEL_SAMPLE_RATE
+        from haaqicli.data.export import SplitCache
 
-    def flush() -> None:
-        nonlocal counter, buffer
-        if buffer:
-            _write_shard(directory, buffer, counter)
-            counter += 1
-            buffer = []
+        for name in dict.fromkeys(split_of_item.values()):
+            caches[name] = SplitCache.of_manifest(cache_dir, manifest, name, MODEL_SAMPLE_RATE)
+        cache_length = max(c.length for c in caches.values())
 
-    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_dir, device, batch_size)
+    def flush(seal: bool = False) -> None:
+        # Model inputs first: a label whose input is lost only costs a regeneration later.
+        for name, cache in caches.items():
+            cache.write([(i, row, scale) for s, i, row, scale in inputs if s == name])
+        inputs.clear()
+        writer.flush(seal)
+
+    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_length, device, batch_size)
     bar = None
     if progress and items:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -251,9 +407,14 @@ def label_manifest(
         bar = Progress("labelling", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         bar.start()
         task = bar.add_task("labels", total=len(items))
+    pending = 0
     try:
         for result in results:
-            buffer.append(result)
+            cached = result.pop("input", None)
+            if cached is not None:
+                inputs.append((split_of_item[result["item_id"]], result["item_id"], *cached))
+            writer.add(result)
+            pending += 1
             summary["labelled"] += int(not result["error"])
             summary["errors"] += int(bool(result["error"]))
             summary["cpu_seconds"] += float(result["label_seconds"])
@@ -261,49 +422,71 @@ def label_manifest(
                 on_result(result)
             if bar is not None:
                 bar.advance(task)
-            if len(buffer) >= flush_every:
+            if pending >= flush_every or len(writer.rows) >= writer.shard_size:
                 flush()
+                pending = 0
     finally:
-        flush()
+        flush(seal=True)
         if bar is not None:
             bar.stop()
-    merge_shards(manifest_path)
     summary["wall_seconds"] = time.time() - t0
     return summary
 
 
+def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
+    return [int(c) for c in np.histogram(np.clip(values, 0.0, 1.0), bins=edges)[0]]
+
+
 def stats(manifest: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
-    """Sizes, per-package/split counts, label histogram and CPU time per label."""
+    """Sizes, per-package tracks/minutes/items, labels with sub-terms, the label histogram overall and
+    per severity, per degradation kind and augmentation, and CPU time per label."""
     labels = manifest["label"].to_numpy(dtype=float)
     labelled = np.isfinite(labels)
+    with_terms = labelled & np.all([np.isfinite(manifest[t].to_numpy(dtype=float)) for t in TERMS], axis=0) \
+        if all(t in manifest for t in TERMS) else np.zeros(len(manifest), dtype=bool)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    hist, _ = np.histogram(np.clip(labels[labelled], 0.0, 1.0), bins=edges)
-    per_pkg = (
-        manifest.assign(labelled=labelled)
-        .groupby(["split", "package"])
-        .agg(items=("item_id", "size"), labelled=("labelled", "sum"), clips=("clip_id", "nunique"))
-        .reset_index()
-    )
-    kinds = manifest.assign(kind=manifest["degradation"].str.split(":").str[0], label_f=labels)
-    per_kind = kinds.groupby("kind").agg(items=("item_id", "size"), mean_label=("label_f", "mean")).reset_index()
+    df = manifest.assign(labelled=labelled, label_f=labels)
+    tracks = df.drop_duplicates("source")
+    minutes = tracks.groupby(["split", "package"])["source_seconds"].sum() / 60.0
+    per_pkg = (df.groupby(["split", "package"])
+               .agg(tracks=("source", "nunique"), clips=("clip_id", "nunique"), items=("item_id", "size"),
+                    labelled=("labelled", "sum"))
+               .reset_index())
+    per_pkg["minutes"] = [round(float(minutes.loc[(r.split, r.package)]), 1) for r in per_pkg.itertuples()]
+    per_severity = {}
+    for severity, group in df[labelled].groupby("severity"):
+        values = group["label_f"].to_numpy()
+        per_severity[str(severity)] = {"labelled": int(len(values)), "mean": round(float(values.mean()), 4),
+                                       "p95": round(float(np.percentile(values, 95)), 4),
+                                       "counts": _histogram(values, edges)}
+
+    def by(column: str) -> list[dict[str, Any]]:
+        groups = df.assign(key=df[column].astype(str).str.split(":").str[0]).groupby("key")
+        return [{"kind": str(k), "items": int(len(g)), "labelled": int(g["labelled"].sum()),
+                 "mean_label": None if not g["labelled"].any() else round(float(g["label_f"].mean()), 4)}
+                for k, g in groups]
+
     cpu = manifest["label_seconds"].to_numpy(dtype=float)
     return {
         "items": int(len(manifest)),
         "clips": int(manifest["clip_id"].nunique()),
         "sources": int(manifest["source"].nunique()),
+        "minutes": round(float(tracks["source_seconds"].sum() / 60.0), 1),
         "labelled": int(labelled.sum()),
+        "labelled_with_terms": int(with_terms.sum()),
         "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
+        "labelled_per_split": {str(k): int(v) for k, v in df[labelled]["split"].value_counts().sort_index().items()},
         "packages": [
             {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in per_pkg.to_dict("records")
         ],
-        "label_histogram": {"edges": [round(float(e), 2) for e in edges], "counts": [int(c) for c in hist]},
+        "label_histogram": {"edges": [round(float(e), 2) for e in edges], "counts": _histogram(labels[labelled], edges)},
+        "label_histogram_by_severity": per_severity,
         "label_mean": float(np.mean(labels[labelled])) if labelled.any() else None,
+        "terms_mean": {t: round(float(np.mean(manifest[t].to_numpy(dtype=float)[with_terms])), 4)
+                       for t in TERMS} if with_terms.any() else None,
         "cpu_seconds_per_label": float(np.mean(cpu[labelled])) if labelled.any() else None,
-        "degradations": [
-            {"kind": r["kind"], "items": int(r["items"]),
-             "mean_label": None if pd.isna(r["mean_label"]) else round(float(r["mean_label"]), 4)}
-            for r in per_kind.to_dict("records")
-        ],
+        "degradations": by("degradation"),
+        "augmentations": by("augmentation"),
     }
 
 
