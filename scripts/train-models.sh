@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe behind weights/: train the teacher, distil the student, evaluate both on the validation
 # packages, benchmark, and write the figures that weights/MODEL_CARD.md and the README quote.
-# Needs data/manifest.parquet with labels (make corpus dataset labels). CPU-friendly defaults.
+# Needs a labelled manifest (make corpus dataset freeze labels: labels/manifest.parquet and its shards). CPU-friendly defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
