@@ -4,8 +4,10 @@
     predictor = HAAQIPredictor.from_pretrained("distilled")
     score = predictor(waveform, audiogram, sample_rate=44100)   # (B,), differentiable w.r.t. waveform
 
-Level convention (CONTRACTS): model input RMS 0.1 is heard at 65 dB SPL. With `spl=None` the waveform is
-taken as already calibrated; with `spl=S` every item is rescaled (differentiably) to RMS 0.1*10**((S-65)/20).
+Level (haaqicli.levels, the same definition as `haaqi score --spl`): model input RMS 0.1 is heard at
+65 dB SPL. With `spl=None` the waveform is taken as already calibrated; with `spl=L` every item's RMS is
+heard at L dB SPL (rescaled differentiably to RMS 0.1*10**((L-65)/20)), which assumes the original was
+at the same level. A level outside the model's trained range warns (`levels.LevelWarning`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from haaqicli.audio import plan_windows, resample
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
 from haaqicli.errors import AudioError, ModelError
+from haaqicli.levels import warn_untrained_level
 from haaqicli.models.registry import ModelInfo, load_model
 
 
@@ -77,6 +80,8 @@ class HAAQIPredictor(nn.Module):
         if int(sample_rate) != self.sample_rate:
             x = resample(x, int(sample_rate), self.sample_rate)  # the same filter as the file scorer
         if spl is not None:
+            warn_untrained_level(float(spl), self.info.name if self.info else "this",
+                                 self.info.training if self.info else None)
             target = REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20)
             rms = x.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
             x = x * (target / rms)

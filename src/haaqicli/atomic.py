@@ -26,3 +26,23 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, keep_suffix: bool
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def unwritable_reason(path: str | Path) -> str:
+    """Why `path` cannot be written (as `atomic_write` would: missing folders are created), or '' when it
+    can. Checked before a long run starts, so a typo costs seconds, not the run."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent
+    while not folder.exists():  # atomic_write creates the missing folders: the nearest existing one decides
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in {folder}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "no permission to write the file"
+    return ""

@@ -7,7 +7,11 @@ video containers...), so ffmpeg is only required for those files.
 
 Channel policy: mono and stereo are kept as they are. Files with more than two channels are
 downmixed to stereo by ffmpeg (its standard matrix, e.g. 5.1 -> L/R); without ffmpeg they are an
-``AudioError``. ``AudioInfo.channels`` is the number of channels the blocks really have.
+``AudioError``. ``AudioInfo.channels`` is the number of channels the blocks really have,
+``AudioInfo.file_channels`` the file's own count (what the tables report, with a warning).
+
+Files shorter than ``MIN_DURATION_S`` are refused (``AudioError``): no HAAQI figure means anything
+for them.
 
 Torch is imported lazily (only resampling needs it), so listing profiles stays fast.
 """
@@ -46,6 +50,9 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     }
 )
 
+# Shortest file scored (seconds): HAAQI's envelope and modulation analysis needs a few hundred ms of
+# music to mean anything; shorter files get an error row instead of a score.
+MIN_DURATION_S: float = 0.5
 # Below this a file is treated as silent: -120 dBFS.
 SILENCE_RMS: float = 1e-6
 # HAAQI works up to 24 kHz bandwidth; below 8 kHz sampling there is too little of the music left.
@@ -132,6 +139,14 @@ class AudioInfo:
     frames: int  # exact for libsndfile; estimated from the container duration for ffmpeg
     duration_s: float
     codec: str
+    file_channels: int = 0  # channels in the file itself (more than `channels` when downmixed); 0: same
+
+    def __post_init__(self) -> None:
+        self.file_channels = self.file_channels or self.channels
+
+    @property
+    def downmixed(self) -> bool:
+        return self.file_channels > self.channels
 
 
 class BlockSource(Protocol):
@@ -386,7 +401,7 @@ def open_audio(path: str | Path) -> AudioSource:
     channels = min(original_channels, 2)
     sample_rate = meta["sample_rate"]
     codec = meta["codec"] + (f" ({original_channels} ch downmixed to stereo)" if original_channels > 2 else "")
-    info = AudioInfo(sample_rate, channels, 0, 0.0, codec)
+    info = AudioInfo(sample_rate, channels, 0, 0.0, codec, file_channels=original_channels)
     source = AudioSource(path, info, "ffmpeg", downmix=original_channels > 2)
     _check_info(path, info)
     duration = meta["duration"]
@@ -400,6 +415,22 @@ def open_audio(path: str | Path) -> AudioSource:
     return source
 
 
+class DownmixWarning(UserWarning):
+    """A file with more than two channels was downmixed to stereo for scoring."""
+
+
+def downmix_message(path: str | Path, file_channels: int) -> str:
+    return (f"{path}: {file_channels} channels downmixed to stereo (ffmpeg's standard matrix) for scoring; "
+            f"its rows keep channels={file_channels}")
+
+
+def require_duration(path: str | Path, duration_s: float) -> None:
+    """AudioError when a file is shorter than MIN_DURATION_S (see the module docstring)."""
+    if duration_s < MIN_DURATION_S:
+        raise AudioError(f"{path}: {duration_s:.3g} s of audio is shorter than the {MIN_DURATION_S:g} s minimum "
+                         "this tool scores")
+
+
 def _as_source(source: BlockSource | str | Path) -> BlockSource:
     if isinstance(source, (str, Path)):
         return open_audio(source)
@@ -408,9 +439,15 @@ def _as_source(source: BlockSource | str | Path) -> BlockSource:
 
 def decode(path: str | Path) -> tuple[np.ndarray, int]:
     """Whole file as float32 (channels, n) and its sample rate. For short files; no silence check."""
+    samples, info = decode_with_info(path)
+    return samples, info.sample_rate
+
+
+def decode_with_info(path: str | Path) -> tuple[np.ndarray, AudioInfo]:
+    """Whole file as float32 (channels, n) and its AudioInfo (file channels, codec...)."""
     source = open_audio(path)
     blocks = list(source.blocks())
-    return np.concatenate(blocks, axis=1), source.info.sample_rate
+    return np.concatenate(blocks, axis=1), source.info
 
 
 def write_audio(path: str | Path, x: np.ndarray, sr: int, subtype: str | None = None) -> Path:

@@ -12,6 +12,7 @@ Severity: WHO (2021) grades of the better-ear pure-tone average over 0.5, 1, 2 a
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -97,6 +98,13 @@ class Profile:
     @property
     def symmetric(self) -> bool:
         return self.left.levels == self.right.levels
+
+    def values_hash(self) -> str:
+        """Short sha256 of both ears' hearing levels: what a score depends on, unlike the profile's name
+        (an edited profile file keeps its name). Rows record it so --resume and --baseline reuse only
+        scores made with the same audiogram."""
+        text = ";".join(",".join(f"{v:.2f}" for v in ear.levels) for ear in (self.left, self.right))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def better_ear_pta(self) -> float:

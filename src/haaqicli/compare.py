@@ -61,7 +61,7 @@ def compare_tables(
 ) -> Comparison:
     """Deltas B - A per (file, profile) and per profile. With ``max_drop``, a file or profile mean
     that dropped by more than max_drop + tolerance is listed in ``failures``."""
-    fa, fb = file_scores(a), file_scores(b)
+    fa, fb = file_scores(a, names[0]), file_scores(b, names[1])
     merged = fa[["file", "profile", "score", "status"]].merge(
         fb[["file", "profile", "score", "status"]], on=["file", "profile"], how="outer", suffixes=("_a", "_b"),
         indicator=True,

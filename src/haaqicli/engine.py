@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from haaqicli import audio
 from haaqicli.audiogram import Profile
 from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from haaqicli.errors import HaaqiError
+from haaqicli.levels import warn_untrained_level
 from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
 
 # Timelines kept for reports are thinned to at most this many points per row.
@@ -96,8 +98,9 @@ def prepare_file(
         info = source.info
         prepared.duration_s = info.duration_s
         prepared.sample_rate = info.sample_rate
-        prepared.channels = info.channels
+        prepared.channels = info.file_channels  # the file's own count, also when downmixed to stereo
         prepared.ears = ears_for(info.channels, options.mix)
+        audio.require_duration(item.path, info.duration_s)
         # One decoding pass: the level is metered while the stream is resampled to the model rate
         # and cut into windows there; the presentation gain is applied afterwards (all linear).
         meter = audio.LevelMeter(info.channels, str(item.path))
@@ -108,6 +111,7 @@ def prepare_file(
             windows.append(window.samples if len(prepared.ears) == 1 else window.samples[:2])
             starts.append(window.start_s)
             ends.append(window.end_s)
+        audio.require_duration(item.path, meter.count / info.sample_rate)  # ffmpeg's duration is an estimate
         gain = audio.presentation_gain(audio.overall_rms(meter.rms()), options.spl)
         prepared.windows = np.stack(windows, axis=1)
         prepared.windows *= np.float32(gain)
@@ -225,7 +229,8 @@ class WindowScorer:
 
 def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> list[dict]:
     return [
-        {**base, "profile": p.name, "ear": "", "status": "error", "error": prepared.error} for p in profiles
+        {**base, "profile": p.name, "ear": "", "status": "error", "error": prepared.error,
+         "audiogram_hash": p.values_hash()} for p in profiles
     ]
 
 
@@ -254,7 +259,8 @@ def _file_rows(
             clip, frames = (clip[:n] + clip[n:]) / 2, (frames[:n] + frames[n:]) / 2
         for index, profile in enumerate(profiles):
             stats = aggregate(clip[index], prepared.starts_s, prepared.ends_s)
-            rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "", **stats})
+            rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
+                         "audiogram_hash": profile.values_hash(), **stats})
             timelines[(prepared.input.relative, profile.name, ear)] = stitch_timeline(
                 frames[index], prepared.starts_s, prepared.ends_s
             )
@@ -299,7 +305,8 @@ def score_inputs(
     """Score every discovered file for every profile. Returns the table (SCORE_COLUMNS) and timelines.
 
     With ``out`` the table is written incrementally and atomically; with ``resume`` rows already done
-    (same content hash, profile and model sha256, status ok) are kept and their files skipped.
+    (same content hash, profile name and audiogram values, presentation level and model sha256,
+    status ok) are kept and their files skipped.
     """
     from haaqicli.models.registry import load_model, resolve_device
 
@@ -312,9 +319,9 @@ def score_inputs(
         options.model, device=device, beats_checkpoint=options.beats_checkpoint, weights_dir=options.weights_dir
     )
     scorer = WindowScorer(model, device, options.batch_size)
+    warn_untrained_level(options.spl, info.name, info.training)
 
-    profile_names = [p.name for p in profiles]
-    kept, done_hashes = _resumable_rows(out, resume, profile_names, info.sha256)
+    kept, done_hashes = _resumable_rows(out, resume, profiles, options.spl, info.sha256)
     table = IncrementalTable(out, SCORE_COLUMNS) if out else None
     if table is not None and len(kept):
         table.add(kept)
@@ -335,7 +342,7 @@ def score_inputs(
     def flush() -> None:
         # Files are scored in groups of about one batch of windows; their rows are written together.
         nonlocal audio_seconds, done
-        bases = [_row_base(item, info) for item in group]
+        bases = [_row_base(item, info, options.spl) for item in group]
         for item, (file_rows, file_timelines) in zip(group, score_prepared(group, profiles, scorer, bases),
                                                      strict=True):
             rows.extend(file_rows)
@@ -344,6 +351,9 @@ def score_inputs(
                 table.add(file_rows)
             if not item.error:
                 audio_seconds += item.duration_s
+                if item.channels > 2:  # said once the file's rows exist, in this process (not a worker's)
+                    warnings.warn(audio.downmix_message(item.input.path, item.channels), audio.DownmixWarning,
+                                  stacklevel=2)
         done += len(group)
         group.clear()
         report_progress(done, len(todo))
@@ -377,9 +387,10 @@ def score_inputs(
     )
 
 
-def _row_base(prepared: PreparedFile, info: Any) -> dict:
+def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:
     """The columns a file's rows share."""
     return {
+        "spl": float(spl),
         "file": prepared.input.relative,
         "path": str(prepared.input.path),
         "model": info.name,
@@ -392,19 +403,26 @@ def _row_base(prepared: PreparedFile, info: Any) -> dict:
 
 
 def _resumable_rows(
-    out: str | Path | None, resume: bool, profile_names: Sequence[str], model_sha256: str
+    out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float, model_sha256: str
 ) -> tuple[pd.DataFrame, set[str]]:
     """Rows of a previous run to keep, and the content hashes of files that need no new scoring:
-    those with an ok row for every requested profile under the same model."""
+    those with an ok row for every requested profile, scored with the same audiogram values, level
+    and model. Tables written before rows recorded the audiogram hash and level are rescored."""
     from haaqicli.tables import read_table
 
     if not (resume and out and Path(out).exists()):
         return pd.DataFrame(columns=SCORE_COLUMNS), set()
     previous = read_table(out)
-    ok = previous[(previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)]
-    ok = ok[ok["profile"].isin(profile_names)]
+    if not {"spl", "audiogram_hash", "model_sha256", "content_hash"} <= set(previous.columns):
+        return pd.DataFrame(columns=SCORE_COLUMNS), set()
+    wanted = {(p.name, p.values_hash()) for p in profiles}
+    level = pd.to_numeric(previous["spl"], errors="coerce")
+    ok = previous[(previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
+                  & np.isclose(level, spl, rtol=0, atol=1e-9)]
+    same_profile = [(name, gram) in wanted for name, gram in zip(ok["profile"], ok["audiogram_hash"], strict=True)]
+    ok = ok[np.array(same_profile, dtype=bool)]
     complete = ok.groupby("content_hash")["profile"].nunique()
-    done = set(complete[complete == len(set(profile_names))].index)
+    done = set(complete[complete == len(wanted)].index)
     return ok[ok["content_hash"].isin(done)].reset_index(drop=True), done
 
 

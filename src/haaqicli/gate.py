@@ -168,20 +168,24 @@ def load_policy(path: str | Path) -> Policy:
 # --------------------------------------------------------------------------------------------
 
 
-def file_scores(table: pd.DataFrame) -> pd.DataFrame:
+def file_scores(table: pd.DataFrame, source: str = "score table") -> pd.DataFrame:
     """One row per (file, profile): score = mean over ears (Clarity convention: the listener's
     HAAQI is the mean of the left- and right-ear HAAQI); any failed ear makes the file an error.
+    `source` names the table in errors (e.g. its path).
 
-    Columns: file, profile, score, status ("ok"/"error"), error, model, model_sha256.
+    Columns: file, profile, score, status ("ok"/"error"), error, model, model_sha256, and what the
+    score was made with: spl (NaN when not recorded) and audiogram_hash ('' when not recorded).
     """
-    columns = ["file", "profile", "score", "status", "error", "model", "model_sha256"]
+    columns = ["file", "profile", "score", "status", "error", "model", "model_sha256", "spl", "audiogram_hash"]
     if table is None or table.empty:
         return pd.DataFrame(columns=columns)
     missing = [c for c in ("file", "profile", "score") if c not in table.columns]
     if missing:
-        raise HaaqiError(f"score table lacks column(s): {', '.join(missing)}")
+        raise HaaqiError(f"{source} lacks column(s): {', '.join(missing)} (found: {', '.join(map(str, table.columns))})")
     t = table.copy()
-    for column, default in (("status", "ok"), ("error", ""), ("ear", ""), ("model", ""), ("model_sha256", "")):
+    t["spl"] = pd.to_numeric(t["spl"], errors="coerce") if "spl" in t.columns else np.nan
+    for column, default in (("status", "ok"), ("error", ""), ("ear", ""), ("model", ""), ("model_sha256", ""),
+                            ("audiogram_hash", "")):
         if column not in t.columns:
             t[column] = default
         values = t[column].astype(object)
@@ -194,15 +198,15 @@ def file_scores(table: pd.DataFrame) -> pd.DataFrame:
     t["_ok"] = ok
     rows = []
     for (file, profile), group in t.groupby(["file", "profile"], sort=True):
-        model = group["model"].iloc[0]
-        sha = group["model_sha256"].iloc[0]
+        made_with = (group["model"].iloc[0], group["model_sha256"].iloc[0], float(group["spl"].iloc[0]),
+                     group["audiogram_hash"].iloc[0])
         if not group["_ok"].all():
             errors = [e for e in group["error"] if e]
-            rows.append((file, profile, float("nan"), "error", errors[0] if errors else "not scored", model, sha))
+            rows.append((file, profile, float("nan"), "error", errors[0] if errors else "not scored", *made_with))
             continue
         both = group[group["ear"].str.lower().isin(_BOTH_EARS)]
         use = both if len(both) else group
-        rows.append((file, profile, float(use["score"].mean()), "ok", "", model, sha))
+        rows.append((file, profile, float(use["score"].mean()), "ok", "", *made_with))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -298,6 +302,18 @@ class GateReport:
         return {EXIT_PASS: "PASSED", EXIT_FAIL: "FAILED", EXIT_ERROR: "ERROR"}[self.exit_code]
 
 
+NOT_COMPARED = "not compared: the baseline was scored with other audiogram values or another level"
+
+
+def _same_conditions(before: tuple[float, str], now: tuple[float, str]) -> bool:
+    """Same presentation level and audiogram values; a value either table did not record (tables written
+    before rows carried them) does not block the comparison."""
+    (spl_before, gram_before), (spl_now, gram_now) = before, now
+    same_level = not (math.isfinite(spl_before) and math.isfinite(spl_now)) or abs(spl_before - spl_now) < 1e-9
+    same_gram = not (gram_before and gram_now) or gram_before == gram_now
+    return same_level and same_gram
+
+
 def _percentile10(values: Sequence[float]) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), 10))
 
@@ -316,7 +332,7 @@ def evaluate(
     policy = policy or Policy()
     tol = tolerance if tolerance is not None else (policy.tolerance or 0.0)
     scores = file_scores(table)
-    base_scores = file_scores(baseline) if baseline is not None else None
+    base_scores = file_scores(baseline, baseline_name) if baseline is not None else None
     report = GateReport(cases=[], profiles=[], tolerance=tol)
 
     if scores.empty:
@@ -330,10 +346,13 @@ def evaluate(
                 report.errors.append(message + "; re-create the baseline or pass --allow-model-change")
 
     base_lookup: dict[tuple[str, str], float] = {}
+    base_made_with: dict[tuple[str, str], tuple[float, str]] = {}
     if base_scores is not None:
         for row in base_scores.itertuples(index=False):
             if row.status == "ok":
                 base_lookup[(row.file, row.profile)] = float(row.score)
+                base_made_with[(row.file, row.profile)] = (float(row.spl), str(row.audiogram_hash))
+    not_compared: dict[str, int] = {}
 
     for profile in sorted(scores["profile"].unique()) if not scores.empty else []:
         thresholds = policy.for_profile(profile, cli)
@@ -351,6 +370,11 @@ def evaluate(
                 report.cases.append(case)
                 continue
             score = float(row.score)
+            if base is not None and not _same_conditions(base_made_with[(row.file, profile)],
+                                                         (float(row.spl), str(row.audiogram_hash))):
+                # another --spl or edited audiogram values: the baseline score is not a comparable figure
+                base = None
+                not_compared[profile] = not_compared.get(profile, 0) + 1
             case = CaseResult(row.file, profile, score, base)
             ok_values.append(score)
             if thresholds.min_score is not None and score < thresholds.min_score:
@@ -363,9 +387,12 @@ def evaluate(
                         f"dropped {base - score:.3f} from baseline {base:.3f} "
                         f"(> max_drop {thresholds.max_drop:.3f} + tolerance {tol:.3f})"
                     )
+            elif (row.file, profile) in base_lookup:
+                case.messages.append(NOT_COMPARED)
             elif base_scores is not None:
                 case.messages.append("new file: not in baseline")
-            case.status = "fail" if any(not m.startswith("new file") for m in case.messages) else "pass"
+            case.status = "fail" if any(not m.startswith(("new file", NOT_COMPARED)) for m in case.messages) \
+                else "pass"
             report.cases.append(case)
 
         result.n = len(ok_values)
@@ -408,6 +435,10 @@ def evaluate(
         if n_new:
             report.notes.append(f"{n_new} file x profile entries are new (no baseline to compare with)")
 
+    for profile, count in not_compared.items():
+        report.warnings.append(f"{count} baseline file(s) of profile '{profile}' were scored with other audiogram "
+                               "values or another presentation level (--spl), so they are not compared; "
+                               "re-create the baseline")
     n_errors = report.n_errors
     n_skipped_errors = sum(c.status == "skipped" and c.messages[0].startswith("not scored") for c in report.cases)
     if n_errors:

@@ -20,14 +20,15 @@ from haaqicli.errors import HaaqiError
 SCORE_COLUMNS: list[str] = [
     "file", "profile", "ear", "model", "model_sha256", "score", "score_min", "score_p10",
     "worst_start_s", "worst_end_s", "duration_s", "sample_rate", "channels", "status", "error",
-    "content_hash", "path",
+    "content_hash", "path", "spl", "audiogram_hash",
 ]
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
 
 # Columns that stay text even when every value looks numeric or is empty (CSV/JSONL round trip).
-_TEXT_COLUMNS = ("file", "profile", "ear", "model", "model_sha256", "status", "error", "content_hash", "path")
+_TEXT_COLUMNS = ("file", "profile", "ear", "model", "model_sha256", "status", "error", "content_hash", "path",
+                 "audiogram_hash")
 
 
 def _format_of(path: Path) -> str:

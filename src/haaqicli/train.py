@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from haaqicli.atomic import atomic_write
+from haaqicli.constants import DEFAULT_SPL
 from haaqicli.errors import HaaqiError
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
@@ -301,6 +302,15 @@ def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Call
     return len(matched)
 
 
+def _label_levels(meta: pd.DataFrame) -> list[float]:
+    """[lowest, highest] presentation level (dB SPL) of the training labels: a manifest `spl` column
+    where items sample their level, else the label convention's single DEFAULT_SPL."""
+    if "spl" in meta.columns and meta["spl"].notna().any():
+        levels = pd.to_numeric(meta["spl"], errors="coerce").dropna()
+        return [float(levels.min()), float(levels.max())]
+    return [DEFAULT_SPL, DEFAULT_SPL]
+
+
 def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best: dict, extra: dict) -> dict:
     from haaqicli.models.registry import ModelInfo, save_model
 
@@ -312,6 +322,7 @@ def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best
         training={
             "items": len(train),
             "packages": sorted(train.meta["package"].unique().tolist()),
+            "spl_range": _label_levels(train.meta),  # read back by haaqicli.levels.trained_spl_range
             "recipe": {k: v for k, v in asdict(config).items() if k not in ("config",)},
             **extra,
         },

@@ -9,7 +9,7 @@ import importlib
 
 import click
 
-from haaqicli import __version__
+from haaqicli import __version__, interrupts
 
 # command name -> ("module:attribute" relative to haaqicli.cli, one-line help shown by `haaqi --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,5 +51,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="haaqi")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Predict HAAQI music quality for listeners with hearing loss."""
+    # SIGTERM and SIGHUP stop a run like Ctrl-C: finished rows kept, exit 128 + signal number
+    ctx.with_resource(interrupts.handled())

@@ -10,8 +10,12 @@ from typing import Any, TypeVar
 
 import click
 
+from haaqicli import interrupts
+from haaqicli.atomic import unwritable_reason
 from haaqicli.constants import DEFAULT_SPL
 from haaqicli.errors import HaaqiError
+from haaqicli.interrupts import RunInterrupted
+from haaqicli.levels import REFERENCE_SPL_HELP, SCORE_SPL_HELP
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,7 +26,8 @@ EXIT_USAGE = 2  # bad options, unreadable profile, ...
 
 
 def one_line_errors(func: F) -> F:
-    """Turn library errors into a one-line message and exit code 2, never a traceback."""
+    """Turn library errors into a one-line message and exit code 2, never a traceback; an interruption
+    (Ctrl-C, SIGTERM, SIGHUP: see haaqicli.interrupts) into one line and 128 + the signal number."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -31,8 +36,25 @@ def one_line_errors(func: F) -> F:
         except HaaqiError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(EXIT_USAGE)
+        except OSError as error:  # a disk filled up or a path vanished while writing an output
+            click.echo(f"error: {error.filename or ''}{': ' if error.filename else ''}"
+                       f"{error.strerror or error}", err=True)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt as error:
+            kept = error.kept if isinstance(error, RunInterrupted) else "nothing finished was kept"
+            click.echo(f"interrupted: {kept}", err=True)
+            sys.exit(interrupts.exit_code())
 
     return wrapper  # type: ignore[return-value]
+
+
+def require_writable(**paths: str | None) -> None:
+    """Fail before any work when an output path (keyword = option name, e.g. junit=...) cannot be
+    written: exit 2 with one line naming the option and the path."""
+    for option, path in paths.items():
+        reason = unwritable_reason(path) if path else ""
+        if reason:
+            raise HaaqiError(f"--{option.replace('_', '-')} {path}: cannot write there ({reason})")
 
 
 def profile_option(func: F) -> F:
@@ -46,14 +68,19 @@ def profile_option(func: F) -> F:
     )(func)
 
 
-def spl_option(func: F) -> F:
+def spl_option(func: F, help_text: str = SCORE_SPL_HELP) -> F:
+    """--spl with the shared level definition (haaqicli.levels)."""
     return click.option(
         "--spl",
         type=click.FloatRange(0, 130),
         default=DEFAULT_SPL,
         show_default=True,
-        help="Presentation level in dB SPL that the file's RMS is mapped to.",
+        help=help_text,
     )(func)
+
+
+def reference_spl_option(func: F) -> F:
+    return spl_option(func, REFERENCE_SPL_HELP)
 
 
 def output_options(func: F) -> F:

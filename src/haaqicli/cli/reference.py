@@ -14,7 +14,8 @@ from haaqicli.cli.common import (
     profile_option,
     quiet_option,
     segment_seconds_option,
-    spl_option,
+    reference_spl_option,
+    require_writable,
 )
 
 
@@ -24,7 +25,7 @@ from haaqicli.cli.common import (
 @click.option("--reference", "dirs", nargs=2, type=click.Path(file_okay=False), default=None,
               metavar="REF_DIR PROCESSED_DIR", help="Pair files of two folders by relative path.")
 @profile_option
-@spl_option
+@reference_spl_option
 @click.option("--mix", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True,
               help="stereo: left channel with left audiogram, right with right; mono: downmix.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -40,6 +41,8 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
               report: str | None, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
+    Level: the reference is heard at --spl and the processed file keeps its level relative to it.
+
     Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
     """
     from haaqicli.audiogram import resolve_profiles
@@ -47,6 +50,7 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 
     if (pairs_csv is None) == (dirs is None):
         raise click.UsageError("give exactly one of --pairs CSV or --reference REF_DIR PROCESSED_DIR")
+    require_writable(out=out, report=report)
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
     table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,

@@ -14,10 +14,12 @@ from haaqicli.cli.common import (
     output_options,
     profile_option,
     quiet_option,
+    require_writable,
     show_warnings,
     spl_option,
 )
 from haaqicli.constants import HOP_SECONDS, WINDOW_SECONDS
+from haaqicli.interrupts import RunInterrupted
 
 
 @click.command()
@@ -51,6 +53,9 @@ def score(
 ) -> None:
     """Score music INPUTS (files or folders) for each --profile, without a reference.
 
+    Level: each file's RMS is heard at --spl, as if the original had been at the same level (exact
+    HAAQI against an original: `haaqi reference` or `haaqi check --reference`).
+
     Exit status: 0 when every file was scored, 1 when some failed, 2 for usage errors.
     """
     from haaqicli.audiogram import resolve_profiles
@@ -65,6 +70,7 @@ def score(
         _check_extension(out, (".csv", ".parquet", ".jsonl"), "--out")
     if report:
         _check_extension(report, (".md", ".html"), "--report")
+    require_writable(out=out, report=report)
     loaded = resolve_profiles(profiles)
     options = ScoreOptions(
         model=model,
@@ -85,8 +91,7 @@ def score(
     if not quiet or not out:
         print_scores(run.table)
     if run.interrupted:
-        click.echo(f"interrupted: {len(run.table)} finished rows kept" + (f" in {out}" if out else ""), err=True)
-        sys.exit(130)
+        raise RunInterrupted(f"{len(run.table)} finished rows kept" + (f" in {out}" if out else ""))
     if run.n_failed and not run.table.empty:
         failed_files = run.table.loc[run.table["status"] != "ok", "file"].nunique()
         click.echo(f"{failed_files} file(s) failed; see the error column", err=True)

@@ -32,6 +32,7 @@ from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL
 from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
 from haaqicli.data.packages import DatasetError
+from haaqicli.levels import reference_level1
 
 HaaqiFn = Callable[..., Any]
 TERMS = ("cep_high", "bm_sync5", "d_loud", "d_norm")
@@ -59,15 +60,12 @@ def _default_haaqi() -> HaaqiFn:
 
 def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
                     spl: float = DEFAULT_SPL) -> dict[str, Any]:
-    """compute_haaqi keyword arguments of the label convention: reference presented at ``spl`` dB SPL
-    (the processed at its level relative to the reference), NAL-R on the reference (equalisation 1);
-    the engine's default (fast) threshold-noise mode and seed."""
-    rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
-    if rms <= 0:
-        raise ValueError("silent reference")
+    """compute_haaqi keyword arguments of the label convention (haaqicli.levels): reference presented at
+    ``spl`` dB SPL (the processed at its level relative to the reference), NAL-R on the reference
+    (equalisation 1); the engine's default (fast) threshold-noise mode and seed."""
     return {"processed": processed, "reference": reference, "processed_sr": sr, "reference_sr": sr,
             "audiogram": np.asarray(audiogram, dtype=float), "equalisation": 1,
-            "level1": float(spl) - 20.0 * np.log10(rms)}
+            "level1": reference_level1(reference, float(spl))}
 
 
 def _terms(value: Any) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from haaqicli.audio import DownmixWarning, downmix_message
 from haaqicli.errors import AudioError, HaaqiError
+from haaqicli.levels import reference_level1
 
 PAIR_COLUMNS = [
     "processed", "reference", "profile", "ear", "score", "status", "error",
-    "delay_s", "duration_s", "sample_rate", "segments", "score_min",
+    "delay_s", "duration_s", "sample_rate", "segments", "score_min", "channels", "spl", "audiogram_hash",
 ]
 
 
@@ -75,16 +78,17 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
     `segment_seconds`: score consecutive segments of the aligned pair and report their length-weighted
     mean (`score`) and minimum (`score_min`), with bounded memory; None scores the whole pair at once,
     the exact HAAQI, and refuses (error rows) a pair whose estimated memory exceeds what is available."""
-    from haaqicli.audio import decode, resample
+    from haaqicli.audio import decode, decode_with_info, require_duration, resample
     from haaqicli.reference.align import align
     from haaqicli.reference.haaqi import available_memory_bytes, compute_haaqi_batch, estimated_peak_bytes
 
     base = {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
-            "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan, "segments": np.nan, "score_min": np.nan}
+            "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan, "segments": np.nan, "score_min": np.nan,
+            "channels": np.nan, "spl": spl}
 
     def failed(message: str) -> list[dict[str, Any]]:
-        return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message}
-                for p in profiles]
+        return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message,
+                 "audiogram_hash": p.values_hash()} for p in profiles]
 
     if reference is None:
         return failed("no matching reference file")
@@ -92,7 +96,11 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         return failed("no matching processed file")
     try:
         ref, sr = decode(reference)
-        proc, proc_sr = decode(processed)
+        proc, proc_info = decode_with_info(processed)
+        proc_sr = proc_info.sample_rate
+        base["channels"] = proc_info.file_channels
+        require_duration(reference, ref.shape[1] / sr)
+        require_duration(processed, proc.shape[1] / proc_sr)
         if proc_sr != sr:
             proc = resample(proc, proc_sr, sr)
         base["sample_rate"] = sr
@@ -105,8 +113,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         delay, _, _ = align(ref.mean(axis=0), proc.mean(axis=0), sr)
         base["delay_s"] = delay / sr
         rows, items, sides_per_row = [], [], []
-        # reference presented at `spl`: RMS over all reference channels together
-        level1 = spl - 20 * np.log10(np.sqrt(np.mean(np.asarray(ref, dtype=np.float64) ** 2)))
+        level1 = reference_level1(ref, spl)  # haaqicli.levels: the one definition of the level
         for ear, r, p in zip(ears, ref_ch, proc_ch, strict=True):
             r = np.asarray(r, dtype=np.float64)
             p = np.asarray(p, dtype=np.float64)
@@ -132,7 +139,8 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
                            "audiogram": profile.ear(side), "equalisation": 1, "level1": level1, "seed": seed}
                           for side in sides for a, b in segments]
                 sides_per_row.append(len(sides))
-                rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": ""})
+                rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
+                             "audiogram_hash": profile.values_hash()})
         scores = iter(compute_haaqi_batch(items, device=device))
         weights = np.array([b - a for a, b in segments], dtype=float)
         for row, n_sides in zip(rows, sides_per_row, strict=True):
@@ -177,4 +185,7 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
         if progress and jobs:
             print()
     rows = [row for result in results for row in result]
+    for processed in dict.fromkeys(row["processed"] for row in rows if row["channels"] > 2):
+        channels = next(row["channels"] for row in rows if row["processed"] == processed)
+        warnings.warn(downmix_message(processed, int(channels)), DownmixWarning, stacklevel=2)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
