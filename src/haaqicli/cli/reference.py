@@ -13,9 +13,9 @@ from haaqicli.cli.common import (
     output_options,
     profile_option,
     quiet_option,
-    segment_seconds_option,
     reference_spl_option,
     require_writable,
+    segment_seconds_option,
 )
 
 
