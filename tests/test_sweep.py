@@ -74,7 +74,7 @@ def test_sweep_ladder_table_answer_plot(chord: Path, tmp_path: Path, monkeypatch
     (tmp_path / "tmp").mkdir()
     seen: list[str] = []
     out, answer, plot = tmp_path / "ladder.csv", tmp_path / "answer.csv", tmp_path / "ladder.png"
-    result = invoke([str(chord), "--codec", "mp3,opus", "--bitrates", "32,128", "--target", "0.8",
+    result = invoke([str(chord), "--fast", "--codec", "mp3,opus", "--bitrates", "32,128", "--target", "0.8",
                      "--profile", "normal", "--profile", "mild", "--out", str(out), "--answer", str(answer),
                      "--plot", str(plot)], scorer=fake_scorer(seen))
     assert result.exit_code == 0, result.output
@@ -94,6 +94,10 @@ def test_sweep_ladder_table_answer_plot(chord: Path, tmp_path: Path, monkeypatch
     assert set(zip(marked["codec"], marked["bitrate_kbps"], strict=True)) == {("mp3", 128), ("opus", 128)}
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "lowest bitrate meeting target 0.8" in result.output
+    # the model's scores are labelled a preview in the tables and the answer
+    assert "predicted (preview)" in result.output and "preview:" in result.output
+    assert set(table["method"]) == {"predicted"} and set(pd.read_csv(answer)["method"]) == {"predicted"}
+    assert np.allclose(table["score"], table["score_predicted"]) and table["score_exact"].isna().all()
     # Temp files are cleaned up.
     assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -102,7 +106,7 @@ def test_unsupported_rungs_are_reported(chord: Path, tmp_path: Path) -> None:
     out = tmp_path / "ladder.csv"
     # mp3 24 kb/s is outside MPEG-1 Layer III (skipped before encoding);
     # libvorbis rejects 32 kb/s for 44.1 kHz stereo at run time.
-    result = invoke([str(chord), "--codec", "mp3,vorbis", "--bitrates", "24,32,128", "--target", "0.5",
+    result = invoke([str(chord), "--fast", "--codec", "mp3,vorbis", "--bitrates", "24,32,128", "--target", "0.5",
                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "mp3 24 kb/s" in result.output and "not tried" in result.output
@@ -146,33 +150,71 @@ def test_missing_ffmpeg_is_one_line(chord: Path, monkeypatch: pytest.MonkeyPatch
     assert len(lines) == 1 and lines[0].startswith("error: ffmpeg not found"), result.output
 
 
-def test_exact_column_with_injected_exact(chord: Path, tmp_path: Path) -> None:
-    calls = []
+def rms_exact(calls: list):  # type: ignore[no-untyped-def]
+    """An injected exact scorer: 1 - RMS difference between the decoded original and the decoded rung."""
 
-    def exact_fn(original, sr, decoded, dsr, settings):  # type: ignore[no-untyped-def]
-        calls.append(decoded.shape)
-        assert original.shape[0] == decoded.shape[0] == 2 and sr == dsr == SR
-        error = float(np.sqrt(np.mean((original[:, : decoded.shape[1]] - decoded[:, : original.shape[1]]) ** 2)))
-        return {p: 1.0 - error for p in settings.profiles}
+    def exact_fn(pairs, settings):  # type: ignore[no-untyped-def]
+        import soundfile as sf
 
+        rows = []
+        for reference, processed in pairs:
+            calls.append(Path(processed).name)
+            original, decoded = sf.read(reference, always_2d=True)[0].T, sf.read(processed, always_2d=True)[0].T
+            assert original.shape[0] == decoded.shape[0] == 2
+            n = min(original.shape[1], decoded.shape[1])
+            error = float(np.sqrt(np.mean((original[:, :n] - decoded[:, :n]) ** 2)))
+            rows += [{"processed": str(processed), "profile": p, "ear": "both", "score": 1.0 - error,
+                      "status": "ok", "error": ""} for p in settings.profiles]
+        return pd.DataFrame(rows)
+
+    return exact_fn
+
+
+def test_exact_by_default_decides_the_answer(chord: Path, tmp_path: Path) -> None:
+    """Without --fast the model is not run: every rung, the original included (its ceiling), gets the
+    exact score, and the answer, table and plot use it."""
+    calls: list[str] = []
+    out, answer, plot = tmp_path / "ladder.csv", tmp_path / "answer.csv", tmp_path / "ladder.png"
+
+    def no_model(inputs, settings):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model must not score a default (exact) sweep")
+
+    result = invoke([str(chord), "--codec", "aac", "--bitrates", "32,128", "--target", "0.9", "--out", str(out),
+                     "--answer", str(answer), "--plot", str(plot)], scorer=no_model, exact_fn=rms_exact(calls))
+    assert result.exit_code == 0, result.output
+    assert sorted(calls) == ["i0000-aac-128k.wav", "i0000-aac-32k.wav", "i0000-original.wav"]
+    table = pd.read_csv(out)
+    assert set(table["method"]) == {"exact"} and table["score_predicted"].isna().all()
+    assert np.allclose(table["score"], table["score_exact"])
+    assert table.loc[table["codec"] == "original", "score"].iloc[0] == pytest.approx(1.0)
+    best = pd.read_csv(answer).iloc[0]
+    expected = 32 if table.loc[table["bitrate_kbps"] == 32, "score"].iloc[0] >= 0.9 else 128
+    assert best["method"] == "exact" and best["lowest_kbps"] == expected
+    assert "exact HAAQI" in result.output and "preview" not in result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fast_with_exact_keeps_both_columns(chord: Path, tmp_path: Path) -> None:
+    calls: list[str] = []
     out = tmp_path / "ladder.csv"
-    result = invoke([str(chord), "--codec", "aac", "--bitrates", "64", "--exact", "--out", str(out)],
-                    exact_fn=exact_fn)
+    result = invoke([str(chord), "--fast", "--codec", "aac", "--bitrates", "64", "--exact", "--out", str(out)],
+                    exact_fn=rms_exact(calls))
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
-    assert len(calls) == 1
-    assert table.loc[table["codec"] == "aac", "score_exact"].notna().all()
-    assert table.loc[table["codec"] == "original", "score_exact"].isna().all()
-    assert "exact" in result.output
+    assert sorted(calls) == ["i0000-aac-64k.wav", "i0000-original.wav"]
+    assert table["score_exact"].notna().all() and set(table["method"]) == {"predicted"}
+    assert np.allclose(table["score"], table["score_predicted"])
+    assert "exact" in result.output and "preview" in result.output
 
 
 def test_real_exact_haaqi_round_trip(chord: Path) -> None:
     """End to end through the real reference HAAQI (alignment + compute_haaqi) on one rung."""
     settings = ScoreSettings(profiles=("normal",))
     result = sweep_lib.run_sweep([chord], [sweep_lib.CODECS["mp3"]], [32, 192], settings, target=0.5,
-                                 scorer=fake_scorer(), exact=True)
+                                 scorer=fake_scorer())
     exact = result.table[result.table["codec"] == "mp3"].set_index("bitrate_kbps")["score_exact"]
     assert 0 < exact[32] < exact[192] <= 1.0
+    assert result.method == "exact" and result.table["score"].equals(result.table["score_exact"])
 
 
 def test_real_engine_scores_the_ladder(use_tiny_weights: Path, tmp_path: Path) -> None:
@@ -183,8 +225,36 @@ def test_real_engine_scores_the_ladder(use_tiny_weights: Path, tmp_path: Path) -
     path = tmp_path / "tone.wav"
     sf.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
     settings = ScoreSettings(profiles=("normal",), progress=False)
-    result = sweep_lib.run_sweep([path], [sweep_lib.CODECS["aac"]], [64], settings, target=0.0)
+    result = sweep_lib.run_sweep([path], [sweep_lib.CODECS["aac"]], [64], settings, target=0.0, fast=True)
     table = result.table
     assert list(table["codec"]) == ["original", "aac"]
     assert (table["status"] == "ok").all() and table["score"].between(0, 1).all()
     assert result.answer.iloc[0]["lowest_kbps"] == 64  # target 0 is always met
+
+
+def test_empty_ladder_exits_2_with_one_line(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, (0.1 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32), SR)
+    # mp3 stops at 320, aac at 320, opus at 256 kb/s for one channel: the default codecs have no rung
+    result = invoke([str(mono), "--bitrates", "500"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: empty ladder"), result.output
+
+
+def test_unwritable_outputs_are_refused_before_encoding(chord: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    def no_model(inputs, settings):  # type: ignore[no-untyped-def]
+        raise AssertionError("nothing may be scored")
+
+    for option in ("--out", "--answer", "--plot"):
+        path = blocker / ("x.png" if option == "--plot" else "x.csv")
+        result = invoke([str(chord), "--codec", "aac", "--bitrates", "64", option, str(path)], scorer=no_model,
+                        exact_fn=no_model)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: {option} {path}: cannot write"), result.output

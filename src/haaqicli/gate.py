@@ -26,6 +26,7 @@ import pandas as pd
 
 from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
+from haaqicli.interrupts import RunInterrupted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -282,6 +283,7 @@ class GateReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tolerance: float = 0.0
+    method: str = ""  # "exact", "predicted" or "mixed": how the scores were made (see scoring_method)
 
     @property
     def n_failed(self) -> int:
@@ -314,6 +316,24 @@ def _same_conditions(before: tuple[float, str], now: tuple[float, str]) -> bool:
     return same_level and same_gram
 
 
+EXACT_MODEL = "reference"  # the `model` column of rows scored with the exact HAAQI against a reference
+METHOD_TEXT = {
+    "exact": "exact HAAQI against the references",
+    "predicted": "predicted by the model, without a reference (a preview: where the originals exist, "
+                 "--reference gives the exact HAAQI)",
+    "mixed": "partly exact HAAQI (model 'reference'), partly predicted by the model",
+}
+
+
+def scoring_method(table: pd.DataFrame) -> str:
+    """'exact' when every row was scored against a reference, 'predicted' when none was, else 'mixed'
+    ('' for a table without a model column)."""
+    if table is None or table.empty or "model" not in table.columns:
+        return ""
+    exact = table["model"].astype(str).eq(EXACT_MODEL)
+    return "exact" if exact.all() else "predicted" if not exact.any() else "mixed"
+
+
 def _percentile10(values: Sequence[float]) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), 10))
 
@@ -327,13 +347,14 @@ def evaluate(
     allow_errors: bool = False,
     allow_model_change: bool = False,
     baseline_name: str = "baseline",
+    table_name: str = "score table",
 ) -> GateReport:
     """Apply every gate to a score table. Pure function of its inputs (deterministic)."""
     policy = policy or Policy()
     tol = tolerance if tolerance is not None else (policy.tolerance or 0.0)
-    scores = file_scores(table)
+    scores = file_scores(table, table_name)
     base_scores = file_scores(baseline, baseline_name) if baseline is not None else None
-    report = GateReport(cases=[], profiles=[], tolerance=tol)
+    report = GateReport(cases=[], profiles=[], tolerance=tol, method=scoring_method(table))
 
     if scores.empty:
         report.errors.append("nothing was scored (no audio files found?)")
@@ -471,8 +492,12 @@ def junit_xml(report: GateReport, suite_name: str = "haaqi") -> ET.ElementTree:
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     names = sorted({c.profile for c in report.cases} | {p.profile for p in report.profiles})
     by_profile = {p.profile: p for p in report.profiles}
+    label = f" ({report.method})" if report.method else ""
     for profile in names:
         suite = ET.SubElement(root, "testsuite", name=f"{suite_name}.{profile}")
+        if report.method:
+            properties = ET.SubElement(suite, "properties")
+            ET.SubElement(properties, "property", name="scoring", value=METHOD_TEXT[report.method])
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         classname = f"{suite_name}.{profile}"
         for case in [c for c in report.cases if c.profile == profile]:
@@ -480,7 +505,7 @@ def junit_xml(report: GateReport, suite_name: str = "haaqi") -> ET.ElementTree:
             counts["tests"] += 1
             detail = "\n".join(case.messages)
             if case.score is not None:
-                detail = f"score={case.score:.4f}" + (f" baseline={case.baseline:.4f}" if case.baseline is not None
+                detail = f"score={case.score:.4f}{label}" + (f" baseline={case.baseline:.4f}" if case.baseline is not None
                                                        else "") + ("\n" + detail if detail else "")
             if case.status == "fail":
                 counts["failures"] += 1
@@ -544,6 +569,8 @@ def markdown_summary(report: GateReport, title: str = "HAAQI quality gate", max_
     lines.append(f"{n_cases} file × profile checks, {sum(c.status == 'fail' for c in report.cases)} failed, "
                  f"{report.n_errors} errors"
                  + (f"; baseline tolerance {report.tolerance:g}" if report.tolerance else "") + ".")
+    if report.method:
+        lines.append(f"Scores: {METHOD_TEXT[report.method]}.")
     lines.append("")
     for message in report.errors:
         lines.append(f"> **Error:** {_md_escape(message)}")
@@ -626,6 +653,8 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
         summary.add_row(style[p.status], p.profile, str(p.n), _fmt(p.mean), _fmt(p.p10), _fmt(p.minimum),
                         _threshold_text(p.thresholds), "; ".join(p.messages))
     console.print(summary)
+    if report.method:
+        console.print(f"scores: {METHOD_TEXT[report.method]}", markup=False)
     for message in report.notes:
         console.print(f"note: {message}", markup=False)
     for message in report.warnings:
@@ -672,7 +701,10 @@ def model_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataFrame
     options = ScoreOptions(model=settings.model, device=settings.device, batch_size=settings.batch_size,
                            workers=settings.workers, spl=settings.spl, mix=settings.mix,
                            beats_checkpoint=settings.beats_checkpoint)
-    return score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress).table
+    run = score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress)
+    if run.interrupted:  # the caller decides where the finished rows go
+        raise RunInterrupted(f"{len(run.table)} finished rows", rows=run.table)
+    return run.table
 
 
 def pair_by_relative_path(inputs: Sequence[str], reference_dir: str | Path) -> tuple[
@@ -723,13 +755,15 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
                             segment_seconds=settings.segment_seconds)
         frames.append(_rename_files(table, pairs))
     error_rows = [{"file": name, "path": str(path), "profile": profile.name, "ear": "", "status": "error",
-                   "error": reason, "model": "reference", "model_sha256": ""}
+                   "error": reason, "model": EXACT_MODEL, "model_sha256": "", "spl": settings.spl,
+                   "audiogram_hash": profile.values_hash()}
                   for name, path, reason in unpaired for profile in profiles]
     if error_rows:
         frames.append(pd.DataFrame(error_rows))
+    columns = [*SCORE_COLUMNS, "segments"]  # segments: how many each pair was scored in (1 = whole)
     if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
-    return pd.concat(frames, ignore_index=True).reindex(columns=SCORE_COLUMNS)
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
 
 
 def _relative_name(path: Path, folder: Path) -> str:
@@ -745,7 +779,7 @@ def _rename_files(table: pd.DataFrame, pairs: Sequence[tuple[str, Path, Path]]) 
     table = table.copy()
     table["path"] = table["processed"]
     table["file"] = [by_path.get(str(Path(p).resolve()), str(p)) for p in table["processed"]]
-    table["model"] = "reference"
+    table["model"] = EXACT_MODEL
     table["model_sha256"] = ""
     return table
 

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 HANDLED_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -60,6 +61,7 @@ class RunInterrupted(KeyboardInterrupt):
     """A command stopped early after saving what it had; `kept` says what, e.g. '12 finished rows kept
     in scores.csv'. The CLI prints 'interrupted: <kept>' and exits with `exit_code()`."""
 
-    def __init__(self, kept: str) -> None:
+    def __init__(self, kept: str, rows: Any = None) -> None:
         super().__init__(kept)
         self.kept = kept
+        self.rows = rows  # the finished rows (a DataFrame) when the raiser did not save them itself

@@ -12,6 +12,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,11 @@ CODECS: dict[str, Codec] = {
     "mp2": Codec("mp2", "mp2", "mp2", 32, 384, allowed=_MP2_RATES),
 }
 
+# score: what decides (`method`: exact HAAQI by default, the model's prediction with --fast)
 SWEEP_COLUMNS = ["input", "codec", "bitrate_kbps", "actual_kbps", "profile", "score", "score_exact",
-                 "meets_target", "lowest", "status", "error"]
+                 "meets_target", "lowest", "status", "error", "score_predicted", "method"]
 ANSWER_COLUMNS = ["codec", "profile", "criterion", "target", "lowest_kbps", "score_at_lowest",
-                  "lowest_kbps_exact", "score_exact_at_lowest"]
+                  "lowest_kbps_exact", "score_exact_at_lowest", "method"]
 
 
 def require_ffmpeg() -> str:
@@ -149,40 +151,24 @@ def encode_decode(rung: Rung, codec: Codec | None, sample_rate: int, channels: i
     return rung
 
 
-# (original (ch, n), sr, decoded (ch, n), sr, settings) -> {profile name: exact HAAQI}
-ExactFn = Callable[[np.ndarray, int, np.ndarray, int, ScoreSettings], dict[str, float]]
+# ([(reference, processed)], settings) -> one row per processed x profile x ear with the columns
+# processed, profile, ear, score, status, error (and segments): haaqicli.reference.score_pairs' contract
+ExactFn = Callable[[Sequence[tuple[Path, Path]], ScoreSettings], pd.DataFrame]
+
+METHOD_EXACT = "exact"
+METHOD_PREDICTED = "predicted"
 
 
-def reference_exact(original: np.ndarray, sr: int, decoded: np.ndarray, decoded_sr: int,
-                    settings: ScoreSettings) -> dict[str, float]:
-    """Exact HAAQI of the decoded rung against the original: the codec delay is removed with
-    haaqicli.reference.align, each channel is heard by its ear (a mono file by both), the original
-    is presented at --spl (label convention), and the listener's score is the mean over ears."""
+def exact_pairs(pairs: Sequence[tuple[Path, Path]], settings: ScoreSettings) -> pd.DataFrame:
+    """Exact HAAQI of each decoded rung against the decoded original: the codec delay removed by
+    alignment, each channel heard by its ear (a mono file by both), the original presented at --spl and
+    the rung keeping its level relative to it (haaqicli.levels), long inputs in segments."""
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.reference import align, compute_haaqi
+    from haaqicli.reference import score_pairs
 
-    profiles = resolve_profiles(settings.profiles)
-    rms = float(np.sqrt(np.mean(np.square(original.astype(np.float64)))))
-    if rms <= 0:
-        raise HaaqiError("the original is silent; exact HAAQI is undefined")
-    level1 = settings.spl - 20 * math.log10(rms)
-    if settings.mix == "mono" or original.shape[0] == 1:
-        ears = [("left", original.mean(axis=0), decoded.mean(axis=0)), ("right", None, None)]
-    else:
-        ears = [("left", original[0], decoded[0]), ("right", original[1], decoded[1])]
-    aligned = []
-    for ear, ref, proc in ears:
-        if ref is None:  # mono: the same signal reaches both ears
-            aligned.append((ear, aligned[0][1], aligned[0][2]))
-            continue
-        _, ref_a, proc_a = align(ref, proc, sr)
-        aligned.append((ear, np.asarray(ref_a), np.asarray(proc_a)))
-    scores = {}
-    for profile in profiles:
-        values = [compute_haaqi(proc_a, ref_a, sr, sr, profile.ear(ear), equalisation=1, level1=level1)
-                  for ear, ref_a, proc_a in aligned]
-        scores[profile.name] = float(np.mean(values))
-    return scores
+    return score_pairs(pairs, resolve_profiles(settings.profiles), spl=settings.spl, mix=settings.mix,
+                       workers=settings.workers, progress=settings.progress, device=settings.device,
+                       segment_seconds=settings.segment_seconds)
 
 
 @dataclass
@@ -193,6 +179,8 @@ class SweepResult:
     target: float = 0.0
     codecs: list[str] = field(default_factory=list)  # in the order asked for
     profiles: list[str] = field(default_factory=list)
+    method: str = METHOD_EXACT  # what `score` (and the answer) is: exact HAAQI, or the model's preview
+    notes: list[str] = field(default_factory=list)  # one line each, for the terminal
 
 
 def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int) -> tuple[
@@ -207,6 +195,17 @@ def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int)
     return plan, skipped
 
 
+def _per_file(table: pd.DataFrame | None, key: str) -> dict[str, dict[str, tuple[float, str]]]:
+    """{file name: {profile: (score over ears, error)}} from a per-ear table keyed by path column `key`."""
+    if table is None or table.empty:
+        return {}
+    renamed = table.rename(columns={key: "file"}) if key != "file" else table
+    by_name: dict[str, dict[str, tuple[float, str]]] = {}
+    for row in file_scores(renamed).itertuples(index=False):
+        by_name.setdefault(Path(str(row.file)).name, {})[row.profile] = (row.score, row.error)
+    return by_name
+
+
 def run_sweep(
     inputs: Sequence[str | Path],
     codecs: Sequence[Codec],
@@ -219,17 +218,23 @@ def run_sweep(
     criterion: str = "min",
     workers: int = 1,
     keep_dir: str | Path | None = None,
+    fast: bool = False,
 ) -> SweepResult:
-    """Encode/decode/score the ladder. ``scorer`` and ``exact_fn`` are injectable (tests, other models)."""
+    """Encode/decode/score the ladder. By default every rung gets the exact HAAQI against the decoded
+    original and `score` is that; with ``fast`` the model predicts `score` instead (a preview), and
+    ``exact`` then adds the exact HAAQI in `score_exact`. ``scorer`` (the model) and ``exact_fn`` are
+    injectable (tests, other models)."""
     from joblib import Parallel, delayed
 
-    from haaqicli.audio import decode, discover, open_audio
+    from haaqicli.audio import DownmixWarning, discover, downmix_message, open_audio
 
     ffmpeg = require_ffmpeg()
     if scorer is None:
         from haaqicli.gate import model_scorer
 
         scorer = model_scorer
+    exact_fn = exact_fn or exact_pairs
+    want_exact = exact or not fast
     items = discover(inputs)
     if not items:
         raise HaaqiError("no audio files found in " + ", ".join(map(str, inputs)))
@@ -241,6 +246,8 @@ def run_sweep(
         skipped: set[str] = set()
         for index, item in enumerate(items):
             info = open_audio(item.path).info  # AudioError names the file
+            if info.downmixed:
+                warnings.warn(downmix_message(item.path, info.file_channels), DownmixWarning, stacklevel=2)
             plan, skip = plan_ladder(codecs, bitrates, info.channels)
             skipped.update(skip)
             rungs = [(None, None)] + [(c, k) for c, k in plan]
@@ -249,51 +256,52 @@ def run_sweep(
                 rung = Rung(index, names[index], item.path, codec.name if codec else "original", kbps,
                             tmp / f"i{index:04d}-{label}.wav")
                 jobs.append((rung, codec, info.sample_rate, info.channels, info.duration_s))
+        if all(codec is None for _, codec, *_ in jobs):
+            raise HaaqiError(f"empty ladder: none of {', '.join(f'{b}' for b in bitrates)} kb/s is within what "
+                             f"{', '.join(c.name for c in codecs)} accept (see haaqi sweep --help)")
         done: list[Rung] = Parallel(n_jobs=workers, prefer="threads")(
             delayed(encode_decode)(rung, codec, sr, ch, dur, ffmpeg) for rung, codec, sr, ch, dur in jobs
         )
+        if all(r.status == "unsupported" for r in done if r.codec != "original"):
+            raise HaaqiError("empty ladder: the encoders rejected every rung (" +
+                             "; ".join(r.error for r in done if r.codec != "original")[:300] + ")")
         ok = [r for r in done if r.status == "ok"]
-        scored = file_scores(scorer([str(r.decoded) for r in ok], settings)) if ok else file_scores(None)
-        by_name: dict[str, dict[str, tuple[float, str]]] = {}
-        for row in scored.itertuples(index=False):
-            by_name.setdefault(Path(str(row.file)).name, {})[row.profile] = (row.score, row.error)
+        predicted = _per_file(scorer([str(r.decoded) for r in ok], settings) if fast and ok else None, "file")
+        exact_table = None
+        if want_exact:
+            originals = {r.index: r.decoded for r in ok if r.codec == "original"}
+            # the original against itself too: the ceiling that no bitrate can pass for this listener
+            pairs = [(originals[r.index], r.decoded) for r in ok if r.index in originals]
+            exact_table = exact_fn(pairs, settings) if pairs else None
+        exact_scores = _per_file(exact_table, "processed")
 
-        exact_scores: dict[str, dict[str, float]] = {}
-        exact_errors: dict[str, str] = {}
-        if exact:
-            exact_fn = exact_fn or reference_exact
-            originals = {r.index: decode(r.decoded) for r in ok if r.codec == "original"}
-            for r in ok:
-                if r.codec == "original" or r.index not in originals:
-                    continue
-                original, sr = originals[r.index]
-                decoded, dsr = decode(r.decoded)
-                try:
-                    exact_scores[r.decoded.name] = exact_fn(original, sr, decoded, dsr, settings)
-                except HaaqiError as error:
-                    exact_errors[r.decoded.name] = str(error)
-
-    profile_names = _profile_names(scored, settings)
+    seen = [profile for by_name in (predicted, exact_scores) for scores in by_name.values() for profile in scores]
+    profile_names = _profile_names(pd.DataFrame({"profile": seen}), settings)
+    method = METHOD_PREDICTED if fast else METHOD_EXACT
     rows = []
     for r in done:
         for profile in profile_names:
             row = {"input": r.input, "codec": r.codec, "bitrate_kbps": r.kbps if r.kbps is not None else np.nan,
                    "actual_kbps": r.actual_kbps, "profile": profile, "score": np.nan, "score_exact": np.nan,
-                   "status": r.status, "error": r.error}
+                   "score_predicted": np.nan, "method": method, "status": r.status, "error": r.error}
             if r.status == "ok":
-                score, error = by_name.get(r.decoded.name, {}).get(profile, (np.nan, "not scored"))
-                row["score"] = score
-                if not np.isfinite(score):
-                    row["status"], row["error"] = "error", error or "not scored"
-                if exact and r.codec != "original":
-                    row["score_exact"] = exact_scores.get(r.decoded.name, {}).get(profile, np.nan)
-                    if r.decoded.name in exact_errors:
-                        row["error"] = "exact: " + exact_errors[r.decoded.name]
+                missing = (np.nan, "not scored")
+                guess, guess_error = predicted.get(r.decoded.name, {}).get(profile, missing) if fast else missing
+                exact_score, exact_error = (exact_scores.get(r.decoded.name, {}).get(profile, missing)
+                                            if want_exact else missing)
+                row["score_predicted"] = guess if fast else np.nan
+                row["score_exact"] = exact_score if want_exact else np.nan
+                row["score"] = row["score_predicted"] if fast else row["score_exact"]
+                if not np.isfinite(row["score"]):
+                    row["status"], row["error"] = "error", (guess_error if fast else exact_error) or "not scored"
+                elif want_exact and not np.isfinite(exact_score):
+                    row["error"] = "exact: " + (exact_error or "not scored")
             rows.append(row)
     table = pd.DataFrame(rows)
     table["meets_target"] = table["score"] >= target
     table["lowest"] = False
-    answer = lowest_bitrates(table, target, criterion, exact)
+    answer = lowest_bitrates(table, target, criterion, want_exact)
+    answer["method"] = method
     codec_order = [c.name for c in codecs]
     answer = answer.sort_values(
         ["codec", "profile"], key=lambda col: col.map({n: i for i, n in enumerate(
@@ -306,9 +314,30 @@ def run_sweep(
     rank = {name: i for i, name in enumerate(["original", *codec_order, *profile_names])}
     table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first",
                               key=lambda col: col.map(rank) if col.name in ("codec", "profile") else col)
+    notes = _ceiling_notes(table, target, criterion) if want_exact else []
+    if exact_table is not None and settings.segment_seconds and "segments" in exact_table.columns:
+        n = exact_table.loc[exact_table["segments"].fillna(1) > 1, "processed"].nunique()
+        if n:
+            notes.append(f"{n} decoded file(s) longer than {1.5 * settings.segment_seconds:g} s were scored in "
+                         f"{settings.segment_seconds:g}-s segments (length-weighted mean; --segment-seconds 0: whole)")
     return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target,
-                       codecs=codec_order, profiles=profile_names)
+                       codecs=codec_order, profiles=profile_names, method=method, notes=notes)
 
+
+def _ceiling_notes(table: pd.DataFrame, target: float, criterion: str) -> list[str]:
+    """Profiles for which even the original (exact HAAQI against itself) misses the target: HAAQI compares
+    with normal hearing, so no bitrate can reach it for that listener."""
+    originals = table[(table["codec"] == "original") & (table["status"] == "ok")]
+    notes = []
+    for profile, group in originals.groupby("profile", sort=False):
+        values = group["score_exact"].to_numpy(dtype=float)
+        if not len(values) or not np.all(np.isfinite(values)):
+            continue
+        ceiling = float(values.min() if criterion == "min" else values.mean())
+        if ceiling < target:
+            notes.append(f"{profile}: the original itself scores {ceiling:.3f} (exact HAAQI against itself), below "
+                         f"the target {target:g}: no bitrate can reach it for this profile")
+    return notes
 
 def _unique_names(relatives: Sequence[str]) -> list[str]:
     seen: dict[str, int] = {}
@@ -363,8 +392,9 @@ def _lowest(group: pd.DataFrame, column: str, target: float, criterion: str) -> 
 
 
 def plot_sweep(result: SweepResult, path: str | Path) -> None:
-    """Quality vs bitrate: one panel per codec, one line per profile (mean over inputs); dashed =
-    exact HAAQI when present; dotted = the undecoded original; grey line = target."""
+    """Quality vs bitrate: one panel per codec, one line per profile (mean over inputs) of `score` (exact
+    HAAQI, or the model's preview with --fast, as the axis says); dashed = exact HAAQI next to a preview;
+    dotted = the undecoded original (exact: the profile's ceiling); grey line = target."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +419,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
             line = part[part["profile"] == profile].groupby("bitrate_kbps")[["score", "score_exact"]].mean()
             if len(line):
                 ax.plot(line.index, line["score"], marker="o", color=colour, label=profile)
-                if line["score_exact"].notna().any():
+                if result.method == METHOD_PREDICTED and line["score_exact"].notna().any():
                     ax.plot(line.index, line["score_exact"], marker="x", linestyle="--", color=colour,
                             label=f"{profile} (exact)")
             if profile in originals.index:
@@ -404,9 +434,11 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
         ax.set_xlabel("bitrate (kb/s)")
         ax.grid(alpha=0.3)
     for row in axes:
-        row[0].set_ylabel("HAAQI (predicted)")
+        row[0].set_ylabel("HAAQI (exact)" if result.method == METHOD_EXACT else "HAAQI (predicted: --fast preview)")
     axes[0][0].set_ylim(0, 1.02)
     axes.flat[len(codecs) - 1].legend(fontsize=7, loc="lower right")
+    if result.method == METHOD_PREDICTED:
+        fig.suptitle("preview: scores predicted by the model (--fast), not exact HAAQI", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -99,12 +99,39 @@ def output_options(func: F) -> F:
     return func
 
 
-def segment_seconds_option(func: F) -> F:
-    """Exact-HAAQI segmenting of long pairs (`haaqi reference`, `haaqi check --reference`)."""
-    return click.option(
-        "--segment-seconds", type=click.FloatRange(1.0), default=None,
-        help="Exact HAAQI: score consecutive segments of this length (length-weighted mean in `score`, "
-             "minimum in `score_min`) with bounded memory, instead of each whole pair at once.")(func)
+# Default segment length where exact HAAQI runs on users' whole songs (`check --reference`, `sweep`): a
+# segment of up to 1.5 x 30 s needs about 4 GB (BYTES_PER_MODEL_SAMPLE), a whole 5-minute song 25 GB.
+DEFAULT_SEGMENT_SECONDS = 30.0
+
+
+def segment_seconds_option(default: float | None = None) -> Callable[[F], F]:
+    """Exact-HAAQI segmenting of long pairs (`haaqi reference`, `check --reference`, `sweep`);
+    0 scores each whole pair at once (the value is None then)."""
+    whole = "the default: each whole pair at once" if default is None else "0: each whole pair at once"
+
+    def decorate(func: F) -> F:
+        return click.option(
+            "--segment-seconds", type=click.FloatRange(0.0), default=default, show_default=default is not None,
+            callback=lambda ctx, param, value: value or None,
+            help="Exact HAAQI: score consecutive segments of this length (length-weighted mean in `score`, "
+                 f"minimum in `score_min`) with bounded memory; a pair shorter than 1.5 segments is scored "
+                 f"whole ({whole}).")(func)
+
+    return decorate
+
+
+def segments_note(table: Any, segment_seconds: float | None) -> str:
+    """One line saying which files were scored in segments (from a table's `segments` column), or ''."""
+    if not segment_seconds or table is None or "segments" not in getattr(table, "columns", ()):
+        return ""
+    segmented = table.loc[table["segments"].fillna(1) > 1]
+    key = "file" if "file" in segmented.columns else "processed"
+    n = segmented[key].nunique() if len(segmented) else 0
+    if not n:
+        return ""
+    return (f"{n} file(s) longer than {1.5 * segment_seconds:g} s were scored in {segment_seconds:g}-s segments: "
+            "their score is the segments' length-weighted mean, score_min the worst segment "
+            "(--segment-seconds 0 scores whole files)")
 
 
 def quiet_option(func: F) -> F:

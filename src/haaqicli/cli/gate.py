@@ -12,24 +12,30 @@ from pathlib import Path
 import click
 
 from haaqicli.cli.common import (
+    DEFAULT_SEGMENT_SECONDS,
     model_options,
     one_line_errors,
     profile_option,
     quiet_option,
+    require_writable,
     segment_seconds_option,
+    segments_note,
     show_warnings,
     spl_option,
 )
+from haaqicli.interrupts import RunInterrupted
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
 
 CHECK_HELP = """CI gate: score INPUTS (files or folders) for each --profile and apply quality gates.
 
 \b
-Scoring: the non-intrusive model by default; exact HAAQI with --reference DIR
-(each input paired with DIR/<same relative path>, or the same name with another audio
-extension) or --pairs CSV (columns processed,reference); --scores TABLE gates an
-existing score table without scoring anything.
+Scoring: exact HAAQI with --reference DIR (each input paired with DIR/<same relative
+path>, or the same name with another audio extension) or --pairs CSV (columns
+processed,reference): the recommended mode for codec or processing outputs, as long
+inputs are scored in --segment-seconds segments (default 30). Without a reference, the
+non-intrusive model predicts the scores (a fallback where no original exists; the
+output says which). --scores TABLE gates an existing score table without scoring.
 
 \b
 Gates (per profile; policy file keys have the same names):
@@ -84,7 +90,7 @@ def _console():  # type: ignore[no-untyped-def]
               help="Folder of references paired by relative path: exact HAAQI instead of the model.")
 @click.option("--pairs", type=click.Path(dir_okay=False), default=None,
               help="CSV with columns processed,reference: exact HAAQI of each pair.")
-@segment_seconds_option
+@segment_seconds_option(DEFAULT_SEGMENT_SECONDS)
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Gate this existing score table instead of scoring INPUTS.")
 @click.option("--min-score", type=score_range, default=None, help="Fail a file scoring below this.")
@@ -149,6 +155,7 @@ def check(
     if max_drop is not None and not baseline:
         raise click.UsageError("--max-drop needs --baseline")
     _table_path(out, "--out")
+    require_writable(out=out, junit=junit, summary=summary)
     loaded_policy = gate.load_policy(policy) if policy else gate.Policy()
     if baseline is None and any(t.max_drop is not None for t in [loaded_policy.default,
                                                                  *loaded_policy.profiles.values()]):
@@ -171,13 +178,23 @@ def check(
                                       progress=not quiet, reference=reference_dir, pairs=pairs,
                                       segment_seconds=segment_seconds)
         scorer = _scorer_from_context() or gate.default_scorer(settings)
-        table = scorer(list(inputs), settings)
+        try:
+            table = scorer(list(inputs), settings)
+        except RunInterrupted as stopped:
+            if out and stopped.rows is not None:
+                write_table(stopped.rows, out)
+                raise RunInterrupted(f"{stopped.kept} kept in {out}; no gate was evaluated") from None
+            raise RunInterrupted(f"{stopped.kept} not kept (no --out); no gate was evaluated") from None
     if out:
         write_table(table, out)
     cli_thresholds = gate.Thresholds(min_score=min_score, min_mean=min_mean, min_p10=min_p10, max_drop=max_drop)
     report = gate.evaluate(table, loaded_policy, cli_thresholds, baseline=baseline_table, tolerance=tolerance,
                            allow_errors=allow_errors, allow_model_change=allow_model_change,
-                           baseline_name=f"baseline {baseline}" if baseline else "baseline")
+                           baseline_name=f"baseline {baseline}" if baseline else "baseline",
+                           table_name=scores_path or "score table")
+    note = segments_note(table, segment_seconds) if (reference_dir or pairs) else ""
+    if note:
+        report.notes.append(note)
     gate.print_report(report)
     if junit:
         gate.write_junit(report, junit)
@@ -200,7 +217,13 @@ def check(
 @profile_option
 @spl_option
 @model_options
-@click.option("--exact", is_flag=True, help="Also exact HAAQI against the original (slower).")
+@click.option("--fast", is_flag=True,
+              help="Preview: the model predicts every rung instead of the exact HAAQI (much faster, less "
+                   "accurate; table, answer and plot say so).")
+@click.option("--exact", is_flag=True,
+              help="With --fast: also the exact HAAQI next to the preview (without --fast, exact is what "
+                   "is scored anyway).")
+@segment_seconds_option(DEFAULT_SEGMENT_SECONDS)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the ladder table.")
 @click.option("--answer", type=click.Path(dir_okay=False), default=None,
               help="Write the lowest-bitrate table (.csv/.parquet/.jsonl).")
@@ -224,7 +247,9 @@ def sweep(
     workers: int,
     mix: str,
     beats_checkpoint: str | None,
+    fast: bool,
     exact: bool,
+    segment_seconds: float | None,
     out: str | None,
     answer: str | None,
     plot: str | None,
@@ -232,11 +257,14 @@ def sweep(
     quiet: bool,
 ) -> None:
     """Encode and decode INPUTS along a codec bitrate ladder with ffmpeg, score every rung for each
-    --profile (non-intrusive model), and print the lowest bitrate per codec that meets --target.
+    --profile with the exact HAAQI against the input (--fast: the model's prediction, a preview), and
+    print the lowest bitrate per codec that meets --target.
 
-    The lowest bitrate is the lowest rung from which every higher rung also meets the target.
-    --workers runs that many ffmpeg encodes at once (and decoding workers for scoring).
-    Exit status: 0 done (even if a codec never reaches the target), 2 error (e.g. no ffmpeg).
+    The lowest bitrate is the lowest rung from which every higher rung also meets the target. The
+    original is scored against itself too: the ceiling for each profile.
+    --workers runs that many ffmpeg encodes (and exact-HAAQI processes) at once.
+    Exit status: 0 done (even if a codec never reaches the target), 2 error (e.g. no ffmpeg, an
+    empty ladder).
     """
     from haaqicli import gate
     from haaqicli import sweep as sweep_lib
@@ -245,14 +273,15 @@ def sweep(
     _table_path(answer, "--answer")
     if plot and not plot.lower().endswith(".png"):
         raise click.BadParameter(f"{plot}: the plot is written as .png", param_hint="--plot")
+    require_writable(out=out, answer=answer, plot=plot)
     sweep_lib.require_ffmpeg()
     settings = gate.ScoreSettings(profiles=profiles, spl=spl, mix=mix, model=model, device=device,
                                   batch_size=batch_size, workers=workers, beats_checkpoint=beats_checkpoint,
-                                  progress=not quiet)
+                                  progress=not quiet, segment_seconds=segment_seconds)
     result = sweep_lib.run_sweep(
         inputs, sweep_lib.parse_codecs(codecs), sweep_lib.parse_bitrates(bitrates), settings, target,
         scorer=_scorer_from_context(), exact=exact, exact_fn=_scorer_from_context("exact_fn"),
-        criterion=criterion, workers=workers, keep_dir=keep_dir,
+        criterion=criterion, workers=workers, keep_dir=keep_dir, fast=fast,
     )
     from haaqicli.tables import write_table
 
@@ -262,7 +291,7 @@ def sweep(
         write_table(result.answer, answer)
     if plot:
         sweep_lib.plot_sweep(result, plot)
-    _print_sweep(result, exact, quiet)
+    _print_sweep(result, quiet)
     sys.exit(0)
 
 
@@ -274,34 +303,50 @@ def _fmt(value: object, spec: str = ".3f") -> str:
     return "" if number != number else format(number, spec)
 
 
-def _print_sweep(result, exact: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_sweep(result, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
+
+    from haaqicli.sweep import METHOD_PREDICTED
 
     console = _console()
     table = result.table
+    preview = result.method == METHOD_PREDICTED
+    both = preview and table["score_exact"].notna().any()  # --fast --exact: the preview and the exact HAAQI
+    label = "predicted (preview)" if preview else "exact"
     if not quiet:
-        ladder = Table(show_edge=False, header_style="bold", title="ladder (mean over inputs)")
-        for column in ["codec", "kb/s", "actual kb/s", "profile", "score"] + (["exact"] if exact else []) + ["status"]:
+        ladder = Table(show_edge=False, header_style="bold", title=f"ladder (mean over inputs), {label} HAAQI")
+        for column in ["codec", "kb/s", "actual kb/s", "profile", f"score ({label})"] + (["exact"] if both else []) \
+                + ["status"]:
             ladder.add_column(column)
         grouped = table.groupby(["codec", "bitrate_kbps", "profile"], dropna=False, sort=False)
         for (codec, kbps, profile), g in grouped:
             bad = g[g["status"] != "ok"]
             status = "ok" if bad.empty else f"{bad['status'].iloc[0]}: {bad['error'].iloc[0]}"
             row = [codec, _fmt(kbps, ".0f"), _fmt(g["actual_kbps"].mean(), ".0f"), profile, _fmt(g["score"].mean())]
-            if exact:
+            if both:
                 row.append(_fmt(g["score_exact"].mean()))
             ladder.add_row(*row, status)
         console.print(ladder)
+    criterion = result.answer["criterion"].iloc[0] if len(result.answer) else "min"
     view = Table(show_edge=False, header_style="bold",
-                 title=f"lowest bitrate meeting target {result.target:g} ({result.answer['criterion'].iloc[0] if len(result.answer) else 'min'} over inputs)")
-    for column in ["codec", "profile", "lowest kb/s", "score"] + (["lowest kb/s (exact)", "exact"] if exact else []):
+                 title=f"lowest bitrate meeting target {result.target:g} ({criterion} over inputs), {label} HAAQI")
+    for column in ["codec", "profile", "lowest kb/s", f"score ({label})"] + (
+            ["lowest kb/s (exact)", "exact"] if both else []):
         view.add_column(column)
     for a in result.answer.itertuples(index=False):
         row = [a.codec, a.profile, _fmt(a.lowest_kbps, ".0f") or "not reached", _fmt(a.score_at_lowest)]
-        if exact:
+        if both:
             row += [_fmt(a.lowest_kbps_exact, ".0f") or "not reached", _fmt(a.score_exact_at_lowest)]
         view.add_row(*row)
     console.print(view)
+    if preview:
+        console.print("preview: these scores are the model's prediction (--fast), not the exact HAAQI; "
+                      "run without --fast before choosing a bitrate", markup=False)
+    else:
+        console.print("scores: exact HAAQI of each decoded rung against the input (codec delay removed)",
+                      markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
     if result.skipped:
         console.print("outside encoder range, not tried: " + ", ".join(result.skipped), markup=False)
 

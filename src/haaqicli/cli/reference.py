@@ -16,6 +16,7 @@ from haaqicli.cli.common import (
     reference_spl_option,
     require_writable,
     segment_seconds_option,
+    segments_note,
 )
 
 
@@ -32,7 +33,7 @@ from haaqicli.cli.common import (
               help="Parallel pairs (CPU processes).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
-@segment_seconds_option
+@segment_seconds_option()
 @output_options
 @quiet_option
 @one_line_errors
@@ -63,6 +64,9 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
         from haaqicli.report import write_report
 
         write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report")
+    note = segments_note(table, segment_seconds)
+    if note:
+        click.echo(f"note: {note}", err=True)
     if not quiet or not out:
         import pandas as pd
 
