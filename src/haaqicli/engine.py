@@ -343,19 +343,19 @@ def score_inputs(
         # Files are scored in groups of about one batch of windows; their rows are written together.
         nonlocal audio_seconds, done
         bases = [_row_base(item, info, options.spl) for item in group]
-        for item, (file_rows, file_timelines) in zip(group, score_prepared(group, profiles, scorer, bases),
-                                                     strict=True):
+        results = score_prepared(group, profiles, scorer, bases)
+        for file_rows, file_timelines in results:
+            item = group.pop(0)  # out of the group first: an interruption now cannot add its rows twice
             rows.extend(file_rows)
             timelines.update(file_timelines)
             if table is not None:
                 table.add(file_rows)
+            done += 1
             if not item.error:
                 audio_seconds += item.duration_s
                 if item.channels > 2:  # said once the file's rows exist, in this process (not a worker's)
                     warnings.warn(audio.downmix_message(item.input.path, item.channels), audio.DownmixWarning,
                                   stacklevel=2)
-        done += len(group)
-        group.clear()
         report_progress(done, len(todo))
 
     try:
