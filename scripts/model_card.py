@@ -84,6 +84,20 @@ def rewrite_speed_section() -> None:
     print(section)
 
 
+def level_paragraph(manifest: dict) -> str:
+    """The level definition (haaqicli.levels) and the levels the models were trained at (their metadata)."""
+    from haaqicli.levels import trained_spl_range
+
+    ranges = sorted({trained_spl_range(info.get("training")) for info in manifest.values()})
+    trained = ", ".join(f"{lo:g} dB SPL" if lo == hi else f"{lo:g}-{hi:g} dB SPL" for lo, hi in ranges)
+    return ("**Level**: the labels present the reference at L dB SPL (its RMS over all channels) and the "
+            "processed signal keeps its level relative to the reference; `haaqi score --spl L` and the API's "
+            "`spl=L` hear the file's own RMS at L, assuming the original was at the same level, and "
+            "`haaqi reference --spl L` sets the reference's level. These models were trained on labels at "
+            f"{trained} (`training.spl_range` in weights/manifest.json); a prediction at a level outside "
+            "that range warns, as it is an extrapolation.")
+
+
 def main() -> None:
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
     dataset = load("dataset.json") or {}
@@ -106,6 +120,8 @@ def main() -> None:
         "see DEVELOPERS.md) of 6-s windows of mono music at 24 kHz, calibrated so RMS 0.1 is 65 dB SPL, "
         "for one ear's audiogram (8 values, dB HL at 250, 500, 1k, 2k, 3k, 4k, 6k, 8k Hz). "
         "`haaqi score` windows, calibrates and aggregates files.",
+        "",
+        level_paragraph(manifest),
         "",
         "## Models",
         "",

@@ -233,7 +233,7 @@ def test_level_outside_the_trained_range_warns(use_tiny_weights: Path, tmp_path:
     from haaqicli.levels import LevelWarning
 
     path = write_music(tmp_path / "a.wav", seconds=1.0)
-    with pytest.warns(LevelWarning, match="--spl 85: the distilled model was trained on labels at 65 dB SPL only"):
+    with pytest.warns(LevelWarning, match=r"level 85 dB SPL \(--spl\): the distilled model was trained on labels at 65 dB SPL only"):
         assert run("score", str(path), "--spl", "85", "-q")[0] == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", LevelWarning)
@@ -256,7 +256,7 @@ def test_api_uses_the_same_level_and_warns_the_same(use_tiny_weights: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error", LevelWarning)
         predictor(wave, torch.zeros(1, 8), 24000, spl=65)
-    with pytest.warns(LevelWarning, match="--spl 80"):
+    with pytest.warns(LevelWarning, match="level 80 dB SPL"):
         predictor(wave, torch.zeros(1, 8), 24000, spl=80)
 
 

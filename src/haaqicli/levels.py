@@ -65,8 +65,9 @@ def untrained_level_message(spl: float, model_name: str, training: Mapping[str, 
     if low - 1e-9 <= spl <= high + 1e-9:
         return ""
     trained = f"{low:g} dB SPL" if low == high else f"{low:g}-{high:g} dB SPL"
-    return (f"--spl {spl:g}: the {model_name} model was trained on labels at {trained} only, so its scores "
-            "at this level are an extrapolation; use exact HAAQI (--reference) where an original exists")
+    return (f"presentation level {spl:g} dB SPL (--spl): the {model_name} model was trained on labels at "
+            f"{trained} only, so its scores at this level are an extrapolation; use the exact HAAQI "
+            "(--reference) where an original exists")
 
 
 def warn_untrained_level(spl: float, model_name: str, training: Mapping[str, Any] | None) -> None:
