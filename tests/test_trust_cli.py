@@ -228,9 +228,7 @@ def test_baseline_matches_on_level_and_audiogram_values() -> None:
 
 
 def test_level_outside_the_trained_range_warns(use_tiny_weights: Path, tmp_path: Path) -> None:
-    from haaqicli.levels import trained_spl_range, untrained_level_message
-
-    from haaqicli.levels import LevelWarning
+    from haaqicli.levels import LevelWarning, trained_spl_range, untrained_level_message
 
     path = write_music(tmp_path / "a.wav", seconds=1.0)
     with pytest.warns(LevelWarning, match=r"level 85 dB SPL \(--spl\): the distilled model was trained on labels at 65 dB SPL only"):
