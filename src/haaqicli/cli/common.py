@@ -41,7 +41,10 @@ def one_line_errors(func: F) -> F:
                        f"{error.strerror or error}", err=True)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt as error:
-            kept = error.kept if isinstance(error, RunInterrupted) else "nothing finished was kept"
+            if isinstance(error, RunInterrupted):  # rows still attached: no command saved them
+                kept = error.kept + (" not kept" if error.rows is not None else "")
+            else:
+                kept = "nothing finished was kept"
             click.echo(f"interrupted: {kept}", err=True)
             sys.exit(interrupts.exit_code())
 
