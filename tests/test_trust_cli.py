@@ -317,3 +317,18 @@ def test_check_reference_segments_long_inputs_by_default_and_says_so(tmp_path: P
     code, output = run("check", str(proc), "--reference", str(refs), "--segment-seconds", "1", "-q")
     assert code == 0, output
     assert "1 file(s) longer than 1.5 s were scored in 1-s segments" in output.replace("\n", " ")
+
+
+def test_interrupted_check_writes_the_finished_rows_and_evaluates_no_gate(tmp_path: Path,
+                                                                         music_folder: Path) -> None:
+    from haaqicli.interrupts import RunInterrupted
+
+    def interrupted_scorer(inputs, settings):  # type: ignore[no-untyped-def]
+        raise RunInterrupted("2 finished rows", rows=_rows(0.9, 65, "a").assign(file=["x.wav"]))
+
+    out = tmp_path / "partial.csv"
+    code, output = run("check", str(music_folder), "--min-score", "0.5", "--out", str(out),
+                       obj={"scorer": interrupted_scorer})
+    assert code == 130
+    assert one_line(output) == f"interrupted: 2 finished rows kept in {out}; no gate was evaluated"
+    assert list(read_table(out)["file"]) == ["x.wav"]
