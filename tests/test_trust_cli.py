@@ -332,3 +332,32 @@ def test_interrupted_check_writes_the_finished_rows_and_evaluates_no_gate(tmp_pa
     assert code == 130
     assert one_line(output) == f"interrupted: 2 finished rows kept in {out}; no gate was evaluated"
     assert list(read_table(out)["file"]) == ["x.wav"]
+
+
+def test_interrupted_reference_keeps_the_finished_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import haaqicli.reference.pairs as pairs_module
+
+    refs, proc = tmp_path / "refs", tmp_path / "proc"
+    for name in ("a.wav", "b.wav"):
+        write_music(refs / name, seconds=1.0, sample_rate=16000)
+        write_music(proc / name, seconds=1.0, sample_rate=16000)
+    original = pairs_module.score_pair
+    calls = []
+
+    def interrupt_second(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pairs_module, "score_pair", interrupt_second)
+    out = tmp_path / "exact.csv"
+    code, output = run("reference", "--reference", str(refs), str(proc), "--out", str(out), "--device", "cpu", "-q")
+    assert code == 130 and one_line(output) == f"interrupted: 1 finished rows kept in {out}", output
+    table = read_table(out)
+    assert [Path(p).name for p in table["processed"]] == ["a.wav"] and (table["status"] == "ok").all()
+    calls.clear()
+    code, output = run("check", str(proc), "--reference", str(refs), "--out", str(out), "--device", "cpu", "-q")
+    assert code == 130, output
+    assert one_line(output) == f"interrupted: 1 finished rows kept in {out}; no gate was evaluated"
+    assert list(read_table(out)["file"]) == ["a.wav"]

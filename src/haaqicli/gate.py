@@ -749,10 +749,14 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
         pairs, unpaired = pair_by_relative_path(inputs, settings.reference or ".")
     frames = []
     if pairs:
-        table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
-                            spl=settings.spl, mix=settings.mix, workers=settings.workers,
-                            progress=settings.progress, device=settings.device,
-                            segment_seconds=settings.segment_seconds)
+        try:
+            table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
+                                spl=settings.spl, mix=settings.mix, workers=settings.workers,
+                                progress=settings.progress, device=settings.device,
+                                segment_seconds=settings.segment_seconds)
+        except RunInterrupted as stopped:  # the finished rows in this table's form, for the caller to keep
+            rows = None if stopped.rows is None else _rename_files(stopped.rows, pairs)
+            raise RunInterrupted(stopped.kept, rows=rows) from None
         frames.append(_rename_files(table, pairs))
     error_rows = [{"file": name, "path": str(path), "profile": profile.name, "ear": "", "status": "error",
                    "error": reason, "model": EXACT_MODEL, "model_sha256": "", "spl": settings.spl,

@@ -54,11 +54,18 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     require_writable(out=out, report=report)
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
-    table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
-                         device=device, segment_seconds=segment_seconds)
-    if out:
-        from haaqicli.tables import write_table
+    from haaqicli.interrupts import RunInterrupted
+    from haaqicli.tables import write_table
 
+    try:
+        table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
+                            device=device, segment_seconds=segment_seconds)
+    except RunInterrupted as stopped:
+        if out and stopped.rows is not None:
+            write_table(stopped.rows, out)
+            raise RunInterrupted(f"{stopped.kept} kept in {out}") from None
+        raise
+    if out:
         write_table(table, out)
     if report:
         from haaqicli.report import write_report

@@ -13,6 +13,7 @@ import pandas as pd
 
 from haaqicli.audio import DownmixWarning, downmix_message
 from haaqicli.errors import AudioError, HaaqiError
+from haaqicli.interrupts import RunInterrupted
 from haaqicli.levels import reference_level1
 
 PAIR_COLUMNS = [
@@ -178,10 +179,14 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
         )
     else:
         results = []
-        for i, (r, p) in enumerate(jobs):
-            results.append(score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds))
-            if progress:
-                print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
+        try:
+            for i, (r, p) in enumerate(jobs):
+                results.append(score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds))
+                if progress:
+                    print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
+            rows = [row for result in results for row in result]
+            raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
         if progress and jobs:
             print()
     rows = [row for result in results for row in result]
