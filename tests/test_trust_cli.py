@@ -361,3 +361,13 @@ def test_interrupted_reference_keeps_the_finished_pairs(tmp_path: Path, monkeypa
     assert code == 130, output
     assert one_line(output) == f"interrupted: 1 finished rows kept in {out}; no gate was evaluated"
     assert list(read_table(out)["file"]) == ["a.wav"]
+
+
+def test_exported_models_record_the_levels_they_were_trained_at() -> None:
+    """Items with a per-item level widen the recorded range, so the warning's range widens with them."""
+    from haaqicli.levels import untrained_level_message
+    from haaqicli.train import _label_levels
+
+    assert _label_levels(pd.DataFrame({"spl": [50.0, 72.5, 85.0]})) == [50.0, 85.0]
+    assert _label_levels(pd.DataFrame({"package": ["x"]})) == [65.0, 65.0]
+    assert untrained_level_message(80, "m", {"spl_range": _label_levels(pd.DataFrame({"spl": [50.0, 85.0]}))}) == ""
