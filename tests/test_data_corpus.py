@@ -287,7 +287,8 @@ def test_load_split_arrays_level_convention_and_int16_cache(corpus: Path, tmp_pa
     assert grams.shape == (n, 8) and labels_out.shape == (n,)
     assert "GB on disk (int16)" in printed[0]
     files = sorted(cache.glob("splits/train-8000-*.npy"))
-    assert [np.load(f, mmap_mode="r").dtype for f in files] == [np.int16, np.float32]  # waves and row scales
+    assert [np.load(f, mmap_mode="r").dtype.kind for f in files] == ["U", "i", "f"]  # ids, int16 waves, row scales
+    assert np.load(files[1], mmap_mode="r").dtype == np.int16
     for i, (recipe, spl) in enumerate(zip(meta["recipe"], meta["spl"], strict=True)):
         rms = np.sqrt(np.mean(waves[[i]][0].astype(np.float64) ** 2))
         if recipe == '{"type":"identity"}' and meta["augmentation"][i] == "none":
@@ -307,6 +308,16 @@ def test_load_split_arrays_level_convention_and_int16_cache(corpus: Path, tmp_pa
                      for i in df.loc[df["split"] == "train", "item_id"][1:]])
     fewer, *_ = load_split_arrays(path, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache)
     assert len(fewer) == n - 1 and sorted(cache.glob("splits/train-8000-*.npy")) == files
+    # a balanced manifest (a subset of the items) reads the full manifest's cache instead of making its own
+    subset = tmp_path / "balanced.parquet"
+    write_manifest(df.iloc[::2], subset, compact=True)
+    _label_all(subset, df.iloc[::2], np.full(len(df.iloc[::2]), 0.5))
+    part, *_ = load_split_arrays(subset, "train", sample_rate=8000, corpus_dir=corpus, cache_dir=cache, workers=1)
+    assert sorted(cache.glob("splits/train-8000-*.npy")) == files
+    whole = dict(zip(meta["item_id"], np.asarray(waves), strict=True))
+    part_meta = lab.labelled_manifest(subset)
+    part_ids = sorted(part_meta.loc[part_meta["split"] == "train", "item_id"])
+    assert np.array_equal(np.asarray(part), np.stack([whole[i] for i in part_ids]))
     x = model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000)
     assert np.allclose(x, 0.05)
     assert np.allclose(model_input(np.ones(100) * 0.5, np.ones(100) * 0.25, 8000, 8000, spl=85.0), 0.5)

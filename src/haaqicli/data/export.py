@@ -11,7 +11,9 @@ holding every item of the split in the manifest (labelled or not, so it survives
 one float32 scale per row (NaN: not yet written). A row is its input divided by its own scale (the
 peak over 32767), so every clip keeps the full 16-bit resolution whatever its level. There is no
 second per-item copy: the labeller writes each item's row while it has the audio at hand, and
-training regenerates only the rows still missing. The file is sparse until rows are written.
+training regenerates only the rows still missing. The file is sparse until rows are written. A
+manifest whose split items are a subset of a cached split's (a balanced manifest) reads that cache;
+caches of other manifests are kept (they cost CPU hours), and their disk use is printed.
 """
 
 from __future__ import annotations
@@ -104,15 +106,32 @@ class SplitCache:
         self.length, self.sample_rate, self.split = int(length), int(sample_rate), split
         key = hashlib.sha256("|".join([str(sample_rate), str(length), *self.ids]).encode()).hexdigest()[:16]
         self.folder = Path(cache_dir) / "splits"
-        self.path = self.folder / f"{split}-{sample_rate}-{key}.npy"
-        self.scale_path = self.folder / f"{split}-{sample_rate}-{key}.scale.npy"
+        self._at(self.folder / f"{split}-{sample_rate}-{key}.npy")
+
+    def _at(self, path: Path) -> None:
+        self.path = path
+        self.scale_path = path.with_suffix(".scale.npy")
+        self.ids_path = path.with_suffix(".ids.npy")
 
     @classmethod
     def of_manifest(cls, cache_dir: str | Path, manifest: pd.DataFrame, split: str,
                     sample_rate: int = MODEL_SAMPLE_RATE) -> SplitCache:
+        """The cache of a manifest's split: an existing cache of this split that holds all its items
+        (e.g. the full manifest's, for a balanced subset of it), else its own."""
         items = manifest[manifest["split"] == split]
         length = int(round(float(items["duration_s"].max()) * sample_rate)) if len(items) else 0
-        return cls(cache_dir, split, items["item_id"], length, sample_rate)
+        own = cls(cache_dir, split, items["item_id"], length, sample_rate)
+        if own.path.is_file():
+            return own
+        wanted = set(own.ids)
+        for path in sorted(own.folder.glob(f"{split}-{sample_rate}-*.ids.npy")):
+            ids = np.load(path).tolist()
+            data = path.with_name(path.name.replace(".ids.npy", ".npy"))
+            if wanted <= set(ids) and data.is_file() and np.load(data, mmap_mode="r").shape[1] == length:
+                found = cls(cache_dir, split, ids, length, sample_rate)
+                found._at(data)
+                return found
+        return own
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -131,10 +150,7 @@ class SplitCache:
         atomic_write(self.path, write, keep_suffix=True)
         atomic_write(self.scale_path, lambda tmp: np.save(tmp, np.full(len(self.ids), np.nan, np.float32)),
                      keep_suffix=True)
-        # Older files of this split (an earlier manifest) would only take disk.
-        for stale in self.folder.glob(f"{self.split}-{self.sample_rate}-*.npy"):
-            if stale not in (self.path, self.scale_path):
-                stale.unlink(missing_ok=True)
+        atomic_write(self.ids_path, lambda tmp: np.save(tmp, np.asarray(self.ids, dtype=str)), keep_suffix=True)
 
     def scales(self) -> np.ndarray:
         """Per-row scales; NaN where a row is not written yet."""
@@ -170,7 +186,7 @@ class SplitCache:
 
     def disk_bytes(self) -> int:
         """Bytes the cache takes on disk (the array file is sparse until its rows are written)."""
-        return sum(p.stat().st_blocks * 512 for p in (self.path, self.scale_path) if p.is_file())
+        return sum(p.stat().st_blocks * 512 for p in (self.path, self.scale_path, self.ids_path) if p.is_file())
 
 
 def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
@@ -217,7 +233,8 @@ def load_split_arrays(
     waves = store.waves(meta["item_id"].tolist())
     if callable(log):
         log(f"{split} cache: {len(meta)} labelled of {len(store.ids)} items, {store.path} takes "
-            f"{store.disk_bytes() / 1e9:.2f} GB on disk (int16)")
+            f"{store.disk_bytes() / 1e9:.2f} GB on disk (int16); all split caches in {store.folder}: "
+            f"{cache_disk_bytes(cache) / 1e9:.2f} GB (caches of other manifests are kept: delete them when unused)")
     audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
     labels = meta["label"].to_numpy(dtype=np.float32)
     return waves, audiograms, labels, meta
