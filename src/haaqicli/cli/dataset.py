@@ -281,7 +281,7 @@ def _stats(manifest: str | None, as_json: bool) -> None:
         click.echo(f"sealed shards in {shard_dir(manifest_path)}: {per_label:.1f} bytes per label")
     if result["terms_mean"]:
         click.echo("mean sub-terms: " + ", ".join(f"{k} {v:.3f}" for k, v in result["terms_mean"].items()))
-    for title, key in (("degradations", "degradations"), ("augmentations", "augmentations")):
+    for title, key in (("degradations", "degradations"), ("augmentations (an item may have several)", "augmentations")):
         click.echo(f"{title} (items, labelled, mean label):")
         for row in result[key]:
             mean = "-" if row["mean_label"] is None else f"{row['mean_label']:.3f}"

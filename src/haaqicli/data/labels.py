@@ -458,11 +458,19 @@ def stats(manifest: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
                                        "p95": round(float(np.percentile(values, 95)), 4),
                                        "counts": _histogram(values, edges)}
 
+    def summary(kind: str, g: pd.DataFrame) -> dict[str, Any]:
+        return {"kind": kind, "items": int(len(g)), "labelled": int(g["labelled"].sum()),
+                "mean_label": None if not g["labelled"].any() else round(float(g["label_f"].mean()), 4)}
+
     def by(column: str) -> list[dict[str, Any]]:
         groups = df.assign(key=df[column].astype(str).str.split(":").str[0]).groupby("key")
-        return [{"kind": str(k), "items": int(len(g)), "labelled": int(g["labelled"].sum()),
-                 "mean_label": None if not g["labelled"].any() else round(float(g["label_f"].mean()), 4)}
-                for k, g in groups]
+        return [summary(str(k), g) for k, g in groups]
+
+    def by_augmentation() -> list[dict[str, Any]]:
+        # Per augmentation (an item with "mix+eq" counts under both): combinations are too many to list.
+        keys = df["augmentation"].astype(str).str.split("+")
+        names = sorted({k for parts in keys for k in parts})
+        return [summary(name, df[keys.map(lambda parts, n=name: n in parts)]) for name in names]
 
     cpu = manifest["label_seconds"].to_numpy(dtype=float)
     return {
@@ -484,7 +492,7 @@ def stats(manifest: pd.DataFrame, n_bins: int = 10) -> dict[str, Any]:
                        for t in TERMS} if with_terms.any() else None,
         "cpu_seconds_per_label": float(np.mean(cpu[labelled])) if labelled.any() else None,
         "degradations": by("degradation"),
-        "augmentations": by("augmentation"),
+        "augmentations": by_augmentation(),
     }
 
 
