@@ -345,13 +345,14 @@ def make_validation_items(clip: Clip, sha: str, config: BuildConfig, has_ffmpeg:
     draw a recipe; a variant's level is drawn once, so all profiles hear the same pair at the same level."""
     clip_id = _clip_id(sha, clip.offset_s)
     grams = [(name, profile_audiogram(name)) for name in VALIDATION_PROFILES]
+    # Variant 0 is the clean clip; the others are degraded (no second clean variant).
+    degraded = {k: v for k, v in (config.recipe_weights or degrade.RECIPE_WEIGHTS).items() if k != "identity"}
     rows = []
     for variant in range(config.validation_variants):
         seed = _stable_seed(config.seed, "validation", clip_id, variant) & (2**31 - 1)
         rng = np.random.default_rng(seed)
         recipe = ({"type": "identity"} if variant == 0 else
-                  degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
-                                        sample_rate=clip.track.sample_rate))
+                  degrade.sample_recipe(rng, degraded, has_ffmpeg=has_ffmpeg, sample_rate=clip.track.sample_rate))
         spl = _spl(rng)
         rows.extend(_row(clip, sha, config, {}, recipe, gram, spl, seed, profile=name) for name, gram in grams)
     return rows
