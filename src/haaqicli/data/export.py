@@ -29,7 +29,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from haaqicli.atomic import atomic_write
-from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE, REFERENCE_RMS
+from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
 
@@ -37,9 +37,11 @@ INT16_FULL_SCALE = 32767.0
 
 
 def presentation_gain(reference: np.ndarray, spl: float = DEFAULT_SPL) -> float:
-    """The gain that presents ``reference`` at ``spl`` dB SPL in the model's calibration."""
-    rms = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
-    return REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20.0) / max(rms, 1e-12)
+    """The gain that presents ``reference`` at ``spl`` dB SPL in the model's calibration (the one
+    definition `haaqi score --spl` uses); the processed, scaled by it, keeps its relative level."""
+    from haaqicli.audio import presentation_gain as gain_for_rms
+
+    return gain_for_rms(float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))), float(spl))
 
 
 def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_rate: int = MODEL_SAMPLE_RATE,
