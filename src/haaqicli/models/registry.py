@@ -102,11 +102,17 @@ class ModelInfo:
 
 
 def default_weights_dir() -> Path:
-    """$HAAQI_WEIGHTS, else `weights/` at the repository root (editable install)."""
+    """Where the shipped weights are: $HAAQI_WEIGHTS if set; in a source checkout (editable install or
+    PYTHONPATH=src) `weights/` at its top, the one copy in git; in an installed wheel the copy it carries as
+    the data package `haaqicli.weights` (setup.py maps that package to the top-level `weights/`)."""
     env = os.environ.get("HAAQI_WEIGHTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "weights"
+    package = Path(__file__).resolve().parents[1]  # .../haaqicli
+    checkout = package.parents[1]  # the repository root when the package sits in <root>/src/
+    if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
+        return checkout / "weights"
+    return package / "weights"
 
 
 def build_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
