@@ -1,14 +1,18 @@
 """Human-readable reports of a score table: Markdown (+ PNG folder) or one self-contained HTML file.
 
-Contents: a summary, per-profile and per-folder statistics (n, mean, median, p10, min, failures),
-a score histogram per profile, the worst files, frame-score timelines of the worst files (when the
-caller passes them) and the failures. Plots use matplotlib's object API on an Agg canvas, so no
+Contents: a summary (counts, the model or exact scoring, the presentation level), one row per profile
+(its clean-music ceiling, statistics over files, each ear's mean as a column), a picture of each
+audiogram, a score histogram per profile, per-folder statistics, a file x profile grid (the lowest-scoring
+files when there are many; the interval score_lo-score_hi where the table has one), the worst results
+relative to their profile's ceiling, frame-score timelines of those (when the caller passes them) and
+the failures. Plots use matplotlib's object API on an Agg canvas, so no
 global pyplot state and no display are needed.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -23,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from haaqicli.atomic import atomic_write
+from haaqicli.audiogram import Profile, builtin_profile
+from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HL_MAX, HL_MIN
 from haaqicli.errors import HaaqiError
 
 Timelines = Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
@@ -71,6 +77,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 # --------------------------------------------------------------------------------------------
 # Statistics
 
+INTERVAL = ("score_lo", "score_hi")  # a predicted score's interval, where the table has one
+
 
 def _prepare(table: pd.DataFrame) -> pd.DataFrame:
     if "file" not in table.columns:
@@ -82,32 +90,82 @@ def _prepare(table: pd.DataFrame) -> pd.DataFrame:
     df["score"] = pd.to_numeric(df["score"], errors="coerce")
     status = df["status"].astype("object")
     df["_ok"] = df["score"].notna() & (status.isna() | (status == "ok"))
-    df["profile"] = df["profile"].astype("object").where(df["profile"].notna(), "(none)")
-    df["_folder"] = [posixpath.dirname(str(f)) or "." for f in df["file"]]
-    several_ears = df["ear"].dropna().nunique() > 1
-    df["_group"] = [f"{p} ({e})" if several_ears and isinstance(e, str) and e else str(p)
-                    for p, e in zip(df["profile"], df["ear"], strict=True)]
+    df["profile"] = df["profile"].astype("object").where(df["profile"].notna(), "(none)").astype(str)
+    df["file"] = df["file"].astype(str)
+    df["_folder"] = [posixpath.dirname(f) or "." for f in df["file"]]
     return df
 
 
-def _stats(df: pd.DataFrame, by: Sequence[str], labels: Sequence[str]) -> _Table:
+def _file_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (file, profile): the mean of the ears (`gate.file_scores`, the Clarity convention), with
+    the interval's bounds averaged the same way where the table has them."""
+    from haaqicli.gate import file_scores
+
+    columns = df.drop(columns=[c for c in df.columns if c.startswith("_")])
+    files = file_scores(columns)
+    for bound in INTERVAL:
+        if bound in df.columns:
+            # the same grouping and failure rules, applied to the bound instead of the score
+            files[bound] = file_scores(columns.assign(score=pd.to_numeric(df[bound], errors="coerce")))["score"]
+    files["_folder"] = [posixpath.dirname(f) or "." for f in files["file"]]
+    return files
+
+
+def _summary(scores: np.ndarray) -> list[str]:
+    if not scores.size:
+        return [""] * 4
+    return [_fmt(v) for v in (scores.mean(), np.median(scores), np.percentile(scores, 10), scores.min())]
+
+
+def _profile_table(df: pd.DataFrame, files: pd.DataFrame, order: Sequence[str],
+                   profiles: Mapping[str, Profile], ceilings: Mapping[str, Any]) -> _Table:
+    """One row per profile: file statistics (each file's score the mean of its ears) and the ears' means."""
+    ears = [ear for ear in ("left", "right", "both") if (df["ear"] == ear).any()]
     rows = []
-    # folders sorted by name, profiles in the order the table lists them
-    order = {name: index for index, name in enumerate(dict.fromkeys(df["_group"]))}
-    groups = sorted(df.groupby(list(by), sort=False, dropna=False),
-                    key=lambda item: tuple(order.get(k, 0) if col == "_group" else str(k)
-                                           for col, k in zip(by, item[0] if isinstance(item[0], tuple)
-                                                             else (item[0],), strict=True)))
-    for key, group in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        scores = group.loc[group["_ok"], "score"].to_numpy(dtype=float)
-        failures = int((~group["_ok"]).sum())
-        if scores.size:
-            values = [scores.mean(), np.median(scores), np.percentile(scores, 10), scores.min()]
-        else:
-            values = [math.nan] * 4
-        rows.append([*map(str, key), str(scores.size), *(_fmt(v) for v in values), str(failures)])
-    return _Table([*labels, "n", "mean", "median", "p10", "min", "failures"], rows)
+    for name in order:
+        scores = files.loc[(files["profile"] == name) & (files["status"] == "ok"), "score"].to_numpy(dtype=float)
+        failures = int(((files["profile"] == name) & (files["status"] != "ok")).sum())
+        per_ear = [_fmt(df.loc[(df["profile"] == name) & (df["ear"] == ear) & df["_ok"], "score"].mean())
+                   for ear in ears]
+        profile = profiles.get(name)
+        ceiling = ceilings.get(name)
+        rows.append([name, profile.severity if profile else "", _fmt(ceiling.score, 2) if ceiling else "",
+                     str(scores.size), *_summary(scores), *per_ear, str(failures)])
+    ear_labels = {"left": "left ear", "right": "right ear", "both": "mono (both ears)"}
+    return _Table(["profile", "severity", "clean", "files", "mean", "median", "p10", "min",
+                   *(ear_labels[e] for e in ears), "failures"], rows)
+
+
+def _folder_table(files: pd.DataFrame, order: Sequence[str]) -> _Table:
+    rows = []
+    for folder in sorted(files["_folder"].unique()):
+        for name in order:
+            group = files[(files["_folder"] == folder) & (files["profile"] == name)]
+            if group.empty:
+                continue
+            scores = group.loc[group["status"] == "ok", "score"].to_numpy(dtype=float)
+            rows.append([folder, name, str(scores.size), *_summary(scores), str(int((group["status"] != "ok").sum()))])
+    return _Table(["folder", "profile", "files", "mean", "median", "p10", "min", "failures"], rows)
+
+
+def _cell(row: pd.Series) -> str:
+    if row["status"] != "ok":
+        return "error"
+    text = _fmt(row["score"])
+    if all(bound in row.index and not pd.isna(row[bound]) for bound in INTERVAL):
+        text += f" ({_fmt(row['score_lo'])}–{_fmt(row['score_hi'])})"
+    return text
+
+
+def _grid(files: pd.DataFrame, order: Sequence[str], limit: int) -> tuple[_Table, int]:
+    """File x profile scores, the files with the lowest mean over profiles first (the `limit` worst)."""
+    ok = files[files["status"] == "ok"]
+    mean = ok.groupby("file")["score"].mean()
+    names = sorted(files["file"].unique(), key=lambda f: (mean.get(f, math.inf), f))
+    cells = {(r["file"], r["profile"]): _cell(r) for _, r in files.iterrows()}
+    rows = [[name, *(cells.get((name, p), "") for p in order), _fmt(mean.get(name, math.nan))]
+            for name in names[:limit]]
+    return _Table(["file", *order, "mean"], rows), len(names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,10 +181,11 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _histograms(df: pd.DataFrame) -> bytes | None:
+def _histograms(files: pd.DataFrame, order: Sequence[str], ceilings: Mapping[str, Any]) -> bytes | None:
     from matplotlib.figure import Figure
 
-    groups = [(name, g.loc[g["_ok"], "score"].to_numpy(dtype=float)) for name, g in df.groupby("_group", sort=False)]
+    groups = [(name, files.loc[(files["profile"] == name) & (files["status"] == "ok"), "score"].to_numpy(dtype=float))
+              for name in order]
     groups = [(name, s) for name, s in groups if s.size]
     if not groups:
         return None
@@ -139,12 +198,41 @@ def _histograms(df: pd.DataFrame) -> bytes | None:
         ax.hist(scores, bins=bins, color="#4C72B0", edgecolor="white")
         median = float(np.median(scores))
         ax.axvline(median, color="#C44E52", linestyle="--", linewidth=1.2, label=f"median {median:.2f}")
+        if name in ceilings:
+            ax.axvline(ceilings[name].score, color="#55A868", linewidth=1.5, label=f"clean {ceilings[name].score:.2f}")
         ax.set_xlim(0, 1)
         ax.set_title(f"{name} (n={scores.size})", fontsize=10)
-        ax.set_xlabel("HAAQI score")
+        ax.set_xlabel("HAAQI score (mean of the ears)")
         ax.set_ylabel("files")
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _audiograms(profiles: Sequence[Profile]) -> bytes:
+    """Clinical audiogram style: log frequency, dB HL growing downwards, right ear O (red), left X (blue)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    cols = min(4, len(profiles))
+    rows = math.ceil(len(profiles) / cols)
+    fig = Figure(figsize=(3.3 * cols, 2.9 * rows))
+    for index, profile in enumerate(profiles):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        for ear, color, marker in (("right", "#C44E52", "o"), ("left", "#4C72B0", "x")):
+            ax.plot(AUDIOGRAM_FREQUENCIES, profile.ear(ear).levels, color=color, marker=marker,
+                    markerfacecolor="none", linewidth=1.2, label=ear)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(AUDIOGRAM_FREQUENCIES, [f"{f / 1000:g}k" if f >= 1000 else str(f) for f in AUDIOGRAM_FREQUENCIES],
+                      fontsize=7)
+        ax.set_ylim(HL_MAX, HL_MIN)
+        ax.set_title(f"{profile.name} ({profile.severity})", fontsize=9)
+        ax.set_ylabel("dB HL", fontsize=8)
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return _png(fig)
 
@@ -158,6 +246,11 @@ def _lookup_timeline(timelines: Timelines, row: pd.Series) -> tuple[np.ndarray, 
         if key in timelines:
             return timelines[key]
     return None
+
+
+def _label(row: pd.Series) -> str:
+    ear = row["ear"] if isinstance(row["ear"], str) and row["ear"] else ""
+    return f"{row['profile']}, {ear} ear" if ear in ("left", "right") else str(row["profile"])
 
 
 def _timelines(rows: list[tuple[pd.Series, tuple[np.ndarray, np.ndarray]]]) -> bytes:
@@ -175,7 +268,7 @@ def _timelines(rows: list[tuple[pd.Series, tuple[np.ndarray, np.ndarray]]]) -> b
         ax.axhline(float(row["score"]), color="#55A868", linestyle="--", linewidth=1, label=f"clip {row['score']:.2f}")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(float(times.min()) if times.size else 0, float(times.max()) if times.size else 1)
-        label = f"{row['file']}  [{row['_group']}]"
+        label = f"{row['file']}  [{_label(row)}]"
         ax.set_title(label if len(label) < 110 else "..." + label[-107:], fontsize=9, loc="left")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
@@ -190,41 +283,92 @@ def _timelines(rows: list[tuple[pd.Series, tuple[np.ndarray, np.ndarray]]]) -> b
 # Building and rendering
 
 
-def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n: int,
-           timeline_n: int) -> list[Block]:
+def _known_profiles(order: Sequence[str], given: Sequence[Profile] | None) -> dict[str, Profile]:
+    """The scored profiles' audiograms: as given by the caller, else the built-ins of the same name."""
+    found = {p.name: p for p in given or ()}
+    for name in order:
+        if name not in found and builtin_profile(name) is not None:
+            found[name] = dataclasses.replace(builtin_profile(name), name=name)  # type: ignore[arg-type]
+    return {name: found[name] for name in order if name in found}
+
+
+def _level(df: pd.DataFrame, spl: float | None) -> str:
+    if spl is None and "spl" in df.columns and df["spl"].notna().any() and df["spl"].nunique() == 1:
+        spl = float(df["spl"].dropna().iloc[0])
+    return f"{spl:g} dB SPL" if spl is not None else "not recorded"
+
+
+def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n: int, timeline_n: int,
+           profiles: Sequence[Profile] | None = None, spl: float | None = None,
+           ceilings: Mapping[str, Any] | None = None, grid_n: int = 30) -> list[Block]:
+    from haaqicli.ceiling import stored_ceiling
+
     df = _prepare(table)
     ok = df[df["_ok"]]
     failed = df[~df["_ok"]]
+    order = list(dict.fromkeys(df["profile"]))  # profiles in the order the table lists them
+    known = _known_profiles(order, profiles)
+    level = spl if spl is not None else DEFAULT_SPL
+    if ceilings is None:
+        ceilings = {n: c for n, p in known.items() if (c := stored_ceiling(p, level)) is not None}
+    files = _file_scores(df)
     blocks: list[Block] = [_Heading(title, 1)]
-    models = ", ".join(sorted({str(m) for m in df.get("model", pd.Series(dtype=object)).dropna()})) or "n/a"
+    models = sorted({(str(m), str(s)[:12]) for m, s in zip(df.get("model", pd.Series(dtype=object)),
+                                                              df.get("model_sha256", pd.Series(dtype=object)),
+                                                              strict=False) if isinstance(m, str) and m})
+    scoring = ("predicted by the model " + ", ".join(f"{m} (sha256 {s}…)" if s and s != "nan" else m
+                                                     for m, s in models)
+               if models else "exact HAAQI against the reference")
     blocks.append(_Paragraph(
-        f"{df['file'].nunique()} files, {df['_group'].nunique()} profiles, {len(df)} results "
-        f"({len(ok)} scored, {len(failed)} failed). Model: {models}. "
-        f"Generated {datetime.now().strftime('%Y-%m-%d %H:%M')}. "
-        "HAAQI runs from 0 (very poor) to 1 (indistinguishable from the reference quality)."
-    ))
+        f"{df['file'].nunique()} files, {len(order)} profiles, {len(df)} results ({len(ok)} scored, "
+        f"{len(failed)} failed; a result is one file, profile and ear). Scores: {scoring}. "
+        f"Presentation level: {_level(df, spl)}. Generated {datetime.now().strftime('%Y-%m-%d %H:%M')}."))
+    blocks.append(_Paragraph(
+        "HAAQI runs from 0 (very poor) to 1 (the music sounds to this listener as the clean original sounds "
+        "to normal hearing). With hearing loss even clean music scores below 1: `clean` is each profile's "
+        "ceiling (the exact HAAQI of clean music against itself; `haaqi profiles FILE` measures it for a "
+        "profile file, where it is blank here), so read a score against it. A file's score is the mean of its "
+        "ears."
+        + (" Predicted scores carry an interval (score_lo–score_hi) in brackets." if INTERVAL[0] in df.columns
+           else "")))
 
     blocks.append(_Heading("Per profile"))
-    blocks.append(_stats(df, ["_group"], ["profile"]))
-    hist = _histograms(df)
+    blocks.append(_profile_table(df, files, order, known, ceilings))
+    if known:
+        blocks.append(_Image("audiograms.png", _audiograms(list(known.values())), "Audiogram of each profile"))
+    hist = _histograms(files, order, ceilings)
     if hist is not None:
         blocks.append(_Image("histograms.png", hist, "Score histogram per profile"))
 
-    if df["_folder"].nunique() > 1 or (df["_folder"] != ".").any():
+    if files["_folder"].nunique() > 1 or (files["_folder"] != ".").any():
         blocks.append(_Heading("Per folder"))
-        blocks.append(_stats(df, ["_folder", "_group"], ["folder", "profile"]))
+        blocks.append(_folder_table(files, order))
 
     if len(ok):
-        worst = ok.sort_values(["score", "file"], kind="stable").head(worst_n)
+        grid, n_files = _grid(files, order, grid_n)
+        shown = f"the {len(grid.rows)} with the lowest mean of {n_files} files" if n_files > len(grid.rows) else \
+            "every file, the lowest mean first"
+        blocks.append(_Heading("Scores per file and profile"))
+        blocks.append(_Paragraph(f"Rows: {shown}."))
+        blocks.append(grid)
+
+        # Worst results, each against its profile's top (the ceiling, else the profile's best file), so
+        # that a profile with a low ceiling does not fill the list with clean files.
+        top = {name: (ceilings[name].score if name in ceilings else
+                      ok.loc[ok["profile"] == name, "score"].max()) for name in order}
+        ranked = ok.assign(_relative=ok["score"] / ok["profile"].map(top).clip(lower=1e-6))
+        worst = ranked.sort_values(["_relative", "file"], kind="stable").head(worst_n)
         blocks.append(_Heading(f"Worst {len(worst)} results"))
+        blocks.append(_Paragraph("Ranked by the score as a fraction of the profile's clean ceiling (of its best "
+                                 "file where the ceiling is unknown)."))
         rows = []
         for _, row in worst.iterrows():
             span = ""
             if not (pd.isna(row["worst_start_s"]) or pd.isna(row["worst_end_s"])):
                 span = f"{float(row['worst_start_s']):.1f}–{float(row['worst_end_s']):.1f} s"
-            rows.append([str(row["file"]), row["_group"], _fmt(row["score"]),
+            rows.append([row["file"], _label(row), _fmt(row["score"]), f"{row['_relative']:.0%}",
                          _fmt(pd.to_numeric(row["score_min"], errors="coerce")), span])
-        blocks.append(_Table(["file", "profile", "score", "worst window score", "worst window"], rows))
+        blocks.append(_Table(["file", "profile", "score", "of top", "worst window score", "worst window"], rows))
 
         if timelines:
             chosen = []
@@ -239,12 +383,13 @@ def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n
                 blocks.append(_Paragraph("Shaded: the worst window. Dashed: the clip score."))
                 blocks.append(_Image("timelines.png", _timelines(chosen), "Frame-score timelines"))
 
-    blocks.append(_Heading(f"Failures ({len(failed)})"))
+    failed_files = files[files["status"] != "ok"]
+    blocks.append(_Heading(f"Failures ({failed_files['file'].nunique()} files)"))
     if len(failed):
         merged: dict[tuple[str, str], list[str]] = {}
         for _, row in failed.iterrows():
             error = row["error"] if isinstance(row["error"], str) and row["error"] else "no score"
-            merged.setdefault((str(row["file"]), " ".join(error.split())), []).append(row["_group"])
+            merged.setdefault((row["file"], " ".join(error.split())), []).append(row["profile"])
         rows = [[file, ", ".join(dict.fromkeys(groups)), error] for (file, error), groups in merged.items()]
         blocks.append(_Table(["file", "profiles", "error"], rows))
     else:
@@ -321,13 +466,20 @@ def _render_html(blocks: list[Block], title: str) -> str:
 
 
 def write_report(table: pd.DataFrame, path: str | Path, timelines: Timelines | None = None,
-                 title: str = DEFAULT_TITLE, worst_n: int = 10, timeline_n: int = 5) -> None:
-    """Write ``path`` (.md with PNGs in ``<stem>_files/``, or self-contained .html)."""
+                 title: str = DEFAULT_TITLE, worst_n: int = 10, timeline_n: int = 5,
+                 profiles: Sequence[Profile] | None = None, spl: float | None = None,
+                 ceilings: Mapping[str, Any] | None = None, grid_n: int = 30) -> None:
+    """Write ``path`` (.md with PNGs in ``<stem>_files/``, or self-contained .html).
+
+    `profiles`: the scored profiles' audiograms (built-in names are found without them); `spl`: the
+    presentation level to state (else a single `spl` column's value); `ceilings`: `haaqicli.ceiling.Ceiling`
+    by profile name (default: the stored ones of built-in profiles); `grid_n`: files in the file x profile
+    grid (the lowest means)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in {".md", ".markdown", ".html", ".htm"}:
         raise HaaqiError(f"{path}: unsupported report format {suffix or '(none)'} (use .md or .html)")
-    blocks = _build(table, timelines, title, worst_n, timeline_n)
+    blocks = _build(table, timelines, title, worst_n, timeline_n, profiles, spl, ceilings, grid_n)
     if suffix in {".html", ".htm"}:
         text = _render_html(blocks, title)
     else:

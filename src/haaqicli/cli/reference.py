@@ -70,7 +70,8 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     if report:
         from haaqicli.report import write_report
 
-        write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report")
+        write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report",
+                     profiles=loaded, spl=spl)
     note = segments_note(table, segment_seconds)
     if note:
         click.echo(f"note: {note}", err=True)

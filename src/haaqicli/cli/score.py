@@ -87,7 +87,8 @@ def score(
     if report:
         from haaqicli.report import write_report
 
-        write_report(run.table, report, timelines=run.timelines, title="haaqi score report")
+        write_report(run.table, report, timelines=run.timelines, title="haaqi score report", profiles=loaded,
+                     spl=spl)
     if not quiet or not out:
         print_scores(run.table)
     if run.interrupted:
