@@ -1,7 +1,7 @@
 """The top of the HAAQI scale per hearing profile: the exact HAAQI of clean music against itself.
 
 HAAQI compares what a listener with the profile's audiogram hears from the processed music with what a
-normal-hearing listener hears from the clean reference. So for hearing loss even the untouched original
+normal-hearing listener hears from the clean reference (NAL-R amplified for the loss). So for hearing loss even the untouched original
 scores well below 1 (normal hearing about 0.97, N2 / `mild` about 0.55, N3 / `moderate` about 0.36): a
 score means "how close to what normal hearing gets from the clean original", and a threshold above a
 profile's ceiling fails every file, perfect ones included.
