@@ -67,6 +67,8 @@ def test_wheel_carries_the_weights_and_scores_outside_the_checkout(tmp_path: Pat
     haaqi = str(venv / "bin" / "haaqi")
     models = _run([haaqi, "models"], cwd=work, env=env).stdout
     assert "teacher" in models and "distilled" in models
+    profiles = _run([haaqi, "profiles"], cwd=work, env=env)  # the stored ceilings travel too
+    assert "measuring" not in profiles.stderr and "0.96-0.98" in profiles.stdout
     manifest = json.loads((ROOT / "weights" / "manifest.json").read_text())
 
     write_music(work / "renders" / "mix.wav", seconds=4.0, sample_rate=44100, channels=2)
