@@ -62,3 +62,13 @@ def test_profiles_file_measures_its_ceiling_and_writes_json(tmp_path: Path):
     assert data["normal"]["left"] > flat["left"]
     row = next(line.split() for line in result.output.splitlines() if line.split()[:1] == ["flat40"])
     assert row[12] == f"{(flat['left'] + flat['right']) / 2:.2f}"
+
+
+@pytest.mark.slow
+def test_each_ear_is_measured_with_its_own_audiogram():
+    normal, n3 = BUILTIN_PROFILES["normal"], BUILTIN_PROFILES["N3"]
+    asymmetric = Profile("asym", n3.left, normal.right, source="asym.csv")
+    measured = measure_ceilings([asymmetric], workers=1)["asym"]
+    assert measured.left == pytest.approx(stored_ceiling(n3).left, abs=1e-4)
+    assert measured.right == pytest.approx(stored_ceiling(normal).right, abs=1e-4)
+    assert measured.score == pytest.approx((measured.left + measured.right) / 2)

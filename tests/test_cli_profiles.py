@@ -28,7 +28,7 @@ def test_shows_files_and_asymmetric_ears(tmp_path: Path) -> None:
     path = tmp_path / "two.csv"
     path.write_text("name,ear,250,500,1000,2000,3000,4000,6000,8000\n"
                     "pat,left,60,60,60,60,60,60,60,60\npat,right,10,10,10,10,10,10,10,10\n")
-    result = run(str(path), "N2")
+    result = run(str(path), "N2", "--no-ceiling")  # ceilings: test_ceiling.py
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()]
     assert ["pat", "normal", "60.0", "left"] == next(r for r in rows if r[:1] == ["pat"])[:4]
@@ -49,7 +49,7 @@ def test_csv_export_round_trips(tmp_path: Path) -> None:
 def test_interpolation_warning_goes_to_stderr(tmp_path: Path) -> None:
     path = tmp_path / "sparse.csv"
     path.write_text("name,250,500,1000,2000,4000,8000\nx,10,10,20,30,40,50\n")
-    result = CliRunner().invoke(main, ["profiles", str(path)])
+    result = CliRunner().invoke(main, ["profiles", str(path), "--no-ceiling"])
     assert result.exit_code == 0
     assert "warning: sparse.csv:2: 'x' has no value at 3000, 6000 Hz; interpolated on log frequency" in result.stderr
     assert "warning:" not in result.stdout and "35.85" in result.stdout  # interpolated 3 kHz value shown
