@@ -72,3 +72,12 @@ def test_each_ear_is_measured_with_its_own_audiogram():
     assert measured.left == pytest.approx(stored_ceiling(n3).left, abs=1e-4)
     assert measured.right == pytest.approx(stored_ceiling(normal).right, abs=1e-4)
     assert measured.score == pytest.approx((measured.left + measured.right) / 2)
+
+
+def test_csv_with_json_still_prints_the_csv_and_bad_json_paths_are_one_line(tmp_path: Path):
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["profiles", "mild", "--csv", "--json", str(out)])
+    assert result.exit_code == 0 and result.output.startswith("name,ear,250,")
+    assert json.loads(out.read_text())["profiles"]["mild"]["left"] == stored_ceiling(BUILTIN_PROFILES["mild"]).left
+    result = CliRunner().invoke(main, ["profiles", "mild", "--json", str(tmp_path / "no" / "c.json")])
+    assert result.exit_code == 2 and "no such folder" in result.stderr and "Traceback" not in result.output

@@ -31,6 +31,7 @@ import numpy as np
 from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import BUILTIN_PROFILES, EARS, Profile
 from haaqicli.constants import DEFAULT_SPL
+from haaqicli.errors import HaaqiError
 
 # The clean clips: (seed, tempo in bpm) of `synth.music`, 8 s each at HAAQI's own 24 kHz (no resampling).
 # Shorter clips lower the normal-hearing ceiling (4 s: 0.93-0.95, 8 s: 0.96-0.98; start-up of the ear model).
@@ -142,4 +143,7 @@ def write_ceilings(ceilings: Mapping[str, Ceiling], path: str | Path) -> None:
                                                 for k, v in asdict(c).items()}
                                          for name, c in ceilings.items()}}
     text = json.dumps(data, indent=1) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    try:
+        atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as error:
+        raise HaaqiError(f"{path}: cannot write ({error.strerror or error})") from None

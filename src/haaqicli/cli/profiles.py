@@ -16,7 +16,7 @@ from haaqicli.constants import DEFAULT_SPL
 @click.option("--csv", "as_csv", is_flag=True, help="Print the profiles as a wide CSV (one row per ear).")
 @click.option("--ceiling/--no-ceiling", default=True, show_default=True,
               help="Show the clean-music ceiling: the exact HAAQI of clean music against itself for the "
-                   "profile, the best score any file can reach (stored for built-ins, measured for files).")
+                   "profile, what unprocessed music scores (stored for built-ins, measured for files).")
 @click.option("--measure", is_flag=True,
               help="Measure the ceiling of built-in profiles too, instead of reading the stored table.")
 @click.option("--spl", type=click.FloatRange(0, 130), default=DEFAULT_SPL, show_default=True,
@@ -50,16 +50,10 @@ def profiles(specs: tuple[str, ...], as_csv: bool, ceiling: bool, measure: bool,
         if issubclass(warning.category, ProfileWarning):
             click.echo(f"warning: {warning.message}", err=True)
 
-    if as_csv and not json_path:
-        click.echo("name,ear," + ",".join(str(f) for f in AUDIOGRAM_FREQUENCIES))
-        for profile in chosen:
-            for ear in EARS if not profile.symmetric else ("both",):
-                levels = profile.ear("left" if ear == "both" else ear).levels
-                click.echo(f"{profile.name},{ear}," + ",".join(f"{v:g}" for v in levels))
-        return
-
+    if json_path and not Path(json_path).resolve().parent.is_dir():  # before the work, not after it
+        raise click.UsageError(f"--json {json_path}: no such folder {Path(json_path).parent}")
     ceilings = {}
-    if ceiling or json_path:
+    if json_path or (ceiling and not as_csv):  # the CSV carries audiograms only
         from haaqicli.ceiling import CLEAN_CLIPS, CLIP_SECONDS, ceilings_for, stored_ceiling, write_ceilings
 
         unknown = [p for p in chosen if measure or stored_ceiling(p, spl) is None]
@@ -70,6 +64,11 @@ def profiles(specs: tuple[str, ...], as_csv: bool, ceiling: bool, measure: bool,
         if json_path:
             write_ceilings(ceilings, json_path)
     if as_csv:
+        click.echo("name,ear," + ",".join(str(f) for f in AUDIOGRAM_FREQUENCIES))
+        for profile in chosen:
+            for ear in EARS if not profile.symmetric else ("both",):
+                levels = profile.ear("left" if ear == "both" else ear).levels
+                click.echo(f"{profile.name},{ear}," + ",".join(f"{v:g}" for v in levels))
         return
 
     title = "Built-in profiles" if not specs else f"Profiles from {', '.join(specs)}"
