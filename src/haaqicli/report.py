@@ -148,9 +148,8 @@ def _folder_table(files: pd.DataFrame, order: Sequence[str]) -> _Table:
     return _Table(["folder", "profile", "files", "mean", "median", "p10", "min", "failures"], rows)
 
 
-def _cell(row: pd.Series) -> str:
-    if row["status"] != "ok":
-        return "error"
+def _score_text(row: pd.Series) -> str:
+    """The score, with its interval where the table has one."""
     text = _fmt(row["score"])
     if all(bound in row.index and not pd.isna(row[bound]) for bound in INTERVAL):
         text += f" ({_fmt(row['score_lo'])}–{_fmt(row['score_hi'])})"
@@ -162,7 +161,8 @@ def _grid(files: pd.DataFrame, order: Sequence[str], limit: int) -> tuple[_Table
     ok = files[files["status"] == "ok"]
     mean = ok.groupby("file")["score"].mean()
     names = sorted(files["file"].unique(), key=lambda f: (mean.get(f, math.inf), f))
-    cells = {(r["file"], r["profile"]): _cell(r) for _, r in files.iterrows()}
+    cells = {(r["file"], r["profile"]): _score_text(r) if r["status"] == "ok" else "error"
+             for _, r in files.iterrows()}
     rows = [[name, *(cells.get((name, p), "") for p in order), _fmt(mean.get(name, math.nan))]
             for name in names[:limit]]
     return _Table(["file", *order, "mean"], rows), len(names)
@@ -366,7 +366,7 @@ def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n
             span = ""
             if not (pd.isna(row["worst_start_s"]) or pd.isna(row["worst_end_s"])):
                 span = f"{float(row['worst_start_s']):.1f}–{float(row['worst_end_s']):.1f} s"
-            rows.append([row["file"], _label(row), _fmt(row["score"]), f"{row['_relative']:.0%}",
+            rows.append([row["file"], _label(row), _score_text(row), f"{row['_relative']:.0%}",
                          _fmt(pd.to_numeric(row["score_min"], errors="coerce")), span])
         blocks.append(_Table(["file", "profile", "score", "of top", "worst window score", "worst window"], rows))
 
