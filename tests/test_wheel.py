@@ -28,12 +28,16 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+# What the build reads (a clone's other folders, e.g. committed label shards, only cost copying time)
+BUILD_INPUTS = ("setup.py", "pyproject.toml", "README.md", "src/", "weights/")
+
+
 def _source_copy(dest: Path) -> Path:
-    """Tracked and not-ignored files of the checkout, as a clone would have them (no build/ or data/)."""
+    """Tracked and not-ignored build inputs of the checkout, as a clone would have them (no build/)."""
     listed = _run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"])
     for name in filter(None, listed.stdout.split("\0")):
         source = ROOT / name
-        if source.is_file():
+        if source.is_file() and name.startswith(BUILD_INPUTS):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     return dest
