@@ -59,8 +59,27 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("distilled", "haaqinet-student", tiny_student_config()),
     ):
         model = build_model(arch, config)
-        save_model(model, ModelInfo(name=name, arch=arch, config=config, file=f"{name}.safetensors"), folder)
+        info = save_model(model, ModelInfo(name=name, arch=arch, config=config, file=f"{name}.safetensors"), folder)
+        save_synthetic_calibration(name, info.sha256, folder)
     return folder
+
+
+def synthetic_residuals(n: int = 3000, seed: int = 0, spread: float = 0.1) -> tuple[np.ndarray, ...]:
+    """(predicted, exact, pta) with exact = predicted + N(0, spread * (1 + pta / 60)): known quantiles
+    that widen with the hearing loss."""
+    gen = np.random.default_rng(seed)
+    predicted = gen.uniform(0.0, 1.0, n)
+    pta = gen.choice([0.0, 25.0, 45.0, 70.0], n)
+    exact = predicted + gen.normal(0.0, spread * (1 + pta / 60), n)
+    return predicted, exact, pta
+
+
+def save_synthetic_calibration(model: str, sha256: str, folder: Path) -> None:
+    """A calibration of the tiny test models fitted on synthetic residuals (tests only, never shipped)."""
+    from haaqicli.calibration import fit_calibration, save_calibration
+
+    predicted, exact, pta = synthetic_residuals()
+    save_calibration(fit_calibration(predicted, exact, pta, model=model, weights_sha256=sha256), folder)
 
 
 @pytest.fixture()

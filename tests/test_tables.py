@@ -32,7 +32,7 @@ def sample_rows(n: int = 3) -> list[dict]:
 
 def test_schema() -> None:
     assert SCORE_COLUMNS[:6] == ["file", "profile", "ear", "model", "model_sha256", "score"]
-    assert len(SCORE_COLUMNS) == 19 and len(set(SCORE_COLUMNS)) == 19
+    assert len(SCORE_COLUMNS) == 21 and len(set(SCORE_COLUMNS)) == 21
     assert SCORE_COLUMNS[-2:] == ["spl", "audiogram_hash"]  # what a score was made with (resume, baselines)
 
 

@@ -26,6 +26,7 @@ from joblib import Parallel, delayed
 
 from haaqicli import audio
 from haaqicli.audiogram import Profile
+from haaqicli.calibration import Calibration, CalibrationWarning, load_calibration
 from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from haaqicli.errors import HaaqiError
 from haaqicli.levels import warn_untrained_level
@@ -136,9 +137,13 @@ def _hash_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="haaqi-hash")
 
 
+def _window_weights(starts_s: np.ndarray, ends_s: np.ndarray) -> np.ndarray:
+    return np.maximum(ends_s - starts_s, 1e-9)
+
+
 def aggregate(scores: np.ndarray, starts_s: np.ndarray, ends_s: np.ndarray) -> dict[str, float]:
     """Length-weighted mean, min and 10th percentile of window scores, and the worst window."""
-    weights = np.maximum(ends_s - starts_s, 1e-9)
+    weights = _window_weights(starts_s, ends_s)
     worst = int(np.argmin(scores))
     return {
         "score": float(np.sum(scores * weights) / np.sum(weights)),
@@ -245,9 +250,27 @@ def _file_units(prepared: PreparedFile, profiles: Sequence[Profile]) -> list[tup
     return [(prepared.windows[channel], grams[ear]) for channel, ear in enumerate(prepared.ears)]
 
 
+def score_intervals(
+    calibration: Calibration | None, clip: np.ndarray, ear: str, profiles: Sequence[Profile],
+    starts_s: np.ndarray, ends_s: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated (score_lo, score_hi) per profile of one channel's window scores (rows of ``clip``:
+    one per profile, or left then right audiograms when ``ear`` is "both"). A signal heard by both
+    ears gets the mean of the two ears' intervals, as its score is the mean of their scores."""
+    n = len(profiles)
+    if calibration is None:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    weights = _window_weights(starts_s, ends_s)
+    means = clip @ weights / weights.sum()
+    sides = ["left", "right"] if ear == "both" else [ear]
+    ptas = np.array([p.ear(side).pta() for side in sides for p in profiles])
+    lo, hi = calibration.interval(means, ptas)
+    return lo.reshape(len(sides), n).mean(axis=0), hi.reshape(len(sides), n).mean(axis=0)
+
+
 def _file_rows(
     prepared: PreparedFile, profiles: Sequence[Profile], base: dict,
-    results: Sequence[tuple[np.ndarray, np.ndarray]],
+    results: Sequence[tuple[np.ndarray, np.ndarray]], calibration: Calibration | None = None,
 ) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]:
     """Rows and timelines of one file from its units' scores."""
     if prepared.error or prepared.windows is None:
@@ -255,12 +278,14 @@ def _file_rows(
     rows, timelines = [], {}
     n = len(profiles)
     for ear, (clip, frames) in zip(prepared.ears, results, strict=True):
+        lo, hi = score_intervals(calibration, clip, ear, profiles, prepared.starts_s, prepared.ends_s)
         if ear == "both":  # average the two ears' scores
             clip, frames = (clip[:n] + clip[n:]) / 2, (frames[:n] + frames[n:]) / 2
         for index, profile in enumerate(profiles):
             stats = aggregate(clip[index], prepared.starts_s, prepared.ends_s)
             rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
-                         "audiogram_hash": profile.values_hash(), **stats})
+                         "audiogram_hash": profile.values_hash(), **stats,
+                         "score_lo": float(lo[index]), "score_hi": float(hi[index])})
             timelines[(prepared.input.relative, profile.name, ear)] = stitch_timeline(
                 frames[index], prepared.starts_s, prepared.ends_s
             )
@@ -270,14 +295,16 @@ def _file_rows(
 
 
 def score_prepared(
-    prepared: Sequence[PreparedFile], profiles: Sequence[Profile], scorer: WindowScorer, bases: Sequence[dict]
+    prepared: Sequence[PreparedFile], profiles: Sequence[Profile], scorer: WindowScorer, bases: Sequence[dict],
+    calibration: Calibration | None = None,
 ) -> list[tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]]:
-    """Rows and timelines for each of several prepared files, their windows scored in shared batches."""
+    """Rows and timelines for each of several prepared files, their windows scored in shared batches;
+    with a calibration, each row also gets its interval."""
     units = [_file_units(item, profiles) for item in prepared]
     flat = scorer.score_units([unit for file_units in units for unit in file_units])
     out, offset = [], 0
     for item, base, file_units in zip(prepared, bases, units, strict=True):
-        out.append(_file_rows(item, profiles, base, flat[offset : offset + len(file_units)]))
+        out.append(_file_rows(item, profiles, base, flat[offset : offset + len(file_units)], calibration))
         offset += len(file_units)
     return out
 
@@ -320,6 +347,7 @@ def score_inputs(
     )
     scorer = WindowScorer(model, device, options.batch_size)
     warn_untrained_level(options.spl, info.name, info.training)
+    calibration = model_calibration(info, options)
 
     kept, done_hashes = _resumable_rows(out, resume, profiles, options.spl, info.sha256)
     table = IncrementalTable(out, SCORE_COLUMNS) if out else None
@@ -343,7 +371,7 @@ def score_inputs(
         # Files are scored in groups of about one batch of windows; their rows are written together.
         nonlocal audio_seconds, done
         bases = [_row_base(item, info, options.spl) for item in group]
-        results = score_prepared(group, profiles, scorer, bases)
+        results = score_prepared(group, profiles, scorer, bases, calibration)
         for file_rows, file_timelines in results:
             item = group.pop(0)  # out of the group first: an interruption now cannot add its rows twice
             rows.extend(file_rows)
@@ -385,6 +413,16 @@ def score_inputs(
         audio_seconds=audio_seconds,
         interrupted=interrupted,
     )
+
+
+def model_calibration(info: Any, options: ScoreOptions) -> Calibration | None:
+    """The interval calibration of the loaded weights, or None (with a warning) when there is none that
+    belongs to them; an official BEATs encoder under the teacher's head is another model: never."""
+    if options.beats_checkpoint is not None:
+        warnings.warn(f"{info.name}: no interval calibration for a --beats-checkpoint encoder; "
+                      "score_lo/score_hi stay empty", CalibrationWarning, stacklevel=2)
+        return None
+    return load_calibration(info.name, info.sha256, options.weights_dir)
 
 
 def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:

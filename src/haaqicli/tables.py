@@ -18,7 +18,7 @@ from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
 
 SCORE_COLUMNS: list[str] = [
-    "file", "profile", "ear", "model", "model_sha256", "score", "score_min", "score_p10",
+    "file", "profile", "ear", "model", "model_sha256", "score", "score_lo", "score_hi", "score_min", "score_p10",
     "worst_start_s", "worst_end_s", "duration_s", "sample_rate", "channels", "status", "error",
     "content_hash", "path", "spl", "audiogram_hash",
 ]

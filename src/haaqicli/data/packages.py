@@ -51,6 +51,11 @@ RESERVED_PATTERNS: tuple[str, ...] = (
 #  - openttd-openmsx: GM MIDI rendered with FluidR3 (tests the synthetic-render domain).
 VALIDATION_PACKAGES: tuple[str, ...] = ("flare-game", "marsshooter-data", "openttd-openmsx")
 
+# Real recorded music that calibrates the predicted-score intervals (data.calibration_set): the
+# intervals are fitted on ufoai-music and checked on nexuiz-music. Never training packages, so
+# guard_package refuses them for training like any package not on the training list.
+CALIBRATION_PACKAGES: tuple[str, ...] = ("ufoai-music", "nexuiz-music")
+
 
 class DatasetError(HaaqiError):
     """The corpus, manifest or a dataset option is unusable; the message names the file/option."""

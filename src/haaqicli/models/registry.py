@@ -299,6 +299,24 @@ def record_metrics(name: str, key: str, metrics: Mapping[str, Any], weights_dir:
     _write_manifest(wd, data)
 
 
+def calibration_entry(name: str, weights_dir: str | Path | None = None) -> dict[str, Any]:
+    """The manifest's record of a model's interval calibration ({"file", "sha256"}), or {}."""
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    entry = _read_manifest(wd)["models"].get(name, {}).get("calibration", {})
+    return dict(entry) if isinstance(entry, dict) else {}
+
+
+def record_calibration(name: str, file: str, sha256: str, weights_dir: str | Path | None = None) -> None:
+    """List a model's calibration file and its sha256 in the manifest (`haaqi calibrate --write`).
+    `save_model` rewrites the entry without it: new weights need a new calibration."""
+    wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    data = _read_manifest(wd)
+    if name not in data["models"]:
+        raise ModelError(f"{wd / MANIFEST}: no model named {name!r}")
+    data["models"][name]["calibration"] = {"file": file, "sha256": sha256}
+    _write_manifest(wd, data)
+
+
 def measure_throughput(model: nn.Module, batch: int = 16, window_s: float = WINDOW_SECONDS,
                        threads: int | None = 2, repeats: int = 3, device: str | torch.device = "cpu"
                        ) -> dict[str, float]:

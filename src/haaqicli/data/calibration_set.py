@@ -1,0 +1,217 @@
+"""The calibration set of the predicted-score intervals: real recorded music the models never saw,
+degraded by the project's own sampler, labelled with the exact HAAQI and scored by the shipped models.
+
+Layout (under ``data/calibration/``, git-ignored)::
+
+    debs/<pkg>_*.deb           the Debian packages as downloaded (apt-get download)
+    corpus/<pkg>/...           their audio files (.ogg), also those inside Quake-style .pk3 zips
+    <pkg>.parquet              one row per (clip, variant, profile): label and each model's prediction
+
+Every clip gets ``variants`` versions: the clean clip, then recipes drawn by
+:func:`haaqicli.data.degrade.sample_recipe`; every version is labelled and predicted for every
+profile of ``CALIBRATION_PROFILES`` (the fixed validation-real profiles of issue 14). Predictions go
+through the scorer ``haaqi score`` uses (24 kHz windows, the file's RMS presented at 65 dB SPL,
+encoder once per window), labels follow the label convention (``data.labels.label_arguments``).
+Everything is seeded; a rerun skips the clips already in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from haaqicli.atomic import atomic_write
+from haaqicli.audiogram import BUILTIN_PROFILES, severity_of
+from haaqicli.constants import CLIP_SECONDS
+from haaqicli.data import degrade
+from haaqicli.data.corpus import BuildConfig, Track, cut_clips
+from haaqicli.data.packages import CALIBRATION_PACKAGES, DatasetError, is_reserved
+
+# The validation-real profiles of issue 14: normal hearing and Bisgaard N1-N4, S1-S2.
+CALIBRATION_PROFILES: tuple[str, ...] = ("normal", "N1", "N2", "N3", "N4", "S1", "S2")
+AUDIO_EXTENSIONS = (".ogg", ".oga", ".flac", ".wav", ".mp3", ".opus")
+
+
+@dataclass(frozen=True)
+class SetConfig:
+    clips: int = 45  # clips per package
+    variants: int = 4  # versions per clip: the clean one, then sampled recipes
+    clips_per_track: int = 3
+    seed: int = 2026
+    workers: int = 2
+    clip_seconds: float = CLIP_SECONDS
+
+
+def _seed(*parts: Any) -> int:
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**31 - 1)
+
+
+def fetch_package(package: str, root: Path) -> Path:
+    """Download (``apt-get download``) and unpack one calibration package's audio into
+    ``root/corpus/<package>``; idempotent (a ``.done`` marker)."""
+    if package not in CALIBRATION_PACKAGES or is_reserved(package):
+        raise DatasetError(f"{package!r} is not a calibration package ({', '.join(CALIBRATION_PACKAGES)})")
+    dest = root / "corpus" / package
+    if (dest / ".done").is_file():
+        return dest
+    debs = root / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob(f"{package}_*.deb")):
+        if shutil.which("apt-get") is None:
+            raise DatasetError(f"{package}: apt-get is needed to download it")
+        subprocess.run(["apt-get", "download", "-qq", package], cwd=debs, check=True)
+    deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
+    unpacked = root / "unpacked" / package
+    shutil.rmtree(unpacked, ignore_errors=True)
+    unpacked.mkdir(parents=True)
+    subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for path in sorted(unpacked.rglob("*")):
+        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file() and not path.is_symlink():
+            target = dest / path.relative_to(unpacked)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        elif path.suffix.lower() == ".pk3":  # game archives are zips (ufoai, nexuiz keep music there)
+            with zipfile.ZipFile(path) as archive:
+                for name in sorted(archive.namelist()):
+                    if Path(name).suffix.lower() in AUDIO_EXTENSIONS and not name.endswith("/"):
+                        target = dest / path.name / name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(archive.read(name))
+    shutil.rmtree(unpacked, ignore_errors=True)
+    (dest / ".done").write_text(deb.name + "\n")
+    return dest
+
+
+def scan_tracks(corpus: Path, package: str, min_seconds: float = 20.0) -> list[Track]:
+    """Decodable tracks of one package folder, sorted (sources relative to ``corpus``)."""
+    tracks = []
+    for path in sorted((corpus / package).rglob("*")):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            continue
+        try:
+            info = sf.info(str(path))
+        except Exception:  # libsndfile raises several types for bad files; a bad track is skipped
+            continue
+        if info.samplerate > 0 and info.frames / info.samplerate >= min_seconds:
+            tracks.append(Track(package, path.relative_to(corpus).as_posix(), int(info.samplerate),
+                                int(info.frames), int(info.channels)))
+    return tracks
+
+
+def plan_clips(corpus: Path, package: str, config: SetConfig) -> list[tuple[Track, float]]:
+    """``config.clips`` seeded (track, offset) pairs, spread over the package's tracks."""
+    tracks = scan_tracks(corpus, package)
+    if not tracks:
+        raise DatasetError(f"{corpus / package}: no music tracks found")
+    cut = BuildConfig(clips_per_track=config.clips_per_track, seed=config.seed, clip_seconds=config.clip_seconds)
+    by_track = [[(track, offset) for offset in cut_clips(corpus, track, cut)] for track in tracks]
+    clips: list[tuple[Track, float]] = []
+    while len(clips) < config.clips and any(by_track):  # round-robin: every track before a second clip
+        for queue in by_track:
+            if queue and len(clips) < config.clips:
+                clips.append(queue.pop(0))
+    return clips
+
+
+def clip_recipes(clip_id: str, config: SetConfig) -> list[degrade.Recipe]:
+    """The clean version, then ``variants - 1`` recipes drawn by the training sampler (seeded)."""
+    # NAL-R is fitted to one listener; a version here is heard by every profile, so it is not drawn.
+    weights = {kind: weight for kind, weight in degrade.RECIPE_WEIGHTS.items() if kind != "nalr"}
+    recipes: list[degrade.Recipe] = [{"type": "identity"}]
+    for variant in range(1, config.variants):
+        rng = np.random.default_rng(_seed(config.seed, "calibration", clip_id, variant))
+        recipes.append(degrade.sample_recipe(rng, weights))
+    return recipes
+
+
+def clip_id_of(track: Track, offset: float) -> str:
+    return hashlib.sha1(f"{track.source}@{offset:.6f}".encode()).hexdigest()[:12]
+
+
+def _clip_rows(corpus: Path, track: Track, offset: float, config: SetConfig) -> tuple[list[dict], list[dict], list]:
+    """Rows (without label/predictions), their compute_haaqi arguments and each version's model input."""
+    from haaqicli.audio import presentation_gain, resample
+    from haaqicli.constants import MODEL_SAMPLE_RATE
+    from haaqicli.data.corpus import read_segment
+    from haaqicli.data.labels import label_arguments
+
+    reference, sr = read_segment(corpus, track.source, offset, config.clip_seconds, track.sample_rate)
+    clip_id = clip_id_of(track, offset)
+    rows, arguments, inputs = [], [], []
+    for variant, recipe in enumerate(clip_recipes(clip_id, config)):
+        processed = degrade.apply_recipe(reference, sr, recipe, None)
+        # What `haaqi score` hears for this file: its own RMS presented at 65 dB SPL, at 24 kHz.
+        rms = float(np.sqrt(np.mean(np.square(processed, dtype=np.float64))))
+        window = resample(processed.astype(np.float32), sr, MODEL_SAMPLE_RATE) * np.float32(presentation_gain(rms))
+        inputs.append(np.asarray(window, dtype=np.float32))
+        for name in CALIBRATION_PROFILES:
+            audiogram = BUILTIN_PROFILES[name].left
+            rows.append({"item_id": f"{clip_id}-{variant}-{name}", "clip_id": clip_id, "package": track.package,
+                         "source": track.source, "offset_s": float(offset), "sample_rate": int(sr),
+                         "variant": variant, "recipe": degrade.recipe_to_json(recipe),
+                         "degradation": degrade.recipe_kind(recipe), "profile": name,
+                         "audiogram": list(audiogram.levels), "pta": audiogram.pta(),
+                         "severity": severity_of(audiogram.pta())})
+            arguments.append(label_arguments(reference.astype(np.float32), processed.astype(np.float32), sr,
+                                             audiogram.levels))
+    return rows, arguments, inputs
+
+
+def _predict(models: dict[str, Any], inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each model's score of every (version, profile): the scorer's encoder-once path."""
+    grams = np.stack([BUILTIN_PROFILES[name].left.as_array() for name in CALIBRATION_PROFILES])
+    windows = np.stack(inputs)
+    out = {}
+    for name, scorer in models.items():
+        clip, _ = scorer(windows, grams)  # (profiles, versions)
+        out[name] = clip.T.reshape(-1)  # row order: version-major, profile-minor
+    return out
+
+
+def build_package_set(corpus: Path, package: str, out: Path, model_names: Sequence[str], config: SetConfig,
+                      on_clip: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Label and predict every planned clip of one package into ``out`` (Parquet), clip by clip;
+    clips already in ``out`` are kept, so an interrupted build continues where it stopped."""
+    from haaqicli.engine import WindowScorer
+    from haaqicli.models.registry import load_model
+    from haaqicli.reference import compute_haaqi_batch
+
+    scorers = {}
+    for name in model_names:
+        model, info = load_model(name, device="cpu")
+        scorers[name] = (WindowScorer(model, next(model.parameters()).device, 16), info.sha256)
+    done = pd.read_parquet(out) if out.is_file() else pd.DataFrame()
+    frames = [done] if len(done) else []
+    finished = set(done["clip_id"]) if len(done) else set()
+    clips = plan_clips(corpus, package, config)
+    for index, (track, offset) in enumerate(clips):
+        if clip_id_of(track, offset) in finished:
+            continue
+        rows, arguments, inputs = _clip_rows(corpus, track, offset, config)
+        labels = compute_haaqi_batch(arguments, workers=config.workers)
+        predictions = _predict({name: scorer for name, (scorer, _) in scorers.items()}, inputs)
+        frame = pd.DataFrame(rows).assign(label=np.asarray(labels, dtype=float))
+        for name, (_, sha) in scorers.items():
+            frame[f"pred_{name}"] = predictions[name].astype(float)
+            frame[f"sha256_{name}"] = sha
+        frames.append(frame)
+        table = pd.concat(frames, ignore_index=True)
+        atomic_write(out, lambda tmp, table=table: table.to_parquet(tmp, index=False))
+        if on_clip is not None:
+            on_clip(index + 1, len(clips))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+

@@ -1,0 +1,183 @@
+"""Intervals of predicted scores: the fit, storage keyed by the weights, and the score columns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_residuals, write_music
+from scipy.stats import norm
+
+from haaqicli.calibration import (
+    CalibrationWarning,
+    fit_calibration,
+    load_calibration,
+    measure_coverage,
+    save_calibration,
+)
+from haaqicli.errors import HaaqiError
+
+SHA = "ab" * 32
+
+
+def test_fit_recovers_known_residual_quantiles_per_grade():
+    predicted, exact, pta = synthetic_residuals(n=40_000, seed=1)
+    calibration = fit_calibration(predicted, exact, pta, model="m", weights_sha256=SHA, min_per_bin=500)
+    z = norm.ppf(0.9)  # the 90th percentile of N(0, 1)
+    for grade, loss in (("normal", 0.0), ("mild", 25.0), ("moderate", 45.0), ("severe", 70.0)):
+        fit = calibration.grades[grade]
+        sigma = 0.1 * (1 + loss / 60)
+        assert len(fit.centres) == 6 and list(fit.centres) == sorted(fit.centres)
+        assert np.allclose(fit.lo, -z * sigma, atol=0.15 * sigma), grade
+        assert np.allclose(fit.hi, z * sigma, atol=0.15 * sigma), grade
+    # grades the data did not reach borrow the nearest fitted one
+    assert calibration.interval(0.5, 55.0) == calibration.interval(0.5, 45.0)  # moderately severe -> moderate
+    assert calibration.interval(0.5, 95.0) == calibration.interval(0.5, 70.0)  # profound -> severe
+
+
+def test_nominal_coverage_holds_on_fresh_data_and_widths_follow_the_loss():
+    predicted, exact, pta = synthetic_residuals(n=6000, seed=2)
+    calibration = fit_calibration(predicted, exact, pta, model="m", weights_sha256=SHA)
+    p2, e2, a2 = synthetic_residuals(n=6000, seed=3)
+    inner = (p2 > 0.3) & (p2 < 0.7)  # away from the [0, 1] clipping
+    measured = measure_coverage(calibration, p2[inner], e2[inner], a2[inner])
+    assert measured["coverage"] == pytest.approx(0.8, abs=0.03)
+    widths = [measured["grades"][g]["mean_width"] for g in ("normal", "mild", "moderate", "severe")]
+    assert widths == sorted(widths) and widths[-1] > 1.8 * widths[0]
+
+
+def test_interval_contains_the_score_stays_in_range_and_is_deterministic():
+    predicted, exact, pta = synthetic_residuals(n=3000, seed=4)
+    exact = exact + 0.3  # residuals all far above: the fitted lower bound would exceed the score
+    first = fit_calibration(predicted, exact, pta, model="m", weights_sha256=SHA)
+    again = fit_calibration(predicted, exact, pta, model="m", weights_sha256=SHA)
+    assert {**first.to_dict(), "created": ""} == {**again.to_dict(), "created": ""}
+    scores = np.linspace(0.0, 1.0, 101)
+    for loss in (0.0, 30.0, 100.0):
+        lo, hi = first.interval(scores, loss)
+        assert ((lo <= scores) & (scores <= hi)).all()
+        assert ((0 <= lo) & (hi <= 1)).all()
+        assert np.array_equal(lo, again.interval(scores, loss)[0])
+    lo, hi = first.interval([np.nan, 0.5], [20.0, np.nan])
+    assert np.isnan(lo).all() and np.isnan(hi).all()
+
+
+def test_fit_refuses_too_few_items():
+    with pytest.raises(HaaqiError, match="too few"):
+        fit_calibration([0.5] * 10, [0.6] * 10, [30.0] * 10, model="m", weights_sha256=SHA)
+
+
+@pytest.fixture()
+def weights(tiny_weights: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    return folder
+
+
+def _sha(folder: Path, model: str) -> str:
+    return json.loads((folder / "manifest.json").read_text())["models"][model]["sha256"]
+
+
+def test_saved_calibration_is_listed_in_the_manifest_and_loads_for_its_weights(weights: Path):
+    sha = _sha(weights, "distilled")
+    calibration = fit_calibration(*synthetic_residuals(seed=5), model="distilled", weights_sha256=sha)
+    path = save_calibration(calibration, weights)
+    entry = json.loads((weights / "manifest.json").read_text())["models"]["distilled"]["calibration"]
+    assert entry["file"] == path.name == "distilled.calibration.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_calibration("distilled", sha, weights)
+    assert loaded is not None and loaded.interval(0.4, 30.0) == calibration.interval(0.4, 30.0)
+    with pytest.raises(HaaqiError, match="fitted on weights"):
+        save_calibration(fit_calibration(*synthetic_residuals(), model="distilled", weights_sha256=SHA), weights)
+
+
+def test_calibration_of_other_weights_or_a_changed_file_is_ignored_with_a_warning(weights: Path):
+    sha = _sha(weights, "distilled")
+    with pytest.warns(CalibrationWarning, match="not the loaded"):
+        assert load_calibration("distilled", SHA, weights) is None
+    path = weights / "distilled.calibration.json"
+    path.write_text(path.read_text().replace('"coverage": 0.8', '"coverage": 0.9'))
+    with pytest.warns(CalibrationWarning, match="sha256 differs"):
+        assert load_calibration("distilled", sha, weights) is None
+    path.unlink()
+    with pytest.warns(CalibrationWarning, match="no calibration"):
+        assert load_calibration("distilled", sha, weights) is None
+
+
+def test_score_rows_carry_ordered_intervals(use_tiny_weights: Path, tmp_path: Path):
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.engine import ScoreOptions, score_inputs
+
+    write_music(tmp_path / "in" / "mono.wav", seconds=7.0, seed=1)
+    write_music(tmp_path / "in" / "stereo.flac", seconds=4.0, sample_rate=44100, channels=2, seed=2)
+    profiles = resolve_profiles(["normal", "N3", "profiles/asymmetric.csv"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        first = score_inputs([tmp_path / "in"], profiles, ScoreOptions(device="cpu"), progress=False).table
+    again = score_inputs([tmp_path / "in"], profiles, ScoreOptions(device="cpu"), progress=False).table
+    columns = list(first.columns)
+    assert columns.index("score_lo") == columns.index("score") + 1 and columns.index("score_hi") == columns.index("score") + 2
+    assert len(first) == 3 + 6 and first["score_lo"].notna().all()
+    assert ((first["score_lo"] <= first["score"]) & (first["score"] <= first["score_hi"])).all()
+    assert (first["score_hi"] > first["score_lo"]).all()
+    pd.testing.assert_frame_equal(first, again)
+    # a mono file is heard by both ears: the mean of the two ears' intervals
+    from haaqicli.calibration import load_calibration as load
+
+    calibration = load("distilled", first["model_sha256"].iloc[0])
+    row = first[(first["file"] == "mono.wav") & (first["profile"] == "asymmetric")].iloc[0]
+    profile = profiles[2]
+    lo_l, hi_l = calibration.interval(row["score"], profile.left.pta())
+    lo_r, hi_r = calibration.interval(row["score"], profile.right.pta())
+    assert profile.left.pta() != profile.right.pta()
+    assert row["score_lo"] == pytest.approx((lo_l + lo_r) / 2, abs=0.05)
+
+
+def test_no_calibration_leaves_the_interval_empty_with_one_warning(use_tiny_weights: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.engine import ScoreOptions, score_inputs
+
+    folder = tmp_path / "weights"
+    shutil.copytree(use_tiny_weights, folder)
+    (folder / "distilled.calibration.json").unlink()
+    monkeypatch.setenv("HAAQI_WEIGHTS", str(folder))
+    write_music(tmp_path / "a.wav", seconds=3.0)
+    with pytest.warns(CalibrationWarning, match="no calibration"):
+        table = score_inputs([tmp_path / "a.wav"], resolve_profiles(["N2"]), ScoreOptions(device="cpu"),
+                             progress=False).table
+    assert table["score"].notna().all() and table["score_lo"].isna().all() and table["score_hi"].isna().all()
+
+
+def test_calibrate_command_fits_checks_and_writes(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from haaqicli.cli import main
+
+    monkeypatch.setenv("HAAQI_WEIGHTS", str(weights))
+    sha = _sha(weights, "distilled")
+    tables = []
+    for seed in (6, 7):
+        predicted, exact, pta = synthetic_residuals(seed=seed)
+        path = tmp_path / f"set{seed}.parquet"
+        pd.DataFrame({"label": exact, "pred_distilled": predicted, "pta": pta, "sha256_distilled": sha,
+                      "package": f"pkg{seed}"}).to_parquet(path)
+        tables.append(str(path))
+    result = CliRunner().invoke(main, ["calibrate", "--model", "distilled", "--fit", tables[0], "--check", tables[1],
+                                       "--write", "--json", str(tmp_path / "figures.json")])
+    assert result.exit_code == 0, result.output
+    assert "pkg7: coverage 0.7" in result.output or "pkg7: coverage 0.8" in result.output
+    stored = json.loads((weights / "distilled.calibration.json").read_text())
+    assert stored["check"]["packages"] == ["pkg7"] and stored["fit"]["packages"] == ["pkg6"]
+    assert stored["fit"]["command"].startswith("haaqi calibrate --model distilled")
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["distilled"]["check"]["n"] == 3000
+    # predictions of other weights are refused, one line
+    pd.read_parquet(tables[1]).assign(sha256_distilled=SHA).to_parquet(tables[1])
+    result = CliRunner().invoke(main, ["calibrate", "--model", "distilled", "--fit", tables[0], "--check", tables[1]])
+    assert result.exit_code == 2 and "other weights" in result.output and "Traceback" not in result.output
