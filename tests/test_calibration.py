@@ -181,3 +181,25 @@ def test_calibrate_command_fits_checks_and_writes(weights: Path, tmp_path: Path,
     pd.read_parquet(tables[1]).assign(sha256_distilled=SHA).to_parquet(tables[1])
     result = CliRunner().invoke(main, ["calibrate", "--model", "distilled", "--fit", tables[0], "--check", tables[1]])
     assert result.exit_code == 2 and "other weights" in result.output and "Traceback" not in result.output
+
+
+def _ladder(scores: list[float], half_width: float = 0.1) -> pd.DataFrame:
+    kbps = [32, 64, 128, 256][: len(scores)]
+    return pd.DataFrame({"codec": "mp3", "profile": "N2", "bitrate_kbps": kbps, "score": scores,
+                         "score_lo": [s - half_width for s in scores], "score_hi": [s + half_width for s in scores],
+                         "status": "ok"})
+
+
+def test_fast_sweep_warns_when_the_curve_is_flat_or_not_monotonic_within_the_interval():
+    from haaqicli.sweep import curve_warnings
+
+    assert curve_warnings(_ladder([0.40, 0.60, 0.80, 0.90])) == []  # rises well beyond the interval
+    flat = curve_warnings(_ladder([0.88, 0.89, 0.89, 0.90]))
+    assert len(flat) == 1 and "mp3, N2" in flat[0] and "flat within the interval" in flat[0]
+    bumpy = curve_warnings(_ladder([0.40, 0.70, 0.66, 0.90]))
+    assert len(bumpy) == 1 and "not monotonic (0.700 at 64 kb/s, 0.660 at 128 kb/s, within the interval)" in bumpy[0]
+    assert "flat" not in bumpy[0]
+    # without intervals only the monotonicity test applies; several inputs are averaged per rung
+    two = pd.concat([_ladder([0.4, 0.7, 0.6, 0.9]), _ladder([0.4, 0.7, 0.8, 0.9])]).drop(columns=["score_lo", "score_hi"])
+    assert curve_warnings(two) == []
+    assert "not monotonic" in curve_warnings(_ladder([0.4, 0.7, 0.5, 0.9]).drop(columns=["score_lo", "score_hi"]))[0]

@@ -174,10 +174,12 @@ def file_scores(table: pd.DataFrame, source: str = "score table") -> pd.DataFram
     HAAQI is the mean of the left- and right-ear HAAQI); any failed ear makes the file an error.
     `source` names the table in errors (e.g. its path).
 
-    Columns: file, profile, score, status ("ok"/"error"), error, model, model_sha256, and what the
-    score was made with: spl (NaN when not recorded) and audiogram_hash ('' when not recorded).
+    Columns: file, profile, score, status ("ok"/"error"), error, model, model_sha256, what the score was
+    made with: spl (NaN when not recorded) and audiogram_hash ('' when not recorded), and score_lo /
+    score_hi (a predicted score's interval, averaged over ears like the score; NaN when absent).
     """
-    columns = ["file", "profile", "score", "status", "error", "model", "model_sha256", "spl", "audiogram_hash"]
+    columns = ["file", "profile", "score", "status", "error", "model", "model_sha256", "spl", "audiogram_hash",
+               "score_lo", "score_hi"]
     if table is None or table.empty:
         return pd.DataFrame(columns=columns)
     missing = [c for c in ("file", "profile", "score") if c not in table.columns]
@@ -194,6 +196,8 @@ def file_scores(table: pd.DataFrame, source: str = "score table") -> pd.DataFram
     t["file"] = t["file"].astype(str)
     t["profile"] = t["profile"].astype(str)
     t["score"] = pd.to_numeric(t["score"], errors="coerce")
+    for column in ("score_lo", "score_hi"):
+        t[column] = pd.to_numeric(t[column], errors="coerce") if column in t.columns else np.nan
     t["status"] = t["status"].astype(str).str.lower()
     ok = t["status"].isin(["ok", ""]) & np.isfinite(t["score"].to_numpy(dtype=float))
     t["_ok"] = ok
@@ -203,11 +207,13 @@ def file_scores(table: pd.DataFrame, source: str = "score table") -> pd.DataFram
                      group["audiogram_hash"].iloc[0])
         if not group["_ok"].all():
             errors = [e for e in group["error"] if e]
-            rows.append((file, profile, float("nan"), "error", errors[0] if errors else "not scored", *made_with))
+            rows.append((file, profile, float("nan"), "error", errors[0] if errors else "not scored", *made_with,
+                         float("nan"), float("nan")))
             continue
         both = group[group["ear"].str.lower().isin(_BOTH_EARS)]
         use = both if len(both) else group
-        rows.append((file, profile, float(use["score"].mean()), "ok", "", *made_with))
+        rows.append((file, profile, float(use["score"].mean()), "ok", "", *made_with,
+                     float(use["score_lo"].mean()), float(use["score_hi"].mean())))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -251,6 +257,11 @@ class CaseResult:
     baseline: float | None = None
     status: str = "pass"  # pass | fail | error | skipped
     messages: list[str] = field(default_factory=list)
+    interval: tuple[float, float] | None = None  # a predicted score's calibrated interval
+
+    @property
+    def interval_text(self) -> str:
+        return "" if self.interval is None else f"{self.interval[0]:.2f}–{self.interval[1]:.2f}"
 
     @property
     def delta(self) -> float | None:
@@ -338,6 +349,11 @@ def _percentile10(values: Sequence[float]) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), 10))
 
 
+PREDICTED_NOTE = ("scores are predicted by the model (no reference); the interval is where the exact HAAQI "
+                  "lay for 80% of the calibration music (weights/MODEL_CARD.md): a file whose interval "
+                  "crosses a threshold could pass or fail by the exact HAAQI (use --reference for an exact gate)")
+
+
 def evaluate(
     table: pd.DataFrame,
     policy: Policy | None = None,
@@ -396,7 +412,9 @@ def evaluate(
                 # another --spl or edited audiogram values: the baseline score is not a comparable figure
                 base = None
                 not_compared[profile] = not_compared.get(profile, 0) + 1
-            case = CaseResult(row.file, profile, score, base)
+            interval = (float(row.score_lo), float(row.score_hi))
+            case = CaseResult(row.file, profile, score, base,
+                              interval=interval if np.isfinite(interval).all() else None)
             ok_values.append(score)
             if thresholds.min_score is not None and score < thresholds.min_score:
                 case.messages.append(f"score {score:.3f} < min_score {thresholds.min_score:.3f}")
@@ -466,6 +484,8 @@ def evaluate(
         report.errors.append(f"{n_errors} file x profile entries could not be scored (pass --allow-errors to skip them)")
     elif n_skipped_errors:
         report.warnings.append(f"{n_skipped_errors} file x profile entries could not be scored and were skipped")
+    if any(case.interval is not None for case in report.cases):
+        report.notes.append(PREDICTED_NOTE)
     if not scores.empty and not policy.active(cli):
         report.notes.append("no gate configured (use --min-score, --min-mean, --min-p10, --max-drop or --policy)")
     return report
@@ -505,8 +525,9 @@ def junit_xml(report: GateReport, suite_name: str = "haaqi") -> ET.ElementTree:
             counts["tests"] += 1
             detail = "\n".join(case.messages)
             if case.score is not None:
-                detail = f"score={case.score:.4f}{label}" + (f" baseline={case.baseline:.4f}" if case.baseline is not None
-                                                       else "") + ("\n" + detail if detail else "")
+                detail = f"score={case.score:.4f}{label}" + (f" interval={case.interval_text}" if case.interval else "") \
+                    + (f" baseline={case.baseline:.4f}" if case.baseline is not None else "") \
+                    + ("\n" + detail if detail else "")
             if case.status == "fail":
                 counts["failures"] += 1
                 failure = ET.SubElement(element, "failure", message="; ".join(case.messages), type="QualityGate")
@@ -599,7 +620,8 @@ def markdown_summary(report: GateReport, title: str = "HAAQI quality gate", max_
     if bad:
         lines += ["### Failing files", "", "| file | profile | score | baseline | reason |", "|---|---|---|---|---|"]
         for c in bad[:max_rows]:
-            lines.append(f"| `{_md_escape(c.file)}` | {c.profile} | {_fmt(c.score)} | {_fmt(c.baseline)} | "
+            shown = _fmt(c.score) + (f" ({c.interval_text})" if c.interval else "")
+            lines.append(f"| `{_md_escape(c.file)}` | {c.profile} | {shown} | {_fmt(c.baseline)} | "
                          f"{_md_escape('; '.join(c.messages))} |")
         if len(bad) > max_rows:
             lines.append(f"\n… and {len(bad) - max_rows} more (see the JUnit report or --out table).")
@@ -633,12 +655,14 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
     order = {"error": 0, "fail": 1, "skipped": 2, "pass": 3}
     cases = sorted(report.cases, key=lambda c: (order[c.status], c.profile, c.file))
     has_base = any(c.baseline is not None for c in cases)
+    has_interval = any(c.interval is not None for c in cases)
     view = Table(show_edge=False, header_style="bold", title="files")
-    for column in ("result", "file", "profile", "score") + (("baseline", "Δ") if has_base else ()) + ("reason",):
-        view.add_column(column, justify="right" if column in ("score", "baseline", "Δ") else "left")
+    for column in ("result", "file", "profile", "score") + (("interval",) if has_interval else ()) \
+            + (("baseline", "Δ") if has_base else ()) + ("reason",):
+        view.add_column(column, justify="right" if column in ("score", "interval", "baseline", "Δ") else "left")
     style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "error": "[red]ERROR[/]", "skipped": "[yellow]skip[/]"}
     for c in cases[:max_rows]:
-        row = [style[c.status], c.file, c.profile, _fmt(c.score)]
+        row = [style[c.status], c.file, c.profile, _fmt(c.score)] + ([c.interval_text] if has_interval else [])
         if has_base:
             row += [_fmt(c.baseline), "" if c.delta is None else f"{c.delta:+.3f}"]
         row.append("; ".join(c.messages))

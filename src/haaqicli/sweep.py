@@ -444,3 +444,39 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def curve_warnings(table: pd.DataFrame, tolerance: float = 0.002) -> list[str]:
+    """Warnings about a predicted (--fast) ladder that cannot rank its bitrates: per codec and profile
+    (rungs averaged over inputs), a curve whose top rung scores inside the bottom rung's interval (flat
+    within the interval), and a curve that drops as the bitrate rises (not monotonic; the largest drop,
+    said to be within the interval when it is). Needs columns codec, bitrate_kbps, profile, score and,
+    for the flat test, score_lo/score_hi."""
+    if table is None or table.empty:
+        return []
+    ok = table[(table["status"] == "ok") & (table["codec"] != "original")]
+    ok = ok.assign(**{c: pd.to_numeric(ok[c], errors="coerce") if c in ok.columns else np.nan
+                      for c in ("score", "score_lo", "score_hi")})
+    messages = []
+    for (codec, profile), group in ok.groupby(["codec", "profile"], sort=True):
+        curve = group.groupby("bitrate_kbps")[["score", "score_lo", "score_hi"]].mean().sort_index()
+        if len(curve) < 2:
+            continue
+        kbps, score = curve.index.to_numpy(), curve["score"].to_numpy(dtype=float)
+        lo, hi = curve["score_lo"].to_numpy(dtype=float), curve["score_hi"].to_numpy(dtype=float)
+        problems = []
+        if np.isfinite(hi[0]) and score[-1] <= hi[0]:
+            problems.append(f"flat within the interval ({score[0]:.3f} at {kbps[0]:g} kb/s, interval "
+                            f"{lo[0]:.2f}–{hi[0]:.2f}; {score[-1]:.3f} at {kbps[-1]:g} kb/s)")
+        best_before = np.maximum.accumulate(score)
+        drops = best_before - score
+        worst = int(np.argmax(drops))
+        if drops[worst] > tolerance:
+            high = int(np.argmax(score[:worst]))
+            inside = np.isfinite(lo[high]) and lo[high] <= score[worst] <= hi[high]
+            problems.append(f"not monotonic ({score[high]:.3f} at {kbps[high]:g} kb/s, {score[worst]:.3f} at "
+                            f"{kbps[worst]:g} kb/s" + (", within the interval" if inside else "") + ")")
+        if problems:
+            messages.append(f"{codec}, {profile}: the predicted curve is " + " and ".join(problems)
+                            + "; the model cannot rank these bitrates: use the exact HAAQI (without --fast)")
+    return messages

@@ -108,28 +108,38 @@ def _check_extension(path: str, allowed: tuple[str, ...], option: str) -> None:
 
 
 def print_scores(table) -> None:  # type: ignore[no-untyped-def]
-    """The score table on the terminal (stdout), one line per file x profile x ear."""
+    """The score table on the terminal (stdout), one line per file x profile x ear, each predicted
+    score with its calibrated interval."""
+    import math
+
     from rich.console import Console
     from rich.table import Table
 
     view = Table(show_edge=False, header_style="bold")
-    for column in ("file", "profile", "ear", "score", "min", "p10", "worst at", "status"):
-        view.add_column(column, justify="right" if column in ("score", "min", "p10", "worst at") else "left")
+    for column in ("file", "profile", "ear", "score", "interval", "min", "p10", "worst at", "status"):
+        view.add_column(column, justify="right" if column in ("score", "interval", "min", "p10", "worst at") else "left")
     for row in table.itertuples(index=False):
         if row.status == "ok":
+            lo, hi = getattr(row, "score_lo", math.nan), getattr(row, "score_hi", math.nan)
             view.add_row(
                 row.file,
                 row.profile,
                 row.ear,
                 f"{row.score:.3f}",
+                f"{lo:.2f}–{hi:.2f}" if math.isfinite(lo) and math.isfinite(hi) else "-",
                 f"{row.score_min:.3f}",
                 f"{row.score_p10:.3f}",
                 f"{row.worst_start_s:.1f}s",
                 "ok",
             )
         else:
-            view.add_row(row.file, row.profile, row.ear, "", "", "", "", f"[red]error[/]: {row.error}")
-    Console(soft_wrap=True).print(view)
+            view.add_row(row.file, row.profile, row.ear, "", "", "", "", "", f"[red]error[/]: {row.error}")
+    console = Console(soft_wrap=True)
+    console.print(view)
+    models = ", ".join(sorted({str(m) for m in table.get("model", []) if isinstance(m, str) and m}))
+    if models:
+        console.print(f"Predicted by the {models} model (no reference). Interval: where the exact HAAQI lay for "
+                      "80% of the calibration music (weights/MODEL_CARD.md).", markup=False)
 
 
 @click.command()
