@@ -203,3 +203,18 @@ def test_fast_sweep_warns_when_the_curve_is_flat_or_not_monotonic_within_the_int
     two = pd.concat([_ladder([0.4, 0.7, 0.6, 0.9]), _ladder([0.4, 0.7, 0.8, 0.9])]).drop(columns=["score_lo", "score_hi"])
     assert curve_warnings(two) == []
     assert "not monotonic" in curve_warnings(_ladder([0.4, 0.7, 0.5, 0.9]).drop(columns=["score_lo", "score_hi"]))[0]
+
+
+def test_api_predictor_gives_the_same_interval_as_the_scorer(use_tiny_weights: Path):
+    import torch
+
+    from haaqicli.api import HAAQIPredictor
+
+    predictor = HAAQIPredictor.from_pretrained("distilled")
+    wave = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, (2, 24000 * 3)).astype(np.float32))
+    grams = torch.tensor([[0.0] * 8, [35, 35, 40, 50, 55, 60, 65, 70.0]])
+    score, lo, hi = predictor.predict_with_interval(wave, grams, 24000, spl=65)
+    assert torch.equal(score, predictor(wave, grams, 24000, spl=65))
+    assert ((lo <= score) & (score <= hi) & (lo < hi)).all()
+    expected = predictor.calibration.interval(score.numpy(), [0.0, 46.25])
+    assert np.allclose(lo.numpy(), expected[0]) and np.allclose(hi.numpy(), expected[1])

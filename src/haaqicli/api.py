@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from haaqicli.audio import plan_windows, resample
+from haaqicli.audiogram import Audiogram
+from haaqicli.calibration import Calibration, load_calibration
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
 from haaqicli.errors import AudioError, ModelError
 from haaqicli.levels import warn_untrained_level
@@ -33,6 +36,10 @@ class HAAQIPredictor(nn.Module):
         self.model = model
         self.info = info
         self.window_s, self.hop_s = float(window_s), float(hop_s)
+        # (model name, weights sha256, weights folder) of registered weights: their interval calibration
+        # is read on first use, so a predictor used only as a loss never looks for one.
+        self._calibration_key: tuple[str, str, str | Path | None] | None = None
+        self._calibration: Calibration | None = None
         if self.window_s <= 0 or self.hop_s <= 0:
             raise ModelError("HAAQIPredictor: window_s and hop_s must be positive")
         if freeze:
@@ -45,7 +52,18 @@ class HAAQIPredictor(nn.Module):
                         weights_dir: str | Path | None = None, beats_checkpoint: str | Path | None = None,
                         **kwargs) -> HAAQIPredictor:
         model, info = load_model(name, device=device, beats_checkpoint=beats_checkpoint, weights_dir=weights_dir)
-        return cls(model, info, **kwargs)
+        predictor = cls(model, info, **kwargs)
+        if beats_checkpoint is None:
+            predictor._calibration_key = (info.name, info.sha256, weights_dir)
+        return predictor
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The interval calibration of these weights (None, with a warning, when there is none)."""
+        if self._calibration is None and self._calibration_key is not None:
+            self._calibration = load_calibration(*self._calibration_key)
+            self._calibration_key = None
+        return self._calibration
 
     @property
     def sample_rate(self) -> int:
@@ -112,6 +130,21 @@ class HAAQIPredictor(nn.Module):
         spans, scores = self.window_scores(waveform, audiogram, sample_rate, spl)
         w = torch.tensor([e - s for s, e in spans], dtype=scores.dtype, device=scores.device)
         return (scores * w).sum(-1) / w.sum()
+
+
+    @torch.no_grad()
+    def predict_with_interval(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None
+                              ) -> tuple[Tensor, Tensor, Tensor]:
+        """(score, score_lo, score_hi), each (B,): the prediction and its calibrated interval (as in
+        `haaqi score`; NaN without a calibration for these weights). Not differentiable."""
+        score = self(waveform, audiogram, sample_rate, spl)
+        grams = torch.as_tensor(audiogram, dtype=torch.float32).reshape(-1, len(AUDIOGRAM_FREQUENCIES))
+        pta = np.array([Audiogram(tuple(row.tolist())).pta() for row in grams.cpu()])
+        if self.calibration is None:
+            nan = torch.full_like(score, float("nan"))
+            return score, nan, nan.clone()
+        lo, hi = self.calibration.interval(score.cpu().numpy(), pta if len(pta) > 1 else pta[0])
+        return score, torch.as_tensor(lo, dtype=score.dtype), torch.as_tensor(hi, dtype=score.dtype)
 
 
 _DEFAULT: dict[tuple[str, str], HAAQIPredictor] = {}
