@@ -6,7 +6,8 @@ Inputs (made by scripts/train-models.sh and `haaqi bench --json`):
     data/results/bench.json     haaqi bench --json
     weights/manifest.json       written by haaqi train / haaqi distill
 Run from the repository root: .venv/bin/python scripts/model_card.py
-(`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights)
+(`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights;
+`--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`)
 """
 
 from __future__ import annotations
@@ -72,6 +73,57 @@ def speed_section(bench: dict) -> list[str]:
         lines += ["", f"Model only (one batch of 6-s windows, fbank included): the student runs "
                   f"{student['x_realtime'] / teacher['x_realtime']:.1f}x the teacher's throughput."]
     return lines
+
+
+INTERVALS_HEADING = "## Intervals of predicted scores"
+
+
+def intervals_section() -> list[str]:
+    """The intervals section from the committed calibrations (weights/<model>.calibration.json, written by
+    `haaqi calibrate --write`); empty without them."""
+    calibrations = {path.name.split(".")[0]: json.loads(path.read_text())
+                    for path in sorted(WEIGHTS.glob("*.calibration.json"))}
+    if not calibrations:
+        return []
+    first = next(iter(calibrations.values()))
+    lines = ["", INTERVALS_HEADING, "",
+             f"Every predicted score comes with `score_lo`/`score_hi`, a nominal {first['coverage']:.0%} interval: "
+             "residual quantiles (exact - predicted) per hearing-loss grade (WHO, better-ear PTA of the scored ear) "
+             "and predicted score, fitted on real recorded music the models never saw (ufoai-music) and checked on "
+             "other such music (nexuiz-music): clips cut, degraded by the training recipe sampler (NAL-R excepted) "
+             "and kept clean once, for the profiles normal, N1-N4, S1, S2, labelled with the exact HAAQI and scored "
+             "as `haaqi score` scores a file (its RMS at 65 dB SPL). Made by "
+             "`scripts/calibration-set.py` then "
+             f"`{first['fit'].get('command', 'haaqi calibrate')} --write`; each file is keyed by its weights' sha256.",
+             "", "| model | fitted on | checked on | coverage | mean width |", "|---|---|---|---|---|"]
+    for name, data in calibrations.items():
+        check = data["check"]
+        lines.append(f"| {name} | {data['fit']['n']} items ({', '.join(data['fit']['packages'])}) | {check['n']} items "
+                     f"({', '.join(check['packages'])}) | {fmt(check['coverage'])} | {fmt(check['mean_width'])} |")
+    lines += ["", "On the check split, per grade and per predicted range (coverage / mean width):", "",
+              "| group | " + " | ".join(calibrations) + " |", "|---|" + "---|" * len(calibrations)]
+    groups = list(dict.fromkeys(g for data in calibrations.values() for g in data["check"]["grades"]))
+    ranges = list(dict.fromkeys(r for data in calibrations.values() for r in data["check"]["predicted"]))
+    for key, kind, label in [*((g, "grades", g) for g in groups), *((r, "predicted", f"predicted {r}") for r in ranges)]:
+        cells = []
+        for data in calibrations.values():
+            part = data["check"][kind].get(key)
+            cells.append(f"{fmt(part['coverage'])} / {fmt(part['mean_width'])} (n={part['n']})" if part else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "The interval is fitted on 6-s clips; a long file's score is a mean over windows, whose errors "
+              "partly average out, so its interval is on the wide side. Grades without calibration data (severe, "
+              "profound) use the nearest fitted grade. `--spl` other than 65 dB SPL is outside the calibration."]
+    return lines
+
+
+def rewrite_intervals_section() -> None:
+    """Replace (or insert before the speed section) only the intervals section of the existing card."""
+    card = (WEIGHTS / "MODEL_CARD.md").read_text()
+    section = "\n".join(intervals_section())
+    start = card.find("\n" + INTERVALS_HEADING + "\n")
+    end = card.index("\n## ", start + 1) if start >= 0 else card.index("\n## Speed\n")
+    write_card(card[: start if start >= 0 else end] + section + "\n" + card[end:])
+    print(section)
 
 
 def rewrite_speed_section() -> None:
@@ -224,6 +276,7 @@ def main() -> None:
                     lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
                               f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
 
+    lines += intervals_section()
     lines += speed_section(bench)
 
     lines += [
@@ -262,4 +315,9 @@ def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    rewrite_speed_section() if "--speed-only" in sys.argv[1:] else main()
+    if "--speed-only" in sys.argv[1:]:
+        rewrite_speed_section()
+    elif "--intervals-only" in sys.argv[1:]:
+        rewrite_intervals_section()
+    else:
+        main()
