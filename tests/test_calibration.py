@@ -218,3 +218,11 @@ def test_api_predictor_gives_the_same_interval_as_the_scorer(use_tiny_weights: P
     assert ((lo <= score) & (score <= hi) & (lo < hi)).all()
     expected = predictor.calibration.interval(score.numpy(), [0.0, 46.25])
     assert np.allclose(lo.numpy(), expected[0]) and np.allclose(hi.numpy(), expected[1])
+
+
+def test_grades_match_the_audiogram_severity():
+    from haaqicli.audiogram import severity_of
+    from haaqicli.calibration import _grades_of
+
+    ptas = np.array([-5.0, 0.0, 19.9, 20.0, 34.9, 35.0, 49.9, 50.0, 64.9, 65.0, 79.9, 80.0, 119.0])
+    assert list(_grades_of(ptas)) == [severity_of(p) for p in ptas]

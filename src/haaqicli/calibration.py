@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from haaqicli.atomic import atomic_write
-from haaqicli.audiogram import SEVERITY_GRADES, severity_of
+from haaqicli.audiogram import SEVERITY_GRADES
 from haaqicli.errors import HaaqiError
 
 FORMAT_VERSION = 1
@@ -71,10 +71,10 @@ class Calibration:
         """(lo, hi) for predicted scores and the PTAs (dB HL) of the ears they are for (broadcast)."""
         scores, ptas = np.broadcast_arrays(np.asarray(score, dtype=float), np.asarray(pta, dtype=float))
         lo, hi = np.full(scores.shape, np.nan), np.full(scores.shape, np.nan)
-        grades = np.array([severity_of(float(p)) if np.isfinite(p) else "" for p in ptas.ravel()]).reshape(ptas.shape)
-        for grade in set(grades.ravel()) - {""}:
-            mine = (grades == grade) & np.isfinite(scores)
-            fit = self._grade_for(str(grade))
+        grades = _grade_index(ptas)
+        for index in np.unique(grades[np.isfinite(ptas)]):
+            mine = (grades == index) & np.isfinite(ptas) & np.isfinite(scores)
+            fit = self._grade_for(GRADES[int(index)])
             p = scores[mine]
             lo[mine] = p + np.interp(p, fit.centres, fit.lo)
             hi[mine] = p + np.interp(p, fit.centres, fit.hi)
@@ -106,8 +106,16 @@ class Calibration:
             raise HaaqiError(f"{origin}: unreadable calibration ({type(error).__name__}: {error})") from None
 
 
+_GRADE_BOUNDS = np.array([bound for bound, _ in SEVERITY_GRADES[:-1]])
+
+
+def _grade_index(pta: np.ndarray) -> np.ndarray:
+    """Index into GRADES of each PTA: audiogram.severity_of, vectorised (it runs once per score row)."""
+    return np.searchsorted(_GRADE_BOUNDS, pta, side="right")
+
+
 def _grades_of(pta: np.ndarray) -> np.ndarray:
-    return np.array([severity_of(float(p)) for p in pta])
+    return np.array(GRADES)[_grade_index(np.asarray(pta, dtype=float))]
 
 
 def fit_calibration(predicted: Any, exact: Any, pta: Any, *, model: str, weights_sha256: str,
