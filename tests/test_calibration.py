@@ -226,3 +226,31 @@ def test_grades_match_the_audiogram_severity():
 
     ptas = np.array([-5.0, 0.0, 19.9, 20.0, 34.9, 35.0, 49.9, 50.0, 64.9, 65.0, 79.9, 80.0, 119.0])
     assert list(_grades_of(ptas)) == [severity_of(p) for p in ptas]
+
+
+def test_check_shows_the_interval_of_predicted_scores():
+    import io
+
+    from rich.console import Console
+
+    from haaqicli import gate
+
+    table = pd.DataFrame({"file": ["a.wav", "a.wav", "b.wav"], "profile": "N2", "ear": ["left", "right", "both"],
+                          "score": [0.50, 0.60, 0.80], "score_lo": [0.40, 0.44, 0.70], "score_hi": [0.62, 0.70, 0.90],
+                          "status": "ok", "model": "distilled", "model_sha256": "x"})
+    scores = gate.file_scores(table)
+    first = scores[scores["file"] == "a.wav"].iloc[0]
+    assert (first["score"], first["score_lo"], first["score_hi"]) == pytest.approx((0.55, 0.42, 0.66))
+    report = gate.evaluate(table, cli=gate.Thresholds(min_score=0.6))
+    case = next(c for c in report.cases if c.file == "a.wav")
+    assert case.status == "fail" and case.interval_text == "0.42–0.66"
+    assert any("predicted" in note and "interval" in note for note in report.notes)
+    out = io.StringIO()
+    gate.print_report(report, console=Console(file=out, width=200))
+    assert "interval" in out.getvalue() and "0.42–0.66" in out.getvalue()
+    assert "0.550 (0.42–0.66)" in gate.markdown_summary(report)
+    xml = gate.junit_xml(report)
+    assert any("interval=0.42–0.66" in (e.text or "") for e in xml.iter("system-out"))
+    # exact scores (no interval columns) show none
+    exact = gate.evaluate(table.drop(columns=["score_lo", "score_hi"]), cli=gate.Thresholds(min_score=0.6))
+    assert all(c.interval is None for c in exact.cases) and not any("interval" in n for n in exact.notes)
