@@ -93,7 +93,7 @@ def intervals_section() -> list[str]:
              "other such music (nexuiz-music): clips cut, degraded by the training recipe sampler (NAL-R excepted) "
              "and kept clean once, for the profiles normal, N1-N4, S1, S2, labelled with the exact HAAQI and scored "
              "as `haaqi score` scores a file (its RMS at 65 dB SPL). Made by "
-             "`scripts/calibration-set.py` then "
+             "`scripts/calibration-set.py` (30 clips per package x 4 versions x 7 profiles, seed 2026) then "
              f"`{first['fit'].get('command', 'haaqi calibrate')} --write`; each file is keyed by its weights' sha256.",
              "", "| model | fitted on | checked on | coverage | mean width |", "|---|---|---|---|---|"]
     for name, data in calibrations.items():
@@ -102,7 +102,8 @@ def intervals_section() -> list[str]:
                      f"({', '.join(check['packages'])}) | {fmt(check['coverage'])} | {fmt(check['mean_width'])} |")
     lines += ["", "On the check split, per grade and per predicted range (coverage / mean width):", "",
               "| group | " + " | ".join(calibrations) + " |", "|---|" + "---|" * len(calibrations)]
-    groups = list(dict.fromkeys(g for data in calibrations.values() for g in data["check"]["grades"]))
+    order = ["normal", "mild", "moderate", "moderately severe", "severe", "profound"]  # audiogram.SEVERITY_GRADES
+    groups = sorted({g for data in calibrations.values() for g in data["check"]["grades"]}, key=order.index)
     ranges = list(dict.fromkeys(r for data in calibrations.values() for r in data["check"]["predicted"]))
     for key, kind, label in [*((g, "grades", g) for g in groups), *((r, "predicted", f"predicted {r}") for r in ranges)]:
         cells = []
@@ -110,7 +111,9 @@ def intervals_section() -> list[str]:
             part = data["check"][kind].get(key)
             cells.append(f"{fmt(part['coverage'])} / {fmt(part['mean_width'])} (n={part['n']})" if part else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "The interval is fitted on 6-s clips; a long file's score is a mean over windows, whose errors "
+    lines += ["", "The widths are the honest size of the models' errors on recorded music (compare the validation "
+              "tables above): a predicted score tells a clean file from a badly damaged one, not 0.80 from 0.85. "
+              "The interval is fitted on 6-s clips; a long file's score is a mean over windows, whose errors "
               "partly average out, so its interval is on the wide side. Grades without calibration data (severe, "
               "profound) use the nearest fitted grade. `--spl` other than 65 dB SPL is outside the calibration."]
     return lines

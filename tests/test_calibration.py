@@ -254,3 +254,20 @@ def test_check_shows_the_interval_of_predicted_scores():
     # exact scores (no interval columns) show none
     exact = gate.evaluate(table.drop(columns=["score_lo", "score_hi"]), cli=gate.Thresholds(min_score=0.6))
     assert all(c.interval is None for c in exact.cases) and not any("interval" in n for n in exact.notes)
+
+
+@pytest.mark.parametrize("name", ["teacher", "distilled"])
+def test_shipped_calibration_belongs_to_the_shipped_weights(name: str, monkeypatch: pytest.MonkeyPatch):
+    from haaqicli.models.registry import get_info
+
+    monkeypatch.delenv("HAAQI_WEIGHTS", raising=False)
+    info = get_info(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)  # new weights need `haaqi calibrate --write` (model card)
+        calibration = load_calibration(name, info.sha256)
+    assert calibration is not None and calibration.model == name
+    check = calibration.check
+    assert check["packages"] == ["nexuiz-music"] and calibration.fit["packages"] == ["ufoai-music"]
+    assert 0.75 <= check["coverage"] <= 0.85 and check["n"] >= 500
+    lo, hi = calibration.interval(np.linspace(0, 1, 11), 30.0)
+    assert ((hi - lo) > 0.05).all()

@@ -44,7 +44,7 @@ AUDIO_EXTENSIONS = (".ogg", ".oga", ".flac", ".wav", ".mp3", ".opus")
 
 @dataclass(frozen=True)
 class SetConfig:
-    clips: int = 45  # clips per package
+    clips: int = 30  # clips per package
     variants: int = 4  # versions per clip: the clean one, then sampled recipes
     clips_per_track: int = 3
     seed: int = 2026
