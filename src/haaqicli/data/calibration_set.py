@@ -117,7 +117,7 @@ def plan_clips(corpus: Path, package: str, config: SetConfig) -> list[tuple[Trac
     if not tracks:
         raise DatasetError(f"{corpus / package}: no music tracks found")
     cut = BuildConfig(clips_per_track=config.clips_per_track, seed=config.seed, clip_seconds=config.clip_seconds)
-    by_track = [[(track, offset) for offset in cut_clips(corpus, track, cut)] for track in tracks]
+    by_track = [[(track, offset) for offset, _ in cut_clips(corpus, track, cut)] for track in tracks]
     clips: list[tuple[Track, float]] = []
     while len(clips) < config.clips and any(by_track):  # round-robin: every track before a second clip
         for queue in by_track:
@@ -126,14 +126,14 @@ def plan_clips(corpus: Path, package: str, config: SetConfig) -> list[tuple[Trac
     return clips
 
 
-def clip_recipes(clip_id: str, config: SetConfig) -> list[degrade.Recipe]:
+def clip_recipes(clip_id: str, config: SetConfig, sample_rate: int) -> list[degrade.Recipe]:
     """The clean version, then ``variants - 1`` recipes drawn by the training sampler (seeded)."""
     # NAL-R is fitted to one listener; a version here is heard by every profile, so it is not drawn.
     weights = {kind: weight for kind, weight in degrade.RECIPE_WEIGHTS.items() if kind != "nalr"}
     recipes: list[degrade.Recipe] = [{"type": "identity"}]
     for variant in range(1, config.variants):
         rng = np.random.default_rng(_seed(config.seed, "calibration", clip_id, variant))
-        recipes.append(degrade.sample_recipe(rng, weights))
+        recipes.append(degrade.sample_recipe(rng, weights, sample_rate=sample_rate))
     return recipes
 
 
@@ -151,7 +151,7 @@ def _clip_rows(corpus: Path, track: Track, offset: float, config: SetConfig) -> 
     reference, sr = read_segment(corpus, track.source, offset, config.clip_seconds, track.sample_rate)
     clip_id = clip_id_of(track, offset)
     rows, arguments, inputs = [], [], []
-    for variant, recipe in enumerate(clip_recipes(clip_id, config)):
+    for variant, recipe in enumerate(clip_recipes(clip_id, config, sr)):
         processed = degrade.apply_recipe(reference, sr, recipe, None)
         # What `haaqi score` hears for this file: its own RMS presented at 65 dB SPL, at 24 kHz.
         rms = float(np.sqrt(np.mean(np.square(processed, dtype=np.float64))))
