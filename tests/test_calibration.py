@@ -271,3 +271,34 @@ def test_shipped_calibration_belongs_to_the_shipped_weights(name: str, monkeypat
     assert 0.75 <= check["coverage"] <= 0.85 and check["n"] >= 500
     lo, hi = calibration.interval(np.linspace(0, 1, 11), 30.0)
     assert ((hi - lo) > 0.05).all()
+
+
+def test_calibration_set_is_seeded_resumable_and_labelled(use_tiny_weights: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    from haaqicli.data import calibration_set as cs
+    from haaqicli.data.packages import ReservedPackageError, guard_package
+
+    for package in cs.CALIBRATION_PACKAGES:  # calibration music is never training music
+        with pytest.raises(ReservedPackageError):
+            guard_package(package)
+    with pytest.raises(HaaqiError, match="not a calibration package"):
+        cs.fetch_package("flare-game", tmp_path)
+    corpus = tmp_path / "corpus"
+    write_music(corpus / "nexuiz-music" / "track.flac", seconds=25.0, sample_rate=44100, channels=2, seed=4)
+    config = cs.SetConfig(clips=1, variants=2, workers=1)
+    assert cs.clip_recipes("abc", config, 44100) == cs.clip_recipes("abc", config, 44100)
+    assert cs.clip_recipes("abc", config, 44100)[0] == {"type": "identity"}
+    out = tmp_path / "set.parquet"
+    table = cs.build_package_set(corpus, "nexuiz-music", out, ["distilled"], config)
+    assert len(table) == 1 * 2 * len(cs.CALIBRATION_PROFILES)
+    assert table["label"].between(0, 1).all() and table["pred_distilled"].between(0, 1).all()
+    clean = table[(table["variant"] == 0) & (table["profile"] == "normal")]["label"].iloc[0]
+    assert clean > 0.9  # the clean clip against itself, normal hearing
+    assert set(table["severity"]) >= {"normal", "mild", "moderate"}
+
+    def no_labelling(*args, **kwargs):
+        raise AssertionError("a finished clip was labelled again")
+
+    monkeypatch.setattr("haaqicli.reference.compute_haaqi_batch", no_labelling)
+    again = cs.build_package_set(corpus, "nexuiz-music", out, ["distilled"], config)
+    pd.testing.assert_frame_equal(again, table)
