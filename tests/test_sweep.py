@@ -258,3 +258,16 @@ def test_unwritable_outputs_are_refused_before_encoding(chord: Path, tmp_path: P
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: {option} {path}: cannot write"), result.output
+
+
+def test_fast_sweep_warns_when_its_preview_cannot_rank_the_rungs(chord: Path) -> None:
+    def flat_scorer(inputs, settings):  # type: ignore[no-untyped-def]
+        rows = [{"file": Path(path).name, "profile": "normal", "ear": "both", "status": "ok", "score": 0.89,
+                 "score_lo": 0.7, "score_hi": 0.95, "model": "fake", "model_sha256": "f" * 64} for path in inputs]
+        return pd.DataFrame(rows)
+
+    result = invoke([str(chord), "--fast", "--codec", "opus", "--bitrates", "32,128"], scorer=flat_scorer)
+    assert result.exit_code == 0, result.output
+    assert "warning: opus, normal: the predicted curve is flat within the interval" in result.output
+    rising = invoke([str(chord), "--fast", "--codec", "opus", "--bitrates", "32,128"], scorer=fake_scorer())
+    assert "predicted curve" not in rising.output

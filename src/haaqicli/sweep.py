@@ -63,7 +63,7 @@ CODECS: dict[str, Codec] = {
 
 # score: what decides (`method`: exact HAAQI by default, the model's prediction with --fast)
 SWEEP_COLUMNS = ["input", "codec", "bitrate_kbps", "actual_kbps", "profile", "score", "score_exact",
-                 "meets_target", "lowest", "status", "error", "score_predicted", "method"]
+                 "meets_target", "lowest", "status", "error", "score_predicted", "score_lo", "score_hi", "method"]
 ANSWER_COLUMNS = ["codec", "profile", "criterion", "target", "lowest_kbps", "score_at_lowest",
                   "lowest_kbps_exact", "score_exact_at_lowest", "method"]
 
@@ -181,6 +181,7 @@ class SweepResult:
     profiles: list[str] = field(default_factory=list)
     method: str = METHOD_EXACT  # what `score` (and the answer) is: exact HAAQI, or the model's preview
     notes: list[str] = field(default_factory=list)  # one line each, for the terminal
+    warnings: list[str] = field(default_factory=list)  # a --fast preview that cannot rank its rungs
 
 
 def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int) -> tuple[
@@ -197,12 +198,20 @@ def plan_ladder(codecs: Sequence[Codec], bitrates: Sequence[int], channels: int)
 
 def _per_file(table: pd.DataFrame | None, key: str) -> dict[str, dict[str, tuple[float, str]]]:
     """{file name: {profile: (score over ears, error)}} from a per-ear table keyed by path column `key`."""
+    return {name: {profile: values[:2] for profile, values in scores.items()}
+            for name, scores in _per_file_with_interval(table, key).items()}
+
+
+def _per_file_with_interval(table: pd.DataFrame | None, key: str
+                            ) -> dict[str, dict[str, tuple[float, str, float, float]]]:
+    """{file name: {profile: (score over ears, error, score_lo, score_hi)}} (the interval: a prediction's)."""
     if table is None or table.empty:
         return {}
     renamed = table.rename(columns={key: "file"}) if key != "file" else table
-    by_name: dict[str, dict[str, tuple[float, str]]] = {}
+    by_name: dict[str, dict[str, tuple[float, str, float, float]]] = {}
     for row in file_scores(renamed).itertuples(index=False):
-        by_name.setdefault(Path(str(row.file)).name, {})[row.profile] = (row.score, row.error)
+        by_name.setdefault(Path(str(row.file)).name, {})[row.profile] = (row.score, row.error, row.score_lo,
+                                                                         row.score_hi)
     return by_name
 
 
@@ -266,7 +275,8 @@ def run_sweep(
             raise HaaqiError("empty ladder: the encoders rejected every rung (" +
                              "; ".join(r.error for r in done if r.codec != "original")[:300] + ")")
         ok = [r for r in done if r.status == "ok"]
-        predicted = _per_file(scorer([str(r.decoded) for r in ok], settings) if fast and ok else None, "file")
+        predicted = _per_file_with_interval(scorer([str(r.decoded) for r in ok], settings) if fast and ok else None,
+                                            "file")
         exact_table = None
         if want_exact:
             originals = {r.index: r.decoded for r in ok if r.codec == "original"}
@@ -283,10 +293,13 @@ def run_sweep(
         for profile in profile_names:
             row = {"input": r.input, "codec": r.codec, "bitrate_kbps": r.kbps if r.kbps is not None else np.nan,
                    "actual_kbps": r.actual_kbps, "profile": profile, "score": np.nan, "score_exact": np.nan,
-                   "score_predicted": np.nan, "method": method, "status": r.status, "error": r.error}
+                   "score_predicted": np.nan, "score_lo": np.nan, "score_hi": np.nan, "method": method,
+                   "status": r.status, "error": r.error}
             if r.status == "ok":
                 missing = (np.nan, "not scored")
-                guess, guess_error = predicted.get(r.decoded.name, {}).get(profile, missing) if fast else missing
+                guess, guess_error, row["score_lo"], row["score_hi"] = (
+                    predicted.get(r.decoded.name, {}).get(profile, (*missing, np.nan, np.nan)) if fast
+                    else (*missing, np.nan, np.nan))
                 exact_score, exact_error = (exact_scores.get(r.decoded.name, {}).get(profile, missing)
                                             if want_exact else missing)
                 row["score_predicted"] = guess if fast else np.nan
@@ -321,7 +334,8 @@ def run_sweep(
             notes.append(f"{n} decoded file(s) longer than {1.5 * settings.segment_seconds:g} s were scored in "
                          f"{settings.segment_seconds:g}-s segments (length-weighted mean; --segment-seconds 0: whole)")
     return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target,
-                       codecs=codec_order, profiles=profile_names, method=method, notes=notes)
+                       codecs=codec_order, profiles=profile_names, method=method, notes=notes,
+                       warnings=curve_warnings(table) if fast else [])
 
 
 def _ceiling_notes(table: pd.DataFrame, target: float, criterion: str) -> list[str]:

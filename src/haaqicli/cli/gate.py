@@ -347,6 +347,8 @@ def _print_sweep(result, quiet: bool) -> None:  # type: ignore[no-untyped-def]
                       markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", markup=False)
     if result.skipped:
         console.print("outside encoder range, not tried: " + ", ".join(result.skipped), markup=False)
 
