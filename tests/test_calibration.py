@@ -302,3 +302,16 @@ def test_calibration_set_is_seeded_resumable_and_labelled(use_tiny_weights: Path
     monkeypatch.setattr("haaqicli.reference.compute_haaqi_batch", no_labelling)
     again = cs.build_package_set(corpus, "nexuiz-music", out, ["distilled"], config)
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_report_shows_the_interval(tmp_path: Path):
+    from haaqicli.report import write_report
+    from haaqicli.tables import SCORE_COLUMNS
+
+    row = {c: None for c in SCORE_COLUMNS} | {"file": "a.wav", "profile": "N2", "ear": "both", "model": "distilled",
+                                              "score": 0.5, "score_lo": 0.41, "score_hi": 0.63, "score_min": 0.4,
+                                              "score_p10": 0.45, "status": "ok", "error": ""}
+    write_report(pd.DataFrame([row], columns=SCORE_COLUMNS), tmp_path / "r.md")
+    import re
+
+    assert re.search(r"0\.410?–0\.630?", (tmp_path / "r.md").read_text())
