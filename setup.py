@@ -13,6 +13,6 @@ setup(
     package_dir={"": "src", "haaqicli.weights": "weights"},
     package_data={
         "haaqicli": ["profiles/*.csv", "py.typed", "*.json"],
-        "haaqicli.weights": ["manifest.json", "*.safetensors", "MODEL_CARD.md"],
+        "haaqicli.weights": ["manifest.json", "*.safetensors", "*.calibration.json", "MODEL_CARD.md"],
     },
 )

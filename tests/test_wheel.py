@@ -81,3 +81,5 @@ def test_wheel_carries_the_weights_and_scores_outside_the_checkout(tmp_path: Pat
     assert {row["ear"] for row in rows} == {"left", "right"}
     assert all(row["status"] == "ok" and 0.0 <= float(row["score"]) <= 1.0 for row in rows)
     assert {row["model_sha256"] for row in rows} == {manifest["models"]["distilled"]["sha256"]}
+    # the interval calibration travels with the weights
+    assert all(float(row["score_lo"]) <= float(row["score"]) <= float(row["score_hi"]) for row in rows)
