@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +32,7 @@ from haaqicli.calibration import Calibration, CalibrationWarning, load_calibrati
 from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from haaqicli.errors import HaaqiError
 from haaqicli.levels import warn_untrained_level
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash
+from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, content_hash
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
@@ -328,35 +330,43 @@ def score_inputs(
     out: str | Path | None = None,
     resume: bool = False,
     progress: bool | Callable[[int, int], None] = True,
+    scheduler: str | None = None,
+    keep_timelines: bool = True,
 ) -> ScoreRun:
     """Score every discovered file for every profile. Returns the table (SCORE_COLUMNS) and timelines.
 
-    With ``out`` the table is written incrementally and atomically; with ``resume`` rows already done
-    (same content hash, profile name and audiogram values, presentation level and model sha256,
-    status ok) are kept and their files skipped.
+    With ``out`` the table is written incrementally and atomically (a folder: a Parquet dataset, and
+    the returned table holds only the failed files' rows); with ``resume`` rows already done (same
+    content hash, profile name and audiogram values, presentation level and model sha256, status ok)
+    are kept and their files skipped. ``scheduler`` (a Dask address or ``local:N``): each file is one
+    task on that cluster.
     """
-    from haaqicli.models.registry import load_model, resolve_device
+    from haaqicli.models.registry import get_info, load_model, resolve_device
 
     options = options or ScoreOptions()
     if not profiles:
         raise HaaqiError("no profile given (use --profile)")
     items = audio.discover(inputs)
-    device = resolve_device(options.device)
-    model, info = load_model(
-        options.model, device=device, beats_checkpoint=options.beats_checkpoint, weights_dir=options.weights_dir
-    )
-    scorer = WindowScorer(model, device, options.batch_size)
+    if scheduler:  # the workers load the model; here only its identity is needed
+        options = replace(options, weights_dir=options.weights_dir or os.environ.get("HAAQI_WEIGHTS"))
+        info = get_info(options.model, options.weights_dir)
+    else:
+        device = resolve_device(options.device)
+        model, info = load_model(
+            options.model, device=device, beats_checkpoint=options.beats_checkpoint,
+            weights_dir=options.weights_dir
+        )
+        scorer = WindowScorer(model, device, options.batch_size)
     warn_untrained_level(options.spl, info.name, info.training)
     calibration = model_calibration(info, options)
 
-    kept, done_hashes = _resumable_rows(out, resume, profiles, options.spl, info.sha256)
-    table = IncrementalTable(out, SCORE_COLUMNS) if out else None
-    if table is not None and len(kept):
-        table.add(kept)
+    table, done_hashes = _open_table(out, resume, profiles, options.spl, info.sha256)
     todo = items
     if done_hashes:  # each file is hashed once: the hash travels with the item into prepare_file
         hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
         todo = [item for item in hashed if item.content_hash not in done_hashes]
+    if scheduler:
+        return _score_on_cluster(todo, profiles, options, info, table, progress, scheduler, keep_timelines)
 
     rows: list[dict] = []
     timelines: dict = {}
@@ -405,7 +415,9 @@ def score_inputs(
             table.close()
         report_progress(-1, len(todo))
 
-    frame = table.frame() if table is not None else pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    frame = table.frame() if isinstance(table, IncrementalTable) else pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    if isinstance(table, PartitionedTable):  # the rows are in the dataset; the failures are returned
+        frame = frame[frame["status"] != "ok"]
     return ScoreRun(
         table=frame.reindex(columns=SCORE_COLUMNS),
         timelines=timelines,
@@ -440,28 +452,58 @@ def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:
     }
 
 
+# The columns that decide whether a previous row is kept by --resume.
+RESUME_KEY_COLUMNS = ["content_hash", "profile", "audiogram_hash", "spl", "model_sha256", "status"]
+
+
 def _resumable_rows(
     out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float, model_sha256: str
 ) -> tuple[pd.DataFrame, set[str]]:
     """Rows of a previous run to keep, and the content hashes of files that need no new scoring:
     those with an ok row for every requested profile, scored with the same audiogram values, level
-    and model. Tables written before rows recorded the audiogram hash and level are rescored."""
-    from haaqicli.tables import read_table
+    and model. Tables written before rows recorded the audiogram hash and level are rescored. From a
+    dataset folder only the key columns are read (its kept rows stay in their part files)."""
+    from haaqicli.tables import is_dataset, read_table
 
     if not (resume and out and Path(out).exists()):
         return pd.DataFrame(columns=SCORE_COLUMNS), set()
-    previous = read_table(out)
-    if not {"spl", "audiogram_hash", "model_sha256", "content_hash"} <= set(previous.columns):
+    previous = read_table(out, RESUME_KEY_COLUMNS) if is_dataset(out) else read_table(out)
+    if not set(RESUME_KEY_COLUMNS) <= set(previous.columns):
         return pd.DataFrame(columns=SCORE_COLUMNS), set()
+    ok = previous[_kept_mask(previous, None, profiles, spl, model_sha256)]
+    complete = ok.groupby("content_hash")["profile"].nunique()
+    done = set(complete[complete == len({(p.name, p.values_hash()) for p in profiles})].index)
+    return ok[ok["content_hash"].isin(done)].reset_index(drop=True), done
+
+
+def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence[Profile], spl: float,
+               model_sha256: str) -> np.ndarray:
+    """Rows to keep on resume: ok, same model, level, profile name and audiogram values (and a finished
+    file, given ``done``)."""
     wanted = {(p.name, p.values_hash()) for p in profiles}
     level = pd.to_numeric(previous["spl"], errors="coerce")
-    ok = previous[(previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
-                  & np.isclose(level, spl, rtol=0, atol=1e-9)]
-    same_profile = [(name, gram) in wanted for name, gram in zip(ok["profile"], ok["audiogram_hash"], strict=True)]
-    ok = ok[np.array(same_profile, dtype=bool)]
-    complete = ok.groupby("content_hash")["profile"].nunique()
-    done = set(complete[complete == len(wanted)].index)
-    return ok[ok["content_hash"].isin(done)].reset_index(drop=True), done
+    mask = ((previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
+            & np.isclose(level, spl, rtol=0, atol=1e-9)).to_numpy(dtype=bool)
+    mask &= np.array([(name, gram) in wanted for name, gram in zip(previous["profile"], previous["audiogram_hash"],
+                                                                   strict=True)], dtype=bool)
+    return mask & previous["content_hash"].isin(done).to_numpy(dtype=bool) if done is not None else mask
+
+
+def _open_table(out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float,
+                model_sha256: str) -> tuple[IncrementalTable | PartitionedTable | None, set[str]]:
+    """The output table, holding the rows a resumed run keeps, and the content hashes of finished files."""
+    from haaqicli.tables import is_dataset
+
+    kept, done = _resumable_rows(out, resume, profiles, spl, model_sha256)
+    if not out:
+        return None, done
+    if is_dataset(out):
+        return PartitionedTable(out, SCORE_COLUMNS, keep=(lambda part: _kept_mask(
+            part, done, profiles, spl, model_sha256)) if resume else None), done
+    table = IncrementalTable(out, SCORE_COLUMNS)
+    if len(kept):
+        table.add(kept)
+    return table, done
 
 
 def _progress_callback(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int, int], None]:
@@ -493,3 +535,114 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
         bar.update(task, completed=done, rate=f"{rate:.2f} files/s")
 
     return update
+
+
+def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: ScoreOptions, model_sha256: str
+               ) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]], float]:
+    """One file as one task (on a cluster worker): its rows, timelines and scored seconds of audio. The
+    model is this process's (loaded once, sha256 checked); the file is read here, from its path."""
+    from haaqicli.executor import unreadable
+
+    scorer, info = worker_scorer(options, model_sha256)
+    reason = unreadable(item.path)
+    prepared = PreparedFile(input=item, error=reason) if reason else prepare_file(item, options, info.sample_rate)
+    [(rows, timelines)] = score_prepared([prepared], profiles, scorer, [_row_base(prepared, info, options.spl)])
+    return rows, timelines, 0.0 if prepared.error else prepared.duration_s
+
+
+_worker_lock = threading.Lock()
+
+
+def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScorer, Any]:
+    """This process's scorer for ``options``, loaded on first use, and a check that it is the model the
+    client asked for (a worker with other weights would give other scores)."""
+    from haaqicli.errors import ModelError
+    from haaqicli.executor import worker_name
+
+    with _worker_lock:  # a worker with several threads loads the model once, not once per thread
+        scorer, info = _load_scorer(options.model, options.device, options.batch_size, options.beats_checkpoint,
+                                    options.weights_dir)
+    if info.sha256 != model_sha256:
+        raise ModelError(f"{worker_name()}: model {info.name!r} has sha256 {info.sha256[:12]}..., the client's "
+                         f"has {model_sha256[:12]}...; install the same weights on every worker")
+    return scorer, info
+
+
+@functools.lru_cache(maxsize=2)
+def _load_scorer(model: str, device: str, batch_size: int, beats_checkpoint: str | None,
+                 weights_dir: str | None) -> tuple[WindowScorer, Any]:
+    from haaqicli.models.registry import load_model, resolve_device
+
+    torch_device = resolve_device(device)
+    network, info = load_model(model, device=torch_device, beats_checkpoint=beats_checkpoint,
+                               weights_dir=weights_dir)
+    return WindowScorer(network, torch_device, batch_size), info
+
+
+def _check_worker(options: ScoreOptions, model_sha256: str) -> str:
+    """Run once on every worker before any task: loads the model there (once) and checks it."""
+    return worker_scorer(options, model_sha256)[1].name
+
+
+def _score_on_cluster(
+    todo: Sequence[audio.InputFile], profiles: Sequence[Profile], options: ScoreOptions, info: Any,
+    table: IncrementalTable | PartitionedTable | None, progress: bool | Callable[[int, int], None],
+    scheduler: str, keep_timelines: bool,
+) -> ScoreRun:
+    """Each file one task on a Dask cluster; rows stream into ``table`` as tasks finish. Without a
+    dataset table every row is returned; with one, only the failed files' rows (bounded memory)."""
+    from haaqicli.executor import TaskProgress, open_executor
+
+    held: list[dict] = []
+    timelines: dict = {}
+    started = time.perf_counter()
+    audio_seconds = 0.0
+    interrupted = False
+    bar = TaskProgress("scoring", len(todo), display=progress is True)
+    hold_all = not isinstance(table, PartitionedTable)
+    try:
+        with open_executor(scheduler) as executor:
+            try:
+                executor.run_on_workers(_check_worker, options, info.sha256)
+            except HaaqiError:
+                raise
+            except Exception as error:  # e.g. haaqi not installed there
+                raise HaaqiError(f"--scheduler {scheduler}: a worker cannot load the model "
+                                 f"({type(error).__name__}: {error})") from None
+            tasks = ((item,) for item in todo)
+            for (item,), outcome in executor.imap_unordered(score_file, tasks, profiles=profiles, options=options,
+                                                            model_sha256=info.sha256):
+                if isinstance(outcome, BaseException):
+                    failed = PreparedFile(input=item, error=f"{item.path}: {type(outcome).__name__}: {outcome}")
+                    rows, file_timelines, seconds = (_error_rows(failed, profiles, _row_base(failed, info, options.spl)),
+                                                     {}, 0.0)
+                else:
+                    rows, file_timelines, seconds = outcome
+                error = any(row["status"] != "ok" for row in rows)
+                if not error and rows and rows[0]["channels"] > 2:  # said here, not in a worker's log
+                    warnings.warn(audio.downmix_message(item.path, rows[0]["channels"]), audio.DownmixWarning,
+                                  stacklevel=2)
+                if table is not None:
+                    table.add(rows)
+                if hold_all or error:
+                    held.extend(rows)
+                if keep_timelines:
+                    timelines.update(file_timelines)
+                audio_seconds += seconds
+                bar.update(done=1, failed=int(error), in_flight=executor.in_flight)
+                if callable(progress):
+                    progress(bar.done, len(todo))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        if table is not None:
+            table.close()
+    if isinstance(table, IncrementalTable):
+        held = table.frame().to_dict("records")
+    order = {item.relative: index for index, item in enumerate(todo)}
+    frame = pd.DataFrame(held, columns=SCORE_COLUMNS)
+    # rows arrive as tasks finish: in input order again (kept rows of a resumed run first)
+    frame = frame.iloc[np.argsort([order.get(name, -1) for name in frame["file"]], kind="stable")]
+    return ScoreRun(table=frame.reset_index(drop=True), timelines=timelines,
+                    seconds=time.perf_counter() - started, audio_seconds=audio_seconds, interrupted=interrupted)

@@ -711,6 +711,7 @@ class ScoreSettings:
     reference: str | None = None  # folder of references, paired by relative path
     pairs: str | None = None  # CSV with columns processed, reference
     segment_seconds: float | None = None  # exact HAAQI of long pairs in segments
+    scheduler: str | None = None  # Dask scheduler address or local:N: files / pairs as cluster tasks
 
 
 # (inputs, settings) -> score table with SCORE_COLUMNS
@@ -725,7 +726,8 @@ def model_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataFrame
     options = ScoreOptions(model=settings.model, device=settings.device, batch_size=settings.batch_size,
                            workers=settings.workers, spl=settings.spl, mix=settings.mix,
                            beats_checkpoint=settings.beats_checkpoint)
-    run = score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress)
+    run = score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress,
+                       scheduler=settings.scheduler, keep_timelines=False)
     if run.interrupted:  # the caller decides where the finished rows go
         raise RunInterrupted(f"{len(run.table)} finished rows", rows=run.table)
     return run.table
@@ -777,7 +779,7 @@ def reference_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataF
             table = score_pairs([(reference, processed) for _, processed, reference in pairs], profiles,
                                 spl=settings.spl, mix=settings.mix, workers=settings.workers,
                                 progress=settings.progress, device=settings.device,
-                                segment_seconds=settings.segment_seconds)
+                                segment_seconds=settings.segment_seconds, scheduler=settings.scheduler)
         except RunInterrupted as stopped:  # the finished rows in this table's form, for the caller to keep
             rows = None if stopped.rows is None else _rename_files(stopped.rows, pairs)
             raise RunInterrupted(stopped.kept, rows=rows) from None

@@ -1,14 +1,16 @@
 """Score tables: one schema, atomic writes in CSV / Parquet / JSON Lines, incremental saving for resume.
 
 Every write goes to a temporary file in the same folder and is moved into place with ``os.replace``,
-so a reader (or a Ctrl-C) never sees a half-written table.
+so a reader (or a Ctrl-C) never sees a half-written table. A folder path (``scores/``) is a Parquet
+dataset: part files written as rows finish, so millions of rows never sit in memory together.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,11 @@ _TEXT_COLUMNS = ("file", "profile", "ear", "model", "model_sha256", "status", "e
                  "audiogram_hash")
 
 
+def is_dataset(path: str | Path) -> bool:
+    """A folder (an existing one, or a path ending in a slash): a partitioned Parquet dataset."""
+    return str(path).endswith(("/", os.sep)) or Path(path).is_dir()
+
+
 def _format_of(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in TABLE_FORMATS:
@@ -40,6 +47,10 @@ def _format_of(path: Path) -> str:
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` atomically; the format follows the extension (.csv, .parquet, .jsonl)."""
+    if is_dataset(path):
+        with PartitionedTable(path, list(df.columns)) as dataset:
+            dataset.add(df)
+        return Path(path)
     path = Path(path)
     fmt = _format_of(path)
 
@@ -57,7 +68,13 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         raise HaaqiError(f"{path}: cannot write table ({error.strerror or error})") from None
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A table file, or every part of a dataset folder; ``columns``: only those (datasets)."""
+    if is_dataset(path):
+        parts = dataset_parts(path)
+        if not parts:
+            raise HaaqiError(f"{path}: no such table (a dataset folder without part files)")
+        return pd.concat([_read_part(part, columns) for part in parts], ignore_index=True)
     path = Path(path)
     fmt = _format_of(path)
     if not path.exists():
@@ -78,6 +95,29 @@ def read_table(path: str | Path) -> pd.DataFrame:
         reason = " ".join(str(error).split())[:200]
         raise HaaqiError(f"{path}: cannot read table ({reason})") from None
     for name in _TEXT_COLUMNS:  # same dtypes whatever the format
+        if name in df.columns:
+            df[name] = df[name].astype("object").where(df[name].notna(), None)
+    return df
+
+
+def dataset_parts(directory: str | Path) -> list[Path]:
+    """The part files of a dataset folder, oldest first (hidden temporaries excluded)."""
+    return sorted(Path(directory).glob("part-*.parquet")) if Path(directory).is_dir() else []
+
+
+def dataset_rows(directory: str | Path) -> int:
+    """Rows in a dataset folder, from the part files' metadata (nothing is loaded)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(part).metadata.num_rows for part in dataset_parts(directory))
+
+
+def _read_part(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path, columns=list(columns) if columns else None)
+    except Exception as error:  # pyarrow raises many types for a damaged file
+        raise HaaqiError(f"{path}: cannot read table part ({' '.join(str(error).split())[:200]})") from None
+    for name in _TEXT_COLUMNS:
         if name in df.columns:
             df[name] = df[name].astype("object").where(df[name].notna(), None)
     return df
@@ -178,3 +218,99 @@ class IncrementalTable:
                 continue
             keys.add(tuple(_key(row.get(c)) for c in key_columns))
         return keys
+
+
+class PartitionedTable:
+    """A Parquet dataset written as rows finish: buffered rows go to a new part file (atomically) every
+    ``flush_every_s`` seconds or ``rows_per_part`` rows and then leave memory. Rows added together stay
+    in one part, so a killed run never leaves half of a file's rows.
+
+    A fresh table replaces the parts of an earlier run at its first write; ``keep`` (resume) instead
+    keeps, part by part, the earlier rows it selects (a function of a part's DataFrame giving a boolean
+    mask), so rows that are scored again are not there twice.
+    """
+
+    def __init__(self, directory: str | Path, columns: Sequence[str] = SCORE_COLUMNS, *,
+                 keep: Callable[[pd.DataFrame], Any] | None = None, rows_per_part: int = 100_000,
+                 flush_every_s: float = 5.0):
+        self.path = Path(directory)
+        if self.path.exists() and not self.path.is_dir():
+            raise HaaqiError(f"{self.path}: not a folder (a dataset --out ends with /)")
+        self.columns = list(columns)
+        self.rows_per_part = rows_per_part
+        self.flush_every_s = flush_every_s
+        self.rows_written = 0
+        self._rows: list[dict[str, Any]] = []
+        self._old = dataset_parts(self.path)
+        self._counter = 0
+        self._last_flush = time.monotonic()
+        self.closed = False
+        if keep is not None:
+            for part in self._old:
+                self._retain(part, keep)
+            self._old = []
+
+    def __enter__(self) -> PartitionedTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _retain(self, part: Path, keep: Callable[[pd.DataFrame], Any]) -> None:
+        df = _read_part(part)
+        mask = pd.Series(keep(df), index=df.index).fillna(False).astype(bool)
+        if mask.all():
+            self.rows_written += len(df)
+        elif not mask.any():
+            part.unlink()
+        else:
+            kept = df[mask].reset_index(drop=True)
+            atomic_write(part, lambda tmp: kept.to_parquet(tmp, index=False))
+            self.rows_written += len(kept)
+
+    def add(self, rows: Mapping[str, Any] | Iterable[Mapping[str, Any]] | pd.DataFrame) -> None:
+        if self.closed:
+            raise HaaqiError(f"{self.path}: table already closed")
+        if isinstance(rows, pd.DataFrame):
+            self._rows.extend(rows.to_dict("records"))
+        elif isinstance(rows, Mapping):
+            self._rows.append(dict(rows))
+        else:
+            self._rows.extend(dict(row) for row in rows)
+        if len(self._rows) >= self.rows_per_part or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._rows and not self._old:
+            return
+        if self._rows:
+            extra = [c for row in self._rows for c in row if c not in self.columns]
+            self._write_part(pd.DataFrame(self._rows, columns=self.columns + list(dict.fromkeys(extra))))
+            self.rows_written += len(self._rows)
+            self._rows = []
+        for part in self._old:  # a fresh run replaces the earlier run's parts once it has its own
+            part.unlink(missing_ok=True)
+        self._old = []
+
+    def _write_part(self, frame: pd.DataFrame) -> None:
+        for name in _TEXT_COLUMNS:  # one type per column in every part, even an all-empty one
+            if name in frame.columns:
+                frame[name] = frame[name].astype("string")
+        name = f"part-{int(time.time() * 1000):015d}-{os.getpid()}-{self._counter:06d}.parquet"
+        try:
+            atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))
+        except OSError as error:
+            raise HaaqiError(f"{self.path}: cannot write table part ({error.strerror or error})") from None
+        self._counter += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush()
+        if not dataset_parts(self.path):  # a run with no rows still leaves a readable (empty) table
+            self._write_part(pd.DataFrame(columns=self.columns))
+        self.closed = True
+
+    def __len__(self) -> int:
+        return self.rows_written + len(self._rows)

@@ -95,9 +95,9 @@ def output_options(func: F) -> F:
     )(func)
     func = click.option(
         "--out",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         default=None,
-        help="Write the score table (.csv, .parquet or .jsonl).",
+        help="Write the score table (.csv, .parquet or .jsonl; a FOLDER/ is a partitioned Parquet dataset).",
     )(func)
     return func
 
@@ -135,6 +135,14 @@ def segments_note(table: Any, segment_seconds: float | None) -> str:
     return (f"{n} file(s) longer than {1.5 * segment_seconds:g} s were scored in {segment_seconds:g}-s segments: "
             "their score is the segments' length-weighted mean, score_min the worst segment "
             "(--segment-seconds 0 scores whole files)")
+
+
+def scheduler_option(func: F) -> F:
+    """Run the tasks on a Dask cluster (`haaqi[dask]`): `score`, `check`, `reference`, `dataset label`."""
+    return click.option(
+        "--scheduler", envvar="HAAQI_SCHEDULER", default=None, metavar="ADDRESS",
+        help="Dask scheduler address (tcp://host:8786) or local:N (N worker processes here): each file, "
+             "pair or item is a task on that cluster [env HAAQI_SCHEDULER].")(func)
 
 
 def quiet_option(func: F) -> F:

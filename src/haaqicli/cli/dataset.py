@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from haaqicli.cli.common import one_line_errors, quiet_option
+from haaqicli.cli.common import one_line_errors, quiet_option, scheduler_option
 
 
 def _data_dir() -> Path:
@@ -176,16 +176,20 @@ def _freeze(manifest: str | None, out: str, force: bool) -> None:
               help="auto (CUDA when present), cpu, cuda or cuda:N. CUDA batches clips in the torch engine.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Clips per batch on a CUDA device.")
+@scheduler_option
 @quiet_option
 def label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None, splits: tuple[str, ...],
-          flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool) -> None:
+          flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, scheduler: str | None,
+          quiet: bool) -> None:
     """Label pending items with our HAAQI into append-only shards (resumable: re-running skips labelled items)."""
-    _label(manifest, corpus, workers, limit, splits, flush_every, shard_size, no_cache, device, batch_size, quiet)
+    _label(manifest, corpus, workers, limit, splits, flush_every, shard_size, no_cache, device, batch_size, quiet,
+           scheduler)
 
 
 @one_line_errors
 def _label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None, splits: tuple[str, ...],
-           flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool) -> None:
+           flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool,
+           scheduler: str | None = None) -> None:
     from haaqicli.data.labels import label_manifest, shard_dir
     from haaqicli.models.registry import resolve_device
 
@@ -194,7 +198,7 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
     summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
                              flush_every=flush_every, limit=limit, split=list(splits) or None, progress=not quiet,
                              cache_dir=None if no_cache else _data_dir() / "cache", device=device,
-                             batch_size=batch_size, shard_size=shard_size)
+                             batch_size=batch_size, shard_size=shard_size, scheduler=scheduler)
     done = summary["labelled"] + summary["errors"]
     rate = 3600.0 * done / summary["wall_seconds"] if summary["wall_seconds"] > 0 else 0.0
     cpu = summary["cpu_seconds"] / done if done else 0.0

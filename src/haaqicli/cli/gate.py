@@ -18,6 +18,7 @@ from haaqicli.cli.common import (
     profile_option,
     quiet_option,
     require_writable,
+    scheduler_option,
     segment_seconds_option,
     segments_note,
     show_warnings,
@@ -112,6 +113,7 @@ def _console():  # type: ignore[no-untyped-def]
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML.")
 @click.option("--summary", type=click.Path(dir_okay=False), default=None,
               help="Append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
+@scheduler_option
 @quiet_option
 @show_warnings
 @one_line_errors
@@ -141,6 +143,7 @@ def check(
     out: str | None,
     junit: str | None,
     summary: str | None,
+    scheduler: str | None,
     quiet: bool,
 ) -> None:
     from haaqicli import gate
@@ -176,7 +179,7 @@ def check(
         settings = gate.ScoreSettings(profiles=profiles, spl=spl, mix=mix, model=model, device=device,
                                       batch_size=batch_size, workers=workers, beats_checkpoint=beats_checkpoint,
                                       progress=not quiet, reference=reference_dir, pairs=pairs,
-                                      segment_seconds=segment_seconds)
+                                      segment_seconds=segment_seconds, scheduler=scheduler)
         scorer = _scorer_from_context() or gate.default_scorer(settings)
         try:
             table = scorer(list(inputs), settings)

@@ -15,6 +15,7 @@ from haaqicli.cli.common import (
     quiet_option,
     reference_spl_option,
     require_writable,
+    scheduler_option,
     segment_seconds_option,
     segments_note,
 )
@@ -35,11 +36,12 @@ from haaqicli.cli.common import (
               help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
 @segment_seconds_option()
 @output_options
+@scheduler_option
 @quiet_option
 @one_line_errors
 def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
               mix: str, workers: int, device: str, segment_seconds: float | None, out: str | None,
-              report: str | None, quiet: bool) -> None:
+              report: str | None, scheduler: str | None, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
     Level: the reference is heard at --spl and the processed file keeps its level relative to it.
@@ -59,7 +61,7 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 
     try:
         table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
-                            device=device, segment_seconds=segment_seconds)
+                            device=device, segment_seconds=segment_seconds, scheduler=scheduler)
     except RunInterrupted as stopped:
         if out and stopped.rows is not None:
             write_table(stopped.rows, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,7 @@ from haaqicli.cli.common import (
     profile_option,
     quiet_option,
     require_writable,
+    scheduler_option,
     show_warnings,
     spl_option,
 )
@@ -28,6 +30,7 @@ from haaqicli.interrupts import RunInterrupted
 @spl_option
 @model_options
 @output_options
+@scheduler_option
 @click.option("--resume", is_flag=True, help="Keep finished rows of --out and score only the rest.")
 @click.option("--window", "window_s", type=click.FloatRange(1.0, 60.0), default=WINDOW_SECONDS, show_default=True)
 @click.option("--hop", "hop_s", type=click.FloatRange(0.5, 60.0), default=HOP_SECONDS, show_default=True)
@@ -46,6 +49,7 @@ def score(
     beats_checkpoint: str | None,
     out: str | None,
     report: str | None,
+    scheduler: str | None,
     resume: bool,
     window_s: float,
     hop_s: float,
@@ -56,21 +60,26 @@ def score(
     Level: each file's RMS is heard at --spl, as if the original had been at the same level (exact
     HAAQI against an original: `haaqi reference` or `haaqi check --reference`).
 
+    --out FOLDER/ (ending in a slash, or an existing folder) writes a partitioned Parquet dataset.
+
     Exit status: 0 when every file was scored, 1 when some failed, 2 for usage errors.
     """
     from haaqicli.audiogram import resolve_profiles
     from haaqicli.engine import ScoreOptions, score_inputs
     from haaqicli.errors import HaaqiError
+    from haaqicli.tables import is_dataset
 
     if resume and not out:
         raise click.UsageError("--resume needs --out (the table to continue)")
     if hop_s > window_s:
         raise click.UsageError("--hop must not exceed --window (windows must overlap or touch)")
-    if out:
+    dataset = bool(out) and is_dataset(out)
+    if out and not dataset:
         _check_extension(out, (".csv", ".parquet", ".jsonl"), "--out")
     if report:
         _check_extension(report, (".md", ".html"), "--report")
-    require_writable(out=out, report=report)
+    # a dataset's parts go inside the folder: the folder must take new files
+    require_writable(out=str(Path(out) / "part.parquet") if dataset else out, report=report)
     loaded = resolve_profiles(profiles)
     options = ScoreOptions(
         model=model,
@@ -83,21 +92,30 @@ def score(
         hop_s=hop_s,
         beats_checkpoint=beats_checkpoint,
     )
-    run = score_inputs(inputs, loaded, options, out=out, resume=resume, progress=not quiet)
+    run = score_inputs(inputs, loaded, options, out=out, resume=resume, progress=not quiet,
+                       scheduler=scheduler, keep_timelines=bool(report))
+    kept = len(run.table)
+    if dataset:  # the rows are in the dataset (the run held only the failed ones)
+        from haaqicli.tables import dataset_rows, read_table
+
+        kept = dataset_rows(out)
+        click.echo(f"{kept} rows in {out}", err=True)
+        if report:
+            run.table = read_table(out)
     if report:
         from haaqicli.report import write_report
 
         write_report(run.table, report, timelines=run.timelines, title="haaqi score report", profiles=loaded,
                      spl=spl)
-    if not quiet or not out:
+    if (not quiet or not out) and not dataset:
         print_scores(run.table)
     if run.interrupted:
-        raise RunInterrupted(f"{len(run.table)} finished rows kept" + (f" in {out}" if out else ""))
-    if run.n_failed and not run.table.empty:
+        raise RunInterrupted(f"{kept} finished rows kept" + (f" in {out}" if out else ""))
+    if run.n_failed:
         failed_files = run.table.loc[run.table["status"] != "ok", "file"].nunique()
         click.echo(f"{failed_files} file(s) failed; see the error column", err=True)
         sys.exit(EXIT_SOME_FAILED)
-    if run.table.empty:
+    if not kept:
         raise HaaqiError("no audio files found in " + ", ".join(inputs))
     sys.exit(EXIT_OK)
 

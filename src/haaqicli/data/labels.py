@@ -319,6 +319,29 @@ def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Seq
     return todo
 
 
+def label_item_task(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None,
+                    cache_length: int | None = None) -> dict[str, Any]:
+    """One item as one task (on a cluster worker): the corpus is read there, from the client's path; the
+    label and the model input come back to the client, which writes the shards and caches."""
+    from haaqicli.executor import unreadable
+
+    reason = unreadable(corpus_dir, "corpus folder")
+    if reason:
+        return {**_nan_row(item["item_id"], reason), "label_seconds": 0.0}
+    return label_item(item, corpus_dir, haaqi_fn, cache_length)
+
+
+def _run_on_executor(executor: Any, items: list[dict[str, Any]], corpus_dir: Path, haaqi_fn: HaaqiFn | None,
+                     cache_length: int | None) -> Iterator[dict[str, Any]]:
+    """Each item one task on the executor's cluster, in any order; a task that failed is an error row."""
+    for (item,), outcome in executor.imap_unordered(label_item_task, ((item,) for item in items),
+                                                    corpus_dir=Path(corpus_dir).absolute(), haaqi_fn=haaqi_fn,
+                                                    cache_length=cache_length):
+        if isinstance(outcome, BaseException):
+            outcome = {**_nan_row(item["item_id"], _error_text(outcome)), "label_seconds": 0.0}
+        yield outcome
+
+
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
          cache_length: int | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
     from haaqicli.reference.haaqi import cuda_device
@@ -352,12 +375,15 @@ def label_manifest(
     batch_size: int = 8,
     labels_dir: Path | None = None,
     shard_size: int = SHARD_SIZE,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Label pending items into the shard folder (``labels_dir``, default beside the manifest),
     flushing the open shard every ``flush_every`` results and sealing one every ``shard_size``. With
     ``cache_dir`` each item's model input goes into its split's int16 cache (see data.export). On a CUDA
     ``device`` ("auto" picks one when present) items go through the batched torch engine
-    ``batch_size`` at a time; on the CPU, through ``workers`` processes of the numba engine.
+    ``batch_size`` at a time; on the CPU, through ``workers`` processes of the numba engine. With a
+    ``scheduler`` (Dask address or local:N) each item is one task on that cluster (numba engine, one
+    thread per task); the shards and caches are written here, as results come back.
 
     Returns a summary: labelled, errors, cpu_seconds (sum), wall_seconds, pending_before.
     """
@@ -369,13 +395,13 @@ def label_manifest(
         done = pd.concat([read_shards(directory), pd.DataFrame(writer.rows, columns=SHARD_COLUMNS)])
         todo = pending_items(manifest, done, split=split, limit=limit)
         return _label_items(todo.to_dict(orient="records"), manifest, corpus_dir, writer, workers, flush_every,
-                            haaqi_fn, progress, on_result, cache_dir, device, batch_size)
+                            haaqi_fn, progress, on_result, cache_dir, device, batch_size, scheduler)
 
 
 def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir: Path, writer: ShardWriter,
                  workers: int, flush_every: int, haaqi_fn: HaaqiFn | None, progress: bool,
                  on_result: Callable[[dict[str, Any]], None] | None, cache_dir: Path | None, device: str,
-                 batch_size: int) -> dict[str, Any]:
+                 batch_size: int, scheduler: str | None = None) -> dict[str, Any]:
     summary = {"pending_before": int(len(items)), "labelled": 0, "errors": 0, "cpu_seconds": 0.0}
     t0 = time.time()
     caches: dict[str, Any] = {}
@@ -397,14 +423,13 @@ def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir
         inputs.clear()
         writer.flush(seal)
 
-    results: Iterable[dict[str, Any]] = _run(items, corpus_dir, workers, haaqi_fn, cache_length, device, batch_size)
-    bar = None
-    if progress and items:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from haaqicli.executor import Executor, TaskProgress, open_executor
 
-        bar = Progress("labelling", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        bar.start()
-        task = bar.add_task("labels", total=len(items))
+    executor = open_executor(scheduler) if scheduler and items else Executor()
+    results: Iterable[dict[str, Any]] = (
+        _run_on_executor(executor, items, corpus_dir, haaqi_fn, cache_length) if scheduler
+        else _run(items, corpus_dir, workers, haaqi_fn, cache_length, device, batch_size))
+    bar = TaskProgress("labelling", len(items), display=progress and bool(items))
     pending = 0
     try:
         for result in results:
@@ -418,15 +443,14 @@ def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir
             summary["cpu_seconds"] += float(result["label_seconds"])
             if on_result is not None:
                 on_result(result)
-            if bar is not None:
-                bar.advance(task)
+            bar.update(done=1, failed=int(bool(result["error"])), in_flight=executor.in_flight)
             if pending >= flush_every or len(writer.rows) >= writer.shard_size:
                 flush()
                 pending = 0
     finally:
         flush(seal=True)
-        if bar is not None:
-            bar.stop()
+        bar.close()
+        executor.close()
     summary["wall_seconds"] = time.time() - t0
     return summary
 

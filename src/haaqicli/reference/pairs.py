@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,16 @@ def segment_bounds(n: int, sr: int, segment_seconds: float | None) -> list[tuple
     return [(a, b) for a, b in zip(starts, starts[1:] + [n], strict=True)]
 
 
+def pair_error_rows(reference: Path | None, processed: Path | None, profiles: Sequence[Any], message: str,
+                    base: dict[str, Any] | None = None, spl: float = float("nan")) -> list[dict[str, Any]]:
+    """One error row per profile for a pair that could not be scored."""
+    base = base or {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
+                    "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan, "segments": np.nan,
+                    "score_min": np.nan, "channels": np.nan, "spl": spl}
+    return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message,
+             "audiogram_hash": p.values_hash()} for p in profiles]
+
+
 def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
                mix: str = "stereo", seed: int = 0, device: str = "cpu",
                segment_seconds: float | None = None) -> list[dict[str, Any]]:
@@ -88,8 +98,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
             "channels": np.nan, "spl": spl}
 
     def failed(message: str) -> list[dict[str, Any]]:
-        return [{**base, "profile": p.name, "ear": "", "score": np.nan, "status": "error", "error": message,
-                 "audiogram_hash": p.values_hash()} for p in profiles]
+        return pair_error_rows(reference, processed, profiles, message, base)
 
     if reference is None:
         return failed("no matching reference file")
@@ -161,17 +170,22 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
 
 def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
                 mix: str = "stereo", workers: int = 1, progress: bool = False,
-                device: str = "auto", segment_seconds: float | None = None) -> pd.DataFrame:
+                device: str = "auto", segment_seconds: float | None = None,
+                scheduler: str | None = None) -> pd.DataFrame:
     """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
     `device`: "auto" uses CUDA when present (batched torch engine, pairs in this process), else the
-    CPU's numba engine with `workers` processes; "cpu", "cuda" or "cuda:N" choose."""
+    CPU's numba engine with `workers` processes; "cpu", "cuda" or "cuda:N" choose. `scheduler` (a Dask
+    address or local:N): each pair is one task on that cluster, on the device `device` picks there."""
     from haaqicli.models.registry import resolve_device
 
     if mix not in ("stereo", "mono"):
         raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
-    device = str(resolve_device(device))  # a bad or missing device is one error, not one per pair
     jobs = list(pairs)
-    if workers > 1 and len(jobs) > 1 and device == "cpu":
+    if not scheduler:  # (on a cluster, each worker resolves it)
+        device = str(resolve_device(device))  # a bad or missing device is one error, not one per pair
+    if scheduler:
+        results = _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, progress)
+    elif workers > 1 and len(jobs) > 1 and device == "cpu":
         from joblib import Parallel, delayed
 
         results = Parallel(n_jobs=workers, verbose=5 if progress else 0)(
@@ -194,3 +208,70 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
         channels = next(row["channels"] for row in rows if row["processed"] == processed)
         warnings.warn(downmix_message(processed, int(channels)), DownmixWarning, stacklevel=2)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def score_pair_task(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float,
+                    mix: str, device: str, segment_seconds: float | None) -> list[dict[str, Any]]:
+    """One pair as one task (on a cluster worker): its files are read there, on the device chosen there."""
+    from haaqicli.executor import unreadable
+    from haaqicli.models.registry import resolve_device
+
+    reason = unreadable(reference, "reference") or unreadable(processed, "processed file")
+    if reason:
+        return pair_error_rows(reference, processed, profiles, reason, spl=spl)
+    return score_pair(reference, processed, profiles, spl, mix, device=str(resolve_device(device)),
+                      segment_seconds=segment_seconds)
+
+
+def _cluster_results(jobs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
+                     mix: str, device: str, segment_seconds: float | None, scheduler: str, progress: bool
+                     ) -> list[list[dict[str, Any]]]:
+    """Each pair's rows from the cluster, in input order and naming the pair's paths as given (workers
+    get absolute paths); an interruption keeps the pairs finished so far."""
+    results: dict[int, list[dict[str, Any]]] = {}
+
+    def in_order() -> list[list[dict[str, Any]]]:
+        return [results[index] for index in sorted(results)]
+
+    try:
+        for indices, rows in _pairs_on_cluster(jobs, profiles, spl, mix, device, segment_seconds, scheduler,
+                                               progress):
+            for index in indices:  # a pair listed twice is scored once
+                reference, processed = jobs[index]
+                results[index] = [{**row, "reference": str(reference) if reference else "",
+                                   "processed": str(processed) if processed else ""} for row in rows]
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
+        rows = [row for result in in_order() for row in result]
+        raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
+    return in_order()
+
+
+def _pairs_on_cluster(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
+                      mix: str, device: str, segment_seconds: float | None, scheduler: str, progress: bool
+                      ) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+    """(indices of the pair in ``pairs``, its rows) as each task finishes on the cluster (a task that
+    failed: error rows)."""
+    from haaqicli.executor import TaskProgress, open_executor
+
+    index_of: dict[tuple[Path | None, Path | None], list[int]] = {}
+    for index, pair in enumerate(pairs):
+        index_of.setdefault(_absolute(pair), []).append(index)
+    bar = TaskProgress("exact HAAQI", len(index_of), display=bool(progress))
+    try:
+        with open_executor(scheduler) as executor:
+            for (reference, processed), outcome in executor.imap_unordered(
+                    score_pair_task, list(index_of), profiles=profiles, spl=spl, mix=mix, device=device,
+                    segment_seconds=segment_seconds):
+                if isinstance(outcome, BaseException):
+                    outcome = pair_error_rows(reference, processed, profiles,
+                                              f"{processed}: {type(outcome).__name__}: {outcome}", spl=spl)
+                bar.update(done=1, failed=int(any(row["status"] != "ok" for row in outcome)),
+                           in_flight=executor.in_flight)
+                yield index_of[(reference, processed)], outcome
+    finally:
+        bar.close()
+
+
+def _absolute(pair: tuple[Path | None, Path | None]) -> tuple[Path | None, Path | None]:
+    """Workers start in other folders: they get absolute paths."""
+    return tuple(Path(path).absolute() if path is not None else None for path in pair)  # type: ignore[return-value]
