@@ -145,3 +145,61 @@ def format_bench(result: dict) -> str:
             f"scores {reference['ours_score']:.6f} vs {reference['pyclarity_score']:.6f}"
         )
     return "\n".join(lines)
+
+
+def run_cluster_bench(folder: Path, scheduler: str, n_files: int = 8, seconds: float = 30.0,
+                      model: str = "distilled", batch_size: int = 16, repeats: int = 2) -> dict:
+    """Throughput of `haaqi score --scheduler` on the same synthetic files: with 1 and with N workers
+    for ``local:N`` (and their ratio), or with every worker of a running cluster for an address. Each
+    row is the best of ``repeats`` runs after a warm-up that loads the model on every worker; the
+    workers score on the CPU, one thread each."""
+    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.executor import parse_local
+
+    audio_seconds = make_bench_folder(folder, n_files, seconds)
+    options = ScoreOptions(model=model, device="cpu", batch_size=batch_size, mix="mono")
+    profiles = [BUILTIN_PROFILES["mild"]]
+    local = parse_local(scheduler)
+    rows: list[BenchRow] = []
+    for workers in ([1, local] if local and local > 1 else [local]):
+        cluster, address = _bench_cluster(workers) if workers else (None, scheduler)
+        try:
+            score_inputs([folder], profiles, options, progress=False, scheduler=address)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                run = score_inputs([folder], profiles, options, progress=False, scheduler=address)
+                if run.n_failed:
+                    raise RuntimeError(f"bench: scoring failed: {run.table['error'].iloc[0]}")
+                best = min(best, run.seconds)
+            name = f"{model}, {workers} worker{'s' if workers != 1 else ''}" if workers else f"{model}, {scheduler}"
+            rows.append(BenchRow(name, audio_seconds, best))
+        finally:
+            if cluster is not None:
+                cluster.close()
+    result: dict = {"scheduler": scheduler, "files": n_files, "file_seconds": seconds, "model": model,
+                    "rows": [row.to_dict() for row in rows]}
+    if len(rows) == 2:
+        result["scaling"] = rows[1].realtime / rows[0].realtime
+        result["per_worker_x_realtime"] = rows[0].realtime
+    return result
+
+
+def _bench_cluster(workers: int):  # type: ignore[no-untyped-def]
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return cluster, cluster.scheduler_address
+
+
+def format_cluster_bench(result: dict) -> str:
+    lines = [f"{'what':34s} {'audio s':>9s} {'wall s':>9s} {'x real time':>12s} {'files/s':>9s}"]
+    for row in result["rows"]:
+        lines.append(f"{row['name']:34s} {row['audio_seconds']:9.1f} {row['wall_seconds']:9.3f} "
+                     f"{row['x_realtime']:12.1f} {result['files'] / row['wall_seconds']:9.2f}")
+    if "scaling" in result:
+        workers = result["rows"][1]["name"].split(", ")[1]
+        lines.append(f"scaling {workers} / 1 worker: {result['scaling']:.2f}x "
+                     f"(per worker: {result['per_worker_x_realtime']:.1f}x real time)")
+    lines.append(f"({result['files']} stereo files of {result['file_seconds']} s, scored mono on the CPU, "
+                 f"one thread per worker)")
+    return "\n".join(lines)

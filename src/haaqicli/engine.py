@@ -609,7 +609,8 @@ def _score_on_cluster(
             except Exception as error:  # e.g. haaqi not installed there
                 raise HaaqiError(f"--scheduler {scheduler}: a worker cannot load the model "
                                  f"({type(error).__name__}: {error})") from None
-            tasks = ((item,) for item in todo)
+            # workers start elsewhere: they get absolute paths (the rows' `path` is absolute too)
+            tasks = ((replace(item, path=Path(item.path).absolute()),) for item in todo)
             for (item,), outcome in executor.imap_unordered(score_file, tasks, profiles=profiles, options=options,
                                                             model_sha256=info.sha256):
                 if isinstance(outcome, BaseException):

@@ -25,7 +25,7 @@ from haaqicli.errors import HaaqiError
 SCHEDULER_ENV = "HAAQI_SCHEDULER"
 TASKS_PER_WORKER = 2  # submitted ahead per worker: enough to keep it busy, few enough to bound memory
 TASK_RETRIES = 2  # a task raising an unexpected error (not a bad file: those return error rows) runs again
-CONNECT_TIMEOUT_S = 30
+WAIT_FOR_WORKERS_S = 600  # a batch system may take minutes to start the first worker
 
 
 class Executor:
@@ -81,7 +81,7 @@ class DaskExecutor(Executor):
                                              dashboard_address=None)
                 self.client = Client(self._cluster)
             else:
-                self.client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+                self.client = Client(scheduler)  # timeout: Dask's distributed.comm.timeouts.connect
         except (OSError, TimeoutError) as error:
             self.close()
             raise HaaqiError(f"--scheduler {scheduler}: cannot connect ({error})") from None
@@ -137,7 +137,7 @@ class DaskExecutor(Executor):
                 self._pending.clear()
 
     def run_on_workers(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
-        self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        self.client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
         return self.client.run(fn, *args)
 
 
