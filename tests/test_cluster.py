@@ -208,3 +208,24 @@ def test_slurm_job_script_from_the_documented_settings():
     assert "-p cpu" in script or "--partition" in script or "partition" in script
     assert "distributed.cli.dask_worker" in script and "--nthreads 1" in script
     assert "haaqi" in script  # the environment with haaqi[dask] is activated before the worker starts
+
+
+def test_dask_is_not_imported_without_a_scheduler(music_folder: Path, tiny_weights: Path, tmp_path: Path):
+    """The default install stays lean: a local run of every --scheduler command's code imports no Dask."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from haaqicli.cli import main\n"
+        f"result = CliRunner().invoke(main, ['score', {str(music_folder)!r}, '-q', '--out', {str(tmp_path / 's')!r} + '/'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "import haaqicli.cli.gate, haaqicli.cli.reference, haaqicli.cli.dataset, haaqicli.data.labels\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'dask_jobqueue'}))\n"
+    )
+    env = {**os.environ, "HAAQI_WEIGHTS": str(tiny_weights)}
+    env.pop("HAAQI_SCHEDULER", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

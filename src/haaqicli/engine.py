@@ -601,9 +601,10 @@ def _score_on_cluster(
     bar = TaskProgress("scoring", len(todo), display=progress is True)
     hold_all = not isinstance(table, PartitionedTable)
     try:
-        with open_executor(scheduler) as executor:
+        with open_executor(scheduler if todo else None) as executor:  # nothing to do: no cluster
             try:
-                executor.run_on_workers(_check_worker, options, info.sha256)
+                if todo:
+                    executor.run_on_workers(_check_worker, options, info.sha256)
             except HaaqiError:
                 raise
             except Exception as error:  # e.g. haaqi not installed there
