@@ -129,3 +129,28 @@ def test_incremental_without_resume_starts_fresh_and_close_writes_empty_table(tm
     with pytest.raises(HaaqiError, match="unsupported table format"):
         IncrementalTable(tmp_path / "x.txt")
     assert tables.STATUS_OK == "ok"
+
+
+def test_partitioned_dataset_writes_parts_and_resume_keeps_selected_rows(tmp_path: Path) -> None:
+    from haaqicli.tables import PartitionedTable, dataset_parts, dataset_rows
+
+    folder = f"{tmp_path}/scores/"
+    rows = sample_rows(3)
+    with PartitionedTable(folder, SCORE_COLUMNS, rows_per_part=2) as table:
+        table.add(rows[:2])  # a full part: written, and out of memory
+        assert len(dataset_parts(folder)) == 1 and table._rows == []
+        table.add(rows[2])
+    assert len(dataset_parts(folder)) == 2 and dataset_rows(folder) == 3
+    back = read_table(folder)
+    assert back["file"].tolist() == [r["file"] for r in rows] and list(back.columns) == SCORE_COLUMNS
+    assert read_table(folder, ["file"]).columns.tolist() == ["file"]
+    # resume: the rows `keep` rejects leave their parts; the rest stay where they are
+    with PartitionedTable(folder, SCORE_COLUMNS, keep=lambda part: part["status"] == "ok") as table:
+        table.add(dict(rows[1], status="ok", error=None, score=0.5))
+    back = read_table(folder)
+    assert sorted(back["file"]) == sorted(r["file"] for r in rows) and (back["status"] == "ok").all()
+    # a fresh run replaces the earlier parts (at its first write), and write_table writes a dataset too
+    write_table(pd.DataFrame(rows[:1]), folder)
+    assert dataset_rows(folder) == 1 and read_table(folder)["file"].tolist() == [rows[0]["file"]]
+    PartitionedTable(folder, SCORE_COLUMNS).close()
+    assert dataset_rows(folder) == 0 and list(read_table(folder).columns) == SCORE_COLUMNS

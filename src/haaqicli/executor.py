@@ -23,15 +23,14 @@ from typing import Any
 from haaqicli.errors import HaaqiError
 
 SCHEDULER_ENV = "HAAQI_SCHEDULER"
-TASKS_PER_WORKER = 2  # submitted ahead per worker: enough to keep it busy, few enough to bound memory
+TASKS_PER_WORKER = 2  # submitted per worker thread: enough to keep it busy, few enough to bound memory
+SLOTS_REFRESH_S = 5.0
 TASK_RETRIES = 2  # a task raising an unexpected error (not a bad file: those return error rows) runs again
 WAIT_FOR_WORKERS_S = 600  # a batch system may take minutes to start the first worker
 
 
 class Executor:
     """Runs tasks in this process, one after another (the base of the others)."""
-
-    workers = 1
 
     def __enter__(self) -> Executor:
         return self
@@ -72,6 +71,7 @@ class DaskExecutor(Executor):
             raise HaaqiError("--scheduler needs Dask: pip install 'haaqi[dask]'") from None
         self._cluster = None
         self._pending: dict[Any, tuple] = {}
+        self._slots, self._slots_at = 1, -float("inf")
         local = parse_local(scheduler)
         try:
             if local is not None:
@@ -82,14 +82,19 @@ class DaskExecutor(Executor):
                 self.client = Client(self._cluster)
             else:
                 self.client = Client(scheduler)  # timeout: Dask's distributed.comm.timeouts.connect
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, ValueError) as error:  # refused, unreachable, malformed
             self.close()
             raise HaaqiError(f"--scheduler {scheduler}: cannot connect ({error})") from None
         self.scheduler = scheduler
 
-    @property
-    def workers(self) -> int:  # type: ignore[override]
-        return max(1, len(self.client.scheduler_info().get("workers", {})))
+    def _task_slots(self) -> int:
+        """Tasks the cluster runs at once (worker threads), looked up at most every few seconds: an
+        adaptive cluster grows and shrinks while a run goes on."""
+        now = time.monotonic()
+        if now - self._slots_at > SLOTS_REFRESH_S:
+            self._slots = max(1, sum(self.client.nthreads().values()))
+            self._slots_at = now
+        return self._slots
 
     @property
     def in_flight(self) -> int:
@@ -111,8 +116,9 @@ class DaskExecutor(Executor):
 
         todo = iter(tasks)
         finished = as_completed()
+
         def submit_more() -> None:
-            while len(self._pending) < TASKS_PER_WORKER * self.workers:
+            while len(self._pending) < TASKS_PER_WORKER * self._task_slots():
                 args = next(todo, None)
                 if args is None:
                     return
