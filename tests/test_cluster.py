@@ -1,7 +1,7 @@
 """--scheduler: the same tasks on a Dask cluster give a local run's rows, survive a killed worker and an
-interrupted client (--resume), and write the same tables and label shards. One LocalCluster of two
-worker processes serves the module through its address (the ADDRESS form of --scheduler); one test
-uses the local:N form."""
+interrupted client (--resume), and write the same tables and label shards. The cluster of `local:2`
+(two worker processes) serves the module's tests through its address (the ADDRESS form), so its
+start-up is paid once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import write_music
-from test_data_corpus import NO_CODEC, corpus  # noqa: F401  (the synthetic corpus fixture)
+from test_data_corpus import _build, corpus  # noqa: F401  (the synthetic corpus fixture)
 
 from haaqicli.cli import main
 from haaqicli.tables import dataset_parts, read_table
@@ -27,9 +27,11 @@ KEY = ["file", "profile", "ear"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
-        with distributed.Client(lc) as client:
-            yield client
+    """`--scheduler local:2`'s cluster, shared by the module's tests through its address."""
+    from haaqicli.executor import DaskExecutor
+
+    with DaskExecutor("local:2") as executor:
+        yield executor.client
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -37,9 +39,9 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture()
-def songs(tmp_path: Path) -> Path:
-    root = tmp_path / "songs"
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("songs")
     for index in range(6):
         write_music(root / f"s{index}.wav", seconds=2.0 + index % 3, channels=1 + index % 2, seed=index)
     (root / "broken.wav").write_bytes(b"RIFF not really")
@@ -130,9 +132,8 @@ def test_resume_after_an_interrupted_client(songs: Path, tmp_path: Path, use_tin
 
 def test_reference_on_cluster_equals_local(tmp_path: Path, cluster):
     refs, procs = tmp_path / "ref", tmp_path / "proc"
-    for index in range(2):
-        write_music(refs / f"t{index}.wav", seconds=1.0, seed=index)
-        write_music(procs / f"t{index}.wav", seconds=1.0, seed=index + 10)
+    write_music(refs / "t.wav", seconds=1.0, seed=1)
+    write_music(procs / "t.wav", seconds=1.0, seed=11)
     write_music(procs / "lonely.wav", seconds=1.0, seed=5)  # no reference: an error row
     args = ["reference", "--reference", str(refs), str(procs), "--profile", "mild", "--device", "cpu", "-q"]
     assert run(*args, "--out", str(tmp_path / "local.csv"))[0] == 1
@@ -143,23 +144,28 @@ def test_reference_on_cluster_equals_local(tmp_path: Path, cluster):
     np.testing.assert_allclose(local["score"], remote["score"], atol=1e-9, equal_nan=True)
 
 
-def test_dataset_label_on_local_cluster_writes_the_same_shards(tmp_path: Path, corpus: Path):  # noqa: F811
-    """`--scheduler local:2`: the label shards of a cluster run equal those of a local run."""
+def test_dataset_label_on_cluster_writes_the_same_shards(tmp_path: Path, corpus: Path, cluster):  # noqa: F811
+    """A cluster run writes the label shards (and split caches) of a local run."""
     from haaqicli.data import labels as lab
-    from haaqicli.data.corpus import BuildConfig, build_manifest, read_manifest, write_manifest
+    from haaqicli.data.corpus import write_manifest
 
-    config = BuildConfig(items=4, variants_per_clip=2, clips_per_track=1, max_package_share=0.6, seed=1,
-                         recipe_weights=NO_CODEC, clip_seconds=1.0)
-    manifest = build_manifest(corpus, config).iloc[:4]
+    manifest = _build(corpus, items=16, clip_seconds=1.0)
     local, remote = tmp_path / "local" / "m.parquet", tmp_path / "remote" / "m.parquet"
     for path in (local, remote):
-        write_manifest(manifest, path)
-    lab.label_manifest(local, corpus, workers=1, progress=False)
-    summary = lab.label_manifest(remote, corpus, progress=False, scheduler="local:2", flush_every=2)
-    assert summary["labelled"] == len(manifest) and summary["errors"] == 0
-    assert len(list(lab.shard_dir(remote).glob("shard-*.parquet"))) == 2
-    a, b = (read_manifest(path).set_index("item_id")["label"] for path in (local, remote))
-    np.testing.assert_allclose(a.sort_index(), b.sort_index(), atol=1e-9)
+        write_manifest(manifest, path, compact=True)
+    lab.label_manifest(local, corpus, workers=1, limit=3, progress=False, cache_dir=tmp_path / "lc")
+    summary = lab.label_manifest(remote, corpus, limit=3, progress=False, scheduler=cluster.scheduler.address,
+                                 shard_size=2, cache_dir=tmp_path / "rc")
+    errors = lab.read_shards(lab.shard_dir(remote))["error"].tolist()
+    assert summary["labelled"] == 3 and summary["errors"] == 0, (errors, summary)
+    assert len(list(lab.shard_dir(remote).glob("shard-*.parquet"))) == 2  # sealed every 2 rows, and at the end
+    a, b = (lab.read_shards(lab.shard_dir(path)).set_index("item_id").sort_index() for path in (local, remote))
+    assert list(a.index) == list(b.index)
+    terms = [c for c in lab.SHARD_COLUMNS if c not in ("item_id", "label_seconds", "error")]
+    np.testing.assert_allclose(a[terms].to_numpy(float), b[terms].to_numpy(float), atol=1e-9)
+    caches = [sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) for root in (tmp_path / "lc",
+                                                                                             tmp_path / "rc")]
+    assert caches[0] and caches[0] == caches[1]
 
 
 def test_workers_refuse_another_model_and_name_unreadable_paths(tmp_path: Path, use_tiny_weights):
@@ -210,16 +216,17 @@ def test_slurm_job_script_from_the_documented_settings():
     assert "haaqi" in script  # the environment with haaqi[dask] is activated before the worker starts
 
 
-def test_dask_is_not_imported_without_a_scheduler(music_folder: Path, tiny_weights: Path, tmp_path: Path):
+def test_dask_is_not_imported_without_a_scheduler(tiny_weights: Path, tmp_path: Path):
     """The default install stays lean: a local run of every --scheduler command's code imports no Dask."""
     import subprocess
     import sys
 
+    write_music(tmp_path / "music" / "a.wav", seconds=1.0)
     script = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from haaqicli.cli import main\n"
-        f"result = CliRunner().invoke(main, ['score', {str(music_folder)!r}, '-q', '--out', {str(tmp_path / 's')!r} + '/'])\n"
+        f"result = CliRunner().invoke(main, ['score', {str(tmp_path / 'music')!r}, '-q', '--out', {str(tmp_path / 's')!r} + '/'])\n"
         "assert result.exit_code == 0, result.output\n"
         "import haaqicli.cli.gate, haaqicli.cli.reference, haaqicli.cli.dataset, haaqicli.data.labels\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'dask_jobqueue'}))\n"

@@ -334,7 +334,6 @@ def label_item_task(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn
 def _run_on_executor(executor: Any, items: list[dict[str, Any]], corpus_dir: Path, haaqi_fn: HaaqiFn | None,
                      cache_length: int | None) -> Iterator[dict[str, Any]]:
     """Each item one task on the executor's cluster, in any order; a task that failed is an error row."""
-    corpus_dir, cache_dir = Path(corpus_dir).absolute(), Path(cache_dir).absolute() if cache_dir else None
     for (item,), outcome in executor.imap_unordered(label_item_task, ((item,) for item in items),
                                                     corpus_dir=Path(corpus_dir).absolute(), haaqi_fn=haaqi_fn,
                                                     cache_length=cache_length):
