@@ -482,8 +482,8 @@ def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence
     file, given ``done``)."""
     wanted = {(p.name, p.values_hash()) for p in profiles}
     level = pd.to_numeric(previous["spl"], errors="coerce")
-    mask = ((previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
-            & np.isclose(level, spl, rtol=0, atol=1e-9)).to_numpy(dtype=bool)
+    mask = np.array((previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
+                    & np.isclose(level, spl, rtol=0, atol=1e-9), dtype=bool)
     mask &= np.array([(name, gram) in wanted for name, gram in zip(previous["profile"], previous["audiogram_hash"],
                                                                    strict=True)], dtype=bool)
     return mask & previous["content_hash"].isin(done).to_numpy(dtype=bool) if done is not None else mask
