@@ -366,7 +366,8 @@ def score_inputs(
         hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
         todo = [item for item in hashed if item.content_hash not in done_hashes]
     if scheduler:
-        return _score_on_cluster(todo, profiles, options, info, table, progress, scheduler, keep_timelines)
+        return _score_on_cluster(todo, profiles, options, info, table, progress, scheduler, keep_timelines,
+                                 calibration)
 
     rows: list[dict] = []
     timelines: dict = {}
@@ -537,8 +538,8 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
     return update
 
 
-def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: ScoreOptions, model_sha256: str
-               ) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]], float]:
+def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: ScoreOptions, model_sha256: str,
+               calibration: Calibration | None = None) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]], float]:
     """One file as one task (on a cluster worker): its rows, timelines and scored seconds of audio. The
     model is this process's (loaded once, sha256 checked); the file is read here, from its path."""
     from haaqicli.executor import unreadable
@@ -546,7 +547,8 @@ def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: Scor
     scorer, info = worker_scorer(options, model_sha256)
     reason = unreadable(item.path)
     prepared = PreparedFile(input=item, error=reason) if reason else prepare_file(item, options, info.sample_rate)
-    [(rows, timelines)] = score_prepared([prepared], profiles, scorer, [_row_base(prepared, info, options.spl)])
+    [(rows, timelines)] = score_prepared([prepared], profiles, scorer, [_row_base(prepared, info, options.spl)],
+                                         calibration)
     return rows, timelines, 0.0 if prepared.error else prepared.duration_s
 
 
@@ -587,7 +589,7 @@ def _check_worker(options: ScoreOptions, model_sha256: str) -> str:
 def _score_on_cluster(
     todo: Sequence[audio.InputFile], profiles: Sequence[Profile], options: ScoreOptions, info: Any,
     table: IncrementalTable | PartitionedTable | None, progress: bool | Callable[[int, int], None],
-    scheduler: str, keep_timelines: bool,
+    scheduler: str, keep_timelines: bool, calibration: Calibration | None = None,
 ) -> ScoreRun:
     """Each file one task on a Dask cluster; rows stream into ``table`` as tasks finish. Without a
     dataset table every row is returned; with one, only the failed files' rows (bounded memory)."""
@@ -613,7 +615,7 @@ def _score_on_cluster(
             # workers start elsewhere: they get absolute paths (the rows' `path` is absolute too)
             tasks = ((replace(item, path=Path(item.path).absolute()),) for item in todo)
             for (item,), outcome in executor.imap_unordered(score_file, tasks, profiles=profiles, options=options,
-                                                            model_sha256=info.sha256):
+                                                            model_sha256=info.sha256, calibration=calibration):
                 if isinstance(outcome, BaseException):
                     failed = PreparedFile(input=item, error=f"{item.path}: {type(outcome).__name__}: {outcome}")
                     rows, file_timelines, seconds = (_error_rows(failed, profiles, _row_base(failed, info, options.spl)),
