@@ -264,3 +264,79 @@ def test_nested_parallel_calls_run_inline(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HAAQI_THREADS", "2")
     nested = run_all(lambda: run_all(lambda: 1, lambda: 2), lambda: map_rows(lambda a, b: (a, b), 4))
     assert nested == [[1, 2], [(0, 2), (2, 4)]]
+
+
+def test_ears_with_one_audiogram_share_one_computation(tmp_path, ref: np.ndarray,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mono pair for a symmetric profile is one exact-HAAQI call, not one per ear; an asymmetric
+    profile still gets both; two profiles with the same audiogram share theirs. Scores are those of
+    one call per ear."""
+    from haaqicli.audio import decode, write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference import haaqi
+    from haaqicli.reference.pairs import score_pair
+
+    write_audio(tmp_path / "r.wav", ref.astype(np.float32), SR)
+    write_audio(tmp_path / "p.wav", synth.lowpass(ref, SR, 3000).astype(np.float32), SR)
+    calls: list[int] = []
+    real = haaqi.compute_haaqi_batch
+
+    def counting(items, device):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return real(items, device=device)
+
+    monkeypatch.setattr(haaqi, "compute_haaqi_batch", counting)
+    from dataclasses import replace
+
+    profiles = resolve_profiles(["N2", "profiles/asymmetric.csv"])
+    profiles.append(replace(profiles[0], name="N2 again"))
+    assert profiles[0].symmetric and not profiles[1].symmetric
+    rows = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles)
+    assert calls == [1 + 2]  # N2 once for both ears and both N2 profiles; asymmetric: left and right
+    r, p = (decode(tmp_path / name)[0][0].astype(np.float64) for name in ("r.wav", "p.wav"))
+    level1 = _level1(r)
+    per_ear = [compute_haaqi(p, r, SR, SR, profiles[1].ear(side), 1, level1) for side in ("left", "right")]
+    assert rows[1]["score"] == pytest.approx(np.mean(per_ear), abs=1e-12)
+    assert rows[0]["score"] == rows[2]["score"] == pytest.approx(
+        compute_haaqi(p, r, SR, SR, profiles[0].ear("left"), 1, level1), abs=1e-12)
+
+
+def test_pairs_in_worker_processes_match_one_process(tmp_path, ref: np.ndarray) -> None:
+    """Pairs spread over worker processes give the rows of the one-process path, in input order, and
+    stream them to --out; each worker gets its share of the memory guard."""
+    import pandas as pd
+
+    from haaqicli.audio import write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference.pairs import score_pairs
+
+    pairs = []
+    for i in range(3):
+        write_audio(tmp_path / f"r{i}.wav", ref.astype(np.float32), SR)
+        write_audio(tmp_path / f"p{i}.wav", synth.lowpass(ref, SR, 2000 + 1000 * i).astype(np.float32), SR)
+        pairs.append((tmp_path / f"r{i}.wav", tmp_path / f"p{i}.wav"))
+    pairs.append((tmp_path / "r0.wav", None))
+    profiles = resolve_profiles(["N2"])
+    seen: list[tuple[float, int]] = []
+    alone = score_pairs(pairs, profiles, workers=1, device="cpu")
+    together = score_pairs(pairs, profiles, workers=2, device="cpu", out=tmp_path / "rows.csv",
+                           progress=lambda seconds, total, files, n: seen.append((seconds, files)))
+    pd.testing.assert_frame_equal(alone, together)
+    assert list(together.processed[:3]) == [str(p) for _, p in pairs[:3]]
+    assert pd.read_csv(tmp_path / "rows.csv").score.tolist()[:3] == pytest.approx(together.score.tolist()[:3])
+    assert seen[-2] == (pytest.approx(3.0), 4) and seen[-1][0] == -1  # 3 s of audio in 4 pairs, then closed
+
+
+def test_memory_guard_divides_by_the_workers(tmp_path, ref: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from haaqicli.audio import write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference import haaqi
+    from haaqicli.reference.pairs import score_pair
+
+    write_audio(tmp_path / "r.wav", ref.astype(np.float32), SR)
+    need = haaqi.estimated_peak_bytes(len(ref), SR)
+    monkeypatch.setattr(haaqi, "available_memory_bytes", lambda: int(need * 1.5))
+    profiles = resolve_profiles(["N2"])
+    assert score_pair(tmp_path / "r.wav", tmp_path / "r.wav", profiles)[0]["status"] == "ok"
+    shared = score_pair(tmp_path / "r.wav", tmp_path / "r.wav", profiles, memory_share=2)[0]
+    assert shared["status"] == "error" and "for each of 2 workers" in shared["error"]

@@ -132,6 +132,7 @@ def test_batch_agrees_with_pyclarity() -> None:
 
 
 def test_engine_choice_follows_the_device(monkeypatch):
+    from haaqicli import devices
     from haaqicli.reference.haaqi import cuda_device
 
     assert cuda_device("cpu") is None
@@ -139,4 +140,5 @@ def test_engine_choice_follows_the_device(monkeypatch):
     assert cuda_device("auto") is None  # no CUDA: the numba engine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(devices, "cuda_driver_present", lambda: True)
     assert cuda_device("auto") == "cuda" and cuda_device("cuda:1") == "cuda:1"

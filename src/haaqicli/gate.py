@@ -705,7 +705,7 @@ class ScoreSettings:
     model: str = "distilled"
     device: str = "auto"
     batch_size: int = 16
-    workers: int = 1
+    workers: int | None = None  # None: 1 decoding process for the model; one per core for pairs
     beats_checkpoint: str | None = None
     progress: bool = True
     reference: str | None = None  # folder of references, paired by relative path
@@ -724,7 +724,7 @@ def model_scorer(inputs: Sequence[str], settings: ScoreSettings) -> pd.DataFrame
     from haaqicli.engine import ScoreOptions, score_inputs
 
     options = ScoreOptions(model=settings.model, device=settings.device, batch_size=settings.batch_size,
-                           workers=settings.workers, spl=settings.spl, mix=settings.mix,
+                           workers=settings.workers or 1, spl=settings.spl, mix=settings.mix,
                            beats_checkpoint=settings.beats_checkpoint)
     run = score_inputs(list(inputs), resolve_profiles(settings.profiles), options, progress=settings.progress,
                        scheduler=settings.scheduler, keep_timelines=False)

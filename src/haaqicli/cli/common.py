@@ -159,9 +159,9 @@ def model_options(func):  # type: ignore[no-untyped-def]
             click.option(
                 "--workers",
                 type=click.IntRange(1, 256),
-                default=1,
-                show_default=True,
-                help="Processes decoding and resampling ahead of the model (joblib).",
+                default=None,
+                help="Processes decoding and resampling ahead of the model (joblib; default 1). With the "
+                     "exact HAAQI (--reference, --pairs): pairs scored at once (default one per core).",
             ),
             click.option(
                 "--mix",

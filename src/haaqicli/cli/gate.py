@@ -124,7 +124,7 @@ def check(
     model: str,
     device: str,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     mix: str,
     beats_checkpoint: str | None,
     reference_dir: str | None,
@@ -247,7 +247,7 @@ def sweep(
     model: str,
     device: str,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     mix: str,
     beats_checkpoint: str | None,
     fast: bool,
@@ -284,7 +284,7 @@ def sweep(
     result = sweep_lib.run_sweep(
         inputs, sweep_lib.parse_codecs(codecs), sweep_lib.parse_bitrates(bitrates), settings, target,
         scorer=_scorer_from_context(), exact=exact, exact_fn=_scorer_from_context("exact_fn"),
-        criterion=criterion, workers=workers, keep_dir=keep_dir, fast=fast,
+        criterion=criterion, workers=workers or 1, keep_dir=keep_dir, fast=fast,
     )
     from haaqicli.tables import write_table
 

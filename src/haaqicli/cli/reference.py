@@ -30,8 +30,9 @@ from haaqicli.cli.common import (
 @reference_spl_option
 @click.option("--mix", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True,
               help="stereo: left channel with left audiogram, right with right; mono: downmix.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Parallel pairs (CPU processes).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Pairs scored at once on the CPU, one single-threaded process each (default: one per core). "
+                   "A single pair uses every core in one process.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
 @segment_seconds_option()
@@ -40,7 +41,7 @@ from haaqicli.cli.common import (
 @quiet_option
 @one_line_errors
 def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
-              mix: str, workers: int, device: str, segment_seconds: float | None, out: str | None,
+              mix: str, workers: int | None, device: str, segment_seconds: float | None, out: str | None,
               report: str | None, scheduler: str | None, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
@@ -57,18 +58,15 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
     from haaqicli.interrupts import RunInterrupted
-    from haaqicli.tables import write_table
 
-    try:
+    try:  # rows go to --out as pairs finish
         table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
-                            device=device, segment_seconds=segment_seconds, scheduler=scheduler)
+                            device=device, segment_seconds=segment_seconds, out=out,
+                            scheduler=scheduler)
     except RunInterrupted as stopped:
-        if out and stopped.rows is not None:
-            write_table(stopped.rows, out)
+        if out:
             raise RunInterrupted(f"{stopped.kept} kept in {out}") from None
         raise
-    if out:
-        write_table(table, out)
     if report:
         from haaqicli.report import write_report
 
@@ -78,8 +76,27 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     if note:
         click.echo(f"note: {note}", err=True)
     if not quiet or not out:
-        import pandas as pd
-
-        with pd.option_context("display.width", 160, "display.max_colwidth", 40):
-            click.echo(table[["processed", "profile", "ear", "score", "status", "error"]].to_string(index=False))
+        print_pair_scores(table)
     sys.exit(EXIT_SOME_FAILED if (table["status"] != "ok").any() else EXIT_OK)
+
+
+def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
+    """The pair table on the terminal (stdout) in the style of `haaqi score`: one line per pair x
+    profile x ear."""
+    from rich.console import Console
+    from rich.table import Table
+
+    segmented = bool((table["segments"].fillna(1) > 1).any())
+    view = Table(show_edge=False, header_style="bold")
+    columns = ["processed", "profile", "ear", "score"] + (["min"] if segmented else []) + ["delay", "status"]
+    for column in columns:
+        view.add_column(column, justify="right" if column in ("score", "min", "delay") else "left")
+    for row in table.itertuples(index=False):
+        if row.status == "ok":
+            cells = [row.processed, row.profile, row.ear, f"{row.score:.3f}"]
+            cells += [f"{row.score_min:.3f}"] if segmented else []
+            view.add_row(*cells, f"{row.delay_s * 1000:.1f} ms", "ok")
+        else:
+            view.add_row(row.processed, row.profile, row.ear, "", *([""] if segmented else []), "",
+                         f"[red]error[/]: {row.error}")
+    Console(soft_wrap=True).print(view)

@@ -344,7 +344,7 @@ def _run_on_executor(executor: Any, items: list[dict[str, Any]], corpus_dir: Pat
 
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
          cache_length: int | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
-    from haaqicli.reference.haaqi import cuda_device
+    from haaqicli.devices import cuda_device
 
     cuda = cuda_device(device) if haaqi_fn is None else None
     if cuda is not None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
 from haaqicli.errors import AudioError
 
 
 def _xcorr_peak(a: np.ndarray, b: np.ndarray, max_lag: int) -> int:
     """Lag d in [-max_lag, max_lag] maximising sum a[m] b[m + d] (b delayed by d => d > 0)."""
+    import scipy.fft as sfft  # here: `haaqicli.reference` binds `align` at import, and stays light
     size = sfft.next_fast_len(len(a) + len(b) + 1, real=True)
     c = sfft.irfft(np.conj(sfft.rfft(a, size)) * sfft.rfft(b, size), size)
     lags = np.concatenate((np.arange(0, max_lag + 1), np.arange(-max_lag, 0)))

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.signal import fftconvolve, firwin
 
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.devices import cuda_device
 from haaqicli.errors import AudioError, ProfileError
 from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import (
@@ -418,17 +419,6 @@ def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
         return [compute_haaqi(**item) for item in items]
     with threadpool_limits(limits=1):
         return [compute_haaqi(**item) for item in items]
-
-
-def cuda_device(device: str) -> str | None:
-    """The CUDA device that `device` names ("auto" where CUDA is present, "cuda", "cuda:N"), or None
-    for the CPU: the one place that chooses the batched torch engine over the numba engine."""
-    if device == "cpu":
-        return None
-    from haaqicli.models.registry import resolve_device
-
-    resolved = resolve_device(device)
-    return str(resolved) if resolved.type == "cuda" else None
 
 
 def compute_haaqi_batch(

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from haaqicli.audio import DownmixWarning, downmix_message
 from haaqicli.errors import AudioError, HaaqiError
 from haaqicli.interrupts import RunInterrupted
 from haaqicli.levels import reference_level1
+from haaqicli.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PAIR_COLUMNS = [
     "processed", "reference", "profile", "ear", "score", "status", "error",
@@ -82,13 +86,17 @@ def pair_error_rows(reference: Path | None, processed: Path | None, profiles: Se
 
 def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
                mix: str = "stereo", seed: int = 0, device: str = "cpu",
-               segment_seconds: float | None = None) -> list[dict[str, Any]]:
-    """Rows for one pair; any failure becomes error rows (the batch goes on). Every (segment, profile,
-    ear) of the pair is scored in one `compute_haaqi_batch` call: one batch of clips on a GPU.
+               segment_seconds: float | None = None, memory_share: int = 1) -> list[dict[str, Any]]:
+    """Rows for one pair; any failure becomes error rows (the batch goes on). The distinct clips of
+    the pair, one per (channel, segment, audiogram), are scored in one `compute_haaqi_batch` call (one
+    batch of clips on a GPU): ears or profiles with the same audiogram hearing the same channel share
+    one computation, so a mono file for a symmetric profile costs one call, not one per ear.
 
     `segment_seconds`: score consecutive segments of the aligned pair and report their length-weighted
     mean (`score`) and minimum (`score_min`), with bounded memory; None scores the whole pair at once,
-    the exact HAAQI, and refuses (error rows) a pair whose estimated memory exceeds what is available."""
+    the exact HAAQI, and refuses (error rows) a pair whose estimated memory exceeds what is available.
+    `memory_share`: how many pairs are scored at once (worker processes); each may use that share of
+    the available memory."""
     from haaqicli.audio import decode, decode_with_info, require_duration, resample
     from haaqicli.reference.align import align
     from haaqicli.reference.haaqi import available_memory_bytes, compute_haaqi_batch, estimated_peak_bytes
@@ -122,9 +130,11 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         # one delay for the pair, estimated on the channel mix
         delay, _, _ = align(ref.mean(axis=0), proc.mean(axis=0), sr)
         base["delay_s"] = delay / sr
-        rows, items, sides_per_row = [], [], []
         level1 = reference_level1(ref, spl)  # haaqicli.levels: the one definition of the level
-        for ear, r, p in zip(ears, ref_ch, proc_ch, strict=True):
+        items: list[dict[str, Any]] = []
+        item_of: dict[tuple[int, int, int, tuple[float, ...]], int] = {}  # (channel, segment, audiogram) -> item
+        rows, row_items = [], []  # row_items: per row, the item of each (side, segment)
+        for channel, (ear, r, p) in enumerate(zip(ears, ref_ch, proc_ch, strict=True)):
             r = np.asarray(r, dtype=np.float64)
             p = np.asarray(p, dtype=np.float64)
             if delay >= 0:
@@ -138,24 +148,35 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
             base["segments"] = len(segments)
             longest = max(b - a for a, b in segments)
             need, free = estimated_peak_bytes(longest, sr), available_memory_bytes()
+            if free is not None:
+                free //= max(1, memory_share)
             if device == "cpu" and free is not None and need > free:
                 # refused up front: running out of memory would kill the whole batch, not just this pair
+                share = f" for each of {memory_share} workers" if memory_share > 1 else ""
                 return failed(f"{processed.name}: {longest / sr:.0f} s is too long for the exact HAAQI in "
-                              f"this memory (needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available); "
-                              "use --segment-seconds")
+                              f"this memory (needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available{share}); "
+                              "use --segment-seconds" + (" or fewer --workers" if memory_share > 1 else ""))
             for profile in profiles:
                 sides = ["left", "right"] if ear == "both" else [ear]
-                items += [{"processed": p[a:b], "reference": r[a:b], "processed_sr": sr, "reference_sr": sr,
-                           "audiogram": profile.ear(side), "equalisation": 1, "level1": level1, "seed": seed}
-                          for side in sides for a, b in segments]
-                sides_per_row.append(len(sides))
+                indices = []
+                for side in sides:
+                    gram = profile.ear(side)
+                    for index, (a, b) in enumerate(segments):
+                        key = (channel, index, tuple(gram.levels))
+                        if key not in item_of:
+                            item_of[key] = len(items)
+                            items.append({"processed": p[a:b], "reference": r[a:b], "processed_sr": sr,
+                                          "reference_sr": sr, "audiogram": gram, "equalisation": 1,
+                                          "level1": level1, "seed": seed})
+                        indices.append(item_of[key])
+                row_items.append(np.reshape(indices, (len(sides), len(segments))))
                 rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
                              "audiogram_hash": profile.values_hash()})
-        scores = iter(compute_haaqi_batch(items, device=device))
+        scores = np.asarray(compute_haaqi_batch(items, device=device), dtype=float)
         weights = np.array([b - a for a, b in segments], dtype=float)
-        for row, n_sides in zip(rows, sides_per_row, strict=True):
+        for row, indices in zip(rows, row_items, strict=True):
             # per segment: the ears' mean; per row: the segments' length-weighted mean and their minimum
-            per_segment = np.mean([[next(scores) for _ in segments] for _ in range(n_sides)], axis=0)
+            per_segment = np.mean(scores[indices], axis=0)
             row["score"] = float(np.average(per_segment, weights=weights))
             row["score_min"] = float(per_segment.min())
         return rows
@@ -168,46 +189,108 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         return failed(message)
 
 
-def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
-                mix: str = "stereo", workers: int = 1, progress: bool = False,
-                device: str = "auto", segment_seconds: float | None = None,
-                scheduler: str | None = None) -> pd.DataFrame:
-    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
-    `device`: "auto" uses CUDA when present (batched torch engine, pairs in this process), else the
-    CPU's numba engine with `workers` processes; "cpu", "cuda" or "cuda:N" choose. `scheduler` (a Dask
-    address or local:N): each pair is one task on that cluster, on the device `device` picks there."""
-    from haaqicli.models.registry import resolve_device
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    from haaqicli.reference.parallel import thread_count
+
+    return thread_count()
+
+
+def _score_pair_alone(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """score_pair in a worker process, single-threaded: the processes already use every core, and
+    threads inside each would only contend for them."""
+    os.environ["HAAQI_THREADS"] = "1"  # read by reference.parallel at each call
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: joblib's loky workers already cap native threads
+        return score_pair(*args, **kwargs)
+    with threadpool_limits(limits=1):
+        return score_pair(*args, **kwargs)
+
+
+def iter_pair_rows(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
+                   mix: str = "stereo", workers: int | None = None, device: str = "auto",
+                   segment_seconds: float | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each pair, in input order, as soon as they are done (errors as rows, never raised).
+    Worker processes start on the call, before the first row is asked for.
+
+    On the CPU, several pairs run at once in `workers` single-threaded processes (None: one per core),
+    each allowed its share of the available memory; a single pair (or `workers=1`) runs in this
+    process with the threaded engine. On CUDA ("auto" picks it when present) pairs go one after
+    another through the batched torch engine."""
+    from haaqicli.devices import cuda_device
 
     if mix not in ("stereo", "mono"):
         raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
+    device = cuda_device(device) or "cpu"  # a bad or missing device is one error, not one per pair
     jobs = list(pairs)
-    if not scheduler:  # (on a cluster, each worker resolves it)
-        device = str(resolve_device(device))  # a bad or missing device is one error, not one per pair
-    if scheduler:
-        results = _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, progress)
-    elif workers > 1 and len(jobs) > 1 and device == "cpu":
+    n_workers = min(workers or default_workers(), len(jobs))
+    if n_workers > 1 and device == "cpu":
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=workers, verbose=5 if progress else 0)(
-            delayed(score_pair)(r, p, profiles, spl, mix, segment_seconds=segment_seconds) for r, p in jobs
-        )
+        parallel = Parallel(n_jobs=n_workers, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
+        return parallel(delayed(_score_pair_alone)(r, p, profiles, spl, mix, segment_seconds=segment_seconds,
+                                                   memory_share=n_workers) for r, p in jobs)
+    return (score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds) for r, p in jobs)
+
+
+def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
+                mix: str = "stereo", workers: int | None = None, progress: bool | ProgressCallback = False,
+                device: str = "auto", segment_seconds: float | None = None,
+                out: str | Path | None = None, scheduler: str | None = None) -> pd.DataFrame:
+    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
+    With `out`, rows are written to that table (atomically, every few seconds) as pairs finish, so an
+    interrupted run keeps them (RunInterrupted, with the finished rows, is raised after the table is saved).
+    `progress`: a progress bar in seconds of audio, or a callback (see haaqicli.progress).
+    See `iter_pair_rows` for `workers` and `device`. `scheduler` (a Dask address or local:N): each pair
+    is one task on that cluster, on the device `device` picks there (with the cluster's own progress)."""
+    jobs = list(pairs)
+    if scheduler:
+        results: Iterator[list[dict[str, Any]]] = iter(
+            _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, bool(progress)))
+        progress = False
     else:
-        results = []
-        try:
-            for i, (r, p) in enumerate(jobs):
-                results.append(score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds))
-                if progress:
-                    print(f"\r{i + 1}/{len(jobs)} pairs", end="", flush=True)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
-            rows = [row for result in results for row in result]
-            raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
-        if progress and jobs:
-            print()
-    rows = [row for result in results for row in result]
+        results = iter_pair_rows(jobs, profiles, spl, mix, workers, device, segment_seconds)  # workers start now
+    import pandas as pd
+
+    from haaqicli.progress import AudioProgress
+    from haaqicli.tables import IncrementalTable
+
+    bar = AudioProgress("exact HAAQI", len(jobs), callback=progress if callable(progress) else None,
+                        display=bool(progress))
+    if progress:  # probe durations while the workers start
+        bar.add_total(sum(_duration(p) for _, p in jobs))
+    table = IncrementalTable(out, PAIR_COLUMNS) if out else None
+    rows: list[dict[str, Any]] = []
+    try:
+        for result in results:
+            rows.extend(result)
+            if table is not None:
+                table.add(result)
+            seconds = result[0]["duration_s"] if result else 0.0
+            bar.advance(seconds if np.isfinite(seconds) else 0.0, files=1)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
+        raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
+    finally:
+        bar.close()
+        if table is not None:
+            table.close()
     for processed in dict.fromkeys(row["processed"] for row in rows if row["channels"] > 2):
         channels = next(row["channels"] for row in rows if row["processed"] == processed)
         warnings.warn(downmix_message(processed, int(channels)), DownmixWarning, stacklevel=2)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def _duration(path: Path | None) -> float:
+    """A file's duration for the progress total (0 where it cannot be read: its pair will say why)."""
+    from haaqicli.audio import open_audio
+
+    if path is None:
+        return 0.0
+    try:
+        return float(open_audio(path).info.duration_s)
+    except (HaaqiError, OSError):
+        return 0.0
 
 
 def score_pair_task(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float,
@@ -228,6 +311,8 @@ def _cluster_results(jobs: Sequence[tuple[Path | None, Path | None]], profiles: 
                      ) -> list[list[dict[str, Any]]]:
     """Each pair's rows from the cluster, in input order and naming the pair's paths as given (workers
     get absolute paths); an interruption keeps the pairs finished so far."""
+    import pandas as pd
+
     results: dict[int, list[dict[str, Any]]] = {}
 
     def in_order() -> list[list[dict[str, Any]]]:
