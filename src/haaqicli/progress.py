@@ -8,6 +8,7 @@ never carriage-return updates.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ class AudioProgress:
         self.files = 0
         self.started = time.perf_counter()
         self.callback = callback
+        self._lock = threading.Lock()  # the total may grow from a probing thread
         self._bar: Any = None
         if display and callback is None:
             self._bar, self._task = _rich_bar(label)
@@ -35,16 +37,22 @@ class AudioProgress:
 
     def add_total(self, seconds: float) -> None:
         """More audio to expect (a file's duration, once known)."""
-        self.total_seconds += max(0.0, float(seconds))
-        self._show()
+        with self._lock:
+            self.total_seconds += max(0.0, float(seconds))
+            self._show()
 
     def advance(self, seconds: float = 0.0, files: int = 0) -> None:
         """`seconds` more audio done; `files` more files finished."""
-        self.seconds += max(0.0, float(seconds))
-        self.files += files
-        self._show()
+        with self._lock:
+            self.seconds += max(0.0, float(seconds))
+            self.files += files
+            self._show()
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.callback is not None:
             self.callback(-1, self.total_seconds, self.files, self.total_files)
         if self._bar is not None:

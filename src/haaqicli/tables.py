@@ -7,7 +7,6 @@ dataset: part files written as rows finish, so millions of rows never sit in mem
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ import pandas as pd
 
 from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
+from haaqicli.hashing import content_hash as content_hash  # re-exported: resume keys
 
 SCORE_COLUMNS: list[str] = [
     "file", "profile", "ear", "model", "model_sha256", "score", "score_lo", "score_hi", "score_min", "score_p10",
@@ -121,15 +121,6 @@ def _read_part(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         if name in df.columns:
             df[name] = df[name].astype("object").where(df[name].notna(), None)
     return df
-
-
-def content_hash(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 hex digest of the file bytes, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _key(value: Any) -> Any:

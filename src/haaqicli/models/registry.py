@@ -10,6 +10,8 @@ Manifest format (format_version 1)::
        "distilled": {...}}}
 
 Weights are safetensors only (no pickle), and the file's sha256 is checked before anything is read.
+torch and the architectures are imported by the functions that need them, so reading the manifest
+(`haaqi models`, the model's sha256 for --resume) does not cost torch's import.
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from haaqicli.errors import ModelError
-from haaqicli.models.beats import read_beats_checkpoint
-from haaqicli.models.haaqinet import HAAQINet
-from haaqicli.models.student import StudentNet
-from haaqicli.tables import content_hash as sha256_file  # one streamed sha256 for the project
+from haaqicli.hashing import content_hash as sha256_file  # one streamed sha256 for the project
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -71,7 +71,12 @@ STUDENT_CONFIG: dict[str, Any] = {
     "distill": {"teacher_dim": 256, "targets": [[1, 2], [2, 4]]},
 }
 
-ARCHS: dict[str, type[nn.Module]] = {HAAQINet.arch: HAAQINet, StudentNet.arch: StudentNet}
+def architectures() -> dict[str, type[nn.Module]]:
+    """Model classes by their `arch` name (imports torch)."""
+    from haaqicli.models.haaqinet import HAAQINet
+    from haaqicli.models.student import StudentNet
+
+    return {HAAQINet.arch: HAAQINet, StudentNet.arch: StudentNet}
 
 
 @dataclass
@@ -117,10 +122,11 @@ def default_weights_dir() -> Path:
 
 def build_model(arch: str, config: Mapping[str, Any]) -> nn.Module:
     """Fresh (untrained) model of an architecture from its config dict."""
-    if arch not in ARCHS:
-        raise ModelError(f"unknown model architecture {arch!r} (known: {', '.join(sorted(ARCHS))})")
+    archs = architectures()
+    if arch not in archs:
+        raise ModelError(f"unknown model architecture {arch!r} (known: {', '.join(sorted(archs))})")
     try:
-        return ARCHS[arch].from_config(copy.deepcopy(dict(config)))  # type: ignore[attr-defined]
+        return archs[arch].from_config(copy.deepcopy(dict(config)))  # type: ignore[attr-defined]
     except (KeyError, TypeError) as exc:
         raise ModelError(f"bad config for architecture {arch!r}: {exc}") from None
 
@@ -165,6 +171,8 @@ def get_info(name: str, weights_dir: str | Path | None = None) -> ModelInfo:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" -> cuda if available else cpu; "cuda"/"cuda:N" must exist."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     d = device.strip().lower()
@@ -220,6 +228,9 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
     """Load a registered model in eval mode. With `beats_checkpoint`, the teacher's encoder comes from an
     official BEATs checkpoint (config and weights) and the HAAQI head from our weights - which only works
     for a head trained on that encoder (same layer count and width)."""
+    from haaqicli.models.beats import read_beats_checkpoint
+    from haaqicli.models.haaqinet import HAAQINet
+
     wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     info = get_info(name, wd)
     dev = resolve_device(device)
@@ -323,6 +334,8 @@ def measure_throughput(model: nn.Module, batch: int = 16, window_s: float = WIND
     """Best-of-`repeats` inference time for a batch of `window_s` windows (fbank included), as
     {"ms_per_window", "realtime_factor"}; the speed targets are for threads=2, batch 16, 6 s @ 24 kHz."""
     import time
+
+    import torch
 
     old = torch.get_num_threads()
     if threads:

@@ -1,0 +1,82 @@
+"""Start-up cost: the command line imports heavy libraries only where a command needs them.
+
+Each check runs in a fresh interpreter (a subprocess), since this test process has imported them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HEAVY = ("torch", "numba", "pandas", "matplotlib", "scipy.signal")
+
+# Runs the CLI in-process with argv, then prints which heavy modules got imported (JSON list).
+RUN_CLI = """
+import json, sys
+from haaqicli.cli import main
+try:
+    main(sys.argv[1:], prog_name="haaqi")
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)), file=sys.stderr)
+"""
+
+
+def _heavy_after(code: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **(env or {})})
+    return json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def test_importing_the_cli_imports_nothing_heavy() -> None:
+    code = f"import json, sys, haaqicli.cli\nprint(json.dumps([m for m in {HEAVY} if m in sys.modules]), file=sys.stderr)"
+    assert _heavy_after(code) == []
+
+
+def test_help_and_models_import_nothing_heavy() -> None:
+    assert _heavy_after(RUN_CLI.format(heavy=HEAVY), "--help") == []
+    assert _heavy_after(RUN_CLI.format(heavy=HEAVY), "score", "--help") == []
+    assert _heavy_after(RUN_CLI.format(heavy=HEAVY), "models") == []
+    assert _heavy_after(RUN_CLI.format(heavy=HEAVY), "profiles") == []
+
+
+def test_reference_main_process_leaves_the_engine_to_its_workers(tmp_path) -> None:
+    """`haaqi reference` with worker processes imports neither torch (no GPU to ask about) nor the
+    compiled engine (numba, scipy.signal) in the main process: the workers do."""
+    from haaqicli import synth
+    from haaqicli.audio import write_audio
+
+    ref = synth.music(1.0, 24000, seed=2)[0]
+    for name, signal in (("r", ref), ("p", 0.5 * ref)):
+        write_audio(tmp_path / f"{name}.wav", signal.astype(np.float32), 24000)
+    (tmp_path / "pairs.csv").write_text("reference,processed\nr.wav,p.wav\nr.wav,r.wav\n")
+    heavy = _heavy_after(RUN_CLI.format(heavy=HEAVY), "reference", "--pairs", str(tmp_path / "pairs.csv"),
+                         "--workers", "2", "-q", "--out", str(tmp_path / "out.csv"),
+                         env={"CUDA_VISIBLE_DEVICES": ""})
+    assert "torch" not in heavy and "numba" not in heavy and "scipy.signal" not in heavy
+    assert (tmp_path / "out.csv").read_text().count(",ok,") == 2
+
+
+def test_auto_device_without_a_gpu_driver_needs_no_torch() -> None:
+    code = ("import json, sys\nfrom haaqicli import devices\ndevices.cuda_driver_present = lambda: False\n"
+            "assert devices.cuda_device('auto') is None and devices.cuda_device('cpu') is None\n"
+            f"print(json.dumps([m for m in {HEAVY} if m in sys.modules]), file=sys.stderr)")
+    assert _heavy_after(code) == []
+
+
+def test_numba_kernels_are_cached_on_disk() -> None:
+    """A second process loads the compiled kernels from numba's cache instead of compiling them."""
+    code = ("import numpy as np\nfrom haaqicli.reference.haaqi import compute_haaqi\n"
+            "x = np.random.default_rng(0).standard_normal(4800) * 0.1\n"
+            "compute_haaqi(0.9 * x, x, 24000, 24000, np.zeros(8), 1, 80.0)\n"
+            "from haaqicli.reference import ear, haaqi\n"
+            "kernels = [f for m in (ear, haaqi) for f in vars(m).values() if hasattr(f, 'stats')]\n"
+            "import json, sys\n"
+            "print(json.dumps([sum(len(f.stats.cache_hits) for f in kernels), "
+            "sum(len(f.stats.cache_misses) for f in kernels)]), file=sys.stderr)")
+    _heavy_after(code)  # fills the cache where it was empty
+    hits, misses = _heavy_after(code)
+    assert hits > 0 and misses == 0
