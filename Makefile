@@ -25,10 +25,12 @@ test:
 lint:
 	$(BIN)/ruff check src tests
 
-# The figures README.md and weights/MODEL_CARD.md quote (pyclarity's HAAQI timed in the same run).
+# The figures README.md and weights/MODEL_CARD.md quote (pyclarity's HAAQI timed in the same run); the
+# end-to-end rows (whole haaqi processes on generated folders, kept in data/bench) come first.
 bench:
 	mkdir -p data/results
-	$(BIN)/haaqi bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 --json data/results/bench.json
+	$(BIN)/haaqi bench --end-to-end data/bench --files 4 --seconds 30 --repeats 3 --pyclarity-seconds 10 \
+		--json data/results/bench.json
 
 # The training pipeline (see weights/MODEL_CARD.md): corpus -> manifest -> frozen manifest -> labels -> models.
 # `make dataset` builds data/manifest.parquet from the corpus (deterministic: a fresh clone rebuilds the same

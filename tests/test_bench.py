@@ -32,3 +32,39 @@ def test_bench_reports_models_and_reference_against_pyclarity(use_tiny_weights: 
     reference = json.loads(out.read_text())["reference"]
     assert reference["abs_diff"] < 0.01  # same clip, same rate: the scores agree
     assert "x wall" in result.output
+
+
+def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights: Path, tmp_path: Path) -> None:
+    """Every end-to-end row runs `haaqi` as a subprocess twice (cold, then timed) and says how loaded
+    the machine was; the reference row is compared with pyclarity on the same pairs."""
+    from haaqicli.bench_e2e import format_e2e, run_e2e
+
+    pytest.importorskip("clarity")
+    result = run_e2e(tmp_path, short_files=2, short_seconds=2.0, long_files=1, long_seconds=3.0, pairs=2,
+                     pair_seconds=1.0, workers=2, models=("distilled",))
+    rows = {row["name"]: row for row in result["rows"]}
+    assert {"start-up: haaqi --help", "start-up: haaqi models",
+            "start-up: first row, score 1 short file (distilled)"} <= set(rows)
+    for row in result["rows"]:
+        assert row["wall_seconds"] > 0 and "load1" in row["load"] and "busy" in row["load"]
+    score = rows["score 2 stereo files of 2 s (distilled)"]
+    assert score["cold_seconds"] > 0 and score["x_realtime"] == pytest.approx(4.0 / score["wall_seconds"])
+    reference = next(row for name, row in rows.items() if name.startswith("reference 2 pairs"))
+    assert reference["x_pyclarity"] == pytest.approx(reference["baseline_seconds"] / reference["wall_seconds"])
+    assert (tmp_path / "r.csv").read_text().count(",ok,") == 2
+    assert "x pyclarity" in format_e2e(result)
+
+
+def test_machine_load_names_heavy_jobs() -> None:
+    import subprocess
+    import sys
+
+    from haaqicli.bench_e2e import machine_load
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "haaqi", "dataset label"])
+    try:
+        load = machine_load()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert "labelling" in load["heavy_jobs"] and load["busy"]

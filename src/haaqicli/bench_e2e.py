@@ -1,0 +1,262 @@
+"""End-to-end benchmarks: the `haaqi` command run as a user runs it, as a subprocess, on generated
+folders, timed as whole processes (start-up included), beside pyclarity in the same run.
+
+Rows:
+- start-up: `haaqi --help`, `haaqi models`, and `haaqi score` of one short file (time to its row);
+- `haaqi score` of many short files and of a few 3-minute stereo files, each model;
+- `haaqi reference --pairs` on generated pairs of 6-s clips at 44.1 kHz against pyclarity's
+  `compute_haaqi` on the same pairs in as many worker processes, one call per pair and audiogram, after
+  one warm-up call per worker, imports not counted.
+Our rows are timed on a second invocation (numba's on-disk cache and the OS file cache warm); the first,
+cold invocation is reported beside it. Every row says whether another heavy job (labelling, training,
+rendering, another test run) was running, and the load average, since this often runs on shared machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from haaqicli import synth
+
+PROFILE = "mild"  # one symmetric profile (the label convention's listener)
+# Command lines that mean a heavy job shares the machine (matched in /proc/*/cmdline).
+HEAVY_JOBS = {
+    "labelling": ("dataset label",),
+    "training": (" train ", " distill ", " evaluate ", "haaqicli.train"),
+    "rendering": ("fluidsynth", "install-corpus"),
+    "tests": ("pytest",),
+    "bench": ("haaqi bench",),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    command: str
+    audio_seconds: float
+    wall_seconds: float  # the second invocation
+    cold_seconds: float | None = None  # the first invocation
+    baseline_seconds: float | None = None  # pyclarity on the same work, where there is one
+    load: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def x_realtime(self) -> float | None:
+        return self.audio_seconds / self.wall_seconds if self.audio_seconds else None
+
+    @property
+    def x_pyclarity(self) -> float | None:
+        return self.baseline_seconds / self.wall_seconds if self.baseline_seconds else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "x_realtime": self.x_realtime, "x_pyclarity": self.x_pyclarity}
+
+
+def machine_load() -> dict[str, Any]:
+    """The 1-minute load average, the cores, and the heavy jobs running now (other than this process
+    and its children)."""
+    mine = {os.getpid(), os.getppid()}
+    found: set[str] = set()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        for job, needles in HEAVY_JOBS.items():
+            if any(needle in f" {cmdline} " for needle in needles) and "bench_e2e" not in cmdline:
+                found.add(job)
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"load1": round(load1, 2), "cores": os.cpu_count(), "heavy_jobs": sorted(found),
+            "busy": bool(found) or load1 > 0.5 * (os.cpu_count() or 1)}
+
+
+def haaqi_command() -> list[str]:
+    """This interpreter running the `haaqi` entry point (the same code as the installed script)."""
+    return [sys.executable, "-c", "import sys; from haaqicli.cli import main; sys.exit(main())"]
+
+
+def timed(args: Sequence[str], cwd: Path | None = None) -> float:
+    """Wall time of one `haaqi` process; raises when it fails."""
+    start = time.perf_counter()
+    done = subprocess.run([*haaqi_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=7200)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise RuntimeError(f"haaqi {' '.join(args)} failed: {tail[0]}")
+    return seconds
+
+
+def cold_and_warm(args: Sequence[str]) -> tuple[float, float]:
+    """(first invocation, second invocation) wall times."""
+    return timed(args), timed(args)
+
+
+# --------------------------------------------------------------------------------------------
+# Generated inputs (kept in `folder`, reused when present: generating music takes longer than scoring)
+
+
+def music_files(folder: Path, n_files: int, seconds: float, channels: int = 2, sample_rate: int = 44100,
+                suffix: str = ".flac") -> float:
+    """`n_files` generated music files; returns their total duration."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(n_files):
+        path = folder / f"track{index:03d}{suffix}"
+        if not path.exists():
+            audio = synth.music(seconds, sample_rate, channels=channels, seed=index)
+            sf.write(path.with_suffix(".part" + suffix), audio.T, sample_rate, subtype="PCM_16",
+                     format=suffix.lstrip(".").upper())
+            path.with_suffix(".part" + suffix).replace(path)
+    return n_files * seconds
+
+
+def reference_pairs(folder: Path, n_pairs: int, seconds: float = 6.0, sample_rate: int = 44100) -> Path:
+    """`n_pairs` mono (reference, low-passed) pairs and their pairs CSV."""
+    (folder / "ref").mkdir(parents=True, exist_ok=True)
+    (folder / "proc").mkdir(parents=True, exist_ok=True)
+    lines = ["reference,processed"]
+    for index in range(n_pairs):
+        ref, proc = folder / "ref" / f"{index:03d}.wav", folder / "proc" / f"{index:03d}.wav"
+        if not (ref.exists() and proc.exists()):
+            clean = synth.music(seconds, sample_rate, seed=index)[0]
+            sf.write(ref, clean, sample_rate, subtype="FLOAT")
+            sf.write(proc, synth.lowpass(clean, sample_rate, 2000 + 300 * (index % 20)).astype(np.float32),
+                     sample_rate, subtype="FLOAT")
+        lines.append(f"ref/{index:03d}.wav,proc/{index:03d}.wav")
+    csv = folder / "pairs.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv
+
+
+# --------------------------------------------------------------------------------------------
+# pyclarity's baseline
+
+
+def _pyclarity_worker_start(barrier: Any, warm_up: tuple[str, str]) -> None:
+    """Import pyclarity and make one call (not timed), then wait until every worker is ready."""
+    _pyclarity_pair(warm_up)
+    barrier.wait()
+
+
+def _pyclarity_pair(pair: tuple[str, str]) -> float:
+    """pyclarity's HAAQI of one mono pair for PROFILE's audiogram, presented as `haaqi reference`
+    presents it (the reference at 65 dB SPL)."""
+    from clarity.evaluator.haaqi import compute_haaqi
+    from clarity.utils.audiogram import Audiogram
+
+    from haaqicli.audiogram import resolve_profiles
+
+    reference, sr = sf.read(pair[0], dtype="float64")
+    processed, _ = sf.read(pair[1], dtype="float64")
+    levels = resolve_profiles([PROFILE])[0].left.as_array().astype(float)
+    level1 = 65.0 - 20 * np.log10(np.sqrt(np.mean(reference**2)))
+    np.random.seed(0)
+    return float(compute_haaqi(processed, reference, sr, sr, Audiogram(levels=levels), 1, level1))
+
+
+def pyclarity_seconds(pairs_csv: Path, workers: int) -> float | None:
+    """Wall time of pyclarity's HAAQI over the pairs in `workers` processes (None without pyclarity)."""
+    import csv
+    import multiprocessing
+
+    try:
+        import clarity.evaluator.haaqi  # noqa: F401
+    except ImportError:
+        return None
+    with pairs_csv.open() as handle:
+        pairs = [(str(pairs_csv.parent / row["reference"]), str(pairs_csv.parent / row["processed"]))
+                 for row in csv.DictReader(handle)]
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers + 1)
+    with context.Pool(workers, initializer=_pyclarity_worker_start, initargs=(barrier, pairs[0])) as pool:
+        barrier.wait(timeout=3600)  # every worker imported pyclarity and made its warm-up call
+        start = time.perf_counter()
+        pool.map(_pyclarity_pair, pairs, chunksize=1)
+        return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run_e2e(folder: Path, short_files: int = 64, short_seconds: float = 10.0, long_files: int = 8,
+            long_seconds: float = 180.0, pairs: int = 72, pair_seconds: float = 6.0, workers: int = 2,
+            models: Sequence[str] = ("distilled", "teacher")) -> dict[str, Any]:
+    """Every end-to-end row (see the module docstring); inputs are generated under `folder`."""
+    rows: list[Row] = []
+
+    def row(name: str, args: list[str], audio_seconds: float, baseline: float | None = None) -> None:
+        load = machine_load()
+        cold, warm = cold_and_warm(args)
+        rows.append(Row(name, "haaqi " + " ".join(args), audio_seconds, warm, cold, baseline, load))
+
+    one = folder / "one"
+    music_files(one, 1, 6.0)
+    row("start-up: haaqi --help", ["--help"], 0.0)
+    row("start-up: haaqi models", ["models"], 0.0)
+    for model in models:
+        row(f"start-up: first row, score 1 short file ({model})",
+            ["score", str(one), "--profile", PROFILE, "--model", model, "-q"], 6.0)
+    short = folder / f"short-{short_files}x{short_seconds:g}s"
+    total = music_files(short, short_files, short_seconds)
+    for model in models:
+        row(f"score {short_files} stereo files of {short_seconds:g} s ({model})",
+            ["score", str(short), "--profile", PROFILE, "--model", model, "-q", "--out", str(folder / "s.csv")], total)
+    long = folder / f"long-{long_files}x{long_seconds:g}s"
+    total = music_files(long, long_files, long_seconds)
+    for model in models:
+        row(f"score {long_files} stereo files of {long_seconds:g} s ({model})",
+            ["score", str(long), "--profile", PROFILE, "--model", model, "-q", "--out", str(folder / "l.csv")], total)
+    pairs_csv = reference_pairs(folder / f"pairs-{pairs}x{pair_seconds:g}s", pairs, pair_seconds)
+    load = machine_load()
+    baseline = pyclarity_seconds(pairs_csv, workers)
+    args = ["reference", "--pairs", str(pairs_csv), "--profile", PROFILE, "--workers", str(workers), "-q",
+            "--out", str(folder / "r.csv")]
+    cold, warm = cold_and_warm(args)
+    rows.append(Row(f"reference {pairs} pairs of {pair_seconds:g} s, 44.1 kHz ({workers} workers)",
+                    "haaqi " + " ".join(args), pairs * pair_seconds, warm, cold, baseline, machine_load()))
+    if baseline is not None:
+        rows.append(Row(f"pyclarity compute_haaqi, same {pairs} pairs ({workers} processes)",
+                        "(process pool; imports and one warm-up call per worker not counted)",
+                        pairs * pair_seconds, baseline, None, baseline, load))
+    return {"rows": [r.to_dict() for r in rows], "python": sys.version.split()[0], "cores": os.cpu_count()}
+
+
+def format_e2e(result: dict[str, Any]) -> str:
+    lines = [f"{'end to end (whole haaqi processes)':58s} {'audio s':>8s} {'wall s':>8s} {'cold s':>8s} "
+             f"{'x real time':>11s} {'x pyclarity':>11s}  machine"]
+    for row in result["rows"]:
+        load = row["load"]
+        ratio = f"{row['x_pyclarity']:.1f}" if row["x_pyclarity"] else "-"
+        realtime = row["x_realtime"] or float("nan")
+        cold = row["cold_seconds"] if row["cold_seconds"] is not None else float("nan")
+        machine = (f"LOADED (load {load['load1']:g} on {load['cores']} cores"
+                   + (f"; {', '.join(load['heavy_jobs'])} running" if load["heavy_jobs"] else "") + ")"
+                   if load.get("busy") else f"quiet (load {load['load1']:g})")
+        lines.append(
+            f"{row['name']:58s} {row['audio_seconds']:8.0f} {row['wall_seconds']:8.2f} "
+            f"{cold:8.2f} {realtime:11.1f} {ratio:>11s}  {machine}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:  # python -m haaqicli.bench_e2e FOLDER [JSON]
+    args = list(sys.argv[1:] if argv is None else argv)
+    folder = Path(args[0] if args else "data/bench")
+    result = run_e2e(folder)
+    print(format_e2e(result))
+    if len(args) > 1:
+        Path(args[1]).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
