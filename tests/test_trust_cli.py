@@ -352,12 +352,15 @@ def test_interrupted_reference_keeps_the_finished_pairs(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(pairs_module, "score_pair", interrupt_second)
     out = tmp_path / "exact.csv"
-    code, output = run("reference", "--reference", str(refs), str(proc), "--out", str(out), "--device", "cpu", "-q")
+    # one process (--workers 1): the patched score_pair is this process's (pairs run in workers by default)
+    code, output = run("reference", "--reference", str(refs), str(proc), "--out", str(out), "--device", "cpu", "-q",
+                       "--workers", "1")
     assert code == 130 and one_line(output) == f"interrupted: 1 finished rows kept in {out}", output
     table = read_table(out)
     assert [Path(p).name for p in table["processed"]] == ["a.wav"] and (table["status"] == "ok").all()
     calls.clear()
-    code, output = run("check", str(proc), "--reference", str(refs), "--out", str(out), "--device", "cpu", "-q")
+    code, output = run("check", str(proc), "--reference", str(refs), "--out", str(out), "--device", "cpu", "-q",
+                       "--workers", "1")
     assert code == 130, output
     assert one_line(output) == f"interrupted: 1 finished rows kept in {out}; no gate was evaluated"
     assert list(read_table(out)["file"]) == ["a.wav"]
