@@ -55,7 +55,7 @@ def corpus(tmp_path: Path) -> Path:
         folder.mkdir(parents=True)
         for j in range(n):
             stereo = np.stack([_tone(25, 220 * (i + 1) + 50 * j, seed=j), _tone(25, 330, seed=j + 7)], axis=1)
-            sf.write(folder / f"track{j}.{'flac' if area == 'rendered' else 'ogg'}", stereo * 0.8, SR)
+            sf.write(folder / f"track{j}.flac", stereo * 0.8, SR)
     sf.write(root / "packages" / "naev-data" / "music" / "silent.wav", np.zeros(25 * SR), SR)
     sf.write(root / "packages" / "naev-data" / "music" / "sfx.wav", _tone(2, 1000), SR)
     (root / "packages" / "naev-data" / "music" / "notes.ogg").write_bytes(b"not audio")
