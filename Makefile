@@ -42,8 +42,10 @@ MANIFEST ?= labels/manifest.parquet
 WORKERS  ?= 2
 SPLITS   ?=
 
+CORPUS_DIR ?= data/corpus
+
 corpus:
-	bash scripts/install-corpus.sh
+	CORPUS_DIR="$(CORPUS_DIR)" WORKERS="$(WORKERS)" VENV="$(VENV)" bash scripts/install-corpus.sh
 
 # Every validation clip x 7 profiles x 4 variants (clean + 3 degradations), then training items up to 125,000.
 dataset:

@@ -89,8 +89,7 @@ def test_more_variants_per_clip_keep_the_items_and_ids_of_the_smaller_manifest(c
 
 
 def test_reserved_guard_refuses_evaluation_packages(tmp_path: Path) -> None:
-    for name in ["widelands-data", "openclonk-data", "fretsonfire-songs-sectoid", "hyperrogue-music", "0ad-data",
-                 "musescore-general-soundfont", "music21"]:
+    for name in ["widelands-data", "openclonk-data", "fretsonfire-songs-sectoid", "hyperrogue-music", "0ad-data"]:
         with pytest.raises(ReservedPackageError):
             guard_package(name)
         with pytest.raises(ReservedPackageError):

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("profiles:profiles", "List built-in audiogram profiles or show a profile file."),
     "models": ("score:models", "List the shipped models with their size and measured accuracy."),
     "reference": ("reference:reference", "Exact intrusive HAAQI of processed audio against references."),
+    "corpus": ("corpus:corpus", "Fetch and render the training corpus; tracks and minutes per package."),
     "dataset": ("dataset:dataset", "Build, label and inspect the training corpus."),
     "train": ("training:train", "Train the teacher model on labelled data."),
     "distill": ("training:distill", "Distil the student model from the teacher."),

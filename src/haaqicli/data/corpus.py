@@ -3,7 +3,8 @@
 Layout (all under ``data/``, git-ignored)::
 
     data/corpus/packages/<pkg>/...   audio files extracted from Debian packages (install-corpus.sh)
-    data/corpus/rendered/<pkg>/...   MIDI packages rendered to FLAC with fluidsynth
+    data/corpus/rendered/<pkg>/...   MIDI, modules, raw PCM and music21 scores rendered to FLAC
+                                     (haaqicli.data.install; `make corpus`)
     data/manifest.parquet            one row per (clip, augmentation, degradation, audiogram, level) item
 
 An item is fully described by its manifest row: source file (+ sha256), offset, duration, content
@@ -40,11 +41,13 @@ from haaqicli.data import audiograms as ag
 from haaqicli.data import augment as aug
 from haaqicli.data import degrade
 from haaqicli.data.packages import (
+    AUDIO,
     TRAIN_PACKAGES,
     DatasetError,
     guard_package,
     guard_path,
     is_reserved,
+    package,
     split_of,
 )
 from haaqicli.errors import AudioError
@@ -137,6 +140,8 @@ def scan_corpus(corpus_dir: Path, packages: Sequence[str] | None = None,
                 continue
             if wanted is not None and name not in wanted:
                 continue
+            if area == "packages" and package(name).kind != AUDIO:
+                continue  # MIDI, modules, drum kits, loops: their music is what rendered/ holds
             for path in sorted(pkg_dir.rglob("*")):
                 if path.suffix.lower() not in SCAN_EXTENSIONS or not path.is_file() or path.is_symlink():
                     continue
