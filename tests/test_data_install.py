@@ -89,6 +89,23 @@ def test_prune_keeps_the_music_of_the_package_only(tmp_path: Path) -> None:
     assert not (root / "usr/share/doc").exists()  # empty folders go too
 
 
+def test_prune_unpacks_pk3_music_and_names_extensionless_audio(tmp_path: Path) -> None:
+    import zipfile
+
+    root = tmp_path / "pkg"
+    (root / "base").mkdir(parents=True)
+    with zipfile.ZipFile(root / "base" / "0music.pk3", "w") as zf:
+        zf.writestr("music/theme.ogg", b"OggS....")
+        zf.writestr("maps/level.bsp", b"map")
+        zf.writestr("../evil.ogg", b"OggS")  # never written outside the package
+    (root / "music").mkdir()
+    (root / "music" / "01").write_bytes(b"OggS\0\0\0")
+    (root / "music" / "default.xml").write_bytes(b"<xml/>")
+    install.prune(root, package("ufoai-music"))
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "base/0music/evil.ogg", "base/0music/music/theme.ogg", "music/01.ogg"]
+
+
 # ------------------------------------------------------------------------------------------
 # summary and failure on a package that yields no music
 

@@ -19,6 +19,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -98,9 +99,50 @@ class PackageSummary:
 # fetch
 
 
+# Leading bytes of audio files some packages ship without an extension (lincity-ng-data's music).
+AUDIO_MAGIC: dict[bytes, str] = {b"OggS": ".ogg", b"fLaC": ".flac", b"RIFF": ".wav", b"ID3": ".mp3"}
+ARCHIVES = (".pk3", ".zip")  # ufoai-music and nexuiz-music keep their music in Quake-style zip archives
+
+
+def unpack_archives(folder: Path) -> None:
+    """Extract the audio members of zip archives (.pk3) beside them, under the archive's stem; drop the
+    archives."""
+    keep = KEEP_EXTENSIONS[AUDIO]
+    for archive in sorted(p for p in folder.rglob("*") if p.suffix.lower() in ARCHIVES and p.is_file()):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.infolist():
+                    parts = [part for part in Path(member.filename).parts if part not in ("", ".", "..", "/")]
+                    if member.is_dir() or not parts or Path(parts[-1]).suffix.lower() not in keep:
+                        continue
+                    target = archive.parent / archive.stem / Path(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except zipfile.BadZipFile as error:
+            raise DatasetError(f"{archive.name}: not a readable zip archive ({error})") from None
+        archive.unlink()
+
+
+def name_by_content(folder: Path) -> None:
+    """Give extensionless audio files the extension their content says (OggS -> .ogg, ...)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and not p.suffix):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        suffix = next((ext for magic, ext in AUDIO_MAGIC.items() if head.startswith(magic)), None)
+        if suffix:
+            path.rename(path.with_name(path.name + suffix))
+
+
 def prune(folder: Path, pkg: Package) -> None:
     """Keep the package's music sources only (game data is mostly textures and models)."""
     keep = KEEP_EXTENSIONS[pkg.kind]
+    if pkg.kind == AUDIO:
+        for path in folder.rglob("*"):
+            if path.is_symlink():  # links into other packages (or other languages' copies) would dangle
+                path.unlink()
+        unpack_archives(folder)
+        name_by_content(folder)
     for path in sorted(folder.rglob("*"), reverse=True):
         if path.is_symlink():  # links into other packages would dangle
             path.unlink()
