@@ -245,6 +245,11 @@ def test_midi_variant_transposes_melody_not_drums_and_scales_tempo(tmp_path: Pat
     # Forcing a tempo: 120 BPM in, 150 BPM out.
     hits = render.rewrite_midi(tmp_path / "in.mid", tmp_path / "bpm.mid", render.MidiVariant("sf", bpm=150.0))
     assert hits[1][0] == pytest.approx(0.4)
+    # Truncation (after a 2x tempo change, so the tempo map matters): events up to 1.1 s, then silence.
+    short = render.rewrite_midi(tmp_path / "in.mid", tmp_path / "short.mid",
+                                render.MidiVariant("sf", tempo_factor=2.0, max_seconds=1.1))
+    assert [round(t, 3) for t, _, _ in short] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert mido.MidiFile(str(tmp_path / "short.mid")).length == pytest.approx(1.1, abs=0.01)
     silent = render.rewrite_midi(tmp_path / "in.mid", tmp_path / "nodrums.mid", variant, drop_drums=True)
     assert len(silent) == 8  # the hits are still reported, for the real kit
     played = [m for t in mido.MidiFile(str(tmp_path / "nodrums.mid")).tracks for m in t

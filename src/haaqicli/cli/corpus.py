@@ -15,11 +15,11 @@ from haaqicli.cli.common import EXIT_SOME_FAILED, one_line_errors
               help="Corpus root [default: data/corpus, or $HAAQI_DATA_DIR/corpus].")
 @click.option("--package", "packages", multiple=True, help="Only these packages (repeatable).")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Render processes.")
-@click.option("--scores", type=click.IntRange(0), default=200, show_default=True,
+@click.option("--scores", type=click.IntRange(0), default=120, show_default=True,
               help="music21 scores to render (a seeded subset of its corpus).")
-@click.option("--score-variants", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--score-variants", type=click.IntRange(1), default=2, show_default=True,
               help="Renders per score (soundfont, instruments, tempo and key differ).")
-@click.option("--loop-scores", type=click.IntRange(0), default=100, show_default=True,
+@click.option("--loop-scores", type=click.IntRange(0), default=50, show_default=True,
               help="Scores rendered again over a Sonic Pi loop.")
 @click.option("--seed", type=int, default=2026, show_default=True)
 @click.option("--summary", "summary_only", is_flag=True, help="Only print tracks and minutes per package.")

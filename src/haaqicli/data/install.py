@@ -22,10 +22,11 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -75,9 +76,11 @@ class InstallConfig:
     packages: Sequence[str] | None = None  # None: all of haaqicli.data.packages.PACKAGES
     workers: int = 2
     seed: int = 2026
-    scores: int = 200  # music21 scores rendered (a bounded, seeded subset of the corpus)
-    score_variants: int = 3  # renders per score: soundfont, instruments, tempo and key differ
-    loop_scores: int = 100  # scores rendered again with a Sonic Pi loop under them
+    scores: int = 120  # music21 scores rendered (a bounded, seeded subset of the corpus)
+    score_variants: int = 2  # renders per score: soundfont, instruments, tempo and key differ
+    loop_scores: int = 50  # scores rendered again with a Sonic Pi loop under them
+    midi_variants: int = 2  # renders per game MIDI file: as written (FluidR3), then seeded variants
+    max_render_s: float = 150.0  # clips need minutes of a piece, not whole movements (CPU time)
     soundfonts: tuple[str, ...] = tuple(SOUNDFONTS)
 
 
@@ -171,7 +174,7 @@ def fetch(pkg: Package, corpus_dir: Path, run: Callable[..., Any] = subprocess.r
         if result.returncode != 0 or not found:
             raise DatasetError(f"{pkg.name}: apt-get download failed ({(result.stderr or '').strip()[:200]})")
     deb = found[-1]
-    version = deb.name.split("_")[1]
+    version = unquote(deb.name.split("_")[1])  # apt writes the epoch colon as %3a
     (corpus_dir / "packages").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{pkg.name}.", dir=corpus_dir / "packages"))
     try:
@@ -205,14 +208,18 @@ def _midi_sources(corpus_dir: Path, names: Iterable[str]) -> list[tuple[str, Pat
 
 
 def midi_jobs(pkg: Package, corpus_dir: Path, config: InstallConfig) -> list[Job]:
-    """Each MIDI file once per soundfont: the first faithful, the others seeded variants."""
+    """Each MIDI file as written with the first soundfont, then `midi_variants - 1` seeded variants with
+    the others (soundfonts in a seeded rotation)."""
     src_dir = corpus_dir / "packages" / pkg.name
     jobs: list[Job] = []
+    others = config.soundfonts[1:] or config.soundfonts
     for mid in _files(src_dir, KEEP_EXTENSIONS[MIDI]):
         rel = mid.relative_to(src_dir).with_suffix(".flac")
-        for k, soundfont in enumerate(config.soundfonts):
+        offset = render.stable_seed(config.seed, "midi-soundfont", pkg.name, rel) % len(others)
+        for k in range(config.midi_variants):
+            soundfont = config.soundfonts[0] if k == 0 else others[(offset + k - 1) % len(others)]
             rng = np.random.default_rng(render.stable_seed(config.seed, "midi", pkg.name, rel, k))
-            variant = render.draw_variant(rng, soundfont, faithful=k == 0)
+            variant = replace(render.draw_variant(rng, soundfont, faithful=k == 0), max_seconds=config.max_render_s)
             out = corpus_dir / "rendered" / pkg.name / variant.tag / rel
             jobs.append((out, "render_midi", (mid, out, variant)))
     return jobs
@@ -226,7 +233,7 @@ def score_jobs(corpus_dir: Path, config: InstallConfig) -> list[Job]:
         for k in range(config.score_variants):
             soundfont = config.soundfonts[(offset + k) % len(config.soundfonts)]
             rng = np.random.default_rng(render.stable_seed(config.seed, "score", mid.stem, k))
-            variant = render.draw_variant(rng, soundfont)
+            variant = replace(render.draw_variant(rng, soundfont), max_seconds=config.max_render_s)
             out = corpus_dir / "rendered" / "music21" / variant.tag / f"{mid.stem}-v{k}.flac"
             jobs.append((out, "render_midi", (mid, out, variant)))
     return jobs
@@ -243,7 +250,8 @@ def drum_jobs(corpus_dir: Path, config: InstallConfig) -> list[Job]:
     for name, mid in sources:
         rng = np.random.default_rng(render.stable_seed(config.seed, "drums", name, mid.name))
         kit = kits[int(rng.integers(len(kits)))]
-        variant = render.draw_variant(rng, config.soundfonts[int(rng.integers(len(config.soundfonts)))])
+        variant = replace(render.draw_variant(rng, config.soundfonts[int(rng.integers(len(config.soundfonts)))]),
+                          max_seconds=config.max_render_s)
         rel = mid.relative_to(corpus_dir / "packages" / name).with_suffix("")
         out = corpus_dir / "rendered" / "hydrogen-drumkits" / name / f"{rel}-{_slug(kit.name)}.flac"
         jobs.append((out, "render_with_real_drums", (mid, out, variant, kit, float(rng.uniform(-4.0, 2.0)))))
@@ -263,7 +271,8 @@ def loop_jobs(corpus_dir: Path, config: InstallConfig) -> list[Job]:
         mid = scores[int(i)]
         rng = np.random.default_rng(render.stable_seed(config.seed, "loop", mid.stem))
         loop = loops[int(rng.integers(len(loops)))]
-        variant = render.draw_variant(rng, config.soundfonts[int(rng.integers(len(config.soundfonts)))])
+        variant = replace(render.draw_variant(rng, config.soundfonts[int(rng.integers(len(config.soundfonts)))]),
+                          max_seconds=config.max_render_s)
         out = corpus_dir / "rendered" / "sonic-pi-samples" / "music21" / f"{mid.stem}-{loop.stem}.flac"
         jobs.append((out, "render_score_with_loop", (mid, out, variant, loop, float(rng.uniform(-9.0, -3.0)))))
     return jobs
@@ -299,7 +308,7 @@ def run_job(job: Job) -> tuple[Path, str | None]:
             loop = render.read_mono(loop_path)
             _, bpm = render.loop_beats(len(loop) / render.SR)
             variant = render.MidiVariant(variant.soundfont, transpose=variant.transpose, programs=variant.programs,
-                                         bpm=bpm)
+                                         bpm=bpm, max_seconds=variant.max_seconds)
             render.render_with_loop(mid, out_path, variant, loop, loop_db)
         elif name == "render_tracker":
             render.render_tracker(*args)
@@ -481,7 +490,8 @@ def install(config: InstallConfig) -> list[PackageSummary]:
     payload = {"packages": [asdict(r) for r in rows], "tracks": sum(r.tracks for r in rows),
                "minutes": round(sum(r.minutes for r in rows), 1), "config": {
                    "seed": config.seed, "scores": config.scores, "score_variants": config.score_variants,
-                   "loop_scores": config.loop_scores, "soundfonts": list(config.soundfonts)}}
+                   "loop_scores": config.loop_scores, "midi_variants": config.midi_variants,
+                   "max_render_s": config.max_render_s, "soundfonts": list(config.soundfonts)}}
     atomic_write(corpus_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
     failed = [r.package for r in rows if r.failed]
     if failed:

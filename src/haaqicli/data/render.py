@@ -103,6 +103,7 @@ class MidiVariant:
     transpose: int = 0  # semitones, melodic channels only
     programs: tuple[tuple[int, int], ...] = ()  # (channel, GM program) overrides
     bpm: float | None = None  # force this tempo (quarter notes per minute) instead of tempo_factor
+    max_seconds: float | None = None  # end the render here (clips need minutes, not whole movements)
 
     @property
     def tag(self) -> str:
@@ -177,6 +178,8 @@ def rewrite_midi(src: Path, dst: Path, variant: MidiVariant, drop_drums: bool = 
     if missing:
         midi.tracks[0][0:0] = [mido.Message("program_change", channel=c, program=overrides[c], time=0)
                                for c in missing]
+    if variant.max_seconds is not None:
+        _truncate(midi, variant.max_seconds)
     hits: list[tuple[float, int, int]] = []
     now = 0.0
     for msg in midi:  # iteration yields seconds, tempo changes applied
@@ -191,6 +194,43 @@ def rewrite_midi(src: Path, dst: Path, variant: MidiVariant, drop_drums: bool = 
     dst.parent.mkdir(parents=True, exist_ok=True)
     midi.save(str(dst))
     return hits
+
+
+def _truncate(midi: Any, seconds: float) -> None:
+    """Drop every event after `seconds` (tempo map applied) and silence all channels there."""
+    import mido
+
+    tempo_map: list[tuple[int, int]] = [(0, 500_000)]  # (tick, tempo), from all tracks (type 1 files)
+    for track in midi.tracks:
+        tick = 0
+        for msg in track:
+            tick += msg.time
+            if msg.type == "set_tempo":
+                tempo_map.append((tick, msg.tempo))
+    tempo_map.sort(key=lambda item: item[0])
+    # The tick where `seconds` is reached.
+    elapsed, limit_tick = 0.0, None
+    for (tick, tempo), (next_tick, _) in zip(tempo_map, tempo_map[1:] + [(None, None)], strict=True):
+        span = None if next_tick is None else mido.tick2second(next_tick - tick, midi.ticks_per_beat, tempo)
+        if span is None or elapsed + span >= seconds:
+            limit_tick = tick + int(mido.second2tick(seconds - elapsed, midi.ticks_per_beat, tempo))
+            break
+        elapsed += span
+    for track in midi.tracks:
+        kept, tick, last = [], 0, 0
+        for msg in track:
+            tick += msg.time
+            if tick > limit_tick:
+                break
+            kept.append(msg)
+            last = tick
+        else:
+            continue  # the track ends before the limit
+        channels = sorted({m.channel for m in kept if hasattr(m, "channel")})
+        stop = [mido.Message("control_change", channel=c, control=123, value=0, time=0) for c in channels]
+        if stop:
+            stop[0] = stop[0].copy(time=limit_tick - last)
+        track[:] = [m for m in kept if m.type != "end_of_track"] + stop + [mido.MetaMessage("end_of_track", time=0)]
 
 
 def fluidsynth(midi: Path, soundfont: str, gain: float = 0.5) -> np.ndarray:
