@@ -276,11 +276,10 @@ def test_shipped_calibration_belongs_to_the_shipped_weights(name: str, monkeypat
 def test_calibration_set_is_seeded_resumable_and_labelled(use_tiny_weights: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
     from haaqicli.data import calibration_set as cs
-    from haaqicli.data.packages import ReservedPackageError, guard_package
+    from haaqicli.data.packages import split_of
 
     for package in cs.CALIBRATION_PACKAGES:  # calibration music is never training music
-        with pytest.raises(ReservedPackageError):
-            guard_package(package)
+        assert split_of(package) == "validation-real"
     with pytest.raises(HaaqiError, match="not a calibration package"):
         cs.fetch_package("flare-game", tmp_path)
     corpus = tmp_path / "corpus"
