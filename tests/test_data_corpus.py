@@ -443,3 +443,14 @@ def test_batched_labels_equal_process_labels_and_isolate_bad_items(corpus: Path,
         assert not row["error"] and row["label"] == pytest.approx(expected["label"], abs=1e-6)
         assert row["d_norm"] == pytest.approx(expected["d_norm"], abs=1e-6)
         assert row["label_seconds"] > 0
+
+
+def test_two_runs_in_one_second_never_overwrite_a_sealed_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shard names carry a time stamp; two runs of one process with the same stamp still add files."""
+    monkeypatch.setattr(lab.time, "time", lambda: 1_700_000_000.25)
+    for item in ("a", "b"):
+        writer = lab.ShardWriter(tmp_path, shard_size=10)
+        writer.add({"item_id": item, "label": 0.5, "label_seconds": 1.0, "error": ""})
+        writer.flush(seal=True)
+    assert sorted(lab.read_shards(tmp_path)["item_id"]) == ["a", "b"]
+    assert len(list(tmp_path.glob("shard-*.parquet"))) == 2 and not list(tmp_path.glob("open-*.parquet"))

@@ -243,7 +243,10 @@ class ShardWriter:
 
     def __init__(self, directory: Path, shard_size: int = SHARD_SIZE) -> None:
         self.directory, self.shard_size = Path(directory), shard_size
-        self.stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        # Microseconds in the stamp: two runs of one process within a second must not share shard names
+        # (a sealed shard is never overwritten); names still sort in time order, which read_shards relies on.
+        now = time.time()
+        self.stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{os.getpid()}"
         self.count = 0
         self.rows: list[dict[str, Any]] = []
         # Open shards of killed runs: their rows join this run's first shard, their files go after it is written.
@@ -252,6 +255,8 @@ class ShardWriter:
             self.rows += pd.read_parquet(path).to_dict(orient="records")
 
     def _path(self, kind: str) -> Path:
+        while kind == "shard" and (self.directory / f"shard-{self.stamp}-{self.count:04d}.parquet").exists():
+            self.count += 1  # never overwrite a sealed shard
         return self.directory / f"{kind}-{self.stamp}-{self.count:04d}.parquet"
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -260,13 +265,14 @@ class ShardWriter:
     def flush(self, seal: bool = False) -> None:
         if not self.rows:
             return
+        open_path = self._path("open")
         if seal or len(self.rows) >= self.shard_size:
             write_shard(self._path("shard"), self.rows)
-            self._path("open").unlink(missing_ok=True)
+            open_path.unlink(missing_ok=True)
             self.count += 1
             self.rows = []
         else:
-            write_shard(self._path("open"), self.rows)
+            write_shard(open_path, self.rows)
         for path in self.adopted:
             path.unlink(missing_ok=True)
         self.adopted = []
