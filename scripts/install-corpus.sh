@@ -23,7 +23,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if ! ffmpeg -hide_banner -formats 2>/dev/null | grep -qi libopenmpt; then
+# Capture first: with pipefail, `grep -q` closing the pipe early makes ffmpeg's SIGPIPE fail the test.
+formats="$(ffmpeg -hide_banner -formats 2>/dev/null || true)"
+if ! grep -qi libopenmpt <<<"$formats"; then
   echo "install-corpus: this ffmpeg cannot read tracker modules (no libopenmpt)" >&2
   exit 1
 fi
