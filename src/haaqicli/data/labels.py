@@ -33,9 +33,9 @@ from haaqicli.constants import DEFAULT_SPL
 from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
 from haaqicli.data.packages import DatasetError
 from haaqicli.levels import reference_level1
+from haaqicli.reference.formula import TERMS
 
 HaaqiFn = Callable[..., Any]
-TERMS = ("cep_high", "bm_sync5", "d_loud", "d_norm")
 SHARD_COLUMNS = ["item_id", "label", *TERMS, "label_seconds", "error"]
 # Labelling order of the splits when none is named: validation first, so calibration and
 # evaluation can start while the training items are still being labelled.

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 from haaqicli.errors import ModelError
 from haaqicli.models.beats import BEATs, BEATsConfig
+from haaqicli.models.hearing import BandConditioning, BandLevels
+from haaqicli.models.terms import score_logit, term_scores
 
 # Audiogram input scaling: dB HL / 100 keeps -10..120 dB HL within about [-0.1, 1.2].
 AUDIOGRAM_SCALE = 100.0
@@ -40,6 +42,10 @@ class HeadConfig:
     lstm_hidden: int = 128
     attn_heads: int = 4
     dropout: float = 0.1
+    # Off in the shipped models; new models turn them on (see models.terms and models.hearing).
+    terms: bool = False  # predict HAAQI's four sub-terms and combine them with its formula
+    bands: int = 0  # > 0: hearing-loss conditioning on this many auditory band levels
+    d_bands: int = 32  # width of the band-conditioning features joining the BLSTM input
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
@@ -54,10 +60,23 @@ class HAAQINetOutput:
     hidden: list[Tensor] = field(default_factory=list)  # encoder hidden states, frame level (B, F, D)
     clip_logit: Tensor | None = None  # (B,)
     frame_logits: Tensor | None = None  # (B, F)
+    terms: Tensor | None = None  # (B, 4) sub-terms (models.terms.TERMS order), with head.terms
+    frame_terms: Tensor | None = None  # (B, F, 4)
+
+
+@dataclass
+class HeadScores:
+    clip_logit: Tensor  # (B,)
+    frame_logits: Tensor  # (B, F)
+    clip: Tensor  # (B,) in [0, 1]
+    frames: Tensor  # (B, F)
+    terms: Tensor | None = None
+    frame_terms: Tensor | None = None
 
 
 class HAAQIHead(nn.Module):
-    """Everything after the encoder. Input: a list of frame-level hidden states (B, F, D)."""
+    """Everything after the encoder. Input: a list of frame-level hidden states (B, F, D), followed,
+    with `cfg.bands`, by the band levels (B, F, bands) of `hearing.BandLevels`."""
 
     def __init__(self, n_layers: int, d_in: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -67,19 +86,31 @@ class HAAQIHead(nn.Module):
         self.adapter = nn.Sequential(nn.Linear(d_in, cfg.d_adapter), nn.GELU(), nn.Dropout(cfg.dropout),
                                      nn.Linear(cfg.d_adapter, cfg.d_adapter))
         self.audiogram_proj = nn.Sequential(nn.Linear(n_ag, cfg.d_audiogram), nn.GELU())
-        self.blstm = nn.LSTM(cfg.d_adapter + cfg.d_audiogram, cfg.lstm_hidden, batch_first=True,
+        self.band_conditioning = None
+        if cfg.bands:
+            self.band_conditioning = BandConditioning(cfg.bands, cfg.d_bands)
+        d_bands = cfg.d_bands if cfg.bands else 0
+        self.blstm = nn.LSTM(cfg.d_adapter + cfg.d_audiogram + d_bands, cfg.lstm_hidden, batch_first=True,
                              bidirectional=True)
         d = 2 * cfg.lstm_hidden
         self.attn = nn.MultiheadAttention(d, cfg.attn_heads, dropout=cfg.dropout, batch_first=True)
         self.attn_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.frame_proj = nn.Linear(d, 1)
+        self.frame_proj = nn.Linear(d, 4 if cfg.terms else 1)  # 4: one logit per HAAQI sub-term
         self.pool_proj = nn.Linear(d, 1)
         nn.init.zeros_(self.pool_proj.weight)
         nn.init.zeros_(self.pool_proj.bias)
 
     def forward(self, hidden: list[Tensor], audiogram: Tensor) -> tuple[Tensor, Tensor]:
-        """-> (clip_logit (B,), frame_logits (B, F))."""
+        """-> (clip_logit (B,), frame_logits (B, F)): sigmoid gives the scores."""
+        scores = self.scores(hidden, audiogram)
+        return scores.clip_logit, scores.frame_logits
+
+    def scores(self, hidden: list[Tensor], audiogram: Tensor) -> HeadScores:
+        """Scores (and, with `cfg.terms`, sub-terms) of the clip and of every frame."""
+        levels = None
+        if self.band_conditioning is not None:
+            hidden, levels = hidden[:-1], hidden[-1]
         if len(hidden) != self.layer_weights.numel():
             raise ModelError(f"head expects {self.layer_weights.numel()} encoder layers, got {len(hidden)}")
         w = torch.softmax(self.layer_weights, dim=0)
@@ -87,14 +118,40 @@ class HAAQIHead(nn.Module):
         x = sum(w[i] * F.layer_norm(h, h.shape[-1:]) for i, h in enumerate(hidden))
         x = self.adapter(x)
         ag = self.audiogram_proj(audiogram.to(x.dtype) / AUDIOGRAM_SCALE)
-        x = torch.cat([x, ag.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
-        x, _ = self.blstm(x)
+        parts = [x, ag.unsqueeze(1).expand(-1, x.shape[1], -1)]
+        if levels is not None:
+            parts.append(self.band_conditioning(levels[:, : x.shape[1]], audiogram).to(x.dtype))
+        x, _ = self.blstm(torch.cat(parts, dim=-1))
         a, _ = self.attn(x, x, x, need_weights=False)
         x = self.attn_norm(x + self.dropout(a))
-        frame_logits = self.frame_proj(x).squeeze(-1)
         alpha = torch.softmax(self.pool_proj(x).squeeze(-1), dim=-1)
+        if self.cfg.terms:
+            t = term_scores(self.frame_proj(x), alpha)
+            return HeadScores(score_logit(t.clip), score_logit(t.frames), t.clip, t.frames, t.clip_terms,
+                              t.frame_terms)
+        frame_logits = self.frame_proj(x).squeeze(-1)
         clip_logit = (alpha * frame_logits).sum(-1)
-        return clip_logit, frame_logits
+        return HeadScores(clip_logit, frame_logits, torch.sigmoid(clip_logit), torch.sigmoid(frame_logits))
+
+    def output(self, hidden: list[Tensor], features: list[Tensor], audiogram: Tensor) -> HAAQINetOutput:
+        """The model output for encoder `hidden` states and the head's `features` (hidden, then any
+        band levels)."""
+        s = self.scores(features, audiogram)
+        return HAAQINetOutput(s.clip, s.frames, hidden, s.clip_logit, s.frame_logits, s.terms, s.frame_terms)
+
+
+def with_band_levels(model: nn.Module, wave: Tensor, hidden: list[Tensor]) -> list[Tensor]:
+    """`hidden`, followed by the wave's band levels at the hidden states' frame rate when the model's
+    head conditions on them (the encode() contract: the engine hands the list to the head as is)."""
+    bands = getattr(model, "band_levels", None)
+    return hidden if bands is None else [*hidden, bands(wave, hidden[0].shape[1])]
+
+
+def attach_band_levels(model: nn.Module, sample_rate: int, head_cfg: HeadConfig) -> None:
+    """Give a model whose head conditions on band levels the front end that measures them."""
+    model.band_levels = None
+    if head_cfg.bands:
+        model.band_levels = BandLevels(sample_rate, head_cfg.bands)
 
 
 def beats_frame_hidden(encoder: BEATs, wave: Tensor) -> list[Tensor]:
@@ -119,6 +176,7 @@ class HAAQINet(nn.Module):
             raise ModelError("HAAQINet needs a pre-trained (not fine-tuned classifier) BEATs encoder")
         self.head_cfg = head_cfg if isinstance(head_cfg, HeadConfig) else HeadConfig.from_dict(head_cfg)
         self.head = HAAQIHead(self.encoder.num_layers + 1, self.encoder.output_dim, self.head_cfg)
+        attach_band_levels(self, self.encoder.sample_rate, self.head_cfg)
 
     @property
     def sample_rate(self) -> int:
@@ -133,14 +191,12 @@ class HAAQINet(nn.Module):
         return cls(config["encoder"], config["head"])
 
     def encode(self, wave: Tensor) -> list[Tensor]:
-        return beats_frame_hidden(self.encoder, wave)
+        return with_band_levels(self, wave, beats_frame_hidden(self.encoder, wave))
 
     def forward(self, wave: Tensor, audiogram: Tensor) -> HAAQINetOutput:
         """wave (B, T) at `sample_rate` (24 kHz for our models), audiogram (B, 8) dB HL."""
-        hidden = self.encode(wave)
-        clip_logit, frame_logits = self.head(hidden, audiogram)
-        return HAAQINetOutput(torch.sigmoid(clip_logit), torch.sigmoid(frame_logits), hidden,
-                              clip_logit, frame_logits)
+        features = self.encode(wave)
+        return self.head.output(features[: self.encoder.num_layers + 1], features, audiogram)
 
 
 def haaqinet_loss(out: HAAQINetOutput, target: Tensor, frame_weight: float = 1.0) -> Tensor:

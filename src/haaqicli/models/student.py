@@ -15,13 +15,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haaqicli.errors import ModelError
 from haaqicli.models.beats import BEATsConfig, KaldiFbank, TransformerEncoder
-from haaqicli.models.haaqinet import HAAQIHead, HAAQINetOutput, HeadConfig, check_known_fields
+from haaqicli.models.haaqinet import (
+    HAAQIHead,
+    HAAQINetOutput,
+    HeadConfig,
+    attach_band_levels,
+    check_known_fields,
+    with_band_levels,
+)
 
 
 @dataclass
@@ -146,6 +152,7 @@ class StudentNet(nn.Module):
         # Prediction heads (DistilHuBERT): only used by the distillation loss, tiny at inference.
         self.distill_heads = nn.ModuleList(
             [nn.Linear(encoder_cfg.encoder_embed_dim, distill_cfg.teacher_dim) for _ in distill_cfg.targets])
+        attach_band_levels(self, encoder_cfg.sample_rate, self.head_cfg)
 
     @property
     def sample_rate(self) -> int:
@@ -165,13 +172,11 @@ class StudentNet(nn.Module):
         return cls(config["encoder"], config["head"], config.get("distill"))
 
     def encode(self, wave: Tensor) -> list[Tensor]:
-        return self.encoder(wave)
+        return with_band_levels(self, wave, self.encoder(wave))
 
     def forward(self, wave: Tensor, audiogram: Tensor) -> HAAQINetOutput:
-        hidden = self.encode(wave)
-        clip_logit, frame_logits = self.head(hidden, audiogram)
-        return HAAQINetOutput(torch.sigmoid(clip_logit), torch.sigmoid(frame_logits), hidden,
-                              clip_logit, frame_logits)
+        features = self.encode(wave)
+        return self.head.output(features[: self.encoder.num_layers + 1], features, audiogram)
 
     def predict_teacher_hidden(self, hidden: Sequence[Tensor]) -> list[Tensor]:
         return [head(hidden[s]) for head, (s, _) in zip(self.distill_heads, self.distill_cfg.targets, strict=True)]

@@ -17,13 +17,17 @@ import scipy.fft as sfft
 from numba import njit
 from scipy.signal import butter, cheby2, lfilter, resample_poly
 
+from haaqicli.reference.formula import (  # noqa: F401  (re-exported: the ear's constants)
+    EAR_Q,
+    HAAQI_FREQUENCIES,
+    MIN_BW,
+    N_BANDS,
+    center_frequencies,
+    nalr_gain_db,
+)
 from haaqicli.reference.parallel import map_rows, run_all
 
 FS = 24_000.0  # the model's internal sample rate (Hz)
-N_BANDS = 32
-HAAQI_FREQUENCIES = np.array([250.0, 500.0, 1000.0, 2000.0, 4000.0, 6000.0])
-EAR_Q = 9.26449
-MIN_BW = 24.7
 SMALL = 1e-30
 
 
@@ -55,14 +59,6 @@ def _jit(**options):
 
 
 # ----------------------------------------------------------------------------- parameters
-
-
-def center_frequencies(n_bands: int = N_BANDS, low: float = 80.0, high: float = 8000.0) -> np.ndarray:
-    """ERB-spaced centre frequencies (Slaney's formula), ascending from `low` to `high`."""
-    q = EAR_Q * MIN_BW
-    k = np.arange(1, n_bands)
-    cf = -q + np.exp(k * (np.log(low + q) - np.log(high + q)) / (n_bands - 1)) * (high + q)
-    return np.concatenate(([high], cf))[::-1]
 
 
 def loss_parameters(loss6: np.ndarray, cf: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -181,10 +177,7 @@ def nalr_filter(loss6: np.ndarray, n_fir: int = 140) -> np.ndarray:
         fir = np.zeros(n_fir + 1)
         fir[n_fir // 2] = 1.0
         return fir
-    bias = np.array([-17.0, -8.0, 1.0, -1.0, -2.0, -2.0])
-    critical = loss6[1] + loss6[2] + loss6[3]
-    x_ave = 0.05 * critical if critical <= 180 else 9.0 + 0.116 * (critical - 180)
-    gain_db = np.maximum(x_ave + 0.31 * loss6 + bias, 0.0)
+    gain_db = nalr_gain_db(loss6)
     fmax = 0.5 * FS
     grid = np.concatenate(([0.0], HAAQI_FREQUENCIES, [fmax]))
     values = np.concatenate(([gain_db[0]], gain_db, [gain_db[-1]]))

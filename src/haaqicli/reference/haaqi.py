@@ -15,39 +15,22 @@ from typing import Any
 import numpy as np
 from scipy.signal import fftconvolve, firwin
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
 from haaqicli.devices import cuda_device
-from haaqicli.errors import AudioError, ProfileError
+from haaqicli.errors import AudioError
 from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import (
     FS,
-    HAAQI_FREQUENCIES,
     NOISE_MODES,
     _jit,
     center_frequencies,
     ear_model,
     front_end,
 )
+from haaqicli.reference.formula import combine_clipped_terms, haaqi_loss  # noqa: F401  (haaqi_loss: public here)
 from haaqicli.reference.parallel import map_rows, run_all
 
 SILENCE_THRESHOLD = 2.5  # dB SL summed over bands: segments below are ignored
 MIN_SECONDS = 0.1
-
-
-def haaqi_loss(audiogram: Any) -> np.ndarray:
-    """Hearing loss at HAAQI's six frequencies from 8 levels at AUDIOGRAM_FREQUENCIES (or an object
-    with `.as_array()`). Log-frequency linear interpolation like pyclarity's `Audiogram.resample`;
-    since the six frequencies are a subset of the eight, it simply drops 3 kHz and 8 kHz."""
-    levels = np.asarray(audiogram.as_array() if hasattr(audiogram, "as_array") else audiogram, dtype=float)
-    if levels.shape != (len(AUDIOGRAM_FREQUENCIES),):
-        raise ProfileError(
-            f"audiogram must have {len(AUDIOGRAM_FREQUENCIES)} levels at {AUDIOGRAM_FREQUENCIES} Hz, "
-            f"got shape {levels.shape}"
-        )
-    if not np.all(np.isfinite(levels)):
-        raise ProfileError("audiogram contains a non-finite level")
-    freqs = np.log(np.asarray(AUDIOGRAM_FREQUENCIES, dtype=float))
-    return np.interp(np.log(HAAQI_FREQUENCIES), freqs, levels, left=levels[0], right=levels[-1])
 
 
 # ----------------------------------------------------------------------------- segmenting
@@ -348,9 +331,7 @@ def combine_terms(cep_high: float, sync5: float, d_loud_std: float, d_norm_std: 
     """The published combination of the nonlinear (envelope, fine structure) and linear (spectrum) terms."""
     d_loud = min(max(1.0 - d_loud_std / 2.5, 0.0), 1.0)
     d_norm = min(max(1.0 - d_norm_std / 25.0, 0.0), 1.0)
-    nonlinear = 0.754 * cep_high**3 + 0.246 * sync5
-    linear = 0.329 * d_loud + 0.671 * d_norm
-    score = 0.336 * nonlinear + 0.001 * linear + 0.501 * nonlinear**2 + 0.161 * linear**2
+    score, nonlinear, linear = combine_clipped_terms(cep_high, sync5, d_loud, d_norm)
     return {
         "score": float(score),
         "cep_high": float(cep_high),
