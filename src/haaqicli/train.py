@@ -13,11 +13,12 @@ Model selection never looks at the validation packages: a small "dev" part of th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,14 @@ class TrainConfig:
     teacher: str = "teacher"  # distillation only: registry name of the teacher
     init: str | None = None  # warm start: registry name or .safetensors file (matching tensors copied)
     dropout: float | None = None  # overrides every dropout rate of the model config; None = the config's
+    arch: str = "haaqinet"  # train_teacher: the architecture trained on labels (a student needs no teacher)
+    terms: bool | None = None  # sets the head's term heads on/off; None = the model config's
+    bands: int | None = None  # sets the head's hearing-loss band conditioning (0 = off); None = the config's
+    term_weight: float = 1.0  # weight of the sub-term loss (term-head models)
+    rank_weight: float = 0.0  # weight of the ranking loss beside MSE (0 = off)
+    rank_loss: str = "pairwise"  # "pairwise" (RankNet on label-ordered pairs) or "correlation" (1 - LCC)
+    selection: str = "dev"  # checkpoints chosen on: "dev" (held-out training tracks) or "SPLIT:PACKAGE"
+    train_items: int | None = None  # learning curves: the first N items of a fixed shuffle of the training items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +107,7 @@ class Split:
     labels: torch.Tensor  # (N,) HAAQI
     meta: pd.DataFrame
     rows: np.ndarray | None = None  # the rows of `waves` this split holds, in order; None = all
+    terms: torch.Tensor | None = None  # (N, 4) HAAQI sub-terms (TERMS order), NaN where not labelled
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,7 +131,12 @@ class Split:
         index = np.flatnonzero(mask)
         rows = index if self.rows is None else self.rows[index]
         return Split(self.waves, self.audiograms[index], self.labels[index],
-                     self.meta.iloc[index].reset_index(drop=True), rows)
+                     self.meta.iloc[index].reset_index(drop=True), rows,
+                     None if self.terms is None else self.terms[index])
+
+    def term_batch(self, index: np.ndarray | torch.Tensor) -> torch.Tensor | None:
+        """Sub-terms of items `index`, (k, 4) with NaN rows where unknown; None without term labels."""
+        return None if self.terms is None else self.terms[torch.as_tensor(np.asarray(index, dtype=np.int64))]
 
 
 def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print) -> Split:
@@ -133,7 +148,17 @@ def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | No
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
-                 torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True))
+                 torch.from_numpy(np.asarray(labels, dtype=np.float32)), meta.reset_index(drop=True),
+                 terms=term_labels(meta))
+
+
+def term_labels(meta: pd.DataFrame) -> torch.Tensor | None:
+    """The label shards' sub-terms of these items as (N, 4) float32 (NaN where an item has none)."""
+    from haaqicli.reference.formula import TERMS
+
+    if not set(TERMS) <= set(meta.columns):
+        return None
+    return torch.from_numpy(meta[list(TERMS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32))
 
 
 def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
@@ -141,6 +166,50 @@ def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = pri
     data = load_split(manifest, "train", log)
     mask = dev_mask(data.meta)
     return data.subset(~mask), data.subset(mask)
+
+
+def selection_split(manifest: str | Path, selection: str, log: Callable[[str], None] | None = print) -> Split:
+    """The labelled items named by ``SPLIT:PACKAGE[,PACKAGE...]`` that choose checkpoints. Only
+    validation-real packages that are not reporting-only may steer a choice (ufoai-music): the
+    reporting packages (nexuiz-music) and the game validation split never do."""
+    from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
+
+    split, _, names = selection.partition(":")
+    packages = [p for p in names.split(",") if p]
+    if split != VALIDATION_REAL or not packages:
+        raise HaaqiError(f"--selection {selection}: expected dev or {VALIDATION_REAL}:PACKAGE[,PACKAGE]")
+    reporting = sorted(set(packages) & set(REPORTING_ONLY_PACKAGES))
+    if reporting:
+        raise HaaqiError(f"--selection {selection}: {', '.join(reporting)} is for reporting only, it never "
+                         "chooses a checkpoint")
+    data = load_split(manifest, split, log)
+    chosen = data.subset(data.meta["package"].isin(packages).to_numpy())
+    if not len(chosen):
+        raise HaaqiError(f"--selection {selection}: no labelled items of {', '.join(packages)} in {manifest}")
+    return chosen
+
+
+def first_items(data: Split, count: int, seed: int = 0) -> Split:
+    """The first `count` items of a fixed shuffle (seeded): smaller counts are subsets of larger
+    ones, so a learning curve adds labels instead of drawing new ones."""
+    if count < 1:
+        raise HaaqiError(f"train_items {count}: must be at least 1")
+    order = np.random.default_rng(seed).permutation(len(data))
+    mask = np.zeros(len(data), dtype=bool)
+    mask[order[:count]] = True
+    return data.subset(mask)
+
+
+def load_train_selection(config: TrainConfig, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
+    """(training items, checkpoint-selection items) of a run: with selection "dev" the held-out
+    tracks of the training packages, else `selection_split`; `train_items` limits the training items."""
+    if config.selection == "dev":
+        train, select = load_train_dev(config.manifest, log)
+    else:
+        train, select = load_split(config.manifest, "train", log), selection_split(config.manifest, config.selection, log)
+    if config.train_items is not None:
+        train = first_items(train, config.train_items, config.seed)
+    return train, select
 
 
 def dev_mask(meta: pd.DataFrame, fraction: float = DEV_FRACTION) -> np.ndarray:
@@ -166,14 +235,40 @@ def _lr_at(step: int, progress: float, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, data: Split, batch_size: int = 32, device: torch.device | None = None) -> np.ndarray:
+    return predict_with_terms(model, data, batch_size, device)[0]
+
+
+@torch.inference_mode()
+def predict_with_terms(model: nn.Module, data: Split, batch_size: int = 32, device: torch.device | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Clip scores (N,) and, from a term-head model, its predicted sub-terms (N, 4), else None."""
     model.eval()
     device = device or next(model.parameters()).device
-    out = []
+    scores, terms = [], []
     for wave, gram in data.batches(batch_size):
-        out.append(model(wave.to(device), gram.to(device)).clip.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        out = model(wave.to(device), gram.to(device))
+        scores.append(out.clip.float().cpu().numpy())
+        if out.terms is not None:
+            terms.append(out.terms.float().cpu().numpy())
+    return (np.concatenate(scores) if scores else np.zeros(0)), (np.concatenate(terms) if terms else None)
+
+
+def term_errors(meta: pd.DataFrame, predicted: np.ndarray, labelled: np.ndarray, column: str = "degradation"
+                ) -> dict[str, dict[str, dict[str, float]]]:
+    """Which sub-term carries each family's error: per family and term, the bias (predicted - true)
+    and MSE over items with labelled sub-terms (e.g. reverb should sit in cep_high/bm_sync5)."""
+    from haaqicli.reference.formula import TERMS
+
+    families = meta[column].astype(str).str.split(":").str[0] if column in meta else pd.Series("all", index=meta.index)
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    known = np.all(np.isfinite(labelled), axis=1)
+    for family in sorted(families[known].unique()):
+        rows = (families == family).to_numpy() & known
+        error = predicted[rows] - labelled[rows]
+        result[str(family)] = {term: {"n": int(rows.sum()), "bias": float(error[:, k].mean()),
+                                      "mse": float(np.mean(error[:, k] ** 2))} for k, term in enumerate(TERMS)}
+    return result
 
 
 def fit(
@@ -269,6 +364,27 @@ def with_dropout(model_config: dict[str, Any], rate: float | None) -> dict[str, 
             for part, values in model_config.items()}
 
 
+def with_head_options(model_config: dict[str, Any], terms: bool | None, bands: int | None) -> dict[str, Any]:
+    """`model_config` with the head's term heads and band conditioning set where not None."""
+    head = {**model_config.get("head", {}), **({"terms": bool(terms)} if terms is not None else {}),
+            **({"bands": int(bands)} if bands is not None else {})}
+    if bands is not None and bands < 0:
+        raise HaaqiError(f"--bands {bands}: must be 0 (off) or a band count")
+    return {**model_config, "head": head}
+
+
+def model_config(config: TrainConfig, default: dict[str, Any]) -> dict[str, Any]:
+    """The model config of a run: `config.config` (else the architecture's default) with its dropout,
+    term-head and band-conditioning options applied."""
+    return with_head_options(with_dropout(dict(config.config or default), config.dropout), config.terms, config.bands)
+
+
+def objective_of(config: TrainConfig):  # type: ignore[no-untyped-def]
+    from haaqicli.objectives import Objective
+
+    return Objective(config.frame_weight, config.term_weight, config.rank_weight, config.rank_loss)
+
+
 def _setup(config: TrainConfig) -> torch.device:
     from haaqicli.models.registry import resolve_device
 
@@ -331,25 +447,33 @@ def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best
     return save_model(model.cpu(), info, config.weights_dir).to_dict()
 
 
+def _device_terms(data: Split, index: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    terms = data.term_batch(index)
+    return None if terms is None else terms.to(device)
+
+
 def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Train the teacher on the manifest's labelled training split and export it to the registry."""
-    from haaqicli.models.haaqinet import haaqinet_loss
-    from haaqicli.models.registry import TEACHER_CONFIG, build_model
+    """Train a model (the teacher, or any registered architecture: `config.arch`) on the manifest's
+    labelled training split and export it to the registry."""
+    from haaqicli.models.registry import STUDENT_CONFIG, TEACHER_CONFIG, build_model
+    from haaqicli.objectives import label_objective
 
     device = _setup(config)
-    train, dev = load_train_dev(config.manifest, log)
-    log(f"teacher: {len(train)} training clips, {len(dev)} dev clips (held-out tracks of training packages)")
-    model = build_model("haaqinet", with_dropout(config.config or TEACHER_CONFIG, config.dropout)).to(device)
+    objective = objective_of(config)
+    train, dev = load_train_selection(config, log)
+    log(f"{config.arch}: {len(train)} training clips, {len(dev)} clips choose checkpoints ({config.selection})")
+    default = STUDENT_CONFIG if config.arch == "haaqinet-student" else TEACHER_CONFIG
+    model = build_model(config.arch, model_config(config, default)).to(device)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
-        return haaqinet_loss(out, train.labels[index].to(device), frame_weight=config.frame_weight), {}
+        return label_objective(out, train.labels[index].to(device), _device_terms(train, index, device), objective)
 
     state = fit(model, train, dev, config, step_loss, log)
-    return _export(model, config, "haaqinet", train, state["best"],
-                   {"epochs_run": state["epoch"], "steps_run": state["step"]})
+    return _export(model, config, config.arch, train, state["best"],
+                   {"epochs_run": state["epoch"], "steps_run": state["step"], "selection": config.selection})
 
 
 @dataclass
@@ -417,12 +541,16 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     the main targets; the true label is an extra term."""
     from haaqicli.models.registry import STUDENT_CONFIG, build_model, load_model
     from haaqicli.models.student import distillation_loss
+    from haaqicli.objectives import label_objective
 
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
-    train, dev = load_train_dev(config.manifest, log)
-    student_config = with_dropout(dict(config.config or STUDENT_CONFIG), config.dropout)
+    train, dev = load_train_selection(config, log)
+    student_config = model_config(config, STUDENT_CONFIG)
+    # The true labels' term: the clip score (no frame term: the teacher's frames are the frame targets),
+    # plus sub-terms and ranking where the run asks for them.
+    objective = dataclasses.replace(objective_of(config), frame_weight=0.0)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model = build_model("haaqinet-student", student_config).to(device)
@@ -437,12 +565,14 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
         loss, parts = distillation_loss(out, targets.select(index, device), model)
-        loss = loss + config.label_weight * nn.functional.mse_loss(out.clip, train.labels[index].to(device))
-        return loss, parts
+        labelled, _ = label_objective(out, train.labels[index].to(device), _device_terms(train, index, device),
+                                      objective)
+        return loss + config.label_weight * labelled, parts
 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, "haaqinet-student", train, state["best"],
-                   {"epochs_run": state["epoch"], "steps_run": state["step"], "teacher_sha256": teacher_info.sha256})
+                   {"epochs_run": state["epoch"], "steps_run": state["step"], "teacher_sha256": teacher_info.sha256,
+                    "selection": config.selection})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,18 +621,27 @@ def evaluate_model(
     weights_dir: str | None = None,
     device: str = "auto",
     batch_size: int = 32,
+    exclude_packages: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Metrics of a registered model against true labels (see `evaluation_metrics`)."""
+    """Metrics of a registered model against true labels (see `evaluation_metrics`), leaving out the
+    items of `exclude_packages` (e.g. the package that chose the checkpoints)."""
     from haaqicli.models.registry import load_model, resolve_device
 
     dev = resolve_device(device)
     model, info = load_model(name, device=dev, weights_dir=weights_dir)
     data = load_split(manifest, split, log=None)
-    predicted = predict(model, data, batch_size, dev)
+    if exclude_packages:
+        data = data.subset(~data.meta["package"].isin(list(exclude_packages)).to_numpy())
+        if not len(data):
+            raise HaaqiError(f"{manifest}: split {split!r} has no labelled items outside {', '.join(exclude_packages)}")
+    predicted, terms = predict_with_terms(model, data, batch_size, dev)
     meta = data.meta.assign(predicted=predicted, label=data.labels.numpy())
-    return {"model": name, "sha256": info.sha256, "split": split,
-            "packages": sorted(meta["package"].unique().tolist()), "paper": PAPER_FIGURES.get(name),
-            **evaluation_metrics(meta)}
+    result = {"model": name, "sha256": info.sha256, "split": split,
+              "packages": sorted(meta["package"].unique().tolist()), "paper": PAPER_FIGURES.get(name),
+              **evaluation_metrics(meta)}
+    if terms is not None and data.terms is not None:
+        result["term_errors"] = term_errors(data.meta, terms, data.terms.numpy())
+    return result
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
@@ -528,4 +667,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
     for column in ("package", "degradation", "severity", "profile"):
         for key, m in result.get(f"by_{column}", {}).items():
             lines.append(line(f"  {column}={key}", m))
+    if result.get("term_errors"):
+        from haaqicli.reference.formula import TERMS
+
+        lines.append(f"{'sub-term error: bias (MSE)':34s} " + " ".join(f"{t:>17s}" for t in TERMS))
+        for family, per_term in result["term_errors"].items():
+            lines.append(f"{'  degradation=' + family:34s} " + " ".join(
+                f"{per_term[t]['bias']:+7.3f} ({per_term[t]['mse']:.4f})" for t in TERMS))
     return "\n".join(lines)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training:train", "Train the teacher model on labelled data."),
     "distill": ("training:distill", "Distil the student model from the teacher."),
     "evaluate": ("training:evaluate", "LCC/SRCC/MSE of a model on the validation packages."),
+    "ablate": ("training:ablate", "Ablation table and learning curve of the model changes."),
     "calibrate": ("calibrate:calibrate", "Fit and check the intervals of predicted scores on labelled music."),
     "bench": ("bench:bench", "Time scoring against pyclarity's HAAQI in the same run."),
     "check": ("gate:check", "CI gate: fail when quality drops below thresholds or a baseline."),

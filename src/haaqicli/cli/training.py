@@ -32,6 +32,24 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--init", default=None,
                          help="Warm start: a registered model name or a .safetensors file; every tensor whose "
                               "name and shape match is copied before training."),
+            click.option("--terms/--no-terms", default=None,
+                         help="Term heads: predict HAAQI's sub-terms (cep_high, bm_sync5, d_loud, d_norm) and "
+                              "combine them with HAAQI's formula [default: the model config's]."),
+            click.option("--bands", type=click.IntRange(0, 128), default=None,
+                         help="Hearing-loss conditioning on this many auditory band levels (NAL-R gain and "
+                              "audiogram per band, FiLM); 0 = off [default: the model config's]."),
+            click.option("--term-weight", type=click.FloatRange(0.0), default=1.0, show_default=True,
+                         help="Weight of the sub-term loss (items without sub-terms are masked out)."),
+            click.option("--rank-weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
+                         help="Weight of an in-batch ranking loss beside MSE (0 = off)."),
+            click.option("--rank-loss", type=click.Choice(["pairwise", "correlation"]), default="pairwise",
+                         show_default=True, help="pairwise: RankNet on label-ordered pairs; correlation: 1 - LCC."),
+            click.option("--selection", default="dev", show_default=True,
+                         help="Items that choose the checkpoint: dev (held-out training tracks) or "
+                              "validation-real:ufoai-music (reporting packages never choose)."),
+            click.option("--train-items", type=click.IntRange(1), default=None,
+                         help="Train on the first N items of a fixed shuffle of the training items "
+                              "(learning curves)."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -50,6 +68,11 @@ def _config(name: str, run_dir: str | None, config_json: str | None, **kwargs): 
     from haaqicli.train import TrainConfig
 
     kwargs["manifest"] = _manifest(kwargs.get("manifest"))
+    return TrainConfig(name=name, run_dir=run_dir or f"runs/{name}", config=_model_config(config_json), **kwargs)
+
+
+def _model_config(config_json: str | None) -> dict:
+    """--config: a JSON object given inline or as a file; {} without it."""
     model_config = {}
     if config_json:
         try:
@@ -60,12 +83,14 @@ def _config(name: str, run_dir: str | None, config_json: str | None, **kwargs): 
             model_config = json.loads(text)
         except json.JSONDecodeError as error:
             raise click.BadParameter(f"not JSON: {error}", param_hint="--config") from None
-    return TrainConfig(name=name, run_dir=run_dir or f"runs/{name}", config=model_config, **kwargs)
+    return model_config
 
 
 @click.command()
 @run_options("teacher", 30, 5e-4)
 @click.option("--frame-weight", type=float, default=0.5, show_default=True, help="Weight of the frame loss.")
+@click.option("--arch", type=click.Choice(["haaqinet", "haaqinet-student"]), default="haaqinet", show_default=True,
+              help="Architecture trained on the labels (haaqinet-student: the small model, without a teacher).")
 @one_line_errors
 def train(name: str, run_dir: str | None, config_json: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """Train the teacher (BEATs encoder + HAAQI-Net head) on the labelled training packages."""
@@ -96,11 +121,13 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
               help="Splits to evaluate on (repeatable); a split without labels is skipped with a note.")
 @click.option("--weights-dir", default=None)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--exclude-package", "exclude", multiple=True,
+              help="Leave this package's items out (repeatable), e.g. the one that chose the checkpoints.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write JSON.")
 @click.option("--record", is_flag=True, help="Store the overall metrics in the weights manifest (haaqi models).")
 @one_line_errors
 def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ...], weights_dir: str | None,
-             device: str, json_path: str | None, record: bool) -> None:
+             device: str, exclude: tuple[str, ...], json_path: str | None, record: bool) -> None:
     """LCC, SRCC, MSE and bias against the exact HAAQI on the validation splits: overall, per package,
     degradation family, severity and profile, within-profile LCC/SRCC and the clean-normal mean."""
     from haaqicli.data.labels import labelled_manifest
@@ -116,7 +143,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
             click.echo(f"split {split}: no labelled items in {path}, skipped", err=True)
     if not present:
         raise HaaqiError(f"{path}: no labelled items in split(s) {', '.join(splits)}")
-    results = [evaluate_model(name, path, split, weights_dir, device) for split in present for name in names]
+    results = [evaluate_model(name, path, split, weights_dir, device, exclude_packages=exclude)
+               for split in present for name in names]
     for result in results:
         click.echo(format_evaluation(result))
         click.echo("")
@@ -131,3 +159,55 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
         for result in results:
             record_metrics(result["model"], result["split"], {**result["overall"], "packages": result["packages"]},
                            weights_dir)
+
+
+@click.command()
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+              help="[default: labels/manifest.parquet if present, else data/manifest.parquet]")
+@click.option("--out", "out_dir", default="runs/ablation", show_default=True,
+              help="Folder for the rows' checkpoints, weights and the table (ablation.md, ablation.json).")
+@click.option("--rows", default="baseline,terms,conditioning,ranking", show_default=True,
+              help="Rows to train (cumulative: each adds its change to the rows before it).")
+@click.option("--arch", type=click.Choice(["haaqinet", "haaqinet-student"]), default="haaqinet-student",
+              show_default=True, help="Architecture every row trains on the labels.")
+@click.option("--config", "config_json", default=None, help="Base model config JSON (file or string).")
+@click.option("--selection", default="validation-real:ufoai-music", show_default=True,
+              help="Items that choose each row's checkpoint (reporting packages never do).")
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Time budget of each row.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(0), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--bands", type=click.IntRange(1, 128), default=32, show_default=True,
+              help="Band count of the conditioning row.")
+@click.option("--rank-weight", type=click.FloatRange(0.0, min_open=True), default=0.5, show_default=True,
+              help="Ranking-loss weight of the ranking row.")
+@click.option("--learning-curve", default=None,
+              help="Comma-separated training item counts (>= 3): train the --curve-row on each and fit LCC "
+                   "against log10(items).")
+@click.option("--curve-row", default="ranking", show_default=True, help="Row whose settings the curve trains.")
+@click.option("--release", multiple=True, help="Registered model evaluated beside the rows (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue each row from its last checkpoint.")
+@one_line_errors
+def ablate(config_json: str | None, rows: str, learning_curve: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Train the ablation rows (baseline, +terms, +conditioning, +ranking) with one budget, choose
+    checkpoints on the selection items and write one table of `haaqi evaluate` figures on the
+    reporting packages; optionally a learning curve."""
+    from haaqicli.ablation import AblationConfig, run_ablation
+
+    counts: tuple[int, ...] = ()
+    if learning_curve:
+        try:
+            counts = tuple(int(n) for n in learning_curve.split(",") if n.strip())
+        except ValueError:
+            raise click.BadParameter(f"{learning_curve!r}: expected item counts like 500,1000,2000",
+                                     param_hint="--learning-curve") from None
+        if any(n < 1 for n in counts):
+            raise click.BadParameter("item counts must be positive", param_hint="--learning-curve")
+    kwargs["manifest"] = _manifest(kwargs.get("manifest"))
+    run_ablation(AblationConfig(rows=tuple(r.strip() for r in rows.split(",") if r.strip()),
+                                config=_model_config(config_json),
+                                learning_curve=counts, **kwargs), log=click.echo)

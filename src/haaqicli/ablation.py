@@ -1,0 +1,214 @@
+"""Ablations and learning curves of the model changes, each row trained with one budget and measured
+with `evaluate_model` (what `haaqi evaluate` prints).
+
+Rows are cumulative, in ROWS order: baseline (the shipped design), +terms (sub-term heads combined by
+HAAQI's formula), +conditioning (hearing-loss band conditioning), +ranking (a ranking loss beside MSE).
+Every row trains the same architecture from the same seed, with the same epochs / time limit, and keeps
+the checkpoint chosen on the selection items (the ufoai-music part of validation-real by default). The
+table reports on what never steers a choice: validation-real without the selection packages
+(nexuiz-music) and the game-music validation split.
+
+The learning curve trains one row on the first N items of a fixed shuffle of the training items
+(nested: each point adds labels) and fits LCC = a + b * log10(N) to say what more labels predict.
+Everything is written under `out_dir` (its own weights folder: the shipped weights are never touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from haaqicli.atomic import atomic_write
+from haaqicli.errors import HaaqiError
+
+# Row -> the TrainConfig settings it adds; each row keeps the ones before it (cumulative).
+ROWS: dict[str, dict[str, Any]] = {
+    "baseline": {"terms": False, "bands": 0, "rank_weight": 0.0},
+    "terms": {"terms": True},
+    "conditioning": {"bands": 32},
+    "ranking": {"rank_weight": 0.5},
+}
+REPORT_SPLITS = ("validation-real", "validation")
+MIN_CURVE_POINTS = 3
+
+
+@dataclass
+class AblationConfig:
+    manifest: str
+    out_dir: str = "runs/ablation"
+    rows: Sequence[str] = tuple(ROWS)
+    arch: str = "haaqinet-student"  # the cheap model: rows compare designs, not sizes
+    config: dict[str, Any] = field(default_factory=dict)  # base model config; empty = the registry default
+    selection: str = "validation-real:ufoai-music"
+    epochs: int = 10
+    max_minutes: float | None = None  # per row: the one budget every row gets
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    bands: int = 32  # band count of the conditioning row
+    rank_weight: float = 0.5  # ranking-loss weight of the ranking row
+    learning_curve: Sequence[int] = ()  # training item counts; empty = no curve
+    curve_row: str = "ranking"  # the row whose settings the curve trains
+    release: Sequence[str] = ()  # registered models evaluated beside the rows (e.g. teacher, distilled)
+    weights_dir: str | None = None  # where the release models are (default: the shipped weights)
+    resume: bool = False
+
+
+def row_settings(rows: Sequence[str], bands: int = 32, rank_weight: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Each requested row's cumulative TrainConfig settings, in ROWS order (`bands` and `rank_weight`
+    set the conditioning and ranking rows)."""
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise HaaqiError(f"--rows: unknown row(s) {', '.join(unknown)} (known: {', '.join(ROWS)})")
+    chosen = {"bands": bands, "rank_weight": rank_weight}
+    settings, so_far = {}, {}
+    for name, adds in ROWS.items():
+        so_far = {**so_far, **{k: (chosen[k] if k in chosen and v else v) for k, v in adds.items()}}
+        if name in rows:
+            settings[name] = dict(so_far)
+    return settings
+
+
+def _selection_packages(selection: str) -> list[str]:
+    split, _, names = selection.partition(":")
+    return [p for p in names.split(",") if p] if split == "validation-real" else []
+
+
+def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
+    from haaqicli.train import TrainConfig
+
+    out = Path(config.out_dir)
+    return TrainConfig(name=name, manifest=config.manifest, run_dir=str(out / "runs" / name),
+                       weights_dir=str(out / "weights"), epochs=config.epochs, batch_size=config.batch_size,
+                       lr=config.lr, warmup_steps=config.warmup_steps, seed=config.seed, device=config.device,
+                       threads=config.threads, max_minutes=config.max_minutes, resume=config.resume,
+                       config=dict(config.config), arch=config.arch, selection=config.selection,
+                       **settings, **extra)
+
+
+def _report(config: AblationConfig, name: str, weights_dir: str | None, log: Callable[[str], None]
+            ) -> dict[str, Any]:
+    """`evaluate_model` on each reporting set that has labels."""
+    from haaqicli.train import evaluate_model
+
+    excluded = _selection_packages(config.selection)
+    reports = {}
+    for split in REPORT_SPLITS:
+        try:
+            reports[split] = evaluate_model(name, config.manifest, split, weights_dir, config.device,
+                                            exclude_packages=excluded if split == "validation-real" else ())
+        except HaaqiError as error:  # a split without labels (yet): noted, the others still report
+            log(f"{name}: {split} not reported ({error})")
+    return reports
+
+
+def _summary(reports: dict[str, Any]) -> dict[str, Any]:
+    return {split: {"packages": r["packages"], **{k: r["overall"][k] for k in ("n", "lcc", "srcc", "mse", "bias")},
+                    "within_lcc": r["within_profile"]["lcc"], "clean_normal": r["clean_normal"]["predicted"]}
+            for split, r in reports.items()}
+
+
+def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate every row (and the learning curve); write ablation.json and ablation.md."""
+    from haaqicli.train import train_teacher
+
+    settings = row_settings(config.rows, config.bands, config.rank_weight)
+    if config.learning_curve and len(set(config.learning_curve)) < MIN_CURVE_POINTS:
+        raise HaaqiError(f"--learning-curve: at least {MIN_CURVE_POINTS} distinct item counts")
+    if config.learning_curve and config.curve_row not in ROWS:
+        raise HaaqiError(f"--curve-row {config.curve_row}: known rows are {', '.join(ROWS)}")
+    out = Path(config.out_dir)
+    weights = str(out / "weights")
+    result: dict[str, Any] = {"config": {k: v for k, v in dataclasses.asdict(config).items()},
+                              "rows": [], "release": [], "curve": []}
+    for name, row in settings.items():
+        log(f"== row {name}: {json.dumps(row)}")
+        info = train_teacher(_train_config(config, f"ablation-{name}", row), log=log)
+        result["rows"].append({"row": name, "settings": row, "items": info["training"]["items"],
+                               "n_params": info["n_params"], "selection": info["metrics"]["dev"],
+                               "report": _summary(_report(config, f"ablation-{name}", weights, log))})
+    for name in config.release:
+        result["release"].append({"row": f"release:{name}",
+                                  "report": _summary(_report(config, name, config.weights_dir, log))})
+    if config.learning_curve:
+        curve_settings = row_settings(list(ROWS), config.bands, config.rank_weight)[config.curve_row]
+        for count in sorted(set(config.learning_curve)):
+            log(f"== learning curve: {count} training items ({config.curve_row})")
+            info = train_teacher(_train_config(config, f"curve-{count}", curve_settings, train_items=count), log=log)
+            if info["training"]["items"] < count:
+                raise HaaqiError(f"--learning-curve {count}: only {info['training']['items']} training items")
+            result["curve"].append({"items": count, "selection": info["metrics"]["dev"],
+                                    "report": _summary(_report(config, f"curve-{count}", weights, log))})
+        result["curve_fit"] = curve_fit(result["curve"])
+    text = format_ablation(result)
+    atomic_write(out / "ablation.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=float)))
+    atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(text + "\n"))
+    log(text)
+    return result
+
+
+def curve_fit(curve: list[dict[str, Any]], split: str = "validation-real") -> dict[str, Any]:
+    """LCC = a + b * log10(items) by least squares over the curve's points on `split`, and what it
+    predicts at 2x and 4x the largest count (an extrapolation: a trend, not a promise)."""
+    points = [(p["items"], p["report"][split]["lcc"]) for p in curve
+              if split in p["report"] and math.isfinite(p["report"][split]["lcc"])]
+    if len(points) < 2:
+        return {"split": split, "points": len(points)}
+    x = np.log10([n for n, _ in points])
+    y = np.array([lcc for _, lcc in points])
+    b, a = np.polyfit(x, y, 1)
+    top = max(n for n, _ in points)
+    return {"split": split, "points": len(points), "a": float(a), "b_per_decade": float(b),
+            "predicted": {str(n): float(a + b * math.log10(n)) for n in (2 * top, 4 * top)}}
+
+
+def _cells(summary: dict[str, Any]) -> list[str]:
+    cells = []
+    for split in REPORT_SPLITS:
+        m = summary.get(split)
+        cells += (["-"] * 5 if m is None else
+                  [str(m["n"]), f"{m['lcc']:.4f}", f"{m['srcc']:.4f}", f"{m['mse']:.5f}", f"{m['within_lcc']:.4f}"])
+    clean = summary.get("validation-real", {}).get("clean_normal", float("nan"))
+    return [*cells, f"{clean:.3f}"]
+
+
+def format_ablation(result: dict[str, Any]) -> str:
+    """One Markdown table: a line per row (and release model), LCC/SRCC/MSE/within-profile LCC on each
+    reporting set, the selection LCC and the clean-normal mean; then the learning curve."""
+    head = ["row", "items", "select LCC"]
+    for split in REPORT_SPLITS:
+        head += [f"{split} n", "LCC", "SRCC", "MSE", "within LCC"]
+    head.append("clean/normal")
+    lines = [f"Ablation ({result['config']['arch']}, selection {result['config']['selection']}, "
+             f"{result['config']['epochs']} epochs"
+             + (f", {result['config']['max_minutes']} min" if result['config']['max_minutes'] else "")
+             + " per row; reported on packages that never chose a checkpoint)",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join([row["row"], str(row["items"]), f"{row['selection'].get('lcc', float('nan')):.4f}",
+                                        *_cells(row["report"])]) + " |")
+    for row in result["release"]:
+        lines.append("| " + " | ".join([row["row"], "-", "-", *_cells(row["report"])]) + " |")
+    if result.get("curve"):
+        lines += ["", f"Learning curve ({result['config']['curve_row']} row): training items vs LCC", "",
+                  "| items | select LCC | validation-real LCC | validation LCC |", "|---|---|---|---|"]
+        for point in result["curve"]:
+            rep = point["report"]
+            lines.append(f"| {point['items']} | {point['selection'].get('lcc', float('nan')):.4f} | "
+                         + " | ".join(f"{rep[s]['lcc']:.4f}" if s in rep else "-" for s in REPORT_SPLITS) + " |")
+        fit = result.get("curve_fit", {})
+        if "b_per_decade" in fit:
+            lines += ["", f"Fit on {fit['split']}: LCC = {fit['a']:.4f} + {fit['b_per_decade']:.4f} x log10(items); "
+                      "predicts " + ", ".join(f"{v:.4f} at {k} items" for k, v in fit["predicted"].items())
+                      + " (an extrapolation)"]
+    return "\n".join(lines)
