@@ -158,7 +158,7 @@ def term_labels(meta: pd.DataFrame) -> torch.Tensor | None:
 
     if not set(TERMS) <= set(meta.columns):
         return None
-    return torch.from_numpy(meta[list(TERMS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32))
+    return torch.from_numpy(np.array(meta[list(TERMS)].apply(pd.to_numeric, errors="coerce"), dtype=np.float32))
 
 
 def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:

@@ -44,6 +44,16 @@ def presentation_gain(reference: np.ndarray, spl: float = DEFAULT_SPL) -> float:
     return gain_for_rms(float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))), float(spl))
 
 
+def scoring_spl(reference: np.ndarray, processed: np.ndarray, spl: float = DEFAULT_SPL) -> float:
+    """The ``haaqi score --spl`` at which the processed file reaches the model exactly as its training
+    input (`model_input` at the item's ``spl``): scoring presents a file's own RMS at --spl, training
+    presents the reference at ``spl`` and keeps the processed at its level relative to it."""
+    def rms(x: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+    return float(spl) + 20.0 * float(np.log10(rms(processed) / rms(reference)))
+
+
 def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_rate: int = MODEL_SAMPLE_RATE,
                 length: int | None = None, spl: float = DEFAULT_SPL) -> np.ndarray:
     """Processed clip at the model rate, presented as the label hears it (reference at ``spl``),

@@ -1,0 +1,175 @@
+"""The training pipeline for new models, end to end on a tiny synthetic corpus: term-head and
+hearing-conditioned training from label shards (sub-terms masked where missing), checkpoint selection on
+ufoai-music only, `haaqi ablate` rows and learning curve, and training inputs equal to what `haaqi score`
+presents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+from conftest import tiny_student_config
+
+from haaqicli import train
+from haaqicli.data import labels as lab
+from haaqicli.data.corpus import BuildConfig, build_manifest, materialise, write_manifest
+from haaqicli.data.export import load_split_arrays, model_input, scoring_spl
+from haaqicli.errors import HaaqiError
+from haaqicli.reference.formula import TERMS, combine_clipped_terms
+
+SR = 16000
+PACKAGES = [("naev-data", 3), ("supertux-data", 2), ("flare-game", 1), ("ufoai-music", 1), ("nexuiz-music", 1)]
+
+
+def _track(seconds: float, freq: float, seed: int) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    x = 0.2 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2.5 * freq * t) + 0.02 * rng.standard_normal(len(t))
+    return (x * (1 + 0.3 * np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+
+
+def synthetic_labels(manifest: pd.DataFrame, with_terms: np.ndarray) -> list[dict]:
+    """Shard rows whose sub-terms fall with the degradation and the hearing loss, and whose label is
+    HAAQI's formula of them; items outside `with_terms` were 'labelled before sub-terms existed'."""
+    rows = []
+    for i, item in enumerate(manifest.to_dict(orient="records")):
+        clean = 1.0 if json.loads(item["recipe"])["type"] == "identity" else 0.6
+        hearing = 1.0 - float(np.mean(item["audiogram"])) / 150
+        terms = {"cep_high": 0.95 * clean * hearing, "bm_sync5": 0.9 * clean, "d_loud": 0.8 * hearing,
+                 "d_norm": 0.85 * clean}
+        label = float(combine_clipped_terms(*terms.values())[0])
+        known = bool(with_terms[i])
+        rows.append({"item_id": item["item_id"], "label": label, "label_seconds": 0.1, "error": "",
+                     **{t: (terms[t] if known else float("nan")) for t in TERMS}})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A frozen manifest over training, game-validation and validation-real packages, with label shards."""
+    root = tmp_path_factory.mktemp("ablation")
+    corpus = root / "data" / "corpus"
+    for i, (package, n) in enumerate(PACKAGES):
+        folder = corpus / "packages" / package / "music"
+        folder.mkdir(parents=True)
+        for j in range(n):
+            sf.write(folder / f"track{j}.flac", _track(21, 180 * (i + 1) + 60 * j, seed=10 * i + j), SR)
+    config = BuildConfig(items=42 + 36, variants_per_clip=2, clips_per_track=2, max_package_share=0.6, seed=1,
+                         recipe_weights={"identity": 1.0, "lowpass": 1.0, "noise": 1.0, "level": 1.0},
+                         validation_variants=2, validation_clips_per_track=1, augment=False)
+    df = build_manifest(corpus, config)
+    path = root / "labels" / "manifest.parquet"
+    write_manifest(df, path, compact=True)
+    with_terms = np.random.default_rng(0).uniform(size=len(df)) < 0.6
+    lab.write_shard(lab.shard_dir(path) / "shard-test.parquet", synthetic_labels(df, with_terms))
+    for split in ("train", "validation", "validation-real"):  # the split caches, in this process (no pool start)
+        load_split_arrays(path, split, corpus_dir=corpus, cache_dir=root / "data" / "cache", workers=1)
+    return path
+
+
+@pytest.fixture()
+def data_dir(labelled: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HAAQI_DATA_DIR", str(labelled.parent.parent / "data"))
+    return labelled
+
+
+def test_splits_carry_sub_terms_nan_where_unlabelled(data_dir: Path) -> None:
+    data = train.load_split(data_dir, "train", log=None)
+    assert data.terms is not None and data.terms.shape == (len(data), 4)
+    known = torch.isfinite(data.terms).all(1)
+    assert 0 < int(known.sum()) < len(data)
+    torch.testing.assert_close(combine_clipped_terms(*data.terms[known].unbind(1))[0], data.labels[known])
+    part = data.subset(np.arange(len(data)) % 2 == 0)
+    torch.testing.assert_close(part.terms, data.terms[::2], equal_nan=True)
+
+
+def test_selection_never_uses_reporting_packages(data_dir: Path) -> None:
+    chosen = train.selection_split(data_dir, "validation-real:ufoai-music", log=None)
+    assert set(chosen.meta["package"]) == {"ufoai-music"}
+    for bad in ("validation-real:nexuiz-music", "validation:flare-game", "validation-real", "train:naev-data"):
+        with pytest.raises(HaaqiError, match="--selection"):
+            train.selection_split(data_dir, bad, log=None)
+    data = train.load_split(data_dir, "train", log=None)
+    small, large = train.first_items(data, 5), train.first_items(data, 9)
+    assert len(small) == 5 and set(small.meta["item_id"]) < set(large.meta["item_id"])
+
+
+def test_term_head_model_trains_and_reports_sub_term_errors(data_dir: Path, tmp_path: Path) -> None:
+    config = train.TrainConfig(name="m", manifest=str(data_dir), run_dir=str(tmp_path / "run"),
+                               weights_dir=str(tmp_path / "w"), epochs=1, batch_size=4, lr=3e-3, warmup_steps=1,
+                               config=tiny_student_config(), device="cpu", arch="haaqinet-student", terms=True,
+                               bands=16, rank_weight=0.5, selection="validation-real:ufoai-music")
+    logs: list[str] = []
+    info = train.train_teacher(config, log=logs.append)
+    assert info["config"]["head"]["terms"] is True and info["config"]["head"]["bands"] == 16
+    assert info["training"]["selection"] == "validation-real:ufoai-music"
+    assert info["metrics"]["dev"]["n"] == 14  # the ufoai-music items: 1 clip x 7 profiles x 2 variants
+    result = train.evaluate_model("m", data_dir, "validation-real", str(tmp_path / "w"), "cpu",
+                                  exclude_packages=("ufoai-music",))
+    assert result["packages"] == ["nexuiz-music"]
+    assert set(result["term_errors"]) <= set(result["by_degradation"]) and result["term_errors"]
+    assert "sub-term error" in train.format_evaluation(result)
+
+
+def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: Path) -> None:
+    from haaqicli.cli import main
+
+    out = tmp_path / "ablation"
+    config = json.dumps(tiny_student_config())
+    result = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--config", config,
+                                       "--epochs", "1", "--batch-size", "8", "--warmup-steps", "1", "--device", "cpu",
+                                       "--bands", "8", "--learning-curve", "4,8,16", "--curve-row", "terms"])
+    assert result.exit_code == 0, result.output
+    table = (out / "ablation.md").read_text()
+    for row in ("| baseline |", "| terms |", "| conditioning |", "| ranking |", "| 4 |", "| 8 |", "| 16 |"):
+        assert row in table
+    saved = json.loads((out / "ablation.json").read_text())
+    assert [r["row"] for r in saved["rows"]] == ["baseline", "terms", "conditioning", "ranking"]
+    settings = {r["row"]: r["settings"] for r in saved["rows"]}
+    assert settings["baseline"] == {"terms": False, "bands": 0, "rank_weight": 0.0}
+    assert settings["ranking"] == {"terms": True, "bands": 8, "rank_weight": 0.5}  # cumulative
+    for row in saved["rows"]:
+        assert row["report"]["validation-real"]["packages"] == ["nexuiz-music"]  # the selection package is not reported
+        assert row["report"]["validation"]["packages"] == ["flare-game"]
+        assert row["selection"]["n"] == 14
+    assert [p["items"] for p in saved["curve"]] == [4, 8, 16] and saved["curve_fit"]["points"] == 3
+    weights = json.loads((out / "weights" / "manifest.json").read_text())["models"]
+    assert weights["ablation-conditioning"]["config"]["head"]["bands"] == 8
+    assert weights["curve-4"]["training"]["items"] == 4
+    bad = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--rows", "baseline,magic"])
+    assert bad.exit_code != 0 and "unknown row(s) magic" in bad.output
+    two = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--learning-curve", "4,8"])
+    assert two.exit_code != 0 and "at least 3" in two.output
+
+
+def test_training_input_is_what_haaqi_score_presents(data_dir: Path, tmp_path: Path) -> None:
+    """Train as users score: the training row of an item (from the split cache the labeller and
+    training share) equals the window `haaqi score --spl L` makes of the processed file, L being the
+    item's level carried over to the processed file (`scoring_spl`): same calibration, resampling
+    (16 kHz source -> 24 kHz) and windowing, within the cache's int16 step."""
+    from haaqicli.audio import InputFile, write_audio
+    from haaqicli.engine import ScoreOptions, prepare_file
+
+    data = train.load_split(data_dir, "train", log=None)
+    quieter = data.meta.index[data.meta["recipe"].str.contains('"level"')].tolist()
+    for i in [0, *quieter[:1]]:  # a level-changing recipe too: its processed keeps its relative level
+        item = data.meta.iloc[i].to_dict()
+        ref, proc, sr = materialise(item, data_dir.parent.parent / "data" / "corpus")
+        assert sr == SR
+        trained = data.wave_batch([i])[0].numpy()
+        path = write_audio(tmp_path / f"item{i}.wav", proc, sr, subtype="FLOAT")
+        spl = scoring_spl(ref, proc, item["spl"])
+        prepared = prepare_file(InputFile(path, tmp_path, path.name), ScoreOptions(spl=spl))
+        assert prepared.error == "" and prepared.windows.shape == (1, 1, len(trained))  # one 6-s window, mono
+        scored = prepared.windows[0, 0]
+        step = np.max(np.abs(trained)) / 32767
+        assert np.max(np.abs(scored - trained)) <= 0.51 * step + 1e-5 * np.max(np.abs(scored))
+        exact = model_input(ref, proc, sr, 24000, len(trained), item["spl"])
+        np.testing.assert_allclose(scored, exact, atol=1e-5 * np.max(np.abs(exact)))
+    assert quieter, "the corpus should hold a level-changing item"
