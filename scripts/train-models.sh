@@ -25,12 +25,16 @@ STUDENT_LABEL_WEIGHT=${STUDENT_LABEL_WEIGHT:-1}  # weight of the true-label term
 # teacher that sees about one epoch: dropout is ~30% of its CPU step and only regularises an underfit model).
 TEACHER_DROPOUT=${TEACHER_DROPOUT:-}
 STUDENT_DROPOUT=${STUDENT_DROPOUT:-}
+# TEACHER_FLAGS / STUDENT_FLAGS: more options for haaqi train / distill, e.g. the new designs
+# ("--terms --bands 32 --rank-weight 0.5 --selection validation-real:ufoai-music"); empty = the release recipe.
+TEACHER_FLAGS=${TEACHER_FLAGS:-}
+STUDENT_FLAGS=${STUDENT_FLAGS:-}
 
 $BIN/haaqi dataset stats --json > "$RESULTS/dataset.json"
 $BIN/haaqi train --epochs ${TEACHER_EPOCHS:-8} --threads "$THREADS" --lr "$TEACHER_LR" \
     --max-minutes "$TEACHER_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/teacher" ${TEACHER_INIT:+--init "$TEACHER_INIT"} ${TEACHER_DROPOUT:+--dropout "$TEACHER_DROPOUT"} \
-    ${RESUME:+--resume} 2>&1 | tee "$RESULTS/train-teacher.log"
+    ${RESUME:+--resume} $TEACHER_FLAGS 2>&1 | tee "$RESULTS/train-teacher.log"
 $BIN/haaqi distill --epochs ${STUDENT_EPOCHS:-20} --threads "$THREADS" --lr "$STUDENT_LR" --label-weight "$STUDENT_LABEL_WEIGHT" \
     --max-minutes "$STUDENT_MINUTES" --weights-dir "$WEIGHTS" --run-dir "$RUNS/distilled" ${STUDENT_INIT:+--init "$STUDENT_INIT"} ${STUDENT_DROPOUT:+--dropout "$STUDENT_DROPOUT"} \
-    2>&1 | tee "$RESULTS/distill.log"
+    $STUDENT_FLAGS 2>&1 | tee "$RESULTS/distill.log"
 HAAQI_WEIGHTS=$WEIGHTS $BIN/haaqi evaluate --record --weights-dir "$WEIGHTS" --json "$RESULTS/evaluate.json" | tee "$RESULTS/evaluate.txt"
