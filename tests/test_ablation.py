@@ -173,3 +173,22 @@ def test_training_input_is_what_haaqi_score_presents(data_dir: Path, tmp_path: P
         exact = model_input(ref, proc, sr, 24000, len(trained), item["spl"])
         np.testing.assert_allclose(scored, exact, atol=1e-5 * np.max(np.abs(exact)))
     assert quieter, "the corpus should hold a level-changing item"
+
+
+def test_term_head_student_distils_the_teachers_sub_terms(data_dir: Path, tmp_path: Path) -> None:
+    from conftest import TINY_TEACHER
+
+    from haaqicli.models.registry import get_info
+
+    weights = str(tmp_path / "w")
+    common = {"manifest": str(data_dir), "weights_dir": weights, "epochs": 1, "batch_size": 8, "warmup_steps": 1,
+              "device": "cpu", "terms": True, "selection": "validation-real:ufoai-music"}
+    train.train_teacher(train.TrainConfig(name="teacher", run_dir=str(tmp_path / "t"), config=TINY_TEACHER, **common),
+                        log=lambda _: None)
+    logs: list[str] = []
+    info = train.distill_student(train.TrainConfig(name="student", run_dir=str(tmp_path / "s"), bands=8,
+                                                   config=tiny_student_config(), **common), log=logs.append)
+    assert info["config"]["head"]["terms"] is True and info["config"]["head"]["bands"] == 8
+    assert info["training"]["teacher_sha256"] == get_info("teacher", weights).sha256
+    cached = list((data_dir.parent.parent / "data" / "cache" / "teacher-targets").glob("*.pt"))
+    assert any(torch.load(path, weights_only=True).get("terms") is not None for path in cached)

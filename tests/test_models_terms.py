@@ -171,3 +171,20 @@ def test_label_objective_adds_terms_and_ranking():
     assert float(full) == pytest.approx(float(plain) + 2.0 * parts["terms"] + 0.5 * parts["rank"], rel=1e-5)
     with pytest.raises(Exception, match="--rank-loss"):
         Objective(rank_loss="listwise")
+
+
+def test_distillation_matches_the_teachers_sub_terms_when_both_have_term_heads():
+    from haaqicli.models.haaqinet import HAAQINetOutput
+    from haaqicli.models.student import distillation_loss
+
+    torch.manual_seed(0)
+    student = build_model("haaqinet-student", with_head(tiny_student_config(), terms=True))
+    out = student(waves(2, 1.0), AUDIOGRAMS[:2])
+    hidden = [torch.zeros(2, out.frames.shape[1], 32) for _ in range(3)]
+
+    def teacher(terms):  # type: ignore[no-untyped-def]
+        return HAAQINetOutput(out.clip.detach(), out.frames.detach(), hidden, terms=terms)
+
+    same, other, plain = (float(distillation_loss(out, teacher(terms), student)[0].detach())
+                          for terms in (out.terms.detach(), out.terms.detach() + 0.1, None))  # None: no term heads
+    assert float(same) == pytest.approx(float(plain)) and float(other) == pytest.approx(float(plain) + 0.01, rel=1e-4)

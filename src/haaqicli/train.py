@@ -484,6 +484,7 @@ class TeacherTargets:
     clip: torch.Tensor  # (N,)
     frames: torch.Tensor  # (N, F)
     hidden: dict[int, torch.Tensor]  # teacher layer index -> (N, F, D)
+    terms: torch.Tensor | None = None  # (N, 4) sub-terms of a term-head teacher
 
     def select(self, index: torch.Tensor, device: torch.device):  # type: ignore[no-untyped-def]
         from haaqicli.models.haaqinet import HAAQINetOutput
@@ -491,7 +492,8 @@ class TeacherTargets:
         hidden: list = [None] * (max(self.hidden) + 1)
         for layer, values in self.hidden.items():
             hidden[layer] = values[index].to(device)
-        return HAAQINetOutput(self.clip[index].to(device), self.frames[index].to(device), hidden)
+        return HAAQINetOutput(self.clip[index].to(device), self.frames[index].to(device), hidden,
+                              terms=None if self.terms is None else self.terms[index].to(device))
 
 
 def _targets_cache_path(teacher_sha256: str, layers: list[int], data: Split) -> Path | None:
@@ -518,20 +520,25 @@ def teacher_targets(
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         log(f"teacher targets for {len(data)} clips from {cache}")
         return TeacherTargets(saved["clip"], saved["frames"],
-                              {int(layer): values.float() for layer, values in saved["hidden"].items()})
-    clips, frames, hidden = [], [], {layer: [] for layer in sorted(set(layers))}
+                              {int(layer): values.float() for layer, values in saved["hidden"].items()},
+                              saved.get("terms"))
+    clips, frames, terms, hidden = [], [], [], {layer: [] for layer in sorted(set(layers))}
     started = time.time()
     for wave, gram in data.batches(batch_size):
         out = teacher(wave.to(device), gram.to(device))
         clips.append(out.clip.cpu())
+        if out.terms is not None:
+            terms.append(out.terms.cpu())
         frames.append(out.frames.cpu())
         for layer in hidden:
             hidden[layer].append(out.hidden[layer].cpu().half())  # half: 2x less memory, ample precision
     log(f"teacher targets for {len(data)} clips in {time.time() - started:.0f} s")
     halves = {layer: torch.cat(values) for layer, values in hidden.items()}
-    result = TeacherTargets(torch.cat(clips), torch.cat(frames), {k: v.float() for k, v in halves.items()})
+    result = TeacherTargets(torch.cat(clips), torch.cat(frames), {k: v.float() for k, v in halves.items()},
+                            torch.cat(terms) if terms else None)
     if cache is not None:  # atomic: an interrupted run leaves no half-written cache
-        saved = {"clip": result.clip, "frames": result.frames, "hidden": {str(k): v for k, v in halves.items()}}
+        saved = {"clip": result.clip, "frames": result.frames, "hidden": {str(k): v for k, v in halves.items()},
+                 **({"terms": result.terms} if result.terms is not None else {})}
         atomic_write(cache, lambda tmp: torch.save(saved, tmp))
     return result
 

@@ -186,7 +186,8 @@ def distillation_loss(student_out: HAAQINetOutput, teacher_out: HAAQINetOutput, 
                       hidden_weight: float = 1.0, cosine_weight: float = 1.0, output_weight: float = 1.0
                       ) -> tuple[Tensor, dict[str, float]]:
     """DistilHuBERT-style loss: per target layer L1 + (1 - cosine) between the student's predicted and the
-    teacher's hidden states, plus MSE between student and teacher clip and frame scores.
+    teacher's hidden states, plus MSE between student and teacher clip and frame scores (and sub-terms,
+    when both have term heads).
     Teacher tensors are detached. Returns (loss, {part: value}) for logging."""
     preds = student.predict_teacher_hidden(student_out.hidden)
     l1 = student_out.clip.new_zeros(())  # summed over targets, then averaged
@@ -204,5 +205,7 @@ def distillation_loss(student_out: HAAQINetOutput, teacher_out: HAAQINetOutput, 
     n = min(student_out.frames.shape[1], teacher_out.frames.shape[1])
     out = F.mse_loss(student_out.clip, teacher_out.clip.detach()) + F.mse_loss(
         student_out.frames[:, :n], teacher_out.frames[:, :n].detach())
+    if student_out.terms is not None and teacher_out.terms is not None:  # both have term heads
+        out = out + F.mse_loss(student_out.terms, teacher_out.terms.detach())
     loss = hidden_weight * l1 + cosine_weight * cos + output_weight * out
     return loss, {"l1": l1.item(), "cosine": cos.item(), "output_mse": out.item()}
