@@ -4,6 +4,7 @@ Inputs (made by scripts/train-models.sh and `haaqi bench --json`):
     data/results/dataset.json   haaqi dataset stats --json
     data/results/evaluate.json  haaqi evaluate --json
     data/results/bench.json     haaqi bench --json
+    data/results/ablation/      haaqi ablate --out data/results/ablation (optional: the ablation section)
     weights/manifest.json       written by haaqi train / haaqi distill
 Run from the repository root: .venv/bin/python scripts/model_card.py
 (`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights;
@@ -46,6 +47,18 @@ def biased_families(evaluation: dict, threshold: float = 0.05) -> list[str]:
                            f"validation packages, from the tables above): {listed}. A positive bias means the model "
                            "does not hear that damage fully (e.g. reverb on music that is reverberant already).")
     return bullets
+
+
+def ablation_section() -> list[str]:
+    """The ablation rows and learning curve of `haaqi ablate --out data/results/ablation`, when run."""
+    result = load("ablation/ablation.json")
+    if not result:
+        return []
+    from haaqicli.ablation import format_ablation
+
+    return ["", "## Ablation and learning curve", "",
+            "`haaqi ablate --out data/results/ablation` (rows cumulative, one budget each; checkpoints chosen on "
+            "the selection package, figures on packages that never chose one):", "", format_ablation(result)]
 
 
 def speed_section(bench: dict) -> list[str]:
@@ -282,6 +295,7 @@ def main() -> None:
                     lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
                               f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
 
+    lines += ablation_section()
     lines += intervals_section()
     lines += speed_section(bench)
 

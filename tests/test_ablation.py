@@ -5,6 +5,7 @@ presents."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -124,12 +125,23 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
     config = json.dumps(tiny_student_config())
     result = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--config", config,
                                        "--epochs", "1", "--batch-size", "8", "--warmup-steps", "1", "--device", "cpu",
-                                       "--bands", "8", "--learning-curve", "4,8,16", "--curve-row", "terms"])
+                                       "--bands", "8", "--learning-curve", "4,8,16", "--curve-row", "terms",
+                                       "--select-metric", "lcc"])
     assert result.exit_code == 0, result.output
     table = (out / "ablation.md").read_text()
     for row in ("| baseline |", "| terms |", "| conditioning |", "| ranking |", "| 4 |", "| 8 |", "| 16 |"):
         assert row in table
     saved = json.loads((out / "ablation.json").read_text())
+    assert saved["config"]["select_metric"] == "lcc" and "by lcc" in table
+    weights = json.loads((out / "weights" / "manifest.json").read_text())["models"]
+    assert {m["training"]["recipe"]["select_metric"] for m in weights.values()} == {"lcc"}
+    # the model card takes the table from `haaqi ablate --out data/results/ablation`
+    spec = importlib.util.spec_from_file_location("model_card", Path(__file__).parents[1] / "scripts" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    card.RESULTS = out.parent
+    section = "\n".join(card.ablation_section())
+    assert "## Ablation and learning curve" in section and "| conditioning |" in section
     assert [r["row"] for r in saved["rows"]] == ["baseline", "terms", "conditioning", "ranking"]
     settings = {r["row"]: r["settings"] for r in saved["rows"]}
     assert settings["baseline"] == {"terms": False, "bands": 0, "rank_weight": 0.0}
@@ -139,7 +151,6 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
         assert row["report"]["validation"]["packages"] == ["flare-game"]
         assert row["selection"]["n"] == 14
     assert [p["items"] for p in saved["curve"]] == [4, 8, 16] and saved["curve_fit"]["points"] == 3
-    weights = json.loads((out / "weights" / "manifest.json").read_text())["models"]
     assert weights["ablation-conditioning"]["config"]["head"]["bands"] == 8
     assert weights["curve-4"]["training"]["items"] == 4
     bad = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--rows", "baseline,magic"])
@@ -192,3 +203,12 @@ def test_term_head_student_distils_the_teachers_sub_terms(data_dir: Path, tmp_pa
     assert info["training"]["teacher_sha256"] == get_info("teacher", weights).sha256
     cached = list((data_dir.parent.parent / "data" / "cache" / "teacher-targets").glob("*.pt"))
     assert any(torch.load(path, weights_only=True).get("terms") is not None for path in cached)
+
+
+def test_checkpoint_selection_metric() -> None:
+    assert train.selection_key({"mse": 0.01}, "mse") < train.selection_key({"mse": 0.02}, "mse")
+    assert train.selection_key({"lcc": 0.9}, "lcc") < train.selection_key({"lcc": 0.5}, "lcc")  # higher LCC wins
+    assert train.selection_key({"lcc": float("nan")}, "lcc") == float("inf")  # undefined never wins
+    assert train.selection_key({"mse": float("inf")}, "lcc") == float("inf")  # the initial state
+    with pytest.raises(HaaqiError, match="--select-metric"):
+        train.selection_key({"mse": 0.1}, "mae")

@@ -47,6 +47,7 @@ class AblationConfig:
     arch: str = "haaqinet-student"  # the cheap model: rows compare designs, not sizes
     config: dict[str, Any] = field(default_factory=dict)  # base model config; empty = the registry default
     selection: str = "validation-real:ufoai-music"
+    select_metric: str = "mse"
     epochs: int = 10
     max_minutes: float | None = None  # per row: the one budget every row gets
     batch_size: int = 16
@@ -93,6 +94,7 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
                        lr=config.lr, warmup_steps=config.warmup_steps, seed=config.seed, device=config.device,
                        threads=config.threads, max_minutes=config.max_minutes, resume=config.resume,
                        config=dict(config.config), arch=config.arch, selection=config.selection,
+                       select_metric=config.select_metric,
                        **settings, **extra)
 
 
@@ -189,7 +191,8 @@ def format_ablation(result: dict[str, Any]) -> str:
     for split in REPORT_SPLITS:
         head += [f"{split} n", "LCC", "SRCC", "MSE", "within LCC"]
     head.append("clean/normal")
-    lines = [f"Ablation ({result['config']['arch']}, selection {result['config']['selection']}, "
+    lines = [f"Ablation ({result['config']['arch']}, selection {result['config']['selection']} by "
+             f"{result['config'].get('select_metric', 'mse')}, "
              f"{result['config']['epochs']} epochs"
              + (f", {result['config']['max_minutes']} min" if result['config']['max_minutes'] else "")
              + " per row; reported on packages that never chose a checkpoint)",

@@ -70,6 +70,7 @@ class TrainConfig:
     rank_loss: str = "pairwise"  # "pairwise" (RankNet on label-ordered pairs) or "correlation" (1 - LCC)
     selection: str = "dev"  # checkpoints chosen on: "dev" (held-out training tracks) or "SPLIT:PACKAGE"
     train_items: int | None = None  # learning curves: the first N items of a fixed shuffle of the training items
+    select_metric: str = "mse"  # the selection items' figure that picks the checkpoint: mse, lcc or srcc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +280,8 @@ def fit(
     step_loss: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict]],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train `model` with AdamW + warmup/cosine, keep the checkpoint with the best dev MSE.
+    """Train `model` with AdamW + warmup/cosine, keep the checkpoint with the best dev figure
+    (`config.select_metric`: lowest MSE, or highest LCC / SRCC).
 
     `step_loss(model, index)` returns the loss of the training items at `index` (a batch).
 
@@ -334,7 +336,8 @@ def fit(
         entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": running / max(count, 1), **dev_metrics}
         state["history"].append(entry)
         log(json.dumps(entry))
-        if dev_metrics and dev_metrics["mse"] < state["best"]["mse"]:
+        if dev_metrics and selection_key(dev_metrics, config.select_metric) < selection_key(
+                state["best"], config.select_metric):
             state["best"] = {**dev_metrics, "epoch": state["epoch"], "step": state["step"]}
             torch.save(model.state_dict(), run_dir / "best.pt")
         torch.save(
@@ -345,6 +348,19 @@ def fit(
     if (run_dir / "best.pt").exists():
         model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
     return state
+
+
+SELECT_METRICS = ("mse", "lcc", "srcc")
+
+
+def selection_key(figures: dict[str, Any], metric: str) -> float:
+    """Smaller is better: MSE as it is, correlations negated; a missing or undefined figure never wins."""
+    if metric not in SELECT_METRICS:
+        raise HaaqiError(f"--select-metric {metric}: expected one of {', '.join(SELECT_METRICS)}")
+    value = float(figures.get(metric, float("nan")))
+    if not math.isfinite(value):
+        return float("inf")
+    return value if metric == "mse" else -value
 
 
 DROPOUT_KEYS = ("dropout", "attention_dropout")

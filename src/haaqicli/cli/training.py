@@ -47,6 +47,8 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--selection", default="dev", show_default=True,
                          help="Items that choose the checkpoint: dev (held-out training tracks) or "
                               "validation-real:ufoai-music (reporting packages never choose)."),
+            click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="mse",
+                         show_default=True, help="The selection items' figure that picks the checkpoint."),
             click.option("--train-items", type=click.IntRange(1), default=None,
                          help="Train on the first N items of a fixed shuffle of the training items "
                               "(learning curves)."),
@@ -173,6 +175,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
 @click.option("--config", "config_json", default=None, help="Base model config JSON (file or string).")
 @click.option("--selection", default="validation-real:ufoai-music", show_default=True,
               help="Items that choose each row's checkpoint (reporting packages never do).")
+@click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="mse", show_default=True,
+              help="The selection items' figure that picks each row's checkpoint.")
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--max-minutes", type=float, default=None, help="Time budget of each row.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
