@@ -126,10 +126,11 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
     result = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--config", config,
                                        "--epochs", "1", "--batch-size", "8", "--warmup-steps", "1", "--device", "cpu",
                                        "--bands", "8", "--learning-curve", "4,8,16", "--curve-row", "terms",
-                                       "--select-metric", "lcc"])
+                                       "--select-metric", "lcc", "--release", "distilled"])
     assert result.exit_code == 0, result.output
     table = (out / "ablation.md").read_text()
-    for row in ("| baseline |", "| terms |", "| conditioning |", "| ranking |", "| 4 |", "| 8 |", "| 16 |"):
+    for row in ("| baseline |", "| terms |", "| conditioning |", "| ranking |", "| release:distilled |", "| 4 |",
+                "| 8 |", "| 16 |"):
         assert row in table
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["config"]["select_metric"] == "lcc" and "by lcc" in table
