@@ -262,3 +262,30 @@ def test_limiter_holds_the_ceiling_and_raises_density() -> None:
     crest = lambda s: np.max(np.abs(s)) / np.sqrt(np.mean(s**2))  # noqa: E731
     assert crest(y) < crest(x) - 0.5
     assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-6)
+
+
+def test_codec_retries_a_failed_ffmpeg_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transient ffmpeg failure is retried; a persistent one is a one-line AudioError."""
+    import subprocess
+
+    from haaqicli.errors import AudioError
+
+    x = np.sin(2 * np.pi * 440 * np.arange(SR) / SR) * 0.3
+    real_run, calls = subprocess.run, []
+
+    def flaky(cmd, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(cmd)
+        if len(calls) == 2:  # the first decode fails, as a truncated encoded file does
+            raise subprocess.CalledProcessError(1, cmd, stderr=b"enc.aac: End of file")
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(d.subprocess, "run", flaky)
+    y = d.codec(x, SR, {"type": "codec", "codec": "aac", "bitrate": 32})
+    assert len(calls) == 4 and y.shape == x.shape and np.isfinite(y).all()
+
+    def broken(cmd, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise subprocess.CalledProcessError(1, cmd, stderr=b"enc.aac: End of file")
+
+    monkeypatch.setattr(d.subprocess, "run", broken)
+    with pytest.raises(AudioError, match="ffmpeg aac at 32 kb/s failed: enc.aac: End of file"):
+        d.codec(x, SR, {"type": "codec", "codec": "aac", "bitrate": 32})

@@ -134,19 +134,24 @@ def _codec_round_trip(x: np.ndarray, sr: int, recipe: Mapping[str, Any]) -> tupl
         sf.write(src, (x * gain).astype(np.float32), sr, subtype="FLOAT")
         enc_rate = ["-ar", str(rate)] if rate != sr else []
         common = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1"]
-        try:
-            subprocess.run(
-                [*common, "-i", src, "-ac", "1", *enc_rate, "-c:a", encoder, "-b:a", f"{int(recipe['bitrate'])}k",
-                 "-fflags", "+bitexact", "-flags:a", "+bitexact", *extra, enc],
-                check=True, capture_output=True,
-            )
-            subprocess.run(
-                [*common, "-i", enc, "-ac", "1", "-ar", str(sr), "-c:a", "pcm_f32le", "-fflags", "+bitexact", dec],
-                check=True, capture_output=True,
-            )
-        except subprocess.CalledProcessError as error:
-            last = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-            raise AudioError(f"ffmpeg {name} at {recipe['bitrate']} kb/s failed: {last[0]}") from None
+        # Two attempts: on a loaded machine ffmpeg has (rarely, not reproducibly) left a truncated
+        # encoded file that the decoder then rejects; the bit-exact encode gives the same result twice.
+        for attempt in (1, 2):
+            try:
+                subprocess.run(
+                    [*common, "-i", src, "-ac", "1", *enc_rate, "-c:a", encoder, "-b:a",
+                     f"{int(recipe['bitrate'])}k", "-fflags", "+bitexact", "-flags:a", "+bitexact", *extra, enc],
+                    check=True, capture_output=True,
+                )
+                subprocess.run(
+                    [*common, "-i", enc, "-ac", "1", "-ar", str(sr), "-c:a", "pcm_f32le", "-fflags", "+bitexact", dec],
+                    check=True, capture_output=True,
+                )
+                break
+            except subprocess.CalledProcessError as error:
+                if attempt == 2:
+                    last = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+                    raise AudioError(f"ffmpeg {name} at {recipe['bitrate']} kb/s failed: {last[0]}") from None
         actual = encoded_bitrate(enc, len(x) / sr)
         decoded, _ = sf.read(dec, dtype="float64", always_2d=True)
     decoded = decoded[:, 0] / gain
