@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install system-deps test lint bench corpus dataset freeze labels train distill evaluate models clean
+.PHONY: install system-deps test lint bench corpus dataset freeze labels train distill evaluate models ablation clean
 
 install: system-deps $(BIN)/python
 	$(PIP) torch==2.11.0 torchaudio==2.11.0
@@ -69,6 +69,11 @@ evaluate:
 	$(BIN)/haaqi evaluate --manifest $(MANIFEST)
 
 models: train distill evaluate
+
+# The ablation rows (baseline, +terms, +conditioning, +ranking) and a learning curve, one table in
+# data/results/ablation (scripts/model_card.py adds it to the card). ABLATION="--max-minutes 60 ..." adds options.
+ablation:
+	$(BIN)/haaqi ablate --manifest $(MANIFEST) --out data/results/ablation --release teacher --release distilled $(ABLATION)
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

@@ -116,6 +116,17 @@ def test_term_head_model_trains_and_reports_sub_term_errors(data_dir: Path, tmp_
     assert result["packages"] == ["nexuiz-music"]
     assert set(result["term_errors"]) <= set(result["by_degradation"]) and result["term_errors"]
     assert "sub-term error" in train.format_evaluation(result)
+    from haaqicli.cli import main
+    from haaqicli.models.registry import get_info
+
+    cli = CliRunner().invoke(main, ["evaluate", "--model", "m", "--manifest", str(data_dir), "--split", "validation-real",
+                                    "--exclude-package", "ufoai-music", "--weights-dir", str(tmp_path / "w"),
+                                    "--device", "cpu", "--record"])
+    assert cli.exit_code == 0, cli.output
+    assert "sub-term error" in cli.output and "package=ufoai-music" not in cli.output
+    recorded = get_info("m", tmp_path / "w").metrics
+    assert recorded["validation-real without ufoai-music"]["packages"] == ["nexuiz-music"]
+    assert "validation-real" not in recorded  # a part's figures never stand for the whole split
 
 
 def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: Path) -> None:

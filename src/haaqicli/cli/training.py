@@ -158,9 +158,10 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
     if record:
         from haaqicli.models.registry import record_metrics
 
+        key = "" if not exclude else f" without {','.join(exclude)}"  # figures of a part are not the split's
         for result in results:
-            record_metrics(result["model"], result["split"], {**result["overall"], "packages": result["packages"]},
-                           weights_dir)
+            record_metrics(result["model"], result["split"] + key,
+                           {**result["overall"], "packages": result["packages"]}, weights_dir)
 
 
 @click.command()
