@@ -63,7 +63,8 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
             sf.write(folder / f"track{j}.flac", _track(21, 180 * (i + 1) + 60 * j, seed=10 * i + j), SR)
     config = BuildConfig(items=42 + 36, variants_per_clip=2, clips_per_track=2, max_package_share=0.6, seed=1,
                          recipe_weights={"identity": 1.0, "lowpass": 1.0, "noise": 1.0, "level": 1.0},
-                         validation_variants=2, validation_clips_per_track=1, augment=False)
+                         validation_variants=2, validation_clips_per_track=1, augment=False,
+                         clip_seconds=3.0)  # short clips: a test of the plumbing, not of accuracy
     df = build_manifest(corpus, config)
     path = root / "labels" / "manifest.parquet"
     write_manifest(df, path, compact=True)
@@ -162,6 +163,9 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
         assert row["report"]["validation-real"]["packages"] == ["nexuiz-music"]  # the selection package is not reported
         assert row["report"]["validation"]["packages"] == ["flare-game"]
         assert row["selection"]["n"] == 14
+    assert "term_errors" not in saved["rows"][0]["report"]["validation-real"]  # the baseline has no term heads
+    assert saved["rows"][1]["report"]["validation-real"]["term_errors"]  # +terms says which term carries the error
+    assert saved["rows"][0]["report"]["validation"]["family_bias"]
     assert [p["items"] for p in saved["curve"]] == [4, 8, 16] and saved["curve_fit"]["points"] == 3
     assert weights["ablation-conditioning"]["config"]["head"]["bands"] == 8
     assert weights["curve-4"]["training"]["items"] == 4
@@ -175,7 +179,8 @@ def test_training_input_is_what_haaqi_score_presents(data_dir: Path, tmp_path: P
     """Train as users score: the training row of an item (from the split cache the labeller and
     training share) equals the window `haaqi score --spl L` makes of the processed file, L being the
     item's level carried over to the processed file (`scoring_spl`): same calibration, resampling
-    (16 kHz source -> 24 kHz) and windowing, within the cache's int16 step."""
+    (16 kHz source -> 24 kHz) and windowing (a clip shorter than a window, and a full 6-s window),
+    within the cache's int16 step."""
     from haaqicli.audio import InputFile, write_audio
     from haaqicli.engine import ScoreOptions, prepare_file
 
@@ -189,13 +194,22 @@ def test_training_input_is_what_haaqi_score_presents(data_dir: Path, tmp_path: P
         path = write_audio(tmp_path / f"item{i}.wav", proc, sr, subtype="FLOAT")
         spl = scoring_spl(ref, proc, item["spl"])
         prepared = prepare_file(InputFile(path, tmp_path, path.name), ScoreOptions(spl=spl))
-        assert prepared.error == "" and prepared.windows.shape == (1, 1, len(trained))  # one 6-s window, mono
+        assert prepared.error == "" and prepared.windows.shape == (1, 1, len(trained))  # one (short) window, mono
         scored = prepared.windows[0, 0]
         step = np.max(np.abs(trained)) / 32767
         assert np.max(np.abs(scored - trained)) <= 0.51 * step + 1e-5 * np.max(np.abs(scored))
         exact = model_input(ref, proc, sr, 24000, len(trained), item["spl"])
         np.testing.assert_allclose(scored, exact, atol=1e-5 * np.max(np.abs(exact)))
     assert quieter, "the corpus should hold a level-changing item"
+    # a full 6-s window (the manifest's clips are 3 s here): a quieter, darker processed at 44.1 kHz
+    ref = _track(6, 330, seed=5)
+    ref = np.interp(np.arange(6 * 44100) / 44100, np.arange(len(ref)) / SR, ref).astype(np.float32)
+    proc = (0.3 * np.convolve(ref, np.ones(4) / 4, mode="same")).astype(np.float32)
+    path = write_audio(tmp_path / "full.wav", proc, 44100, subtype="FLOAT")
+    prepared = prepare_file(InputFile(path, tmp_path, path.name), ScoreOptions(spl=scoring_spl(ref, proc, 72.0)))
+    exact = model_input(ref, proc, 44100, 24000, 6 * 24000, 72.0)
+    assert prepared.windows.shape == (1, 1, 6 * 24000)
+    np.testing.assert_allclose(prepared.windows[0, 0], exact, atol=1e-5 * np.max(np.abs(exact)))
 
 
 def test_term_head_student_distils_the_teachers_sub_terms(data_dir: Path, tmp_path: Path) -> None:

@@ -115,8 +115,11 @@ def _report(config: AblationConfig, name: str, weights_dir: str | None, log: Cal
 
 
 def _summary(reports: dict[str, Any]) -> dict[str, Any]:
+    """The table's figures of each report, plus per-family bias (and, for term heads, per sub-term)."""
     return {split: {"packages": r["packages"], **{k: r["overall"][k] for k in ("n", "lcc", "srcc", "mse", "bias")},
-                    "within_lcc": r["within_profile"]["lcc"], "clean_normal": r["clean_normal"]["predicted"]}
+                    "within_lcc": r["within_profile"]["lcc"], "clean_normal": r["clean_normal"]["predicted"],
+                    "family_bias": {k: m["bias"] for k, m in r.get("by_degradation", {}).items()},
+                    **({"term_errors": r["term_errors"]} if "term_errors" in r else {})}
             for split, r in reports.items()}
 
 
