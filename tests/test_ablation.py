@@ -100,6 +100,8 @@ def test_selection_never_uses_reporting_packages(data_dir: Path) -> None:
     data = train.load_split(data_dir, "train", log=None)
     small, large = train.first_items(data, 5), train.first_items(data, 9)
     assert len(small) == 5 and set(small.meta["item_id"]) < set(large.meta["item_id"])
+    with pytest.raises(HaaqiError, match="--train-items"):
+        train.first_items(data, len(data) + 1)
 
 
 def test_term_head_model_trains_and_reports_sub_term_errors(data_dir: Path, tmp_path: Path) -> None:

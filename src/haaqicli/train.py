@@ -1,14 +1,17 @@
 """Training, distillation and evaluation of the HAAQI-Net models (nanoGPT-style: one clear loop).
 
-- :func:`train_teacher`: BEATs encoder + HAAQI-Net head on labelled clips. Loss = clip MSE + frame MSE
-  (every frame score is pulled to the clip label, and it really produces gradients).
+- :func:`train_teacher`: BEATs encoder + HAAQI-Net head on labelled clips (or the student architecture,
+  `arch`). Loss = clip MSE + frame MSE (every frame score is pulled to the clip label, and it really
+  produces gradients), plus the sub-terms' MSE for term-head models and an optional ranking term
+  (:mod:`haaqicli.objectives`).
 - :func:`distill_student`: the student learns the teacher's hidden layers and outputs (distillBEATs /
   DistilHuBERT style) on labelled *and* unlabelled degraded clips, plus the true label where known.
 - :func:`evaluate_model`: LCC, SRCC and MSE on the validation packages, overall, by degradation family
   and by hearing-loss severity, next to the paper's figures.
 
-Model selection never looks at the validation packages: a small "dev" part of the *training* packages
-(whole source tracks, by hash) decides which checkpoint is kept. Validation is for reporting only.
+Model selection: by default a small "dev" part of the *training* packages (whole source tracks, by
+hash) decides which checkpoint is kept; `selection="validation-real:ufoai-music"` decides on that
+package instead. The reporting packages (nexuiz-music) and the game validation split never decide.
 """
 
 from __future__ import annotations
@@ -193,8 +196,8 @@ def selection_split(manifest: str | Path, selection: str, log: Callable[[str], N
 def first_items(data: Split, count: int, seed: int = 0) -> Split:
     """The first `count` items of a fixed shuffle (seeded): smaller counts are subsets of larger
     ones, so a learning curve adds labels instead of drawing new ones."""
-    if count < 1:
-        raise HaaqiError(f"train_items {count}: must be at least 1")
+    if not 1 <= count <= len(data):
+        raise HaaqiError(f"--train-items {count}: must be between 1 and the {len(data)} training items")
     order = np.random.default_rng(seed).permutation(len(data))
     mask = np.zeros(len(data), dtype=bool)
     mask[order[:count]] = True
