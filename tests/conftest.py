@@ -35,7 +35,7 @@ TINY_TEACHER = {
 
 
 def tiny_student_config() -> dict:
-    from haaqicli.models.registry import STUDENT_CONFIG
+    from haaqicli.models.student import STUDENT_CONFIG
 
     config = copy.deepcopy(STUDENT_CONFIG)
     config["encoder"].update(

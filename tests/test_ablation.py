@@ -184,7 +184,8 @@ def test_training_input_is_what_haaqi_score_presents(data_dir: Path, tmp_path: P
     (16 kHz source -> 24 kHz) and windowing (a clip shorter than a window, and a full 6-s window),
     within the cache's int16 step."""
     from haaqicli.audio import InputFile, write_audio
-    from haaqicli.engine import ScoreOptions, prepare_file
+    from haaqicli.engine import prepare_file
+    from haaqicli.scoring import ScoreOptions
 
     data = train.load_split(data_dir, "train", log=None)
     quieter = data.meta.index[data.meta["recipe"].str.contains('"level"')].tolist()

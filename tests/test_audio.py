@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def test_missing_ffmpeg_only_matters_when_needed(tmp_path: Path, monkeypatch: py
     fake_m4a = tmp_path / "a.m4a"
     fake_m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 200)
     surround = write_wav(tmp_path / "s.wav", np.repeat(tone(sr=8000, seconds=0.3), 4, axis=0), 8000)
-    monkeypatch.setattr(audio, "_tool", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))  # neither ffmpeg nor ffprobe can be found
     assert open_audio(wav).backend == "soundfile"  # no ffmpeg needed
     with pytest.raises(ToolMissingError, match=r"s\.wav: downmixing 4 channels to stereo needs ffmpeg"):
         open_audio(surround)
@@ -387,8 +388,10 @@ def test_windows_stream_a_ten_minute_file(tmp_path: Path) -> None:
 def test_ffmpeg_banner_probe_when_ffprobe_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wav = write_wav(tmp_path / "a.wav", chord(sr=32000, seconds=1.5, channels=2), 32000)
     m4a = encode_with_ffmpeg(wav, "aac", "96k")
-    real_tool = audio._tool
-    monkeypatch.setattr(audio, "_tool", lambda name: None if name == "ffprobe" else real_tool(name))
+    tools = tmp_path / "tools"  # ffmpeg without ffprobe
+    tools.mkdir()
+    (tools / "ffmpeg").symlink_to(shutil.which("ffmpeg"))
+    monkeypatch.setenv("PATH", str(tools))
     source = open_audio(m4a)
     assert (source.info.sample_rate, source.info.channels, source.info.codec) == (32000, 2, "aac")
     assert source.info.duration_s == pytest.approx(1.5, abs=0.05)
@@ -396,3 +399,39 @@ def test_ffmpeg_banner_probe_when_ffprobe_is_missing(tmp_path: Path, monkeypatch
     text.write_text("not audio")
     with pytest.raises(AudioError, match=r"x\.m4a: not (a decodable|an) audio file"):
         open_audio(text)
+
+
+def test_calibrated_windows_held_and_streamed_are_the_same_samples() -> None:
+    """The one call from a stream to model-ready windows: metered in the same pass (held) or with the gain
+    of an earlier pass (streamed in chunks), the windows are the same, scaled to the level's target RMS."""
+    sr, model_rate = 16000, 24000
+    x = (0.05 * chord(sr=sr, seconds=20.0, channels=2)).astype(np.float32)
+    (held,) = audio.calibrated_windows(ArraySource(x, sr), 70.0, 6.0, 3.0, model_rate, downmix=False)
+    gain = audio.file_gain(ArraySource(x, sr), 70.0)
+    assert held.gain == pytest.approx(gain, rel=1e-12)
+    assert gain == pytest.approx(audio.target_rms(70.0) / np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    chunks = list(audio.calibrated_windows(ArraySource(x, sr), 70.0, 6.0, 3.0, model_rate, downmix=False,
+                                           gain=gain, chunk_windows=2))
+    assert [c.windows.shape[1] for c in chunks] == [2, 2, 2]
+    np.testing.assert_array_equal(np.concatenate([c.windows for c in chunks], axis=1), held.windows)
+    np.testing.assert_array_equal(np.concatenate([c.starts_s for c in chunks]), held.starts_s)
+    assert held.windows.shape == (2, 6, 6 * model_rate)
+    (mono,) = audio.calibrated_windows(ArraySource(x, sr), 70.0, 6.0, 3.0, model_rate, downmix=True)
+    assert mono.windows.shape == (1, 6, 6 * model_rate)
+
+
+def test_the_api_calibrates_as_the_engine_does() -> None:
+    """HAAQIPredictor's differentiable level and the engine's gain are one definition (target_rms)."""
+    from haaqicli.api import HAAQIPredictor
+
+    class Identity(torch.nn.Module):
+        sample_rate = 16000
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    x = torch.from_numpy(0.05 * chord(sr=16000, seconds=2.0, channels=1)[0]).float()
+    calibrated, _ = HAAQIPredictor(Identity()).prepare(x, torch.zeros(8), 16000, spl=72.0)
+    gain = audio.presentation_gain(float(x.double().pow(2).mean().sqrt()), 72.0)
+    np.testing.assert_allclose(calibrated[0].numpy(), x.numpy() * gain, rtol=1e-5)

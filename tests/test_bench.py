@@ -37,7 +37,7 @@ def test_bench_reports_models_and_reference_against_pyclarity(use_tiny_weights: 
 def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights: Path, tmp_path: Path) -> None:
     """Every end-to-end row runs `haaqi` as a subprocess twice (cold, then timed) and says how loaded
     the machine was; the reference row is compared with pyclarity on the same pairs."""
-    from haaqicli.bench_e2e import format_e2e, run_e2e
+    from haaqicli.bench.e2e import format_e2e, run_e2e
 
     pytest.importorskip("clarity")
     result = run_e2e(tmp_path, short_files=2, short_seconds=2.0, long_files=1, long_seconds=3.0, pairs=2,
@@ -59,7 +59,7 @@ def test_machine_load_names_heavy_jobs() -> None:
     import subprocess
     import sys
 
-    from haaqicli.bench_e2e import machine_load
+    from haaqicli.bench.e2e import machine_load
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "haaqi", "dataset label"])
     try:

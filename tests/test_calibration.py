@@ -113,11 +113,12 @@ def test_calibration_of_other_weights_or_a_changed_file_is_ignored_with_a_warnin
 
 def test_score_rows_carry_ordered_intervals(use_tiny_weights: Path, tmp_path: Path):
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.engine import score_inputs
+    from haaqicli.scoring import ScoreOptions
 
     write_music(tmp_path / "in" / "mono.wav", seconds=7.0, seed=1)
     write_music(tmp_path / "in" / "stereo.flac", seconds=4.0, sample_rate=44100, channels=2, seed=2)
-    profiles = resolve_profiles(["normal", "N3", "profiles/asymmetric.csv"])
+    profiles = resolve_profiles(["normal", "N3", "asymmetric"])
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)
         first = score_inputs([tmp_path / "in"], profiles, ScoreOptions(device="cpu"), progress=False).table
@@ -143,7 +144,8 @@ def test_score_rows_carry_ordered_intervals(use_tiny_weights: Path, tmp_path: Pa
 def test_no_calibration_leaves_the_interval_empty_with_one_warning(use_tiny_weights: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch):
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.engine import score_inputs
+    from haaqicli.scoring import ScoreOptions
 
     folder = tmp_path / "weights"
     shutil.copytree(use_tiny_weights, folder)
@@ -191,7 +193,7 @@ def _ladder(scores: list[float], half_width: float = 0.1) -> pd.DataFrame:
 
 
 def test_fast_sweep_warns_when_the_curve_is_flat_or_not_monotonic_within_the_interval():
-    from haaqicli.sweep import curve_warnings
+    from haaqicli.ci.sweep import curve_warnings
 
     assert curve_warnings(_ladder([0.40, 0.60, 0.80, 0.90])) == []  # rises well beyond the interval
     flat = curve_warnings(_ladder([0.88, 0.89, 0.89, 0.90]))
@@ -233,26 +235,28 @@ def test_check_shows_the_interval_of_predicted_scores():
 
     from rich.console import Console
 
-    from haaqicli import gate
+    from haaqicli.ci.evaluate import evaluate, file_scores
+    from haaqicli.ci.policy import Thresholds
+    from haaqicli.ci.render import junit_xml, markdown_summary, print_report
 
     table = pd.DataFrame({"file": ["a.wav", "a.wav", "b.wav"], "profile": "N2", "ear": ["left", "right", "both"],
                           "score": [0.50, 0.60, 0.80], "score_lo": [0.40, 0.44, 0.70], "score_hi": [0.62, 0.70, 0.90],
                           "status": "ok", "model": "distilled", "model_sha256": "x"})
-    scores = gate.file_scores(table)
+    scores = file_scores(table)
     first = scores[scores["file"] == "a.wav"].iloc[0]
     assert (first["score"], first["score_lo"], first["score_hi"]) == pytest.approx((0.55, 0.42, 0.66))
-    report = gate.evaluate(table, cli=gate.Thresholds(min_score=0.6))
+    report = evaluate(table, cli=Thresholds(min_score=0.6))
     case = next(c for c in report.cases if c.file == "a.wav")
     assert case.status == "fail" and case.interval_text == "0.42–0.66"
     assert any("predicted" in note and "interval" in note for note in report.notes)
     out = io.StringIO()
-    gate.print_report(report, console=Console(file=out, width=200))
+    print_report(report, console=Console(file=out, width=200))
     assert "interval" in out.getvalue() and "0.42–0.66" in out.getvalue()
-    assert "0.550 (0.42–0.66)" in gate.markdown_summary(report)
-    xml = gate.junit_xml(report)
+    assert "0.550 (0.42–0.66)" in markdown_summary(report)
+    xml = junit_xml(report)
     assert any("interval=0.42–0.66" in (e.text or "") for e in xml.iter("system-out"))
     # exact scores (no interval columns) show none
-    exact = gate.evaluate(table.drop(columns=["score_lo", "score_hi"]), cli=gate.Thresholds(min_score=0.6))
+    exact = evaluate(table.drop(columns=["score_lo", "score_hi"]), cli=Thresholds(min_score=0.6))
     assert all(c.interval is None for c in exact.cases) and not any("interval" in n for n in exact.notes)
 
 

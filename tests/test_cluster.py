@@ -173,10 +173,11 @@ def test_dataset_label_on_cluster_writes_the_same_shards(tmp_path: Path, corpus:
 def test_workers_refuse_another_model_and_name_unreadable_paths(tmp_path: Path, use_tiny_weights):
     from haaqicli.audio import InputFile
     from haaqicli.audiogram import BUILTIN_PROFILES
-    from haaqicli.engine import ScoreOptions, score_file, worker_scorer
+    from haaqicli.engine import score_file, worker_scorer
     from haaqicli.errors import ModelError
     from haaqicli.executor import unreadable
     from haaqicli.models.registry import get_info
+    from haaqicli.scoring import ScoreOptions
 
     options = ScoreOptions(weights_dir=str(use_tiny_weights))
     with pytest.raises(ModelError, match="install the same weights on every worker"):
@@ -230,7 +231,7 @@ def test_dask_is_not_imported_without_a_scheduler(tiny_weights: Path, tmp_path: 
         "from haaqicli.cli import main\n"
         f"result = CliRunner().invoke(main, ['score', {str(tmp_path / 'music')!r}, '-q', '--out', {str(tmp_path / 's')!r} + '/'])\n"
         "assert result.exit_code == 0, result.output\n"
-        "import haaqicli.cli.gate, haaqicli.cli.reference, haaqicli.cli.dataset, haaqicli.data.labels\n"
+        "import haaqicli.cli.ci, haaqicli.cli.reference, haaqicli.cli.dataset, haaqicli.data.labels\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'dask_jobqueue'}))\n"
     )
     env = {**os.environ, "HAAQI_WEIGHTS": str(tiny_weights)}

@@ -12,6 +12,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from haaqicli.data import labels as lab
+from haaqicli.data.arrays import load_split_arrays
 from haaqicli.data.corpus import (
     BuildConfig,
     build_manifest,
@@ -22,7 +23,7 @@ from haaqicli.data.corpus import (
     scan_corpus,
     write_manifest,
 )
-from haaqicli.data.export import load_split_arrays, model_input
+from haaqicli.data.export import model_input
 from haaqicli.data.packages import (
     RESERVED_PATTERNS,
     TRAIN_PACKAGES,

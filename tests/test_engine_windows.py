@@ -5,6 +5,7 @@ import pytest
 
 from haaqicli.audio import plan_windows
 from haaqicli.engine import aggregate, ears_for, stitch_timeline
+from haaqicli.scoring import ScoreOptions
 
 
 def test_windows_are_full_length_and_cover_the_file():
@@ -68,7 +69,8 @@ def test_windows_of_many_files_share_batches_without_changing_scores(music_folde
     from pathlib import Path
 
     from haaqicli.audiogram import BUILTIN_PROFILES
-    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.engine import score_inputs
+    from haaqicli.scoring import ScoreOptions
 
     profiles = [BUILTIN_PROFILES["mild"], BUILTIN_PROFILES["N5"]]
     together = score_inputs([music_folder], profiles, ScoreOptions(batch_size=3), progress=False).table
@@ -92,7 +94,8 @@ def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tin
     from haaqicli import audio, synth
     from haaqicli.api import HAAQIPredictor
     from haaqicli.audiogram import BUILTIN_PROFILES
-    from haaqicli.engine import ScoreOptions, prepare_file, score_inputs
+    from haaqicli.engine import prepare_file, score_inputs
+    from haaqicli.scoring import ScoreOptions
 
     sr = 44100
     x = synth.music(14.2, sr, seed=4)[0].astype(np.float32)
@@ -146,7 +149,8 @@ def test_long_files_stream_with_the_scores_of_held_windows(tmp_path, use_tiny_we
 
     from haaqicli import synth
     from haaqicli.audiogram import BUILTIN_PROFILES
-    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.engine import score_inputs
+    from haaqicli.scoring import ScoreOptions
 
     sf.write(tmp_path / "long.flac", synth.music(40.0, 44100, channels=2, seed=5).T, 44100)
     sf.write(tmp_path / "short.wav", synth.music(3.0, 24000, seed=6)[0], 24000)
@@ -192,6 +196,6 @@ def test_streamed_files_keep_memory_flat(tmp_path, use_tiny_weights):
     with _pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "window_chunks", spy)
         run = engine.score_inputs([tmp_path], [BUILTIN_PROFILES["mild"]],
-                                  engine.ScoreOptions(batch_size=3, hold_seconds=10.0), progress=False)
+                                  ScoreOptions(batch_size=3, hold_seconds=10.0), progress=False)
     assert run.table["status"].tolist() == ["ok"]
     assert len(largest) >= 4 and max(largest) == 3

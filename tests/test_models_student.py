@@ -7,9 +7,9 @@ import time
 
 import torch
 
-from haaqicli.models.haaqinet import HAAQINet
-from haaqicli.models.registry import STUDENT_CONFIG, TEACHER_CONFIG, build_model, count_params
-from haaqicli.models.student import StudentNet, distillation_loss
+from haaqicli.models.haaqinet import TEACHER_CONFIG, HAAQINet
+from haaqicli.models.registry import build_model, count_params
+from haaqicli.models.student import STUDENT_CONFIG, StudentNet, distillation_loss
 
 T_ENC = dict(encoder_layers=2, embed_dim=32, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
              encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, relative_position_embedding=True,
@@ -87,3 +87,32 @@ def test_default_configs_size_and_relative_speed() -> None:
     finally:
         torch.set_num_threads(threads)
     assert ratio >= 5.0, ratio
+
+
+def test_the_student_default_config_lives_in_one_place() -> None:
+    """The dataclass defaults, the shipped head and STUDENT_CONFIG are one description of the student
+    (they once disagreed on the layer count)."""
+    from haaqicli.models.student import STUDENT_HEAD, DistillConfig, StudentEncoderConfig, StudentNet
+
+    built = StudentNet(StudentEncoderConfig(), STUDENT_HEAD)
+    assert built.config == STUDENT_CONFIG == StudentNet.default_config()
+    assert StudentEncoderConfig().encoder_layers == 2 == len(DistillConfig().targets)
+    assert StudentNet.default_config() is not StudentNet.default_config()  # a copy callers may edit
+
+
+def test_architectures_share_the_model_contract() -> None:
+    """Both architectures are HAAQIModels: registered by arch, one shared forward (encode then head)."""
+    from haaqicli.models.base import HAAQIModel
+    from haaqicli.models.haaqinet import HAAQINet
+    from haaqicli.models.registry import architectures
+    from haaqicli.models.student import StudentNet
+
+    assert architectures() == {"haaqinet": HAAQINet, "haaqinet-student": StudentNet}
+    for cls in (HAAQINet, StudentNet):
+        assert issubclass(cls, HAAQIModel) and cls.forward is HAAQIModel.forward
+    model = build_model("haaqinet-student", STUDENT_CONFIG).eval()
+    wave, gram = torch.randn(2, 24000), torch.full((2, 8), 30.0)
+    with torch.no_grad():
+        out = model(wave, gram)
+        clip_logit, _ = model.head(model.encode(wave), gram)
+    assert torch.equal(out.clip, torch.sigmoid(clip_logit))

@@ -10,16 +10,10 @@ import torch
 from conftest import TINY_TEACHER, tiny_student_config
 
 from haaqicli import synth
-from haaqicli.models.haaqinet import HeadConfig
+from haaqicli.models.haaqinet import TEACHER_CONFIG, HeadConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
-from haaqicli.models.registry import (
-    STUDENT_CONFIG,
-    TEACHER_CONFIG,
-    ModelInfo,
-    build_model,
-    load_model,
-    save_model,
-)
+from haaqicli.models.registry import ModelInfo, build_model, load_model, save_model
+from haaqicli.models.student import STUDENT_CONFIG
 from haaqicli.models.terms import combine
 from haaqicli.objectives import (
     Objective,

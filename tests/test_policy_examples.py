@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from haaqicli import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
 from haaqicli.ceiling import stored_ceiling
+from haaqicli.ci.policy import load_policy
 from haaqicli.cli import main
-from haaqicli.gate import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = [ROOT / "examples" / "policy.toml", ROOT / "examples" / "policy.yaml"]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from haaqicli import synth
 from haaqicli.errors import AudioError, ProfileError
-from haaqicli.reference import compute_haaqi, haaqi_loss
+from haaqicli.reference import compute_haaqi, compute_haaqi_batch, haaqi_loss
 from haaqicli.reference.align import align
 from haaqicli.reference.haaqi import env_smooth, haaqi_terms
 
@@ -139,21 +139,20 @@ def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
         assert result.exit_code == 2 and "CUDA is not available" in result.output
 
 
-def test_pair_rows_from_the_batched_engine(tmp_path, ref: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pair_rows_from_the_batched_engine(tmp_path, ref: np.ndarray) -> None:
     """A pair's (profile, ear) clips go to the engine as one batch; rows get their own scores back."""
     from haaqicli.audio import write_audio
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.reference import haaqi
     from haaqicli.reference.batched import compute_haaqi_torch
     from haaqicli.reference.pairs import score_pair
 
     stereo = np.stack([ref, synth.lowpass(ref, SR, 3000)]).astype(np.float32)
     write_audio(tmp_path / "r.wav", stereo, SR)
     write_audio(tmp_path / "p.wav", stereo * np.array([[1.0], [0.5]], dtype=np.float32), SR)
-    profiles = resolve_profiles(["N2", "profiles/asymmetric.csv"])
+    profiles = resolve_profiles(["N2", "asymmetric"])
     expected = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles)
-    monkeypatch.setattr(haaqi, "compute_haaqi_batch", lambda items, device: compute_haaqi_torch(items, "cpu"))
-    batched = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles, device="cuda")
+    batched = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles, device="cuda",
+                         score_batch=lambda items, device: compute_haaqi_torch(items, "cpu"))
     assert [(r["profile"], r["ear"]) for r in batched] == [(r["profile"], r["ear"]) for r in expected]
     assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in expected], abs=1e-6)
     assert len({round(r["score"], 4) for r in expected}) == len(expected)
@@ -273,25 +272,22 @@ def test_ears_with_one_audiogram_share_one_computation(tmp_path, ref: np.ndarray
     one call per ear."""
     from haaqicli.audio import decode, write_audio
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.reference import haaqi
     from haaqicli.reference.pairs import score_pair
 
     write_audio(tmp_path / "r.wav", ref.astype(np.float32), SR)
     write_audio(tmp_path / "p.wav", synth.lowpass(ref, SR, 3000).astype(np.float32), SR)
     calls: list[int] = []
-    real = haaqi.compute_haaqi_batch
 
     def counting(items, device):  # type: ignore[no-untyped-def]
         calls.append(len(items))
-        return real(items, device=device)
+        return compute_haaqi_batch(items, device=device)
 
-    monkeypatch.setattr(haaqi, "compute_haaqi_batch", counting)
     from dataclasses import replace
 
-    profiles = resolve_profiles(["N2", "profiles/asymmetric.csv"])
+    profiles = resolve_profiles(["N2", "asymmetric"])
     profiles.append(replace(profiles[0], name="N2 again"))
     assert profiles[0].symmetric and not profiles[1].symmetric
-    rows = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles)
+    rows = score_pair(tmp_path / "r.wav", tmp_path / "p.wav", profiles, score_batch=counting)
     assert calls == [1 + 2]  # N2 once for both ears and both N2 profiles; asymmetric: left and right
     r, p = (decode(tmp_path / name)[0][0].astype(np.float64) for name in ("r.wav", "p.wav"))
     level1 = _level1(r)

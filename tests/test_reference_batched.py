@@ -133,7 +133,7 @@ def test_batch_agrees_with_pyclarity() -> None:
 
 def test_engine_choice_follows_the_device(monkeypatch):
     from haaqicli import devices
-    from haaqicli.reference.haaqi import cuda_device
+    from haaqicli.devices import cuda_device
 
     assert cuda_device("cpu") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

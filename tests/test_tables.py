@@ -12,7 +12,8 @@ import pytest
 
 from haaqicli import tables
 from haaqicli.errors import HaaqiError
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, content_hash, read_table, write_table
+from haaqicli.hashing import content_hash
+from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, read_table, write_table
 
 
 def sample_rows(n: int = 3) -> list[dict]:

@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from conftest import write_music
 
 import haaqicli
-from haaqicli import gate
 from haaqicli.audio import MIN_DURATION_S, DownmixWarning
+from haaqicli.ci.evaluate import METHOD_TEXT, NOT_COMPARED, evaluate
+from haaqicli.ci.policy import Thresholds
 from haaqicli.cli import main
 from haaqicli.tables import read_table
 
@@ -210,18 +211,18 @@ def _rows(score: float, spl: float, gram: str) -> pd.DataFrame:
 
 
 def test_baseline_matches_on_level_and_audiogram_values() -> None:
-    thresholds = gate.Thresholds(max_drop=0.01)
+    thresholds = Thresholds(max_drop=0.01)
     baseline = _rows(0.9, 65.0, "aaaa")
-    same = gate.evaluate(_rows(0.8, 65.0, "aaaa"), cli=thresholds, baseline=baseline)
+    same = evaluate(_rows(0.8, 65.0, "aaaa"), cli=thresholds, baseline=baseline)
     assert same.exit_code == 1 and same.cases[0].baseline == pytest.approx(0.9)
     for now in (_rows(0.8, 80.0, "aaaa"), _rows(0.8, 65.0, "bbbb")):
-        report = gate.evaluate(now, cli=thresholds, baseline=baseline)
+        report = evaluate(now, cli=thresholds, baseline=baseline)
         assert report.exit_code == 0 and report.cases[0].baseline is None
-        assert report.cases[0].messages == [gate.NOT_COMPARED]
+        assert report.cases[0].messages == [NOT_COMPARED]
         assert any("not compared" in w and "'mild'" in w for w in report.warnings)
     # tables written before rows recorded them still compare
     old = baseline.drop(columns=["spl", "audiogram_hash"])
-    assert gate.evaluate(_rows(0.8, 65.0, "aaaa"), cli=thresholds, baseline=old).exit_code == 1
+    assert evaluate(_rows(0.8, 65.0, "aaaa"), cli=thresholds, baseline=old).exit_code == 1
 
 
 # ---------------------------------------------------------------------------------------------- levels
@@ -300,14 +301,14 @@ def test_check_says_whether_scores_are_exact_or_predicted(tmp_path: Path) -> Non
         junit = tmp_path / f"{method}.xml"
         code, output = run("check", "--scores", str(table), "--min-score", "0.5", "--junit", str(junit))
         assert code == 0, output
-        assert f"scores: {gate.METHOD_TEXT[method]}" in output.replace("\n", " ") or "scores: " in output
+        assert f"scores: {METHOD_TEXT[method]}" in output.replace("\n", " ") or "scores: " in output
         root = ET.parse(junit).getroot()
-        assert root.find(".//property[@name='scoring']").get("value") == gate.METHOD_TEXT[method]
+        assert root.find(".//property[@name='scoring']").get("value") == METHOD_TEXT[method]
         assert f"({method})" in root.find(".//testcase/system-out").text
 
 
 def test_check_reference_segments_long_inputs_by_default_and_says_so(tmp_path: Path) -> None:
-    from haaqicli.cli.gate import check
+    from haaqicli.cli.ci import check
 
     default = next(p for p in check.params if p.name == "segment_seconds").default
     assert default == 30.0

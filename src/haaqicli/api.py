@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from haaqicli.audio import plan_windows, resample
+from haaqicli.audio import plan_windows, resample, target_rms
 from haaqicli.audiogram import Audiogram
 from haaqicli.calibration import Calibration, load_calibration
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, REFERENCE_RMS, WINDOW_SECONDS
+from haaqicli.constants import AUDIOGRAM_FREQUENCIES, HOP_SECONDS, WINDOW_SECONDS
 from haaqicli.errors import AudioError, ModelError
 from haaqicli.levels import warn_untrained_level
 from haaqicli.models.registry import ModelInfo, load_model
@@ -100,9 +100,8 @@ class HAAQIPredictor(nn.Module):
         if spl is not None:
             warn_untrained_level(float(spl), self.info.name if self.info else "this",
                                  self.info.training if self.info else None)
-            target = REFERENCE_RMS * 10 ** ((float(spl) - DEFAULT_SPL) / 20)
             rms = x.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
-            x = x * (target / rms)
+            x = x * (target_rms(float(spl)) / rms)  # the engine's calibration (audio.level), differentiable
         return x, audiogram.to(dev)
 
     def window_scores(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None

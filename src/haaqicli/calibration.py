@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from haaqicli.atomic import atomic_write
-from haaqicli.audiogram import SEVERITY_GRADES
+from haaqicli.audiogram import SEVERITY_GRADES, Audiogram
 from haaqicli.errors import HaaqiError
+from haaqicli.hashing import content_hash
+from haaqicli.models.registry import calibration_entry, default_weights_dir, get_info, record_calibration
 
 FORMAT_VERSION = 1
 DEFAULT_COVERAGE = 0.8
@@ -191,8 +193,6 @@ def calibration_file(model: str) -> str:
 def save_calibration(calibration: Calibration, weights_dir: str | Path | None = None) -> Path:
     """Write ``<weights_dir>/<model>.calibration.json`` atomically and list it (file and sha256) in
     the manifest entry of its model, whose weights must be the ones it was fitted for."""
-    from haaqicli.models.registry import default_weights_dir, get_info, record_calibration
-
     folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     info = get_info(calibration.model, folder)
     if info.sha256 != calibration.weights_sha256:
@@ -208,9 +208,6 @@ def load_calibration(model: str, weights_sha256: str, weights_dir: str | Path | 
                      warn: bool = True) -> Calibration | None:
     """The calibration of ``model`` if it exists and belongs to weights ``weights_sha256``; else None,
     with a CalibrationWarning saying why (unless ``warn`` is False)."""
-    from haaqicli.models.registry import calibration_entry, default_weights_dir
-    from haaqicli.tables import content_hash
-
     folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     entry = calibration_entry(model, folder)
     path = folder / str(entry.get("file") or calibration_file(model))
@@ -245,9 +242,10 @@ def _labelled_table(path: str | Path, model: str, weights_sha256: str) -> tuple[
     """(predicted, exact, pta, packages) of a labelled table: columns ``label`` (exact HAAQI),
     ``pred_<model>`` (the model's score), ``pta`` (dB HL; or ``audiogram``, 8 levels) and, when
     present, ``sha256_<model>`` (the weights that predicted, which must be the loaded ones)."""
+    # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
-    from haaqicli.audiogram import Audiogram
+    # lazy: pandas only where this path runs (start-up time)
     from haaqicli.tables import read_table
 
     path = Path(path)

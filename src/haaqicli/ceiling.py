@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from haaqicli import synth
 from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import BUILTIN_PROFILES, EARS, Profile
 from haaqicli.constants import DEFAULT_SPL
@@ -67,7 +68,6 @@ class Ceiling:
 
 
 def clean_clips() -> list[np.ndarray]:
-    from haaqicli import synth
 
     return [synth.music(CLIP_SECONDS, SAMPLE_RATE, seed=seed, tempo_bpm=tempo)[0].astype(np.float64)
             for seed, tempo in CLEAN_CLIPS]
@@ -76,7 +76,8 @@ def clean_clips() -> list[np.ndarray]:
 def measure_ceilings(profiles: Iterable[Profile], spl: float = DEFAULT_SPL, workers: int = 1) -> dict[str, Ceiling]:
     """Measure every profile's ceiling (one exact-HAAQI batch; `workers` CPU processes, <= 0: all cores).
     Audiograms shared by several profiles (aliases, symmetric ears) are scored once."""
-    from haaqicli.reference.haaqi import compute_haaqi_batch
+    # lazy: numba, scipy only where this path runs (start-up time)
+    from haaqicli.reference.dispatch import compute_haaqi_batch
 
     profiles = list(profiles)
     clips = clean_clips()

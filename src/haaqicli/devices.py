@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from haaqicli.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 # What an NVIDIA driver exposes on Linux (also inside containers given a GPU), and WSL's GPU device.
 DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
@@ -28,7 +34,29 @@ def cuda_device(device: str) -> str | None:
     A bad or missing device raises ModelError (one line)."""
     if device == "cpu" or (device.strip().lower() == "auto" and not cuda_driver_present()):
         return None
-    from haaqicli.models.registry import resolve_device
-
     resolved = resolve_device(device)
     return str(resolved) if resolved.type == "cuda" else None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda"/"cuda:N" must exist (else ModelError, one line)."""
+    # lazy: torch costs seconds to import, and the numba engine never needs it
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    d = device.strip().lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d == "cuda" or d.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        idx = int(d.split(":")[1]) if ":" in d and d.split(":")[1].isdigit() else 0
+        if ":" in d and not d.split(":")[1].isdigit():
+            raise ModelError(f"--device {device}: expected cuda:N")
+        if idx >= torch.cuda.device_count():
+            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device(f"cuda:{idx}")
+    raise ModelError(f"--device {device}: expected auto, cpu, cuda or cuda:N")

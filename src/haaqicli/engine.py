@@ -31,30 +31,19 @@ import torch
 from haaqicli import audio
 from haaqicli.audiogram import Profile
 from haaqicli.calibration import Calibration, CalibrationWarning, load_calibration
-from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, MODEL_SAMPLE_RATE, WINDOW_SECONDS
-from haaqicli.errors import HaaqiError
+from haaqicli.constants import MODEL_SAMPLE_RATE
+from haaqicli.devices import resolve_device
+from haaqicli.errors import HaaqiError, ModelError
+from haaqicli.executor import TaskProgress, open_executor, unreadable, worker_name
+from haaqicli.hashing import content_hash
 from haaqicli.levels import warn_untrained_level
+from haaqicli.models.registry import get_info, load_model
 from haaqicli.progress import AudioProgress, ProgressCallback
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, content_hash
+from haaqicli.scoring.options import ScoreOptions
+from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, is_dataset, read_table
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
-
-
-@dataclass
-class ScoreOptions:
-    model: str = "distilled"
-    device: str = "auto"
-    batch_size: int = 16
-    workers: int = 1
-    spl: float = DEFAULT_SPL
-    mix: str = "stereo"  # "stereo": channel i scored with ear i; "mono": downmix first
-    window_s: float = WINDOW_SECONDS
-    hop_s: float = HOP_SECONDS
-    beats_checkpoint: str | None = None
-    weights_dir: str | None = None
-    # Longer files are scored as they stream (two decoding passes) instead of held in memory.
-    hold_seconds: float = 300.0
 
 
 @dataclass
@@ -113,31 +102,15 @@ def prepare_file(
         audio.require_duration(item.path, info.duration_s)
         if info.duration_s > options.hold_seconds:
             # A long file: one pass for its level now; its windows stream later (`window_chunks`).
-            meter = audio.LevelMeter(info.channels, str(item.path))
-            for block in source.blocks():
-                meter.add(block)
-            audio.require_duration(item.path, meter.count / info.sample_rate)  # ffmpeg's duration is an estimate
-            prepared.gain = audio.presentation_gain(audio.overall_rms(meter.rms()), options.spl)
+            prepared.gain = audio.file_gain(source, options.spl)
             prepared.streamed = True
-            if hashing is not None:
-                prepared.content_hash = hashing.result()
-            return prepared
-        # One decoding pass: the level is metered while the stream is resampled to the model rate
-        # and cut into windows there; the presentation gain is applied afterwards (all linear).
-        meter = audio.LevelMeter(info.channels, str(item.path))
-        windows: list[np.ndarray] = []
-        starts, ends = [], []
-        for window in audio.iter_windows(source, options.window_s, options.hop_s, meter=meter,
-                                         downmix=len(prepared.ears) == 1, sample_rate=model_sample_rate):
-            windows.append(window.samples if len(prepared.ears) == 1 else window.samples[:2])
-            starts.append(window.start_s)
-            ends.append(window.end_s)
-        audio.require_duration(item.path, meter.count / info.sample_rate)  # ffmpeg's duration is an estimate
-        prepared.gain = audio.presentation_gain(audio.overall_rms(meter.rms()), options.spl)
-        prepared.windows = np.stack(windows, axis=1)
-        prepared.windows *= np.float32(prepared.gain)
-        prepared.starts_s = np.array(starts, dtype=np.float64)
-        prepared.ends_s = np.array(ends, dtype=np.float64)
+        else:
+            # One decoding pass: the level is metered while the stream is resampled to the model rate
+            # and cut into windows there; the presentation gain is applied afterwards (all linear).
+            (held,) = audio.calibrated_windows(source, options.spl, options.window_s, options.hop_s,
+                                               model_sample_rate, downmix=len(prepared.ears) == 1)
+            prepared.gain, prepared.windows = held.gain, held.windows
+            prepared.starts_s, prepared.ends_s = held.starts_s, held.ends_s
         if hashing is not None:
             prepared.content_hash = hashing.result()
     except HaaqiError as error:
@@ -160,30 +133,10 @@ def window_chunks(prepared: PreparedFile, options: ScoreOptions, chunk_windows: 
     if not prepared.streamed:
         yield prepared.windows, prepared.starts_s, prepared.ends_s  # type: ignore[misc]
         return
-    mono = len(prepared.ears) == 1
-    windows: list[np.ndarray] = []
-    starts: list[float] = []
-    ends: list[float] = []
-    gain = np.float32(prepared.gain)
-
-    def chunk() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        stacked = np.stack(windows, axis=1)
-        stacked *= gain
-        out = (stacked, np.array(starts, dtype=np.float64), np.array(ends, dtype=np.float64))
-        windows.clear()
-        starts.clear()
-        ends.clear()
-        return out
-
-    for window in audio.iter_windows(audio.open_audio(prepared.input.path), options.window_s, options.hop_s,
-                                     downmix=mono, sample_rate=model_sample_rate):
-        windows.append(window.samples if mono else window.samples[:2])
-        starts.append(window.start_s)
-        ends.append(window.end_s)
-        if len(windows) >= chunk_windows:
-            yield chunk()
-    if windows:
-        yield chunk()
+    for chunk in audio.calibrated_windows(audio.open_audio(prepared.input.path), options.spl, options.window_s,
+                                          options.hop_s, model_sample_rate, downmix=len(prepared.ears) == 1,
+                                          gain=prepared.gain, chunk_windows=chunk_windows):
+        yield chunk.windows, chunk.starts_s, chunk.ends_s
 
 
 @functools.lru_cache(maxsize=1)
@@ -443,13 +396,15 @@ def _prepared_stream(
 ) -> Iterator[PreparedFile]:
     """Prepared files in input order; joblib workers decode ahead when asked for (a long file's
     windows stream later in this process: `window_chunks`)."""
-    if options.workers <= 1:
+    workers = options.workers or 1
+    if workers <= 1:
         for item in items:
             yield prepare_file(item, options, sample_rate)
         return
+    # lazy: joblib only where this path runs (start-up time)
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=options.workers, return_as="generator", prefer="processes")
+    parallel = Parallel(n_jobs=workers, return_as="generator", prefer="processes")
     yield from parallel(delayed(prepare_file)(item, options, sample_rate) for item in items)
 
 
@@ -473,8 +428,6 @@ def score_inputs(
     ``progress``: a bar in seconds of audio (moving within long files), or a callback
     (see haaqicli.progress).
     """
-    from haaqicli.models.registry import get_info, load_model, resolve_device
-
     options = options or ScoreOptions()
     if not profiles:
         raise HaaqiError("no profile given (use --profile)")
@@ -595,8 +548,6 @@ def _probe_durations(items: Sequence[audio.InputFile], bar: AudioProgress) -> No
             except Exception:  # noqa: BLE001 - the file's own row reports why it cannot be read
                 continue
 
-    import threading
-
     threading.Thread(target=probe, name="haaqi-probe", daemon=True).start()
 
 
@@ -626,8 +577,6 @@ def _resumable_rows(
     those with an ok row for every requested profile, scored with the same audiogram values, level
     and model. Tables written before rows recorded the audiogram hash and level are rescored. From a
     dataset folder only the key columns are read (its kept rows stay in their part files)."""
-    from haaqicli.tables import is_dataset, read_table
-
     if not (resume and out and Path(out).exists()):
         return pd.DataFrame(columns=SCORE_COLUMNS), set()
     previous = read_table(out, RESUME_KEY_COLUMNS) if is_dataset(out) else read_table(out)
@@ -655,8 +604,6 @@ def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence
 def _open_table(out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float,
                 model_sha256: str) -> tuple[IncrementalTable | PartitionedTable | None, set[str]]:
     """The output table, holding the rows a resumed run keeps, and the content hashes of finished files."""
-    from haaqicli.tables import is_dataset
-
     kept, done = _resumable_rows(out, resume, profiles, spl, model_sha256)
     if not out:
         return None, done
@@ -673,8 +620,6 @@ def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: Scor
                calibration: Calibration | None = None) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]], float]:
     """One file as one task (on a cluster worker): its rows, timelines and scored seconds of audio. The
     model is this process's (loaded once, sha256 checked); the file is read here, from its path."""
-    from haaqicli.executor import unreadable
-
     scorer, info = worker_scorer(options, model_sha256)
     reason = unreadable(item.path)
     prepared = PreparedFile(input=item, error=reason) if reason else prepare_file(item, options, info.sample_rate)
@@ -689,9 +634,6 @@ _worker_lock = threading.Lock()
 def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScorer, Any]:
     """This process's scorer for ``options``, loaded on first use, and a check that it is the model the
     client asked for (a worker with other weights would give other scores)."""
-    from haaqicli.errors import ModelError
-    from haaqicli.executor import worker_name
-
     with _worker_lock:  # a worker with several threads loads the model once, not once per thread
         scorer, info = _load_scorer(options.model, options.device, options.batch_size, options.beats_checkpoint,
                                     options.weights_dir)
@@ -704,7 +646,6 @@ def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScore
 @functools.lru_cache(maxsize=2)
 def _load_scorer(model: str, device: str, batch_size: int, beats_checkpoint: str | None,
                  weights_dir: str | None) -> tuple[WindowScorer, Any]:
-    from haaqicli.models.registry import load_model, resolve_device
 
     torch_device = resolve_device(device)
     network, info = load_model(model, device=torch_device, beats_checkpoint=beats_checkpoint,
@@ -724,8 +665,6 @@ def _score_on_cluster(
 ) -> ScoreRun:
     """Each file one task on a Dask cluster; rows stream into ``table`` as tasks finish. Without a
     dataset table every row is returned; with one, only the failed files' rows (bounded memory)."""
-    from haaqicli.executor import TaskProgress, open_executor
-
     held: list[dict] = []
     timelines: dict = {}
     started = time.perf_counter()

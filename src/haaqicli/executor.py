@@ -66,6 +66,7 @@ class DaskExecutor(Executor):
 
     def __init__(self, scheduler: str) -> None:
         try:
+            # lazy: dask.distributed is an optional dependency, needed on this path only
             from distributed import Client, LocalCluster
         except ImportError:
             raise HaaqiError("--scheduler needs Dask: pip install 'haaqi[dask]'") from None
@@ -112,6 +113,7 @@ class DaskExecutor(Executor):
 
     def imap_unordered(self, fn: Callable[..., Any], tasks: Iterable[tuple], **shared: Any
                        ) -> Iterator[tuple[tuple, Any]]:
+        # lazy: dask.distributed is an optional dependency, needed on this path only
         from distributed import as_completed
 
         todo = iter(tasks)
@@ -168,6 +170,7 @@ def open_executor(scheduler: str | None) -> Executor:
 def worker_name() -> str:
     """The Dask worker this runs on (its address), else the host name: for error messages."""
     if "distributed" in sys.modules:
+        # lazy: dask.distributed is an optional dependency, needed on this path only
         from distributed import get_worker
 
         try:
@@ -197,6 +200,7 @@ class TaskProgress:
         self.started = time.perf_counter()
         self._bar: Any = None
         if display:
+            # lazy: rich only where this path runs (start-up time)
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

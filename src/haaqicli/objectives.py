@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from haaqicli.errors import HaaqiError
-from haaqicli.models.haaqinet import HAAQINetOutput, haaqinet_loss
+from haaqicli.models.base import HAAQINetOutput
+from haaqicli.models.haaqinet import haaqinet_loss
 
 RANK_LOSSES = ("pairwise", "correlation")
 

@@ -83,6 +83,7 @@ def _clock(seconds: float) -> str:
 
 
 def _rich_bar(label: str) -> tuple[Any, Any]:
+    # lazy: rich only where this path runs (start-up time)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import Profile, builtin_profile
+from haaqicli.ceiling import stored_ceiling
 from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HL_MAX, HL_MIN
 from haaqicli.errors import HaaqiError
 
@@ -99,7 +100,8 @@ def _prepare(table: pd.DataFrame) -> pd.DataFrame:
 def _file_scores(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (file, profile): the mean of the ears (`gate.file_scores`, the Clarity convention), with
     the interval's bounds averaged the same way where the table has them."""
-    from haaqicli.gate import file_scores
+    # lazy: pandas only where this path runs (start-up time)
+    from haaqicli.ci.evaluate import file_scores
 
     columns = df.drop(columns=[c for c in df.columns if c.startswith("_")])
     files = file_scores(columns)
@@ -173,6 +175,7 @@ def _grid(files: pd.DataFrame, order: Sequence[str], limit: int) -> tuple[_Table
 
 
 def _png(fig: Any) -> bytes:
+    # lazy: matplotlib only where this path runs (start-up time)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -182,6 +185,7 @@ def _png(fig: Any) -> bytes:
 
 
 def _histograms(files: pd.DataFrame, order: Sequence[str], ceilings: Mapping[str, Any]) -> bytes | None:
+    # lazy: matplotlib only where this path runs (start-up time)
     from matplotlib.figure import Figure
 
     groups = [(name, files.loc[(files["profile"] == name) & (files["status"] == "ok"), "score"].to_numpy(dtype=float))
@@ -212,6 +216,7 @@ def _histograms(files: pd.DataFrame, order: Sequence[str], ceilings: Mapping[str
 
 def _audiograms(profiles: Sequence[Profile]) -> bytes:
     """Clinical audiogram style: log frequency, dB HL growing downwards, right ear O (red), left X (blue)."""
+    # lazy: matplotlib only where this path runs (start-up time)
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullLocator
 
@@ -254,6 +259,7 @@ def _label(row: pd.Series) -> str:
 
 
 def _timelines(rows: list[tuple[pd.Series, tuple[np.ndarray, np.ndarray]]]) -> bytes:
+    # lazy: matplotlib only where this path runs (start-up time)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 2.1 * len(rows)))
@@ -301,7 +307,6 @@ def _level(df: pd.DataFrame, spl: float | None) -> str:
 def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n: int, timeline_n: int,
            profiles: Sequence[Profile] | None = None, spl: float | None = None,
            ceilings: Mapping[str, Any] | None = None, grid_n: int = 30) -> list[Block]:
-    from haaqicli.ceiling import stored_ceiling
 
     df = _prepare(table)
     ok = df[df["_ok"]]

@@ -17,13 +17,13 @@ import pandas as pd
 
 from haaqicli.atomic import atomic_write
 from haaqicli.errors import HaaqiError
-from haaqicli.hashing import content_hash as content_hash  # re-exported: resume keys
 
 SCORE_COLUMNS: list[str] = [
     "file", "profile", "ear", "model", "model_sha256", "score", "score_lo", "score_hi", "score_min", "score_p10",
     "worst_start_s", "worst_end_s", "duration_s", "sample_rate", "channels", "status", "error",
     "content_hash", "path", "spl", "audiogram_hash",
 ]
+EXACT_MODEL = "reference"  # the `model` column of rows scored with the exact HAAQI against a reference
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
@@ -107,6 +107,7 @@ def dataset_parts(directory: str | Path) -> list[Path]:
 
 def dataset_rows(directory: str | Path) -> int:
     """Rows in a dataset folder, from the part files' metadata (nothing is loaded)."""
+    # lazy: pyarrow only where this path runs (start-up time)
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(part).metadata.num_rows for part in dataset_parts(directory))

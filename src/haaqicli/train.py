@@ -33,7 +33,12 @@ from torch import nn
 
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL
+from haaqicli.devices import resolve_device
 from haaqicli.errors import HaaqiError
+from haaqicli.models.base import HAAQINetOutput
+from haaqicli.models.haaqinet import HAAQINet
+from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
+from haaqicli.models.student import StudentNet, distillation_loss
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
 PAPER_FIGURES = {
@@ -83,6 +88,7 @@ class TrainConfig:
 def metrics(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """LCC (Pearson), SRCC (Spearman) and MSE, the figures HAAQI-Net reports, and the bias (mean of
     predicted - true): a family the model cannot hear (e.g. reverb) shows up as a large bias."""
+    # lazy: scipy only where this path runs (start-up time)
     from scipy import stats
 
     predicted = np.asarray(predicted, dtype=np.float64)
@@ -146,7 +152,8 @@ class Split:
 def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print) -> Split:
     """The labelled items of a manifest split, each presented at its level; the waves stay an int16
     memory map on disk (see `load_split_arrays`), whose disk use is logged."""
-    from haaqicli.data.export import load_split_arrays
+    # lazy: scipy, pandas, joblib only where this path runs (start-up time)
+    from haaqicli.data.arrays import load_split_arrays
 
     waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log)
     if len(labels) == 0:
@@ -405,7 +412,6 @@ def objective_of(config: TrainConfig):  # type: ignore[no-untyped-def]
 
 
 def _setup(config: TrainConfig) -> torch.device:
-    from haaqicli.models.registry import resolve_device
 
     _seed_everything(config.seed)
     if config.threads:
@@ -417,12 +423,11 @@ def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Call
     """Copy every tensor of `source` (a registered model, loaded with its sha256 checked, or a
     .safetensors file) whose name and shape match the model's; the rest keep their fresh values.
     This lets a smaller variant (fewer layers) start from a trained model. Returns the count copied."""
-    from haaqicli.models.registry import load_model
-
     path = Path(source)
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise HaaqiError(f"--init {source}: no such file")
+        # lazy: safetensors only where this path runs (start-up time)
         from safetensors.torch import load_file
 
         state = load_file(str(path))
@@ -447,7 +452,6 @@ def _label_levels(meta: pd.DataFrame) -> list[float]:
 
 
 def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best: dict, extra: dict) -> dict:
-    from haaqicli.models.registry import ModelInfo, save_model
 
     info = ModelInfo(
         name=config.name,
@@ -474,14 +478,13 @@ def _device_terms(data: Split, index: torch.Tensor, device: torch.device) -> tor
 def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train a model (the teacher, or any registered architecture: `config.arch`) on the manifest's
     labelled training split and export it to the registry."""
-    from haaqicli.models.registry import STUDENT_CONFIG, TEACHER_CONFIG, build_model
     from haaqicli.objectives import label_objective
 
     device = _setup(config)
     objective = objective_of(config)
     train, dev = load_train_selection(config, log)
     log(f"{config.arch}: {len(train)} training clips, {len(dev)} clips choose checkpoints ({config.selection})")
-    default = STUDENT_CONFIG if config.arch == "haaqinet-student" else TEACHER_CONFIG
+    default = architectures().get(config.arch, HAAQINet).default_config()
     model = build_model(config.arch, model_config(config, default)).to(device)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
@@ -506,7 +509,6 @@ class TeacherTargets:
     terms: torch.Tensor | None = None  # (N, 4) sub-terms of a term-head teacher
 
     def select(self, index: torch.Tensor, device: torch.device):  # type: ignore[no-untyped-def]
-        from haaqicli.models.haaqinet import HAAQINetOutput
 
         hidden: list = [None] * (max(self.hidden) + 1)
         for layer, values in self.hidden.items():
@@ -519,6 +521,7 @@ def _targets_cache_path(teacher_sha256: str, layers: list[int], data: Split) -> 
     """Where the targets of this teacher on these items are kept: the key covers the teacher's
     weights, the layers and the items (whose inputs the manifest fixes bit-exactly). None for data
     without manifest item ids."""
+    # lazy: scipy, pandas, soundfile only where this path runs (start-up time)
     from haaqicli.data.corpus import default_data_dir
 
     if "item_id" not in data.meta:
@@ -565,15 +568,13 @@ def teacher_targets(
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Distil the student from the registered teacher: the teacher's hidden layers and outputs are
     the main targets; the true label is an extra term."""
-    from haaqicli.models.registry import STUDENT_CONFIG, build_model, load_model
-    from haaqicli.models.student import distillation_loss
     from haaqicli.objectives import label_objective
 
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
     train, dev = load_train_selection(config, log)
-    student_config = model_config(config, STUDENT_CONFIG)
+    student_config = model_config(config, StudentNet.default_config())
     # The true labels' term: the clip score (no frame term: the teacher's frames are the frame targets),
     # plus sub-terms and ranking where the run asks for them.
     objective = dataclasses.replace(objective_of(config), frame_weight=0.0)
@@ -651,8 +652,6 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics of a registered model against true labels (see `evaluation_metrics`), leaving out the
     items of `exclude_packages` (e.g. the package that chose the checkpoints)."""
-    from haaqicli.models.registry import load_model, resolve_device
-
     dev = resolve_device(device)
     model, info = load_model(name, device=dev, weights_dir=weights_dir)
     data = load_split(manifest, split, log=None)

@@ -25,9 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("training:ablate", "Ablation table and learning curve of the model changes."),
     "calibrate": ("calibrate:calibrate", "Fit and check the intervals of predicted scores on labelled music."),
     "bench": ("bench:bench", "Time scoring against pyclarity's HAAQI in the same run."),
-    "check": ("gate:check", "CI gate: fail when quality drops below thresholds or a baseline."),
-    "sweep": ("gate:sweep", "Score a codec bitrate ladder and find the lowest bitrate meeting a target."),
-    "compare": ("gate:compare", "Compare two score tables: deltas, worst regressions, paired test."),
+    "check": ("ci:check", "CI gate: fail when quality drops below thresholds or a baseline."),
+    "sweep": ("ci:sweep", "Score a codec bitrate ladder and find the lowest bitrate meeting a target."),
+    "compare": ("ci:compare", "Compare two score tables: deltas, worst regressions, paired test."),
 }
 
 

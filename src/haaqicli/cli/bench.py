@@ -1,4 +1,4 @@
-"""`haaqi bench`: a thin shell over :func:`haaqicli.bench.run_bench`."""
+"""`haaqi bench`: a thin shell over :func:`haaqicli.bench.timing.run_bench`."""
 
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ def bench(
 ) -> None:
     """Time scoring of a synthetic folder and pyclarity's HAAQI, in one run; with --end-to-end, first
     the whole `haaqi` processes a user runs (start-up included), beside pyclarity."""
-    from haaqicli.bench import format_bench, format_cluster_bench, run_bench, run_cluster_bench
+    from haaqicli.bench.timing import format_bench, format_cluster_bench, run_bench, run_cluster_bench
 
     result: dict = {}
     if e2e_dir:
-        from haaqicli.bench_e2e import format_e2e, run_e2e
+        from haaqicli.bench.e2e import format_e2e, run_e2e
 
         result["end_to_end"] = run_e2e(Path(e2e_dir), *e2e_short, *e2e_long, *e2e_pairs, workers=e2e_workers,
                                        models=models)

@@ -16,6 +16,7 @@ from haaqicli.constants import DEFAULT_SPL
 from haaqicli.errors import HaaqiError
 from haaqicli.interrupts import RunInterrupted
 from haaqicli.levels import REFERENCE_SPL_HELP, SCORE_SPL_HELP
+from haaqicli.scoring.options import ScoreOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -180,6 +181,23 @@ def model_options(func):  # type: ignore[no-untyped-def]
     ):
         func = decorator(func)
     return func
+
+
+# The parameters `scoring_options` gathers into one ScoreOptions (click parameter name = field name).
+SCORING_PARAMETERS = ("profiles", "spl", "model", "device", "batch_size", "workers", "mix", "beats_checkpoint")
+
+
+def scoring_options(func: F) -> F:
+    """--profile, --spl and the model options, shared by `score`, `check` and `sweep`: the command
+    receives them as one `options: ScoreOptions` instead of eight parameters."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in SCORING_PARAMETERS}
+        kwargs["options"] = ScoreOptions(**{**given, "profiles": tuple(given["profiles"])})
+        return func(*args, **kwargs)
+
+    return profile_option(spl_option(model_options(command)))  # type: ignore[return-value]
 
 
 def show_warnings(func):  # type: ignore[no-untyped-def]

@@ -191,7 +191,7 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
            flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool,
            scheduler: str | None = None) -> None:
     from haaqicli.data.labels import label_manifest, shard_dir
-    from haaqicli.models.registry import resolve_device
+    from haaqicli.devices import resolve_device
 
     resolve_device(device)  # a bad device is a one-line error before any work
     manifest_path, corpus_dir = _paths(manifest, corpus)
@@ -331,7 +331,7 @@ def export(manifest: str | None, corpus: str | None, split: str, out: str | None
 
 @one_line_errors
 def _export(manifest: str | None, corpus: str | None, split: str, out: str | None) -> None:
-    from haaqicli.data.export import load_split_arrays
+    from haaqicli.data.arrays import load_split_arrays
 
     manifest_path, corpus_dir = _paths(manifest, corpus)
     waves, grams, labels, _ = load_split_arrays(manifest_path, split, corpus_dir=corpus_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -10,25 +11,22 @@ import click
 from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
-    model_options,
     one_line_errors,
     output_options,
-    profile_option,
     quiet_option,
     require_writable,
     scheduler_option,
+    scoring_options,
     show_warnings,
-    spl_option,
 )
 from haaqicli.constants import HOP_SECONDS, WINDOW_SECONDS
 from haaqicli.interrupts import RunInterrupted
+from haaqicli.scoring.options import ScoreOptions
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@profile_option
-@spl_option
-@model_options
+@scoring_options
 @output_options
 @scheduler_option
 @click.option("--resume", is_flag=True, help="Keep finished rows of --out and score only the rest.")
@@ -39,14 +37,7 @@ from haaqicli.interrupts import RunInterrupted
 @one_line_errors
 def score(
     inputs: tuple[str, ...],
-    profiles: tuple[str, ...],
-    spl: float,
-    model: str,
-    device: str,
-    batch_size: int,
-    workers: int | None,
-    mix: str,
-    beats_checkpoint: str | None,
+    options: ScoreOptions,
     out: str | None,
     report: str | None,
     scheduler: str | None,
@@ -65,7 +56,7 @@ def score(
     Exit status: 0 when every file was scored, 1 when some failed, 2 for usage errors.
     """
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.engine import ScoreOptions, score_inputs
+    from haaqicli.engine import score_inputs
     from haaqicli.errors import HaaqiError
     from haaqicli.tables import is_dataset
 
@@ -80,18 +71,8 @@ def score(
         _check_extension(report, (".md", ".html"), "--report")
     # a dataset's parts go inside the folder: the folder must take new files
     require_writable(out=str(Path(out) / "part.parquet") if dataset else out, report=report)
-    loaded = resolve_profiles(profiles)
-    options = ScoreOptions(
-        model=model,
-        device=device,
-        batch_size=batch_size,
-        workers=workers or 1,
-        spl=spl,
-        mix=mix,
-        window_s=window_s,
-        hop_s=hop_s,
-        beats_checkpoint=beats_checkpoint,
-    )
+    loaded = resolve_profiles(options.profiles)
+    options = replace(options, window_s=window_s, hop_s=hop_s)
     run = score_inputs(inputs, loaded, options, out=out, resume=resume, progress=not quiet,
                        scheduler=scheduler, keep_timelines=bool(report))
     kept = len(run.table)
@@ -106,7 +87,7 @@ def score(
         from haaqicli.report import write_report
 
         write_report(run.table, report, timelines=run.timelines, title="haaqi score report", profiles=loaded,
-                     spl=spl)
+                     spl=options.spl)
     if (not quiet or not out) and not dataset:
         print_scores(run.table)
     if run.interrupted:

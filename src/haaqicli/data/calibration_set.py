@@ -31,11 +31,14 @@ import pandas as pd
 import soundfile as sf
 
 from haaqicli.atomic import atomic_write
+from haaqicli.audio import presentation_gain, resample
 from haaqicli.audiogram import BUILTIN_PROFILES, severity_of
-from haaqicli.constants import CLIP_SECONDS
+from haaqicli.constants import CLIP_SECONDS, MODEL_SAMPLE_RATE
 from haaqicli.data import degrade
-from haaqicli.data.corpus import BuildConfig, Track, cut_clips
+from haaqicli.data.corpus import BuildConfig, Track, cut_clips, read_segment
+from haaqicli.data.labels import label_arguments
 from haaqicli.data.packages import CALIBRATION_PACKAGES, DatasetError, is_reserved
+from haaqicli.models.registry import load_model
 
 # The validation-real profiles of issue 14: normal hearing and Bisgaard N1-N4, S1-S2.
 CALIBRATION_PROFILES: tuple[str, ...] = ("normal", "N1", "N2", "N3", "N4", "S1", "S2")
@@ -143,11 +146,6 @@ def clip_id_of(track: Track, offset: float) -> str:
 
 def _clip_rows(corpus: Path, track: Track, offset: float, config: SetConfig) -> tuple[list[dict], list[dict], list]:
     """Rows (without label/predictions), their compute_haaqi arguments and each version's model input."""
-    from haaqicli.audio import presentation_gain, resample
-    from haaqicli.constants import MODEL_SAMPLE_RATE
-    from haaqicli.data.corpus import read_segment
-    from haaqicli.data.labels import label_arguments
-
     reference, sr = read_segment(corpus, track.source, offset, config.clip_seconds, track.sample_rate)
     clip_id = clip_id_of(track, offset)
     rows, arguments, inputs = [], [], []
@@ -185,8 +183,8 @@ def build_package_set(corpus: Path, package: str, out: Path, model_names: Sequen
                       on_clip: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Label and predict every planned clip of one package into ``out`` (Parquet), clip by clip;
     clips already in ``out`` are kept, so an interrupted build continues where it stopped."""
+    # lazy: torch, numba, scipy only where this path runs (start-up time)
     from haaqicli.engine import WindowScorer
-    from haaqicli.models.registry import load_model
     from haaqicli.reference import compute_haaqi_batch
 
     scorers = {}

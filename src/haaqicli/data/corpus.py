@@ -36,6 +36,7 @@ import pandas as pd
 import soundfile as sf
 
 from haaqicli.atomic import atomic_write
+from haaqicli.audiogram import BUILTIN_PROFILES
 from haaqicli.constants import CLIP_SECONDS
 from haaqicli.data import audiograms as ag
 from haaqicli.data import augment as aug
@@ -51,7 +52,7 @@ from haaqicli.data.packages import (
     split_of,
 )
 from haaqicli.errors import AudioError
-from haaqicli.tables import content_hash as sha256_file  # one streamed sha256 for the project
+from haaqicli.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_f
 
 def profile_audiogram(name: str) -> ag.SampledAudiogram:
     """A built-in profile as a validation listener (left ear; the built-ins are symmetric)."""
-    from haaqicli.audiogram import BUILTIN_PROFILES
-
     levels = tuple(float(v) for v in BUILTIN_PROFILES[name].left.levels)
     return ag.SampledAudiogram(levels, "normal" if name == "normal" else f"bisgaard:{name}", "left")
 
@@ -373,6 +372,7 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
     validation_clips: list[Clip] = []
     iterator: Any = tracks
     if progress:
+        # lazy: rich only where this path runs (start-up time)
         from rich.progress import track as rich_track
 
         iterator = rich_track(tracks, description="cutting clips")

@@ -586,6 +586,7 @@ def fit_recipe_weights(kinds: Sequence[str], labels: Sequence[float], n_bins: in
     pulled towards the ``prior`` weights with ``strength`` (a small pilot has noisy histograms),
     and floored at ``floor_share`` of the prior so every kind stays in the mix.
     """
+    # lazy: scipy only where this path runs (start-up time)
     from scipy.optimize import nnls
 
     kinds_arr = np.asarray([k.split(":")[0] for k in kinds])

@@ -1,4 +1,5 @@
-"""Training arrays from a labelled manifest: one int16 memory-mapped cache per split.
+"""The model inputs of a manifest's items: one int16 memory-mapped cache per split (read into training
+arrays by `haaqicli.data.arrays`).
 
 Waves are the processed clips, mono at ``sample_rate``, presented at the item's level as `haaqi
 score --spl L` presents a file: the reference at the item's ``spl`` (RMS REFERENCE_RMS * 10**((L-65)/20),
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 
 from haaqicli.atomic import atomic_write
+from haaqicli.audio import presentation_gain as gain_for_rms
+from haaqicli.audio import resample
 from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
@@ -39,8 +41,6 @@ INT16_FULL_SCALE = 32767.0
 def presentation_gain(reference: np.ndarray, spl: float = DEFAULT_SPL) -> float:
     """The gain that presents ``reference`` at ``spl`` dB SPL in the model's calibration (the one
     definition `haaqi score --spl` uses); the processed, scaled by it, keeps its relative level."""
-    from haaqicli.audio import presentation_gain as gain_for_rms
-
     return gain_for_rms(float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))), float(spl))
 
 
@@ -60,7 +60,6 @@ def model_input(reference: np.ndarray, processed: np.ndarray, sr: int, sample_ra
     padded/trimmed to ``length``."""
     x = processed.astype(np.float64) * presentation_gain(reference, spl)
     if sr != sample_rate:
-        from haaqicli.audio import resample
 
         x = resample(x, int(sr), int(sample_rate))
     if length is not None:
@@ -199,57 +198,6 @@ class SplitCache:
     def disk_bytes(self) -> int:
         """Bytes the cache takes on disk (the array file is sparse until its rows are written)."""
         return sum(p.stat().st_blocks * 512 for p in (self.path, self.scale_path, self.ids_path) if p.is_file())
-
-
-def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
-    return [(row["item_id"], *item_input(row, corpus, sample_rate, length)) for row in rows]
-
-
-def load_split_arrays(
-    manifest_path: str | Path,
-    split: str,
-    sample_rate: int = MODEL_SAMPLE_RATE,
-    corpus_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    workers: int = 2,
-    log: object = None,
-) -> tuple[Int16Waves, np.ndarray, np.ndarray, pd.DataFrame]:
-    """(waves (N, T) float32 on read, audiograms (N, 8) float32, labels (N,) float32, meta) of a split's
-    labelled items. Rows the labeller did not write are regenerated (in `workers` processes) into the
-    split cache first. `log(text)` (e.g. print) hears the cache's disk use."""
-    data_dir = default_data_dir()
-    corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
-    cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
-    from haaqicli.data.labels import labelled_manifest
-
-    manifest = labelled_manifest(Path(manifest_path))  # labels of a run still going count too
-    meta = manifest[(manifest["split"] == split) & np.isfinite(manifest["label"].to_numpy(dtype=float))]
-    meta = meta.sort_values("item_id").reset_index(drop=True)
-    if meta.empty:
-        raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
-    store = SplitCache.of_manifest(cache, manifest, split, sample_rate)
-    scales = store.scales()
-    rows = meta.to_dict(orient="records")
-    missing = [row for row in rows if not np.isfinite(scales[store.index[row["item_id"]]])]
-    # Regenerated in chunks (codec items call ffmpeg), each chunk stored as it finishes.
-    chunk = 64
-    for start in range(0, len(missing), chunk):
-        part = missing[start : start + chunk]
-        if workers > 1:
-            groups = [part[i::workers] for i in range(workers)]
-            results = Parallel(n_jobs=workers, prefer="processes")(
-                delayed(_regenerate)(g, corpus, sample_rate, store.length) for g in groups if g)
-            store.write([entry for result in results for entry in result])
-        else:
-            store.write(_regenerate(part, corpus, sample_rate, store.length))
-    waves = store.waves(meta["item_id"].tolist())
-    if callable(log):
-        log(f"{split} cache: {len(meta)} labelled of {len(store.ids)} items, {store.path} takes "
-            f"{store.disk_bytes() / 1e9:.2f} GB on disk (int16); all split caches in {store.folder}: "
-            f"{cache_disk_bytes(cache) / 1e9:.2f} GB (caches of other manifests are kept: delete them when unused)")
-    audiograms = np.stack([np.asarray(a, dtype=np.float32) for a in meta["audiogram"]])
-    labels = meta["label"].to_numpy(dtype=np.float32)
-    return waves, audiograms, labels, meta
 
 
 def cache_disk_bytes(cache_dir: str | Path | None = None) -> int:

@@ -379,6 +379,7 @@ def score_id(path: str) -> str:
 
 def score_to_midi(path: str, out: Path) -> None:
     """Parse a music21 corpus file (first score of an opus) and write it as MIDI; short scores fail."""
+    # lazy: music21 is an optional dependency, needed on this path only
     from music21 import corpus as m21corpus
 
     try:
@@ -397,6 +398,7 @@ def score_to_midi(path: str, out: Path) -> None:
 
 
 def music21_jobs(corpus_dir: Path, config: InstallConfig) -> list[Job]:
+    # lazy: music21 is an optional dependency, needed on this path only
     from music21 import corpus as m21corpus
 
     chosen = select_scores([str(p) for p in m21corpus.getPaths()], config.scores, config.seed)
@@ -410,6 +412,7 @@ def music21_jobs(corpus_dir: Path, config: InstallConfig) -> list[Job]:
 
 def summarise(corpus_dir: Path, names: Sequence[str], problems: dict[str, list[str]] | None = None) -> list[PackageSummary]:
     """Tracks (as `haaqi dataset build` sees them) and minutes per package."""
+    # lazy: scipy, pandas, soundfile only where this path runs (start-up time)
     from haaqicli.data.corpus import scan_corpus
 
     rows = []

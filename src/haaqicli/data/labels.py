@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,9 +30,12 @@ import numpy as np
 import pandas as pd
 
 from haaqicli.atomic import atomic_write
-from haaqicli.constants import DEFAULT_SPL
+from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
+from haaqicli.data.export import SplitCache, model_input, to_int16
 from haaqicli.data.packages import DatasetError
+from haaqicli.devices import cuda_device
+from haaqicli.executor import Executor, TaskProgress, open_executor, unreadable
 from haaqicli.levels import reference_level1
 from haaqicli.reference.formula import TERMS
 
@@ -49,8 +53,8 @@ def shard_dir(manifest_path: Path) -> Path:
 
 
 def _default_haaqi() -> HaaqiFn:
-    import functools
 
+    # lazy: numba, scipy only where this path runs (start-up time)
     from haaqicli.reference import haaqi_terms
 
     # The fast threshold-noise mode: within 2.1e-4 (max) / 3.1e-5 (mean) of pyclarity over the 52-case
@@ -111,8 +115,6 @@ def _materialised_arguments(item: Mapping[str, Any], corpus_dir: Path, cache_len
     spl = float(item.get("spl", DEFAULT_SPL))
     cached = None
     if cache_length is not None:
-        from haaqicli.constants import MODEL_SAMPLE_RATE
-        from haaqicli.data.export import model_input, to_int16
 
         cached = to_int16(model_input(ref, proc, sr, MODEL_SAMPLE_RATE, cache_length, spl))
     return label_arguments(ref, proc, sr, item["audiogram"], spl), cached
@@ -139,6 +141,7 @@ def label_items_batched(items: Sequence[Mapping[str, Any]], corpus_dir: Path, de
     """Label rows `batch_size` at a time with the batched torch engine on `device` (a GPU). A batch
     that fails is retried item by item, so one bad item only costs its own label. CPU seconds
     (regeneration + this process's share of the engine) are split evenly over a batch."""
+    # lazy: torch, numba, scipy only where this path runs (start-up time)
     from haaqicli.reference.batched import haaqi_terms_batch
 
     for start in range(0, len(items), batch_size):
@@ -329,8 +332,6 @@ def label_item_task(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn
                     cache_length: int | None = None) -> dict[str, Any]:
     """One item as one task (on a cluster worker): the corpus is read there, from the client's path; the
     label and the model input come back to the client, which writes the shards and caches."""
-    from haaqicli.executor import unreadable
-
     reason = unreadable(corpus_dir, "corpus folder")
     if reason:
         return {**_nan_row(item["item_id"], reason), "label_seconds": 0.0}
@@ -350,7 +351,6 @@ def _run_on_executor(executor: Any, items: list[dict[str, Any]], corpus_dir: Pat
 
 def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: HaaqiFn | None,
          cache_length: int | None = None, device: str = "cpu", batch_size: int = 8) -> Iterator[dict[str, Any]]:
-    from haaqicli.devices import cuda_device
 
     cuda = cuda_device(device) if haaqi_fn is None else None
     if cuda is not None:
@@ -360,6 +360,7 @@ def _run(items: list[dict[str, Any]], corpus_dir: Path, workers: int, haaqi_fn: 
         for item in items:
             yield label_item(item, corpus_dir, haaqi_fn, cache_length)
         return
+    # lazy: joblib only where this path runs (start-up time)
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", batch_size=1)
@@ -415,8 +416,6 @@ def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir
     split_of_item = {item["item_id"]: item["split"] for item in items}
     cache_length = None
     if cache_dir is not None and items:
-        from haaqicli.constants import MODEL_SAMPLE_RATE
-        from haaqicli.data.export import SplitCache
 
         for name in dict.fromkeys(split_of_item.values()):
             caches[name] = SplitCache.of_manifest(cache_dir, manifest, name, MODEL_SAMPLE_RATE)
@@ -428,8 +427,6 @@ def _label_items(items: list[dict[str, Any]], manifest: pd.DataFrame, corpus_dir
             cache.write([(i, row, scale) for s, i, row, scale in inputs if s == name])
         inputs.clear()
         writer.flush(seal)
-
-    from haaqicli.executor import Executor, TaskProgress, open_executor
 
     executor = open_executor(scheduler) if scheduler and items else Executor()
     results: Iterable[dict[str, Any]] = (

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from haaqicli.data.corpus import json_field, read_segment, sha256_file
+from haaqicli.data.corpus import json_field, materialise, read_segment, sha256_file
 from haaqicli.data.labels import TERMS, HaaqiFn, haaqi_of, label_arguments
 
 CLIP_RMS_TOLERANCE_DB = 0.01
@@ -40,8 +40,6 @@ def sample_items(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
 def verify_item(item: dict[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | None = None,
                 hashes: dict[str, str] | None = None) -> list[str]:
     """The problems found with one item (empty: it regenerates as recorded)."""
-    from haaqicli.data.corpus import materialise
-
     hashes = {} if hashes is None else hashes
     problems: list[str] = []
     sources = [(str(item["source"]), str(item["source_sha256"]))]

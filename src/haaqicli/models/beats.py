@@ -103,6 +103,7 @@ class KaldiFbank(nn.Module):
                  frame_shift_ms: float = 10.0, low_freq: float = 20.0, high_freq: float = 0.0,
                  preemphasis: float = 0.97) -> None:
         super().__init__()
+        # lazy: torchaudio only where this path runs (start-up time)
         from torchaudio.compliance.kaldi import get_mel_banks
 
         self.sample_rate = int(sample_rate)

@@ -11,18 +11,36 @@ frame loss (every frame score vs the clip label, as in MOSNet/HAAQI-Net) trains 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.constants import AUDIOGRAM_FREQUENCIES, MODEL_SAMPLE_RATE
 from haaqicli.errors import ModelError
+from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATs, BEATsConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
 from haaqicli.models.terms import score_logit, term_scores
+
+# The teacher as shipped (sized for >= 100x real time on 2 CPU cores, batch 16 x 6 s @ 24 kHz).
+TEACHER_CONFIG: dict[str, Any] = {
+    "encoder": {
+        "input_patch_size": 16, "embed_dim": 256, "conv_bias": False,
+        "encoder_layers": 4, "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024,
+        "encoder_attention_heads": 4, "activation_fn": "gelu",
+        "layer_norm_first": False, "deep_norm": True,
+        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.0, "dropout_input": 0.0,
+        "conv_pos": 64, "conv_pos_groups": 16,
+        "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True,
+        "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+        "fbank_mean": 15.41663, "fbank_std": 6.55582,
+    },
+    "head": {"d_adapter": 256, "d_audiogram": 32, "lstm_hidden": 128, "attn_heads": 4, "dropout": 0.1},
+}
 
 # Audiogram input scaling: dB HL / 100 keeps -10..120 dB HL within about [-0.1, 1.2].
 AUDIOGRAM_SCALE = 100.0
@@ -51,17 +69,6 @@ class HeadConfig:
     def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
         check_known_fields(cls, cfg, "head config")
         return cls(**dict(cfg))
-
-
-@dataclass
-class HAAQINetOutput:
-    clip: Tensor  # (B,) in [0, 1]
-    frames: Tensor  # (B, F) in [0, 1]
-    hidden: list[Tensor] = field(default_factory=list)  # encoder hidden states, frame level (B, F, D)
-    clip_logit: Tensor | None = None  # (B,)
-    frame_logits: Tensor | None = None  # (B, F)
-    terms: Tensor | None = None  # (B, 4) sub-terms (models.terms.TERMS order), with head.terms
-    frame_terms: Tensor | None = None  # (B, F, 4)
 
 
 @dataclass
@@ -163,10 +170,11 @@ def beats_frame_hidden(encoder: BEATs, wave: Tensor) -> list[Tensor]:
     return [h.reshape(h.shape[0], h.shape[1] // fp, fp, h.shape[2]).mean(2) for h in hidden]
 
 
-class HAAQINet(nn.Module):
+class HAAQINet(HAAQIModel):
     """Teacher: BEATs encoder + HAAQI head. Config: {"encoder": BEATsConfig dict, "head": HeadConfig dict}."""
 
     arch = "haaqinet"
+    DEFAULT_CONFIG = TEACHER_CONFIG
 
     def __init__(self, encoder_cfg: BEATsConfig | Mapping[str, Any], head_cfg: HeadConfig | Mapping[str, Any]
                  ) -> None:
@@ -192,11 +200,6 @@ class HAAQINet(nn.Module):
 
     def encode(self, wave: Tensor) -> list[Tensor]:
         return with_band_levels(self, wave, beats_frame_hidden(self.encoder, wave))
-
-    def forward(self, wave: Tensor, audiogram: Tensor) -> HAAQINetOutput:
-        """wave (B, T) at `sample_rate` (24 kHz for our models), audiogram (B, 8) dB HL."""
-        features = self.encode(wave)
-        return self.head.output(features[: self.encoder.num_layers + 1], features, audiogram)
 
 
 def haaqinet_loss(out: HAAQINetOutput, target: Tensor, frame_weight: float = 1.0) -> Tensor:

@@ -21,6 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
+from haaqicli.devices import resolve_device
 from haaqicli.errors import ModelError
 from haaqicli.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
@@ -38,45 +40,13 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
-# Default architectures, as shipped (see the models' docstrings; sizes chosen for the CPU speed targets:
-# teacher >= 100x real time, student >= 1000x real time and <= 25% of the teacher's parameters on
-# 2 cores, batch 16 x 6 s @ 24 kHz; the student's two layers learn the teacher's layers 2 and 4).
-TEACHER_CONFIG: dict[str, Any] = {
-    "encoder": {
-        "input_patch_size": 16, "embed_dim": 256, "conv_bias": False,
-        "encoder_layers": 4, "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024,
-        "encoder_attention_heads": 4, "activation_fn": "gelu",
-        "layer_norm_first": False, "deep_norm": True,
-        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
-        "encoder_layerdrop": 0.0, "dropout_input": 0.0,
-        "conv_pos": 64, "conv_pos_groups": 16,
-        "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True,
-        "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
-        "fbank_mean": 15.41663, "fbank_std": 6.55582,
-    },
-    "head": {"d_adapter": 256, "d_audiogram": 32, "lstm_hidden": 128, "attn_heads": 4, "dropout": 0.1},
-}
-
-STUDENT_CONFIG: dict[str, Any] = {
-    "encoder": {
-        "sample_rate": MODEL_SAMPLE_RATE, "num_mel_bins": 128, "frame_length_ms": 20.0, "frame_shift_ms": 20.0,
-        "fbank_mean": 15.41663, "fbank_std": 6.55582,
-        "conv_channels": [32, 64], "conv_time_strides": [4, 2], "conv_freq_strides": [4, 4],
-        "encoder_layers": 2, "encoder_embed_dim": 160, "encoder_ffn_embed_dim": 640,
-        "encoder_attention_heads": 4, "conv_pos": 16, "conv_pos_groups": 16,
-        "num_buckets": 64, "max_distance": 128, "gru_rel_pos": True, "deep_norm": True,
-        "dropout": 0.1, "attention_dropout": 0.1,
-    },
-    "head": {"d_adapter": 96, "d_audiogram": 16, "lstm_hidden": 64, "attn_heads": 4, "dropout": 0.1},
-    "distill": {"teacher_dim": 256, "targets": [[1, 2], [2, 4]]},
-}
-
 def architectures() -> dict[str, type[nn.Module]]:
-    """Model classes by their `arch` name (imports torch)."""
-    from haaqicli.models.haaqinet import HAAQINet
-    from haaqicli.models.student import StudentNet
+    """Model classes by their `arch` name (imports torch): each registers itself (models.base)."""
+    # lazy: torch only where this path runs (start-up time)
+    from haaqicli.models import haaqinet, student  # noqa: F401  (importing them registers them)
+    from haaqicli.models.base import ARCHITECTURES
 
-    return {HAAQINet.arch: HAAQINet, StudentNet.arch: StudentNet}
+    return dict(ARCHITECTURES)
 
 
 @dataclass
@@ -169,30 +139,8 @@ def get_info(name: str, weights_dir: str | Path | None = None) -> ModelInfo:
 
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda"/"cuda:N" must exist."""
-    import torch
-
-    if isinstance(device, torch.device):
-        device = str(device)
-    d = device.strip().lower()
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d == "cpu":
-        return torch.device("cpu")
-    if d == "cuda" or d.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ModelError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-        idx = int(d.split(":")[1]) if ":" in d and d.split(":")[1].isdigit() else 0
-        if ":" in d and not d.split(":")[1].isdigit():
-            raise ModelError(f"--device {device}: expected cuda:N")
-        if idx >= torch.cuda.device_count():
-            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return torch.device(f"cuda:{idx}")
-    raise ModelError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
-
-
 def _load_safetensors(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    # lazy: safetensors only where this path runs (start-up time)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -228,6 +176,7 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
     """Load a registered model in eval mode. With `beats_checkpoint`, the teacher's encoder comes from an
     official BEATs checkpoint (config and weights) and the HAAQI head from our weights - which only works
     for a head trained on that encoder (same layer count and width)."""
+    # lazy: torch only where this path runs (start-up time)
     from haaqicli.models.beats import read_beats_checkpoint
     from haaqicli.models.haaqinet import HAAQINet
 
@@ -258,6 +207,7 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
                 f"{info.config['encoder'].get('encoder_embed_dim')}-dim encoder, this checkpoint has "
                 f"{enc_cfg.encoder_layers} layers x {enc_cfg.encoder_embed_dim}; train a head for it "
                 "(haaqi train --beats-checkpoint) first")
+        # lazy: torch only where this path runs (start-up time)
         from haaqicli.models.beats import load_beats_state
 
         load_beats_state(model.encoder, enc_state, str(beats_checkpoint))
@@ -270,6 +220,7 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
 def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None = None) -> ModelInfo:
     """Write `<weights_dir>/<info.file>` (safetensors) and upsert the manifest entry atomically; returns the
     completed info (sha256, n_params, created, config and arch filled from the model)."""
+    # lazy: safetensors only where this path runs (start-up time)
     from safetensors.torch import save
 
     wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
@@ -333,8 +284,7 @@ def measure_throughput(model: nn.Module, batch: int = 16, window_s: float = WIND
                        ) -> dict[str, float]:
     """Best-of-`repeats` inference time for a batch of `window_s` windows (fbank included), as
     {"ms_per_window", "realtime_factor"}; the speed targets are for threads=2, batch 16, 6 s @ 24 kHz."""
-    import time
-
+    # lazy: torch only where this path runs (start-up time)
     import torch
 
     old = torch.get_num_threads()

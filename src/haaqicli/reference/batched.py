@@ -27,6 +27,7 @@ import torch
 from scipy.fft import next_fast_len
 from scipy.signal import butter
 
+from haaqicli.devices import resolve_device
 from haaqicli.reference.ear import (
     FS,
     N_BANDS,
@@ -70,6 +71,7 @@ def _ihc_filter() -> tuple[list[float], list[float], float]:
 
 def _lfilter(signal: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Filter each row of `signal` (rows, samples) by its own coefficient row of b and a (same width)."""
+    # lazy: torchaudio only where this path runs (start-up time)
     from torchaudio.functional import lfilter
 
     return lfilter(signal, a, b, clamp=False, batching=True)
@@ -304,8 +306,6 @@ def bm_covariance(x_bm: torch.Tensor, y_bm: torch.Tensor, segment_ms: float = 16
 def haaqi_terms_batch(items: Sequence[Mapping[str, Any]], device: str | torch.device = "auto") -> list[dict[str, float]]:
     """`haaqi_terms` of every item (dicts of compute_haaqi keyword arguments), the clips processed
     together on `device` ("auto": CUDA when present). Items must all be valid: a bad one raises."""
-    from haaqicli.models.registry import resolve_device
-
     if not items:
         return []
     dev = resolve_device(device)

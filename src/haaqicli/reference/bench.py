@@ -7,12 +7,14 @@ but not the ratio.
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
 import numpy as np
 
 from haaqicli import synth
+from haaqicli.reference.dispatch import compute_haaqi_batch
 from haaqicli.reference.haaqi import compute_haaqi
 
 AUDIOGRAM = (10.0, 15.0, 20.0, 30.0, 35.0, 40.0, 50.0, 60.0)  # mild-to-moderate sloping loss
@@ -44,6 +46,7 @@ def benchmark_reference(
     oracle = None
     if with_oracle:
         try:
+            # lazy: pyclarity is an optional dependency, needed on this path only
             from clarity.evaluator.haaqi import compute_haaqi as clarity_haaqi
             from clarity.utils.audiogram import Audiogram
         except ImportError:
@@ -93,8 +96,6 @@ def benchmark_batch(
     seeds) in one `compute_haaqi_batch` call: on the CPU, spread over `workers` single-threaded processes
     (0: one per core); on CUDA, batched in the torch engine. Best of `repeats` after a warm-up call
     (process start, numba cache, CUDA context)."""
-    from haaqicli.reference.haaqi import compute_haaqi_batch
-
     reference, processed, level1 = _clip(seconds, sample_rate)
     items = [{"processed": processed, "reference": reference, "processed_sr": sample_rate,
               "reference_sr": sample_rate, "audiogram": AUDIOGRAM, "equalisation": 1, "level1": level1, "seed": seed}
@@ -112,8 +113,6 @@ def benchmark_batch(
 def peak_memory(seconds: float, sample_rate: int = 44100) -> dict[str, float]:
     """Peak resident memory of this process after one exact-HAAQI call on the bench clip (run it in a
     fresh process: the figure behind `haaqi.BYTES_PER_MODEL_SAMPLE`)."""
-    import resource
-
     reference, processed, level1 = _clip(seconds, sample_rate)
     compute_haaqi(processed, reference, sample_rate, sample_rate, AUDIOGRAM, 1, level1)
     return {"seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}

@@ -7,15 +7,12 @@ convention of this project; every step is vectorised over bands and time segment
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 from scipy.signal import fftconvolve, firwin
 
-from haaqicli.devices import cuda_device
 from haaqicli.errors import AudioError
 from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import (
@@ -51,6 +48,7 @@ def env_smooth(env: Any, segment_ms: float = 8.0) -> Any:
     if isinstance(env, np.ndarray):
         concatenate = partial(np.concatenate, axis=1)
     else:
+        # lazy: torch only where this path runs (start-up time)
         import torch
 
         w = torch.as_tensor(w, dtype=env.dtype, device=env.device)
@@ -388,48 +386,3 @@ def available_memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
-    """Worker: score a chunk of items single-threaded (the process pool already uses every core;
-    nested BLAS/OpenMP threads would only contend for them)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: joblib's loky workers already cap native threads
-        return [compute_haaqi(**item) for item in items]
-    with threadpool_limits(limits=1):
-        return [compute_haaqi(**item) for item in items]
-
-
-def compute_haaqi_batch(
-    items: Sequence[dict[str, Any]],
-    workers: int = 1,
-    device: str = "cpu",
-    batch_size: int = 8,
-) -> list[float]:
-    """Score many items (dicts of compute_haaqi keyword arguments), in order.
-
-    On a CUDA device ("cuda", "cuda:N", or "auto" where one is present) `batch_size` clips at a time
-    go through the batched torch engine (`reference.batched`). On the CPU the numba engine is the
-    faster one: bands and segments are vectorised inside each item, and items are spread over
-    `workers` single-threaded processes (joblib loky), in a few chunks per worker so that the per-task
-    overhead and the numba cache loading of each process are amortised. workers <= 0 means one per
-    CPU core."""
-    items = list(items)
-    cuda = cuda_device(device)
-    if cuda is not None:
-        from haaqicli.reference.batched import compute_haaqi_torch
-
-        return compute_haaqi_torch(items, cuda, batch_size)
-    if workers <= 0:
-        workers = os.cpu_count() or 1
-    if workers <= 1 or len(items) <= 1:
-        return [compute_haaqi(**item) for item in items]
-    from joblib import Parallel, delayed
-
-    n_chunks = min(len(items), 4 * workers)
-    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
-    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-    results = Parallel(n_jobs=workers)(delayed(_score_chunk)(chunk) for chunk in chunks)
-    return [score for chunk in results for score in chunk]

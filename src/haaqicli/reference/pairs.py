@@ -5,17 +5,30 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from haaqicli.audio import DownmixWarning, downmix_message
+from haaqicli.audio import (
+    DownmixWarning,
+    decode,
+    decode_with_info,
+    discover,
+    downmix_message,
+    open_audio,
+    require_duration,
+    resample,
+)
+from haaqicli.devices import cuda_device, resolve_device
 from haaqicli.errors import AudioError, HaaqiError
+from haaqicli.executor import TaskProgress, open_executor, unreadable
 from haaqicli.interrupts import RunInterrupted
 from haaqicli.levels import reference_level1
-from haaqicli.progress import ProgressCallback
+from haaqicli.progress import AudioProgress, ProgressCallback
+from haaqicli.reference.align import align
+from haaqicli.reference.parallel import thread_count
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +63,6 @@ def read_pairs_csv(path: str | Path) -> list[tuple[Path, Path]]:
 
 def pair_directories(reference_dir: str | Path, processed_dir: str | Path) -> list[tuple[Path | None, Path | None]]:
     """Pair files by relative path (extension ignored); an unmatched file pairs with None."""
-    from haaqicli.audio import discover
-
     def index(root: str | Path) -> dict[str, Path]:
         if not Path(root).is_dir():
             raise HaaqiError(f"{root}: not a directory")
@@ -86,7 +97,8 @@ def pair_error_rows(reference: Path | None, processed: Path | None, profiles: Se
 
 def score_pair(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float = 65.0,
                mix: str = "stereo", seed: int = 0, device: str = "cpu",
-               segment_seconds: float | None = None, memory_share: int = 1) -> list[dict[str, Any]]:
+               segment_seconds: float | None = None, memory_share: int = 1,
+               score_batch: Callable[..., list[float]] | None = None) -> list[dict[str, Any]]:
     """Rows for one pair; any failure becomes error rows (the batch goes on). The distinct clips of
     the pair, one per (channel, segment, audiogram), are scored in one `compute_haaqi_batch` call (one
     batch of clips on a GPU): ears or profiles with the same audiogram hearing the same channel share
@@ -96,10 +108,12 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
     mean (`score`) and minimum (`score_min`), with bounded memory; None scores the whole pair at once,
     the exact HAAQI, and refuses (error rows) a pair whose estimated memory exceeds what is available.
     `memory_share`: how many pairs are scored at once (worker processes); each may use that share of
-    the available memory."""
-    from haaqicli.audio import decode, decode_with_info, require_duration, resample
-    from haaqicli.reference.align import align
-    from haaqicli.reference.haaqi import available_memory_bytes, compute_haaqi_batch, estimated_peak_bytes
+    the available memory. `score_batch` scores the items (default: `compute_haaqi_batch`)."""
+    # lazy: numba, scipy, soundfile only where this path runs (start-up time)
+    from haaqicli.reference.dispatch import compute_haaqi_batch
+    from haaqicli.reference.haaqi import available_memory_bytes, estimated_peak_bytes
+
+    score_batch = score_batch or compute_haaqi_batch
 
     base = {"processed": str(processed) if processed else "", "reference": str(reference) if reference else "",
             "delay_s": np.nan, "duration_s": np.nan, "sample_rate": np.nan, "segments": np.nan, "score_min": np.nan,
@@ -172,7 +186,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
                 row_items.append(np.reshape(indices, (len(sides), len(segments))))
                 rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
                              "audiogram_hash": profile.values_hash()})
-        scores = np.asarray(compute_haaqi_batch(items, device=device), dtype=float)
+        scores = np.asarray(score_batch(items, device=device), dtype=float)
         weights = np.array([b - a for a, b in segments], dtype=float)
         for row, indices in zip(rows, row_items, strict=True):
             # per segment: the ears' mean; per row: the segments' length-weighted mean and their minimum
@@ -191,8 +205,6 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
 
 def default_workers() -> int:
     """One worker per core this process may use."""
-    from haaqicli.reference.parallel import thread_count
-
     return thread_count()
 
 
@@ -201,6 +213,7 @@ def _score_pair_alone(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
     threads inside each would only contend for them."""
     os.environ["HAAQI_THREADS"] = "1"  # read by reference.parallel at each call
     try:
+        # lazy: threadpoolctl is an optional dependency, needed on this path only
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: joblib's loky workers already cap native threads
         return score_pair(*args, **kwargs)
@@ -218,14 +231,13 @@ def iter_pair_rows(pairs: Sequence[tuple[Path | None, Path | None]], profiles: S
     each allowed its share of the available memory; a single pair (or `workers=1`) runs in this
     process with the threaded engine. On CUDA ("auto" picks it when present) pairs go one after
     another through the batched torch engine."""
-    from haaqicli.devices import cuda_device
-
     if mix not in ("stereo", "mono"):
         raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
     device = cuda_device(device) or "cpu"  # a bad or missing device is one error, not one per pair
     jobs = list(pairs)
     n_workers = min(workers or default_workers(), len(jobs))
     if n_workers > 1 and device == "cpu":
+        # lazy: joblib only where this path runs (start-up time)
         from joblib import Parallel, delayed
 
         parallel = Parallel(n_jobs=n_workers, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
@@ -251,9 +263,10 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
         progress = False
     else:
         results = iter_pair_rows(jobs, profiles, spl, mix, workers, device, segment_seconds)  # workers start now
+    # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
-    from haaqicli.progress import AudioProgress
+    # lazy: pandas only where this path runs (start-up time)
     from haaqicli.tables import IncrementalTable
 
     bar = AudioProgress("exact HAAQI", len(jobs), callback=progress if callable(progress) else None,
@@ -283,8 +296,6 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
 
 def _duration(path: Path | None) -> float:
     """A file's duration for the progress total (0 where it cannot be read: its pair will say why)."""
-    from haaqicli.audio import open_audio
-
     if path is None:
         return 0.0
     try:
@@ -296,9 +307,6 @@ def _duration(path: Path | None) -> float:
 def score_pair_task(reference: Path | None, processed: Path | None, profiles: Sequence[Any], spl: float,
                     mix: str, device: str, segment_seconds: float | None) -> list[dict[str, Any]]:
     """One pair as one task (on a cluster worker): its files are read there, on the device chosen there."""
-    from haaqicli.executor import unreadable
-    from haaqicli.models.registry import resolve_device
-
     reason = unreadable(reference, "reference") or unreadable(processed, "processed file")
     if reason:
         return pair_error_rows(reference, processed, profiles, reason, spl=spl)
@@ -311,6 +319,7 @@ def _cluster_results(jobs: Sequence[tuple[Path | None, Path | None]], profiles: 
                      ) -> list[list[dict[str, Any]]]:
     """Each pair's rows from the cluster, in input order and naming the pair's paths as given (workers
     get absolute paths); an interruption keeps the pairs finished so far."""
+    # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
     results: dict[int, list[dict[str, Any]]] = {}
@@ -336,8 +345,6 @@ def _pairs_on_cluster(pairs: Sequence[tuple[Path | None, Path | None]], profiles
                       ) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     """(indices of the pair in ``pairs``, its rows) as each task finishes on the cluster (a task that
     failed: error rows)."""
-    from haaqicli.executor import TaskProgress, open_executor
-
     index_of: dict[tuple[Path | None, Path | None], list[int]] = {}
     for index, pair in enumerate(pairs):
         index_of.setdefault(_absolute(pair), []).append(index)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from haaqicli.gate import file_scores, model_change_message
+from haaqicli.ci.evaluate import file_scores, model_change_message
 
 DELTA_COLUMNS = ["file", "profile", "score_a", "score_b", "delta", "status"]
 PROFILE_COLUMNS = ["profile", "n", "mean_a", "mean_b", "mean_delta", "ci_low", "ci_high", "worse", "better",
@@ -35,6 +35,7 @@ class Comparison:
 def paired_stats(delta: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
     """Mean delta with a Student-t confidence interval and the Wilcoxon signed-rank p-value
     (two-sided; NaN when fewer than 2 pairs, 1.0 when every delta is zero)."""
+    # lazy: scipy only where this path runs (start-up time)
     from scipy import stats
 
     delta = np.asarray(delta, dtype=float)

@@ -6,25 +6,27 @@ sweep also takes ``"exact_fn"``) so gate logic is testable without a model.
 
 from __future__ import annotations
 
+import functools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from haaqicli.ci.policy import THRESHOLD_KEYS, Thresholds
 from haaqicli.cli.common import (
     DEFAULT_SEGMENT_SECONDS,
-    model_options,
     one_line_errors,
-    profile_option,
     quiet_option,
     require_writable,
     scheduler_option,
+    scoring_options,
     segment_seconds_option,
     segments_note,
     show_warnings,
-    spl_option,
 )
 from haaqicli.interrupts import RunInterrupted
+from haaqicli.scoring.options import ScoreOptions
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
 
@@ -82,11 +84,34 @@ def _console():  # type: ignore[no-untyped-def]
     return console
 
 
+def gate_options(func):  # type: ignore[no-untyped-def]
+    """The gate's thresholds (--min-score, --min-mean, --min-p10, --max-drop), passed to the command as
+    one `thresholds: Thresholds`, with --baseline and --tolerance beside them."""
+
+    @functools.wraps(func)
+    def command(*args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["thresholds"] = Thresholds(**{key: kwargs.pop(key) for key in THRESHOLD_KEYS})
+        return func(*args, **kwargs)
+
+    for decorator in reversed([
+        click.option("--min-score", type=score_range, default=None, help="Fail a file scoring below this."),
+        click.option("--min-mean", type=score_range, default=None, help="Fail a profile whose mean is below this."),
+        click.option("--min-p10", type=score_range, default=None,
+                     help="Fail a profile whose 10th percentile over files is below this."),
+        click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+                     help="Score table of an accepted run (e.g. main branch)."),
+        click.option("--max-drop", type=score_range, default=None,
+                     help="Fail a file or profile mean that dropped more than this below --baseline."),
+        click.option("--tolerance", type=score_range, default=None,
+                     help="Noise band added to --max-drop (default 0, or the policy's default.tolerance)."),
+    ]):
+        command = decorator(command)
+    return command
+
+
 @click.command(help=CHECK_HELP)
 @click.argument("inputs", nargs=-1, type=click.Path())
-@profile_option
-@spl_option
-@model_options
+@scoring_options
 @click.option("--reference", "reference_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of references paired by relative path: exact HAAQI instead of the model.")
 @click.option("--pairs", type=click.Path(dir_okay=False), default=None,
@@ -94,16 +119,7 @@ def _console():  # type: ignore[no-untyped-def]
 @segment_seconds_option(DEFAULT_SEGMENT_SECONDS)
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Gate this existing score table instead of scoring INPUTS.")
-@click.option("--min-score", type=score_range, default=None, help="Fail a file scoring below this.")
-@click.option("--min-mean", type=score_range, default=None, help="Fail a profile whose mean is below this.")
-@click.option("--min-p10", type=score_range, default=None,
-              help="Fail a profile whose 10th percentile over files is below this.")
-@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
-              help="Score table of an accepted run (e.g. main branch).")
-@click.option("--max-drop", type=score_range, default=None,
-              help="Fail a file or profile mean that dropped more than this below --baseline.")
-@click.option("--tolerance", type=score_range, default=None,
-              help="Noise band added to --max-drop (default 0, or the policy's default.tolerance).")
+@gate_options
 @click.option("--policy", type=click.Path(dir_okay=False), default=None,
               help="TOML/YAML file with [default] and [profiles.NAME] thresholds.")
 @click.option("--allow-errors", is_flag=True, help="Skip files that cannot be scored instead of exit 2.")
@@ -119,23 +135,13 @@ def _console():  # type: ignore[no-untyped-def]
 @one_line_errors
 def check(
     inputs: tuple[str, ...],
-    profiles: tuple[str, ...],
-    spl: float,
-    model: str,
-    device: str,
-    batch_size: int,
-    workers: int | None,
-    mix: str,
-    beats_checkpoint: str | None,
+    options: ScoreOptions,
     reference_dir: str | None,
     pairs: str | None,
     segment_seconds: float | None,
     scores_path: str | None,
-    min_score: float | None,
-    min_mean: float | None,
-    min_p10: float | None,
+    thresholds: Thresholds,
     baseline: str | None,
-    max_drop: float | None,
     tolerance: float | None,
     policy: str | None,
     allow_errors: bool,
@@ -146,7 +152,9 @@ def check(
     scheduler: str | None,
     quiet: bool,
 ) -> None:
-    from haaqicli import gate
+    from haaqicli.ci.evaluate import evaluate
+    from haaqicli.ci.policy import Policy, load_policy
+    from haaqicli.ci.render import print_report, write_junit, write_summary
     from haaqicli.errors import HaaqiError
 
     if reference_dir and pairs:
@@ -155,11 +163,11 @@ def check(
         raise click.UsageError("--scores gates an existing table: give no INPUTS, --reference or --pairs")
     if not inputs and not pairs and not scores_path:
         raise click.UsageError("give INPUTS to score, --pairs CSV, or --scores TABLE")
-    if max_drop is not None and not baseline:
+    if thresholds.max_drop is not None and not baseline:
         raise click.UsageError("--max-drop needs --baseline")
     _table_path(out, "--out")
     require_writable(out=out, junit=junit, summary=summary)
-    loaded_policy = gate.load_policy(policy) if policy else gate.Policy()
+    loaded_policy = load_policy(policy) if policy else Policy()
     if baseline is None and any(t.max_drop is not None for t in [loaded_policy.default,
                                                                  *loaded_policy.profiles.values()]):
         click.echo("warning: the policy sets max_drop but no --baseline was given; max_drop is ignored", err=True)
@@ -176,13 +184,14 @@ def check(
             raise HaaqiError(f"{scores_path}: score table not found")
         table = read_table(scores_path)
     else:
-        settings = gate.ScoreSettings(profiles=profiles, spl=spl, mix=mix, model=model, device=device,
-                                      batch_size=batch_size, workers=workers, beats_checkpoint=beats_checkpoint,
-                                      progress=not quiet, reference=reference_dir, pairs=pairs,
-                                      segment_seconds=segment_seconds, scheduler=scheduler)
-        scorer = _scorer_from_context() or gate.default_scorer(settings)
+        # lazy: the scorers import pandas and the audio decoders, which --help never needs
+        from haaqicli.scoring.scorers import default_scorer
+
+        options = replace(options, progress=not quiet, reference=reference_dir, pairs=pairs,
+                          segment_seconds=segment_seconds, scheduler=scheduler)
+        scorer = _scorer_from_context() or default_scorer(options)
         try:
-            table = scorer(list(inputs), settings)
+            table = scorer(list(inputs), options)
         except RunInterrupted as stopped:
             if out and stopped.rows is not None:
                 write_table(stopped.rows, out)
@@ -190,19 +199,18 @@ def check(
             raise RunInterrupted(f"{stopped.kept} not kept (no --out); no gate was evaluated") from None
     if out:
         write_table(table, out)
-    cli_thresholds = gate.Thresholds(min_score=min_score, min_mean=min_mean, min_p10=min_p10, max_drop=max_drop)
-    report = gate.evaluate(table, loaded_policy, cli_thresholds, baseline=baseline_table, tolerance=tolerance,
+    report = evaluate(table, loaded_policy, thresholds, baseline=baseline_table, tolerance=tolerance,
                            allow_errors=allow_errors, allow_model_change=allow_model_change,
                            baseline_name=f"baseline {baseline}" if baseline else "baseline",
                            table_name=scores_path or "score table")
     note = segments_note(table, segment_seconds) if (reference_dir or pairs) else ""
     if note:
         report.notes.append(note)
-    gate.print_report(report)
+    print_report(report)
     if junit:
-        gate.write_junit(report, junit)
+        write_junit(report, junit)
     if summary:
-        gate.write_summary(report, summary)
+        write_summary(report, summary)
     sys.exit(report.exit_code)
 
 
@@ -217,9 +225,7 @@ def check(
               help="Score the lowest bitrate must reach.")
 @click.option("--criterion", type=click.Choice(["min", "mean"]), default="min", show_default=True,
               help="Over several inputs: every input must meet --target (min) or their mean must.")
-@profile_option
-@spl_option
-@model_options
+@scoring_options
 @click.option("--fast", is_flag=True,
               help="Preview: the model predicts every rung instead of the exact HAAQI (much faster, less "
                    "accurate; table, answer and plot say so).")
@@ -242,14 +248,7 @@ def sweep(
     bitrates: str | None,
     target: float,
     criterion: str,
-    profiles: tuple[str, ...],
-    spl: float,
-    model: str,
-    device: str,
-    batch_size: int,
-    workers: int | None,
-    mix: str,
-    beats_checkpoint: str | None,
+    options: ScoreOptions,
     fast: bool,
     exact: bool,
     segment_seconds: float | None,
@@ -269,8 +268,7 @@ def sweep(
     Exit status: 0 done (even if a codec never reaches the target), 2 error (e.g. no ffmpeg, an
     empty ladder).
     """
-    from haaqicli import gate
-    from haaqicli import sweep as sweep_lib
+    from haaqicli.ci import sweep as sweep_lib
 
     _table_path(out, "--out")
     _table_path(answer, "--answer")
@@ -278,13 +276,11 @@ def sweep(
         raise click.BadParameter(f"{plot}: the plot is written as .png", param_hint="--plot")
     require_writable(out=out, answer=answer, plot=plot)
     sweep_lib.require_ffmpeg()
-    settings = gate.ScoreSettings(profiles=profiles, spl=spl, mix=mix, model=model, device=device,
-                                  batch_size=batch_size, workers=workers, beats_checkpoint=beats_checkpoint,
-                                  progress=not quiet, segment_seconds=segment_seconds)
+    options = replace(options, progress=not quiet, segment_seconds=segment_seconds)
     result = sweep_lib.run_sweep(
-        inputs, sweep_lib.parse_codecs(codecs), sweep_lib.parse_bitrates(bitrates), settings, target,
+        inputs, sweep_lib.parse_codecs(codecs), sweep_lib.parse_bitrates(bitrates), options, target,
         scorer=_scorer_from_context(), exact=exact, exact_fn=_scorer_from_context("exact_fn"),
-        criterion=criterion, workers=workers or 1, keep_dir=keep_dir, fast=fast,
+        criterion=criterion, workers=options.workers or 1, keep_dir=keep_dir, fast=fast,
     )
     from haaqicli.tables import write_table
 
@@ -309,7 +305,7 @@ def _fmt(value: object, spec: str = ".3f") -> str:
 def _print_sweep(result, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
-    from haaqicli.sweep import METHOD_PREDICTED
+    from haaqicli.ci.sweep import METHOD_PREDICTED
 
     console = _console()
     table = result.table
@@ -375,7 +371,7 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
     """
     from rich.table import Table
 
-    from haaqicli.compare import compare_tables, significance_note
+    from haaqicli.ci.compare import compare_tables, significance_note
     from haaqicli.errors import HaaqiError
     from haaqicli.tables import read_table, write_table
 

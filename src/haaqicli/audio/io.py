@@ -1,4 +1,4 @@
-"""Finding, decoding, resampling, levelling and windowing audio files.
+"""Finding and decoding audio files, and writing them.
 
 Decoding is streaming: ``open_audio(path).blocks(n)`` yields (channels, n) float32 blocks, so a
 two-hour file never has to fit in memory. libsndfile (via soundfile) is tried first (WAV, FLAC,
@@ -12,13 +12,10 @@ downmixed to stereo by ffmpeg (its standard matrix, e.g. 5.1 -> L/R); without ff
 
 Files shorter than ``MIN_DURATION_S`` are refused (``AudioError``): no HAAQI figure means anything
 for them.
-
-Torch is imported lazily (only resampling needs it), so listing profiles stays fast.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -29,17 +26,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
 from haaqicli.atomic import atomic_write
-from haaqicli.constants import DEFAULT_SPL, REFERENCE_RMS
 from haaqicli.errors import AudioError, ToolMissingError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 # Extensions picked up when walking directories (files given explicitly are always tried).
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -53,8 +46,6 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 # Shortest file scored (seconds): HAAQI's envelope and modulation analysis needs a few hundred ms of
 # music to mean anything; shorter files get an error row instead of a score.
 MIN_DURATION_S: float = 0.5
-# Below this a file is treated as silent: -120 dBFS.
-SILENCE_RMS: float = 1e-6
 # HAAQI works up to 24 kHz bandwidth; below 8 kHz sampling there is too little of the music left.
 MIN_SAMPLE_RATE: int = 8_000
 # Default streaming block (frames): ~1.4 s at 48 kHz, a few MB for stereo float32.
@@ -431,7 +422,7 @@ def require_duration(path: str | Path, duration_s: float) -> None:
                          "this tool scores")
 
 
-def _as_source(source: BlockSource | str | Path) -> BlockSource:
+def as_source(source: BlockSource | str | Path) -> BlockSource:
     if isinstance(source, (str, Path)):
         return open_audio(source)
     return source
@@ -473,266 +464,3 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, subtype: str | None = 
                 raise AudioError(f"{path}: ffmpeg could not encode ({_last_line(proc.stderr)})")
 
     return atomic_write(path, write, keep_suffix=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Resampling and level
-
-ArrayLike = Union[np.ndarray, "torch.Tensor"]
-
-
-def resample(x: ArrayLike, orig_sr: int, new_sr: int) -> ArrayLike:
-    """Band-limited sinc resampling along the last axis (torchaudio); returns the input's type.
-
-    Kaiser-windowed sinc with 16 zero crossings: stopband well below -80 dB, passband flat to
-    ~0.95 * Nyquist of the lower rate. One function for training and inference keeps them consistent.
-    Differentiable for tensors. The filter bank is built once per (rates, dtype, device) and reused.
-    """
-    import torch
-
-    orig_sr, new_sr = int(orig_sr), int(new_sr)
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
-    if orig_sr == new_sr:
-        return x
-    is_numpy = isinstance(x, np.ndarray)
-    tensor = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x
-    dtype = tensor.dtype
-    if not tensor.is_floating_point():
-        tensor = tensor.float()
-    out = _resampler(orig_sr, new_sr, tensor.dtype, str(tensor.device))(tensor)
-    if is_numpy:
-        return out.numpy().astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32, copy=False)
-    return out.to(dtype) if dtype.is_floating_point else out
-
-
-@functools.lru_cache(maxsize=16)
-def _resampler(orig_sr: int, new_sr: int, dtype: torch.dtype, device: str) -> torch.nn.Module:
-    import torchaudio.transforms as tat
-
-    return tat.Resample(orig_sr, new_sr, lowpass_filter_width=16, rolloff=0.95,
-                        resampling_method="sinc_interp_kaiser", beta=8.555, dtype=dtype).to(device)
-
-
-def resampled_length(n_frames: int, orig_sr: int, new_sr: int) -> int:
-    """Samples that `resample` returns for ``n_frames`` input frames."""
-    g = math.gcd(int(orig_sr), int(new_sr))
-    return -(-n_frames * (new_sr // g) // (orig_sr // g))
-
-
-class StreamResampler:
-    """`resample` of a signal that arrives block by block: the concatenated outputs equal `resample`
-    of the whole signal, with no seams at block boundaries.
-
-    The polyphase filter (torchaudio's kernel, width and padding) is applied at the same input
-    positions as on the whole signal; only the input the next outputs still need is kept. The
-    filter runs on a fixed number of output steps at a time: a constant convolution shape lets
-    oneDNN reuse its plan (a new shape per block costs more than the filtering itself).
-    """
-
-    STEPS = 4096  # output steps (of `new` samples each) per filter call
-
-    def __init__(self, orig_sr: int, new_sr: int, channels: int) -> None:
-        import torch
-
-        module = _resampler(int(orig_sr), int(new_sr), torch.float32, "cpu")
-        g = math.gcd(int(orig_sr), int(new_sr))
-        self.orig, self.new = int(orig_sr) // g, int(new_sr) // g
-        self.width: int = module.width
-        self.kernel: torch.Tensor = module.kernel  # (new, 1, 2 * width + orig)
-        # the whole signal is zero-padded by `width` on the left, `width + orig` on the right
-        self.pending = [np.zeros((channels, self.width), dtype=np.float32)]
-        self.n_pending = self.width
-        self.frames_in = 0
-        self.frames_out = 0
-
-    def push(self, block: np.ndarray) -> np.ndarray:
-        """Resampled output that `block` (channels, n) completes; possibly empty."""
-        self.frames_in += block.shape[1]
-        self.pending.append(np.asarray(block, dtype=np.float32))
-        self.n_pending += block.shape[1]
-        span = (self.STEPS - 1) * self.orig + self.kernel.shape[-1]
-        if self.n_pending < span:
-            return np.zeros((self.pending[0].shape[0], 0), dtype=np.float32)
-        return self._run(self.STEPS * ((self.n_pending - span) // (self.STEPS * self.orig) + 1))
-
-    def finish(self) -> np.ndarray:
-        """The rest of the output; the total has `resampled_length` samples."""
-        self.pending.append(np.zeros((self.pending[0].shape[0], self.width + self.orig), dtype=np.float32))
-        self.n_pending += self.width + self.orig
-        remaining = resampled_length(self.frames_in, self.orig, self.new) - self.frames_out
-        steps = (self.n_pending - self.kernel.shape[-1]) // self.orig + 1
-        return self._run(steps)[:, : max(0, remaining)]
-
-    def _run(self, steps: int) -> np.ndarray:
-        """Output of the next `steps` filter positions (a multiple of STEPS, except at the end)."""
-        import torch
-
-        x = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
-        outs = []
-        with torch.inference_mode():
-            for first in range(0, steps, self.STEPS):
-                n = min(self.STEPS, steps - first)
-                chunk = torch.from_numpy(x[:, first * self.orig : (first + n - 1) * self.orig + self.kernel.shape[-1]])
-                y = torch.nn.functional.conv1d(chunk[:, None], self.kernel, stride=self.orig)
-                outs.append(y.transpose(1, 2).reshape(x.shape[0], -1).numpy())
-        self.pending = [x[:, steps * self.orig :].copy()]
-        self.n_pending = self.pending[0].shape[1]
-        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
-        self.frames_out += out.shape[1]
-        return out
-
-
-def channel_rms(source: BlockSource | str | Path | np.ndarray, allow_silent: bool = False) -> np.ndarray:
-    """RMS per channel, streamed. Silent input (overall RMS < 1e-6) raises ``AudioError`` unless allowed."""
-    if isinstance(source, np.ndarray):
-        x = source[None, :] if source.ndim == 1 else source
-        meter = LevelMeter(x.shape[0], "<array>")
-        meter.add(x)
-    else:
-        src = _as_source(source)
-        meter = LevelMeter(src.info.channels, str(getattr(src, "path", "<audio>")))
-        for block in src.blocks():
-            meter.add(block)
-    return meter.rms(allow_silent)
-
-
-class LevelMeter:
-    """Running per-channel RMS over the blocks of a stream (each frame counted once)."""
-
-    def __init__(self, channels: int, name: str) -> None:
-        self.sums = np.zeros(channels, dtype=np.float64)
-        self.count = 0
-        self.name = name
-
-    def add(self, block: np.ndarray) -> None:
-        self.sums += np.square(block).sum(axis=1, dtype=np.float64)
-        self.count += block.shape[1]
-
-    def rms(self, allow_silent: bool = False) -> np.ndarray:
-        """RMS per channel; silent input (overall RMS < 1e-6) raises ``AudioError`` unless allowed."""
-        if self.count == 0:
-            raise AudioError(f"{self.name}: no audio frames")
-        rms = np.sqrt(self.sums / self.count)
-        total = overall_rms(rms)
-        if not allow_silent and total < SILENCE_RMS:
-            level = 20 * math.log10(total) if total > 0 else -math.inf
-            raise AudioError(f"{self.name}: silent (RMS {level:.0f} dBFS, below -120 dBFS)")
-        return rms
-
-
-def overall_rms(rms: np.ndarray) -> float:
-    """RMS over all channels together (so stereo balance is kept when one gain is applied)."""
-    values = np.asarray(rms, dtype=np.float64)
-    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
-
-
-def presentation_gain(rms: float, spl: float = DEFAULT_SPL) -> float:
-    """Gain that maps a signal of (overall) RMS ``rms`` to ``spl`` dB SPL in the model's calibration.
-
-    A waveform with RMS REFERENCE_RMS is heard at DEFAULT_SPL (65 dB SPL), so the target RMS is
-    ``0.1 * 10**((spl - 65) / 20)``.
-    """
-    if not (rms > SILENCE_RMS):  # also catches NaN
-        raise AudioError(f"cannot set the level of a silent signal (RMS {rms:g})")
-    return float(REFERENCE_RMS * 10 ** ((spl - DEFAULT_SPL) / 20) / rms)
-
-
-# --------------------------------------------------------------------------------------------
-# Windows
-
-
-@dataclass(frozen=True)
-class Window:
-    start_s: float
-    end_s: float
-    samples: np.ndarray  # (channels, n) at `sample_rate` (the source's own unless resampled)
-    sample_rate: int = 0
-
-
-def plan_windows(n_frames: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """(start, end) frame ranges of overlapping windows covering ``n_frames``.
-
-    Every window has the full length the models were trained on: windows start every ``hop``, and
-    the last one is shifted back to end exactly at the end (overlapping its neighbour more), so no
-    window is ever a short tail. Input shorter than one window is a single short window.
-    """
-    if window <= 0 or hop <= 0:
-        raise ValueError("window and hop must be positive")
-    if n_frames <= window:
-        return [(0, n_frames)]
-    starts = list(range(0, n_frames - window + 1, hop))
-    if starts[-1] + window < n_frames:
-        starts.append(n_frames - window)
-    return [(start, start + window) for start in starts]
-
-
-def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float,
-                 block_frames: int = DEFAULT_BLOCK_FRAMES, meter: LevelMeter | None = None,
-                 downmix: bool = False, sample_rate: int | None = None) -> Iterator[Window]:
-    """The windows of :func:`plan_windows`, streamed: at most one window plus one block is held,
-    so a 2-hour file needs no more memory than a short one. With ``meter``, every decoded block is
-    also metered (before any downmix), so the level and the windows come from one decoding pass;
-    ``downmix`` averages the channels of each block, so windows are mono.
-
-    With ``sample_rate``, the stream is resampled to that rate as it is decoded (`StreamResampler`:
-    the same samples as `resample` of the whole file, so windows have real context at their edges)
-    and the windows are planned and cut at that rate, as the API does with a whole waveform.
-
-    The plan uses the frame count the decoder announced; if it delivers fewer frames (an estimate
-    from a compressed container), the last window still ends at the real end with the full length,
-    its head taken from the previous window (a file shorter than one window is one short window).
-    """
-    if window_s <= 0 or hop_s <= 0:
-        raise ValueError("window_s and hop_s must be positive")
-    src = _as_source(source)
-    native = src.info.sample_rate
-    sr = int(sample_rate or native)
-    resampler = StreamResampler(native, sr, 1 if downmix else src.info.channels) if sr != native else None
-    n_frames = resampled_length(src.info.frames, native, sr) if resampler else src.info.frames
-    plan = plan_windows(n_frames, max(1, int(round(window_s * sr))), max(1, int(round(hop_s * sr))))
-    buffer = np.zeros((1 if downmix else src.info.channels, 0), dtype=np.float32)
-    buffer_start = 0  # absolute frame index of buffer[:, 0]
-    index = 0
-    last: Window | None = None  # the latest window yielded, and its frames
-    last_span = (0, 0)
-
-    def take(block: np.ndarray) -> Iterator[Window]:
-        """Append a block; yield the windows it completes and drop what no later window needs."""
-        nonlocal buffer, buffer_start, index, last, last_span
-        if block.shape[1] == 0:  # the resampler often has nothing yet: do not copy the buffer
-            return
-        buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
-        while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
-            start, end = plan[index]
-            last = Window(start / sr, end / sr, buffer[:, start - buffer_start : end - buffer_start].copy(), sr)
-            last_span = (start, end)
-            yield last
-            index += 1
-        keep_from = plan[index][0] if index < len(plan) else buffer_start + buffer.shape[1]
-        if keep_from > buffer_start:
-            buffer = buffer[:, keep_from - buffer_start :]
-            buffer_start = keep_from
-
-    for block in src.blocks(block_frames):
-        if meter is not None:
-            meter.add(block)
-        if downmix and block.shape[0] == 2:  # equal to the mean, at a quarter of its cost
-            block = ((block[0] + block[1]) * np.float32(0.5))[None]
-        elif downmix and block.shape[0] > 2:
-            block = block.mean(axis=0, keepdims=True)
-        yield from take(resampler.push(block) if resampler else block)
-    if resampler:
-        yield from take(resampler.finish())
-    if index < len(plan):  # the decoder delivered fewer frames than it announced
-        start = plan[index][0]
-        samples = buffer[:, max(0, start - buffer_start) :]
-        end = start + samples.shape[1]
-        if last is not None and last_span[1] < end and start <= last_span[1]:
-            # as in plan_windows, the last window keeps the full length and ends at the end: its head
-            # comes from the previous window
-            head = last.samples[:, end - last.samples.shape[1] - last_span[0] : start - last_span[0]]
-            samples = np.concatenate([head, samples], axis=1)
-            yield Window((end - samples.shape[1]) / sr, end / sr, samples, sr)
-        elif last is None and samples.shape[1] > 0:
-            yield Window(start / sr, end / sr, samples.copy(), sr)

@@ -15,6 +15,10 @@ import torch
 
 from haaqicli import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
+from haaqicli.executor import parse_local
+from haaqicli.models.registry import load_model, measure_throughput
+from haaqicli.reference.parallel import thread_count
+from haaqicli.scoring import ScoreOptions
 
 BATCH_CLIPS = 8  # clips per call in the labelling-engine rows
 
@@ -44,7 +48,8 @@ def make_bench_folder(folder: Path, n_files: int = 8, seconds: float = 30.0, sam
 
 def time_model(folder: Path, model: str, device: str, batch_size: int, workers: int, repeats: int) -> BenchRow:
     """Best of `repeats` end-to-end scoring runs of a folder (decode + resample + model)."""
-    from haaqicli.engine import ScoreOptions, score_inputs
+    # lazy: torch, pandas, soundfile only where this path runs (start-up time)
+    from haaqicli.engine import score_inputs
 
     options = ScoreOptions(model=model, device=device, batch_size=batch_size, workers=workers, mix="mono")
     profiles = [BUILTIN_PROFILES["mild"]]
@@ -64,8 +69,6 @@ def time_model(folder: Path, model: str, device: str, batch_size: int, workers: 
 def time_model_only(model: str, device: str, batch_size: int, repeats: int) -> BenchRow:
     """The network alone (fbank included) on one batch of 6-s windows: the models' own throughput,
     without decoding, resampling and per-file work, which both models share."""
-    from haaqicli.models.registry import load_model, measure_throughput
-
     network, info = load_model(model, device=device)
     speed = measure_throughput(network, batch=batch_size, threads=None, repeats=max(3, repeats), device=device)
     audio_seconds = batch_size * info.window_s
@@ -74,8 +77,8 @@ def time_model_only(model: str, device: str, batch_size: int, repeats: int) -> B
 
 def time_reference(seconds: float, repeats: int, sample_rate: int = 44100) -> tuple[list[BenchRow], dict]:
     """Our exact HAAQI and pyclarity's (when installed) on the same clip, same rate, timed alternately."""
+    # lazy: numba, scipy only where this path runs (start-up time)
     from haaqicli.reference.bench import benchmark_batch, benchmark_reference
-    from haaqicli.reference.parallel import thread_count
 
     measured = benchmark_reference(seconds=seconds, repeats=repeats, sample_rate=sample_rate)
     rows = [BenchRow(f"exact HAAQI, ours (cpu, {thread_count()} threads)", seconds, measured["ours_seconds"])]
@@ -153,8 +156,8 @@ def run_cluster_bench(folder: Path, scheduler: str, n_files: int = 8, seconds: f
     for ``local:N`` (and their ratio), or with every worker of a running cluster for an address. Each
     row is the best of ``repeats`` runs after a warm-up that loads the model on every worker; the
     workers score on the CPU, one thread each."""
-    from haaqicli.engine import ScoreOptions, score_inputs
-    from haaqicli.executor import parse_local
+    # lazy: torch, pandas, soundfile only where this path runs (start-up time)
+    from haaqicli.engine import score_inputs
 
     audio_seconds = make_bench_folder(folder, n_files, seconds)
     options = ScoreOptions(model=model, device="cpu", batch_size=batch_size, mix="mono")
@@ -185,6 +188,7 @@ def run_cluster_bench(folder: Path, scheduler: str, n_files: int = 8, seconds: f
 
 
 def _bench_cluster(workers: int):  # type: ignore[no-untyped-def]
+    # lazy: dask.distributed is an optional dependency, needed on this path only
     from distributed import LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)

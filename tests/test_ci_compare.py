@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from haaqicli.ci.compare import compare_tables, paired_stats
 from haaqicli.cli import main
-from haaqicli.compare import compare_tables, paired_stats
 
 
 def _table(scores: dict[str, float], profile: str = "normal", sha: str = "a" * 64, ears: bool = False) -> pd.DataFrame:

@@ -20,8 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from haaqicli.audio import DownmixWarning, discover, downmix_message, open_audio
+from haaqicli.audiogram import resolve_profiles
+from haaqicli.ci.evaluate import file_scores
 from haaqicli.errors import HaaqiError, ToolMissingError
-from haaqicli.gate import Scorer, ScoreSettings, file_scores
+from haaqicli.reference import score_pairs
+from haaqicli.scoring import ScoreOptions, Scorer
+from haaqicli.scoring.scorers import model_scorer
 
 DEFAULT_LADDER: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 160, 192, 256, 320)
 
@@ -151,24 +156,22 @@ def encode_decode(rung: Rung, codec: Codec | None, sample_rate: int, channels: i
     return rung
 
 
-# ([(reference, processed)], settings) -> one row per processed x profile x ear with the columns
+# ([(reference, processed)], options) -> one row per processed x profile x ear with the columns
 # processed, profile, ear, score, status, error (and segments): haaqicli.reference.score_pairs' contract
-ExactFn = Callable[[Sequence[tuple[Path, Path]], ScoreSettings], pd.DataFrame]
+ExactFn = Callable[[Sequence[tuple[Path, Path]], ScoreOptions], pd.DataFrame]
 
 METHOD_EXACT = "exact"
 METHOD_PREDICTED = "predicted"
 
 
-def exact_pairs(pairs: Sequence[tuple[Path, Path]], settings: ScoreSettings) -> pd.DataFrame:
+def exact_pairs(pairs: Sequence[tuple[Path, Path]], options: ScoreOptions) -> pd.DataFrame:
     """Exact HAAQI of each decoded rung against the decoded original: the codec delay removed by
     alignment, each channel heard by its ear (a mono file by both), the original presented at --spl and
     the rung keeping its level relative to it (haaqicli.levels), long inputs in segments."""
-    from haaqicli.audiogram import resolve_profiles
-    from haaqicli.reference import score_pairs
 
-    return score_pairs(pairs, resolve_profiles(settings.profiles), spl=settings.spl, mix=settings.mix,
-                       workers=settings.workers, progress=settings.progress, device=settings.device,
-                       segment_seconds=settings.segment_seconds)
+    return score_pairs(pairs, resolve_profiles(options.profiles), spl=options.spl, mix=options.mix,
+                       workers=options.workers, progress=options.progress, device=options.device,
+                       segment_seconds=options.segment_seconds)
 
 
 @dataclass
@@ -219,7 +222,7 @@ def run_sweep(
     inputs: Sequence[str | Path],
     codecs: Sequence[Codec],
     bitrates: Sequence[int],
-    settings: ScoreSettings,
+    options: ScoreOptions,
     target: float,
     scorer: Scorer | None = None,
     exact: bool = False,
@@ -233,15 +236,11 @@ def run_sweep(
     original and `score` is that; with ``fast`` the model predicts `score` instead (a preview), and
     ``exact`` then adds the exact HAAQI in `score_exact`. ``scorer`` (the model) and ``exact_fn`` are
     injectable (tests, other models)."""
+    # lazy: joblib only where this path runs (start-up time)
     from joblib import Parallel, delayed
 
-    from haaqicli.audio import DownmixWarning, discover, downmix_message, open_audio
-
     ffmpeg = require_ffmpeg()
-    if scorer is None:
-        from haaqicli.gate import model_scorer
-
-        scorer = model_scorer
+    scorer = scorer or model_scorer
     exact_fn = exact_fn or exact_pairs
     want_exact = exact or not fast
     items = discover(inputs)
@@ -275,18 +274,18 @@ def run_sweep(
             raise HaaqiError("empty ladder: the encoders rejected every rung (" +
                              "; ".join(r.error for r in done if r.codec != "original")[:300] + ")")
         ok = [r for r in done if r.status == "ok"]
-        predicted = _per_file_with_interval(scorer([str(r.decoded) for r in ok], settings) if fast and ok else None,
+        predicted = _per_file_with_interval(scorer([str(r.decoded) for r in ok], options) if fast and ok else None,
                                             "file")
         exact_table = None
         if want_exact:
             originals = {r.index: r.decoded for r in ok if r.codec == "original"}
             # the original against itself too: the ceiling that no bitrate can pass for this listener
             pairs = [(originals[r.index], r.decoded) for r in ok if r.index in originals]
-            exact_table = exact_fn(pairs, settings) if pairs else None
+            exact_table = exact_fn(pairs, options) if pairs else None
         exact_scores = _per_file(exact_table, "processed")
 
     seen = [profile for by_name in (predicted, exact_scores) for scores in by_name.values() for profile in scores]
-    profile_names = _profile_names(pd.DataFrame({"profile": seen}), settings)
+    profile_names = _profile_names(pd.DataFrame({"profile": seen}), options)
     method = METHOD_PREDICTED if fast else METHOD_EXACT
     rows = []
     for r in done:
@@ -328,11 +327,11 @@ def run_sweep(
     table = table.sort_values(["input", "codec", "bitrate_kbps", "profile"], kind="stable", na_position="first",
                               key=lambda col: col.map(rank) if col.name in ("codec", "profile") else col)
     notes = _ceiling_notes(table, target, criterion) if want_exact else []
-    if exact_table is not None and settings.segment_seconds and "segments" in exact_table.columns:
+    if exact_table is not None and options.segment_seconds and "segments" in exact_table.columns:
         n = exact_table.loc[exact_table["segments"].fillna(1) > 1, "processed"].nunique()
         if n:
-            notes.append(f"{n} decoded file(s) longer than {1.5 * settings.segment_seconds:g} s were scored in "
-                         f"{settings.segment_seconds:g}-s segments (length-weighted mean; --segment-seconds 0: whole)")
+            notes.append(f"{n} decoded file(s) longer than {1.5 * options.segment_seconds:g} s were scored in "
+                         f"{options.segment_seconds:g}-s segments (length-weighted mean; --segment-seconds 0: whole)")
     return SweepResult(table=table.reset_index(drop=True), answer=answer, skipped=sorted(skipped), target=target,
                        codecs=codec_order, profiles=profile_names, method=method, notes=notes,
                        warnings=curve_warnings(table) if fast else [])
@@ -362,12 +361,12 @@ def _unique_names(relatives: Sequence[str]) -> list[str]:
     return names
 
 
-def _profile_names(scored: pd.DataFrame, settings: ScoreSettings) -> list[str]:
+def _profile_names(scored: pd.DataFrame, options: ScoreOptions) -> list[str]:
     if not scored.empty:
-        asked = {name: i for i, name in enumerate(settings.profiles)}  # keep the user's order when we can
+        asked = {name: i for i, name in enumerate(options.profiles)}  # keep the user's order when we can
         names = list(dict.fromkeys(scored["profile"]))
         return sorted(names, key=lambda n: (asked.get(n, len(asked)), names.index(n)))
-    return list(settings.profiles)
+    return list(options.profiles)
 
 
 def lowest_bitrates(table: pd.DataFrame, target: float, criterion: str = "min", exact: bool = False) -> pd.DataFrame:
@@ -409,9 +408,11 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
     """Quality vs bitrate: one panel per codec, one line per profile (mean over inputs) of `score` (exact
     HAAQI, or the model's preview with --fast, as the axis says); dashed = exact HAAQI next to a preview;
     dotted = the undecoded original (exact: the profile's ceiling); grey line = target."""
+    # lazy: matplotlib only where this path runs (start-up time)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib only where this path runs (start-up time)
     import matplotlib.pyplot as plt
 
     table = result.table

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from haaqicli import gate
+from haaqicli.ci.evaluate import evaluate, file_scores
+from haaqicli.ci.policy import Thresholds, load_policy
+from haaqicli.ci.render import junit_xml
 from haaqicli.cli import main
 
 SR = 16000
@@ -45,7 +47,7 @@ def music(tmp_path: Path) -> Path:
 def fake_scorer(scores=SCORES, model="fake", sha="f" * 64):  # type: ignore[no-untyped-def]
     """Scorer with the engine's contract: one row per (file, profile, ear); decode errors become rows."""
 
-    def scorer(inputs, settings):  # type: ignore[no-untyped-def]
+    def scorer(inputs, options):  # type: ignore[no-untyped-def]
         from haaqicli.audio import decode, discover
         from haaqicli.errors import HaaqiError
 
@@ -56,7 +58,7 @@ def fake_scorer(scores=SCORES, model="fake", sha="f" * 64):  # type: ignore[no-u
                 error = ""
             except HaaqiError as err:
                 x, error = None, str(err)
-            for profile in settings.profiles:
+            for profile in options.profiles:
                 base = {"file": item.relative, "profile": profile, "model": model, "model_sha256": sha,
                         "path": str(item.path)}
                 if error:
@@ -132,7 +134,7 @@ def test_ears_are_averaged(music: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0
     table = pd.read_csv(out)
     assert len(table) == 3 * 2  # engine rows kept as they are (per ear)
-    scores = gate.file_scores(table)
+    scores = file_scores(table)
     assert scores.set_index("file").loc["b.wav", "score"] == pytest.approx(0.70)
 
 
@@ -248,7 +250,7 @@ profiles:
 def test_policy_per_profile(music: Path, tmp_path: Path, name: str, text: str) -> None:
     policy = tmp_path / name
     policy.write_text(text)
-    loaded = gate.load_policy(policy)
+    loaded = load_policy(policy)
     assert loaded.for_profile("mild").min_score == 0.6
     assert loaded.for_profile("normal").min_score == 0.5
     assert loaded.for_profile("normal").min_mean is None
@@ -286,7 +288,7 @@ def test_policy_errors_are_one_line(music: Path, tmp_path: Path, name: str, text
 
 def test_example_policies_are_valid() -> None:
     examples = Path(__file__).resolve().parents[1] / "examples"
-    toml, yaml = gate.load_policy(examples / "policy.toml"), gate.load_policy(examples / "policy.yaml")
+    toml, yaml = load_policy(examples / "policy.toml"), load_policy(examples / "policy.yaml")
     assert toml.default == yaml.default and dict(toml.profiles) == dict(yaml.profiles)
 
 
@@ -314,11 +316,11 @@ def test_scores_table_mode(music: Path, tmp_path: Path) -> None:
 def test_evaluate_is_deterministic() -> None:
     frame = pd.DataFrame([{"file": f"f{i}.wav", "profile": "normal", "score": s, "status": "ok"}
                           for i, s in enumerate([0.2, 0.4, 0.6, 0.8, 1.0])])
-    first = gate.evaluate(frame, cli=gate.Thresholds(min_p10=0.3))
-    second = gate.evaluate(frame, cli=gate.Thresholds(min_p10=0.3))
+    first = evaluate(frame, cli=Thresholds(min_p10=0.3))
+    second = evaluate(frame, cli=Thresholds(min_p10=0.3))
     assert first.profiles[0].p10 == pytest.approx(0.28) == second.profiles[0].p10
     assert first.exit_code == second.exit_code == 1
-    assert ET.tostring(gate.junit_xml(first).getroot()) == ET.tostring(gate.junit_xml(second).getroot())
+    assert ET.tostring(junit_xml(first).getroot()) == ET.tostring(junit_xml(second).getroot())
 
 
 def test_exact_reference_end_to_end(tmp_path: Path) -> None:
@@ -340,7 +342,7 @@ def test_exact_reference_end_to_end(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["check", str(proc), "--reference", str(refs), "--min-score", "0.9",
                                   "--out", str(out), "-q", "--allow-errors"], catch_exceptions=False)
-    scores = gate.file_scores(pd.read_csv(out)).set_index("file")
+    scores = file_scores(pd.read_csv(out)).set_index("file")
     # HAAQI (equalisation=1) of an unprocessed sparse chord is well below 1 (pyclarity agrees);
     # noise pulls it clearly lower.
     clean, noisy = scores.loc["clean.wav", "score"], scores.loc["noisy.wav", "score"]
@@ -393,3 +395,39 @@ def test_real_engine_end_to_end_is_deterministic(use_tiny_weights: Path, tmp_pat
     top = float(table["score"].max())
     result = runner.invoke(main, ["check", "--scores", str(second), "--min-score", f"{min(1.0, top + 0.001):.4f}"])
     assert result.exit_code == 1
+
+
+def _table(scores: dict[str, float], profile: str = "normal") -> pd.DataFrame:
+    return pd.DataFrame([{"file": f, "profile": profile, "ear": "both", "score": s, "status": "ok", "error": ""}
+                         for f, s in scores.items()])
+
+
+def test_evaluate_against_a_baseline_directly() -> None:
+    """The gate's steps on tables, without the command line: a file's drop, the profile mean's drop
+    over common files only, a new file noted, a missing one listed as skipped."""
+    baseline = _table({"a.wav": 0.82, "b.wav": 0.70, "gone.wav": 0.90})
+    now = _table({"a.wav": 0.70, "b.wav": 0.70, "new.wav": 0.20})
+    report = evaluate(now, cli=Thresholds(max_drop=0.05), baseline=baseline)
+    by_file = {c.file: c for c in report.cases}
+    assert by_file["a.wav"].status == "fail" and by_file["a.wav"].delta == pytest.approx(-0.12)
+    assert by_file["b.wav"].status == "pass"
+    assert by_file["new.wav"].status == "pass" and by_file["new.wav"].messages == ["new file: not in baseline"]
+    assert by_file["gone.wav"].status == "skipped" and by_file["gone.wav"].baseline == pytest.approx(0.90)
+    (profile,) = report.profiles
+    assert profile.baseline_mean == pytest.approx(0.76) and profile.current_mean_common == pytest.approx(0.70)
+    assert profile.status == "fail" and profile.messages[0].startswith("mean over 2 common files dropped 0.060")
+    assert profile.mean == pytest.approx(np.mean([0.70, 0.70, 0.20]))
+    assert report.exit_code == 1
+    assert any("missing from this run" in w for w in report.warnings)
+    assert any("1 file x profile entries are new" in n for n in report.notes)
+
+
+def test_evaluate_errors_and_allow_errors_directly() -> None:
+    table = pd.concat([_table({"a.wav": 0.9}), pd.DataFrame([{"file": "bad.wav", "profile": "normal", "ear": "",
+                                                              "score": np.nan, "status": "error",
+                                                              "error": "cannot decode"}])])
+    strict = evaluate(table, cli=Thresholds(min_mean=0.5))
+    assert strict.exit_code == 2 and [c.status for c in strict.cases] == ["pass", "error"]
+    lenient = evaluate(table, cli=Thresholds(min_mean=0.5), allow_errors=True)
+    assert lenient.exit_code == 0 and lenient.profiles[0].n == 1
+    assert lenient.cases[1].messages == ["not scored: cannot decode"]

@@ -14,7 +14,9 @@ rendering, another test run) was running, and the load average, since this often
 
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -28,6 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from haaqicli import synth
+from haaqicli.audiogram import resolve_profiles
 
 PROFILE = "mild"  # one symmetric profile (the label convention's listener)
 # Command lines that mean a heavy job shares the machine (matched in /proc/*/cmdline).
@@ -75,7 +78,7 @@ def machine_load() -> dict[str, Any]:
         except OSError:
             continue
         for job, needles in HEAVY_JOBS.items():
-            if any(needle in f" {cmdline} " for needle in needles) and "bench_e2e" not in cmdline:
+            if any(needle in f" {cmdline} " for needle in needles) and "bench.e2e" not in cmdline:
                 found.add(job)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"load1": round(load1, 2), "cores": os.cpu_count(), "heavy_jobs": sorted(found),
@@ -152,10 +155,9 @@ def _pyclarity_worker_start(barrier: Any, warm_up: tuple[str, str]) -> None:
 def _pyclarity_pair(pair: tuple[str, str]) -> float:
     """pyclarity's HAAQI of one mono pair for PROFILE's audiogram, presented as `haaqi reference`
     presents it (the reference at 65 dB SPL)."""
+    # lazy: pyclarity is an optional dependency, needed on this path only
     from clarity.evaluator.haaqi import compute_haaqi
     from clarity.utils.audiogram import Audiogram
-
-    from haaqicli.audiogram import resolve_profiles
 
     reference, sr = sf.read(pair[0], dtype="float64")
     processed, _ = sf.read(pair[1], dtype="float64")
@@ -167,9 +169,6 @@ def _pyclarity_pair(pair: tuple[str, str]) -> float:
 
 def pyclarity_seconds(pairs_csv: Path, workers: int) -> float | None:
     """Wall time of pyclarity's HAAQI over the pairs in `workers` processes (None without pyclarity)."""
-    import csv
-    import multiprocessing
-
     try:
         import clarity.evaluator.haaqi  # noqa: F401
     except ImportError:
@@ -249,7 +248,7 @@ def format_e2e(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:  # python -m haaqicli.bench_e2e FOLDER [JSON]
+def main(argv: Sequence[str] | None = None) -> None:  # python -m haaqicli.bench.e2e FOLDER [JSON]
     args = list(sys.argv[1:] if argv is None else argv)
     folder = Path(args[0] if args else "data/bench")
     result = run_e2e(folder)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from haaqicli import sweep as sweep_lib
+from haaqicli.ci import sweep as sweep_lib
 from haaqicli.cli import main
-from haaqicli.gate import ScoreSettings
+from haaqicli.scoring import ScoreOptions
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -209,7 +209,7 @@ def test_fast_with_exact_keeps_both_columns(chord: Path, tmp_path: Path) -> None
 
 def test_real_exact_haaqi_round_trip(chord: Path) -> None:
     """End to end through the real reference HAAQI (alignment + compute_haaqi) on one rung."""
-    settings = ScoreSettings(profiles=("normal",))
+    settings = ScoreOptions(profiles=("normal",))
     result = sweep_lib.run_sweep([chord], [sweep_lib.CODECS["mp3"]], [32, 192], settings, target=0.5,
                                  scorer=fake_scorer())
     exact = result.table[result.table["codec"] == "mp3"].set_index("bitrate_kbps")["score_exact"]
@@ -224,7 +224,7 @@ def test_real_engine_scores_the_ladder(use_tiny_weights: Path, tmp_path: Path) -
     t = np.arange(SR) / SR
     path = tmp_path / "tone.wav"
     sf.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
-    settings = ScoreSettings(profiles=("normal",), progress=False)
+    settings = ScoreOptions(profiles=("normal",), progress=False)
     result = sweep_lib.run_sweep([path], [sweep_lib.CODECS["aac"]], [64], settings, target=0.0, fast=True)
     table = result.table
     assert list(table["codec"]) == ["original", "aac"]

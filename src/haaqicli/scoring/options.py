@@ -1,0 +1,44 @@
+"""`ScoreOptions`, the one description of how to score, and the `Scorer` contract (light: no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, WINDOW_SECONDS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class ScoreOptions:
+    """The model and how it runs (the engine's part), the listeners and the level, and what a whole run
+    scores against (the scorers' part). The command line builds one from its shared options."""
+
+    model: str = "distilled"
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int | None = None  # None: 1 decoding process for the model; one per core for exact HAAQI pairs
+    spl: float = DEFAULT_SPL
+    mix: str = "stereo"  # "stereo": channel i scored with ear i; "mono": downmix first
+    window_s: float = WINDOW_SECONDS
+    hop_s: float = HOP_SECONDS
+    beats_checkpoint: str | None = None
+    weights_dir: str | None = None
+    # Longer files are scored as they stream (two decoding passes) instead of held in memory.
+    hold_seconds: float = 300.0
+    profiles: tuple[str, ...] = ("normal",)  # specs (names or files), resolved by the scorer
+    progress: bool = True
+    reference: str | None = None  # folder of references, paired by relative path
+    pairs: str | None = None  # CSV with columns processed, reference
+    segment_seconds: float | None = None  # exact HAAQI of long pairs in segments
+    scheduler: str | None = None  # Dask scheduler address or local:N: files / pairs as cluster tasks
+
+
+class Scorer(Protocol):
+    """Scores inputs (files or folders) for `options.profiles`: one row per (file, profile, ear) with
+    the score table's columns (haaqicli.tables.SCORE_COLUMNS)."""
+
+    def __call__(self, inputs: Sequence[str], options: ScoreOptions) -> pd.DataFrame: ...
