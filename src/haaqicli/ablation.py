@@ -86,6 +86,7 @@ def _selection_packages(selection: str) -> list[str]:
 
 
 def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
+    # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.train import TrainConfig
 
     out = Path(config.out_dir)
@@ -101,6 +102,7 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
 def _report(config: AblationConfig, name: str, weights_dir: str | None, log: Callable[[str], None]
             ) -> dict[str, Any]:
     """`evaluate_model` on each reporting set that has labels."""
+    # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.train import evaluate_model
 
     excluded = _selection_packages(config.selection)
@@ -125,6 +127,7 @@ def _summary(reports: dict[str, Any]) -> dict[str, Any]:
 
 def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate every row (and the learning curve); write ablation.json and ablation.md."""
+    # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.train import train_teacher
 
     settings = row_settings(config.rows, config.bands, config.rank_weight)

@@ -33,12 +33,15 @@ from torch import nn
 
 from haaqicli.atomic import atomic_write
 from haaqicli.constants import DEFAULT_SPL
+from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
 from haaqicli.devices import resolve_device
 from haaqicli.errors import HaaqiError
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
 from haaqicli.models.student import StudentNet, distillation_loss
+from haaqicli.objectives import Objective, label_objective
+from haaqicli.reference.formula import TERMS
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
 PAPER_FIGURES = {
@@ -165,8 +168,6 @@ def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | No
 
 def term_labels(meta: pd.DataFrame) -> torch.Tensor | None:
     """The label shards' sub-terms of these items as (N, 4) float32 (NaN where an item has none)."""
-    from haaqicli.reference.formula import TERMS
-
     if not set(TERMS) <= set(meta.columns):
         return None
     return torch.from_numpy(np.array(meta[list(TERMS)].apply(pd.to_numeric, errors="coerce"), dtype=np.float32))
@@ -183,8 +184,6 @@ def selection_split(manifest: str | Path, selection: str, log: Callable[[str], N
     """The labelled items named by ``SPLIT:PACKAGE[,PACKAGE...]`` that choose checkpoints. Only
     validation-real packages that are not reporting-only may steer a choice (ufoai-music): the
     reporting packages (nexuiz-music) and the game validation split never do."""
-    from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
-
     split, _, names = selection.partition(":")
     packages = [p for p in names.split(",") if p]
     if split != VALIDATION_REAL or not packages:
@@ -269,8 +268,6 @@ def term_errors(meta: pd.DataFrame, predicted: np.ndarray, labelled: np.ndarray,
                 ) -> dict[str, dict[str, dict[str, float]]]:
     """Which sub-term carries each family's error: per family and term, the bias (predicted - true)
     and MSE over items with labelled sub-terms (e.g. reverb should sit in cep_high/bm_sync5)."""
-    from haaqicli.reference.formula import TERMS
-
     families = meta[column].astype(str).str.split(":").str[0] if column in meta else pd.Series("all", index=meta.index)
     result: dict[str, dict[str, dict[str, float]]] = {}
     known = np.all(np.isfinite(labelled), axis=1)
@@ -406,7 +403,6 @@ def model_config(config: TrainConfig, default: dict[str, Any]) -> dict[str, Any]
 
 
 def objective_of(config: TrainConfig):  # type: ignore[no-untyped-def]
-    from haaqicli.objectives import Objective
 
     return Objective(config.frame_weight, config.term_weight, config.rank_weight, config.rank_loss)
 
@@ -478,8 +474,6 @@ def _device_terms(data: Split, index: torch.Tensor, device: torch.device) -> tor
 def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train a model (the teacher, or any registered architecture: `config.arch`) on the manifest's
     labelled training split and export it to the registry."""
-    from haaqicli.objectives import label_objective
-
     device = _setup(config)
     objective = objective_of(config)
     train, dev = load_train_selection(config, log)
@@ -568,8 +562,6 @@ def teacher_targets(
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Distil the student from the registered teacher: the teacher's hidden layers and outputs are
     the main targets; the true label is an extra term."""
-    from haaqicli.objectives import label_objective
-
     device = _setup(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
@@ -693,7 +685,6 @@ def format_evaluation(result: dict[str, Any]) -> str:
         for key, m in result.get(f"by_{column}", {}).items():
             lines.append(line(f"  {column}={key}", m))
     if result.get("term_errors"):
-        from haaqicli.reference.formula import TERMS
 
         lines.append(f"{'sub-term error: bias (MSE)':34s} " + " ".join(f"{t:>17s}" for t in TERMS))
         for family, per_term in result["term_errors"].items():
