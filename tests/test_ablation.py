@@ -19,8 +19,9 @@ from conftest import tiny_student_config
 
 from haaqicli import train
 from haaqicli.data import labels as lab
+from haaqicli.data.arrays import load_split_arrays
 from haaqicli.data.corpus import BuildConfig, build_manifest, materialise, write_manifest
-from haaqicli.data.export import load_split_arrays, model_input, scoring_spl
+from haaqicli.data.export import model_input, scoring_spl
 from haaqicli.errors import HaaqiError
 from haaqicli.reference.formula import TERMS, combine_clipped_terms
 
