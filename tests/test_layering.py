@@ -124,7 +124,10 @@ def _internal(target: str) -> bool:
 
 
 def test_every_module_has_a_layer() -> None:
-    assert all(_layer(module) for module in MODULES)
+    """A new module is placed on purpose: only the package itself falls back to the bare prefix."""
+    unplaced = [m for m in MODULES if m != "haaqicli" and
+                not any(m == p or m.startswith(p + ".") for p in LAYER_OF if p != "haaqicli")]
+    assert unplaced == []
 
 
 def test_no_module_imports_a_higher_layer() -> None:
