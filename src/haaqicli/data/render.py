@@ -130,7 +130,6 @@ def draw_variant(rng: np.random.Generator, soundfont: str, faithful: bool = Fals
 
 def read_midi(path: Path) -> Any:
     """A mido.MidiFile; key signatures outside the standard (game MIDI has some) are read as C major."""
-    # lazy: mido is an optional dependency, needed on this path only
     import mido
 
     data = path.read_bytes()
@@ -149,7 +148,6 @@ def read_midi(path: Path) -> Any:
 def rewrite_midi(src: Path, dst: Path, variant: MidiVariant, drop_drums: bool = False) -> list[tuple[float, int, int]]:
     """Write `src` with the variant applied to `dst`; return the drum hits (time s, note, velocity)
     of the rewritten file, so real drums can be laid on exactly where the GM drums were."""
-    # lazy: mido is an optional dependency, needed on this path only
     import mido
 
     midi = read_midi(src)
@@ -200,7 +198,6 @@ def rewrite_midi(src: Path, dst: Path, variant: MidiVariant, drop_drums: bool = 
 
 def _truncate(midi: Any, seconds: float) -> None:
     """Drop every event after `seconds` (tempo map applied) and silence all channels there."""
-    # lazy: mido is an optional dependency, needed on this path only
     import mido
 
     tempo_map: list[tuple[int, int]] = [(0, 500_000)]  # (tick, tempo), from all tracks (type 1 files)
