@@ -314,6 +314,33 @@ def test_real_drums_and_loops_render_through_fluidsynth(tmp_path: Path) -> None:
     assert 4.0 <= seconds < 9.0 and np.sqrt(np.mean(audio**2)) > 0.01
 
 
+def _held_organ_midi(path: Path) -> None:
+    """Two organ notes where the score's export put a note-off before the note-on at the same tick:
+    the second note is never released (as in several music21 scores)."""
+    import mido
+
+    midi = mido.MidiFile(type=1, ticks_per_beat=480)
+    track = mido.MidiTrack([mido.Message("program_change", channel=0, program=19, time=0),
+                            mido.Message("note_on", channel=0, note=60, velocity=80, time=0),
+                            mido.Message("note_off", channel=0, note=62, velocity=0, time=480),
+                            mido.Message("note_on", channel=0, note=62, velocity=80, time=0),
+                            mido.Message("note_off", channel=0, note=60, velocity=0, time=480),
+                            mido.MetaMessage("end_of_track", time=480)])
+    midi.tracks.append(track)
+    midi.save(str(path))
+
+
+@needs_fluidsynth
+def test_a_held_note_neither_runs_the_render_forever_nor_fills_the_disk(tmp_path: Path) -> None:
+    """A rewritten score releases every note where its tracks end, so it renders to about its length;
+    a file that still holds a note is stopped soon after its end, as a RenderError naming it."""
+    _held_organ_midi(tmp_path / "held.mid")
+    seconds = render.render_midi(tmp_path / "held.mid", tmp_path / "held.flac", render.MidiVariant(TIMGM))
+    assert 1.4 <= seconds < 6.0  # 1.5 s of score and the organ's release
+    with pytest.raises(render.RenderError, match=r"held\.mid: fluidsynth rendered over 2 s past the score's end"):
+        render.fluidsynth(tmp_path / "held.mid", TIMGM, release_s=2.0)
+
+
 # ------------------------------------------------------------------------------------------
 # music21
 

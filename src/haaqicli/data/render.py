@@ -15,6 +15,7 @@ import io
 import re
 import subprocess
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,7 @@ def rewrite_midi(src: Path, dst: Path, variant: MidiVariant, drop_drums: bool = 
                                for c in missing]
     if variant.max_seconds is not None:
         _truncate(midi, variant.max_seconds)
+    _release_at_track_ends(midi)
     hits: list[tuple[float, int, int]] = []
     now = 0.0
     for msg in midi:  # iteration yields seconds, tempo changes applied
@@ -233,19 +235,62 @@ def _truncate(midi: Any, seconds: float) -> None:
         track[:] = [m for m in kept if m.type != "end_of_track"] + stop + [mido.MetaMessage("end_of_track", time=0)]
 
 
-def fluidsynth(midi: Path, soundfont: str, gain: float = 0.5) -> np.ndarray:
+def _release_at_track_ends(midi: Any) -> None:
+    """Sustain pedal up and all notes off on every channel of a track where the track ends.
+
+    Scores exported with a note-off sorted before its note-on at the same tick leave notes held; with
+    a sustaining program (organ, strings) fluidsynth's file render never ends: it renders until every
+    voice is silent (seen: 26 GB of WAV from one 88-s music21 score). A well-formed file has nothing
+    sounding at its end, so its render is unchanged."""
+    import mido
+
+    for track in midi.tracks:
+        channels = sorted({m.channel for m in track if hasattr(m, "channel")})
+        if not channels:
+            continue
+        end = [m for m in track if m.type == "end_of_track"]
+        body = [m for m in track if m.type != "end_of_track"]
+        tail = end[0].time if end else 0  # the end's delta goes to the release, the end follows at once
+        release = [mido.Message("control_change", channel=c, control=control, value=0, time=0)
+                   for c in channels for control in (64, 123)]
+        release[0] = release[0].copy(time=tail)
+        track[:] = body + release + [mido.MetaMessage("end_of_track", time=0)]
+
+
+def midi_seconds(midi: Path) -> float:
+    """Playing time of a MIDI file (tempo map applied)."""
+    import mido
+
+    return float(mido.MidiFile(str(midi)).length)
+
+
+def fluidsynth(midi: Path, soundfont: str, gain: float = 0.5, release_s: float = 30.0) -> np.ndarray:
     """Render a MIDI file to float stereo at 44.1 kHz. Dynamic sample loading: MuseScore_General's
-    sf3 would otherwise decode every sample (15 s) per file; the output is identical."""
+    sf3 would otherwise decode every sample (15 s) per file; the output is identical.
+
+    The render is stopped, as a RenderError, once it runs ``release_s`` past the file's playing time
+    (a held note that never ends), so a bad score costs seconds and no disk, not the timeout."""
+    limit_bytes = int((midi_seconds(midi) + release_s) * SR * 2 * 4) + 4096  # float32 stereo + header
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "render.wav"
         cmd = ["fluidsynth", "-ni", "-q", "-g", str(gain), "-r", str(SR), "-O", "float", "-T", "wav",
                "-o", "synth.dynamic-sample-loading=1", "-F", str(wav), soundfont, str(midi)]
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=FLUIDSYNTH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise RenderError(f"{midi.name}: fluidsynth ran over {FLUIDSYNTH_TIMEOUT_S} s") from None
-        if result.returncode != 0 or not wav.is_file() or wav.stat().st_size == 0:
-            raise RenderError(f"{midi.name}: fluidsynth failed ({result.stderr.strip()[:200]})")
+        # stderr to a file: an unread pipe that fills would stall fluidsynth until the timeout.
+        log = Path(tmp) / "stderr.txt"
+        with open(log, "w") as errors, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors) as process:
+            started = time.monotonic()
+            while process.poll() is None:
+                too_long = wav.is_file() and wav.stat().st_size > limit_bytes
+                if too_long or time.monotonic() - started > FLUIDSYNTH_TIMEOUT_S:
+                    process.kill()
+                    process.wait()
+                    reason = (f"rendered over {release_s:.0f} s past the score's end (held notes)" if too_long
+                              else f"ran over {FLUIDSYNTH_TIMEOUT_S} s")
+                    raise RenderError(f"{midi.name}: fluidsynth {reason}")
+                time.sleep(0.2)
+        stderr = log.read_text(errors="replace")
+        if process.returncode != 0 or not wav.is_file() or wav.stat().st_size == 0:
+            raise RenderError(f"{midi.name}: fluidsynth failed ({stderr.strip()[:200]})")
         audio, _ = sf.read(str(wav), dtype="float32", always_2d=True)
     return audio
 
