@@ -455,3 +455,23 @@ def test_two_runs_in_one_second_never_overwrite_a_sealed_shard(tmp_path: Path, m
         writer.flush(seal=True)
     assert sorted(lab.read_shards(tmp_path)["item_id"]) == ["a", "b"]
     assert len(list(tmp_path.glob("shard-*.parquet"))) == 2 and not list(tmp_path.glob("open-*.parquet"))
+
+
+def test_retry_errors_relabels_error_rows_and_the_new_row_supersedes_them(corpus: Path, tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    write_manifest(_build(corpus, items=22), path, compact=True)
+    ids = list(read_manifest(path)["item_id"])
+    # an earlier run hit a full disk on one item and labelled another
+    lab.write_shard(lab.shard_dir(path) / "shard-20000101T000000000000-1-0000.parquet",
+                    [{"item_id": ids[0], "label": float("nan"), "label_seconds": 1.0, "error": "OSError: No space left"},
+                     {"item_id": ids[1], "label": 0.25, "label_seconds": 1.0, "error": ""}])
+    plain = lab.pending_items(read_manifest(path), lab.read_shards(lab.shard_dir(path)))
+    assert ids[0] not in set(plain["item_id"]) and len(plain) == 20
+    retried = lab.pending_items(read_manifest(path), lab.read_shards(lab.shard_dir(path)), retry_errors=True)
+    assert ids[0] in set(retried["item_id"]) and ids[1] not in set(retried["item_id"]) and len(retried) == 21
+    calls: list[str] = []
+    lab.label_manifest(path, corpus, haaqi_fn=_cheap_haaqi, progress=False, retry_errors=True,
+                       on_result=lambda r: calls.append(r["item_id"]))
+    assert ids[0] in calls and ids[1] not in calls
+    df = lab.labelled_manifest(path).set_index("item_id")
+    assert np.isfinite(df.loc[ids[0], "label"]) and df.loc[ids[1], "label"] == 0.25

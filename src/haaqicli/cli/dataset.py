@@ -172,6 +172,8 @@ def _freeze(manifest: str | None, out: str, force: bool) -> None:
 @click.option("--shard-size", type=click.IntRange(1), default=2000, show_default=True,
               help="Seal a shard (an immutable file to commit) every this many labels, and at the end of a run.")
 @click.option("--no-cache", is_flag=True, help="Do not store the model inputs for training while labelling.")
+@click.option("--retry-errors", is_flag=True,
+              help="Also relabel items whose row is an error (e.g. a full disk); the new row supersedes it.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda or cuda:N. CUDA batches clips in the torch engine.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
@@ -179,17 +181,17 @@ def _freeze(manifest: str | None, out: str, force: bool) -> None:
 @scheduler_option
 @quiet_option
 def label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None, splits: tuple[str, ...],
-          flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, scheduler: str | None,
-          quiet: bool) -> None:
+          flush_every: int, shard_size: int, no_cache: bool, retry_errors: bool, device: str, batch_size: int,
+          scheduler: str | None, quiet: bool) -> None:
     """Label pending items with our HAAQI into append-only shards (resumable: re-running skips labelled items)."""
     _label(manifest, corpus, workers, limit, splits, flush_every, shard_size, no_cache, device, batch_size, quiet,
-           scheduler)
+           scheduler, retry_errors)
 
 
 @one_line_errors
 def _label(manifest: str | None, corpus: str | None, workers: int | None, limit: int | None, splits: tuple[str, ...],
            flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool,
-           scheduler: str | None = None) -> None:
+           scheduler: str | None = None, retry_errors: bool = False) -> None:
     from haaqicli.data.labels import label_manifest, shard_dir
     from haaqicli.devices import resolve_device
 
@@ -198,7 +200,8 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
     summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
                              flush_every=flush_every, limit=limit, split=list(splits) or None, progress=not quiet,
                              cache_dir=None if no_cache else _data_dir() / "cache", device=device,
-                             batch_size=batch_size, shard_size=shard_size, scheduler=scheduler)
+                             batch_size=batch_size, shard_size=shard_size, scheduler=scheduler,
+                             retry_errors=retry_errors)
     done = summary["labelled"] + summary["errors"]
     rate = 3600.0 * done / summary["wall_seconds"] if summary["wall_seconds"] > 0 else 0.0
     cpu = summary["cpu_seconds"] / done if done else 0.0

@@ -306,9 +306,14 @@ def labelled_manifest(manifest_path: Path, labels_dir: Path | None = None) -> pd
 
 
 def pending_items(manifest: pd.DataFrame, shards: pd.DataFrame, split: str | Sequence[str] | None = None,
-                  limit: int | None = None, order_seed: int | None = 0) -> pd.DataFrame:
+                  limit: int | None = None, order_seed: int | None = 0, retry_errors: bool = False) -> pd.DataFrame:
     """Items with no shard row yet, split by split in the given order (default SPLIT_ORDER, then any
-    other split), each shuffled (seeded) so a partial run is unbiased."""
+    other split), each shuffled (seeded) so a partial run is unbiased. With ``retry_errors``, also the
+    items whose latest row is an error (a full disk, a killed encoder): the new row, in a later shard,
+    supersedes it."""
+    if not shards.empty and retry_errors:
+        latest = shards.drop_duplicates("item_id", keep="last")
+        shards = latest[latest["error"].fillna("").astype(str) == ""]
     done = set(shards["item_id"]) if not shards.empty else set()
     todo = manifest[~manifest["item_id"].isin(done) & ~np.isfinite(manifest["label"].to_numpy(dtype=float))]
     if split is None:
@@ -383,6 +388,7 @@ def label_manifest(
     labels_dir: Path | None = None,
     shard_size: int = SHARD_SIZE,
     scheduler: str | None = None,
+    retry_errors: bool = False,
 ) -> dict[str, Any]:
     """Label pending items into the shard folder (``labels_dir``, default beside the manifest),
     flushing the open shard every ``flush_every`` results and sealing one every ``shard_size``. With
@@ -400,7 +406,7 @@ def label_manifest(
     with _exclusive(directory):
         writer = ShardWriter(directory, shard_size)
         done = pd.concat([read_shards(directory), pd.DataFrame(writer.rows, columns=SHARD_COLUMNS)])
-        todo = pending_items(manifest, done, split=split, limit=limit)
+        todo = pending_items(manifest, done, split=split, limit=limit, retry_errors=retry_errors)
         return _label_items(todo.to_dict(orient="records"), manifest, corpus_dir, writer, workers, flush_every,
                             haaqi_fn, progress, on_result, cache_dir, device, batch_size, scheduler)
 
