@@ -124,9 +124,9 @@ def intervals_section() -> list[str]:
             part = data["check"][kind].get(key)
             cells.append(f"{fmt(part['coverage'])} / {fmt(part['mean_width'])} (n={part['n']})" if part else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "The committed set was built before issue 14's sampler change (codec ladder from 24 kb/s, cascades "
-              "of two), at commit f64ac2a (branch `trust-interval-prerebase`); the script now draws from the new "
-              "sampler, so a rebuild gives a set of the same design with other recipes."]
+    lines += ["", "The set is drawn by the training sampler of this commit (codec ladders down to the lowest "
+              "bitrates, strong reverb, clipping, cascades): a rebuild with the command above gives the same items, "
+              "up to decoder differences across machines."]
     lines += ["", "The widths are the honest size of the models' errors on recorded music (compare the validation "
               "tables above): a predicted score tells a clean file from a badly damaged one, not 0.80 from 0.85. "
               "The interval is fitted on 6-s clips; a long file's score is a mean over windows, whose errors "
