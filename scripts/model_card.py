@@ -49,6 +49,33 @@ def biased_families(evaluation: dict, threshold: float = 0.05) -> list[str]:
     return bullets
 
 
+def design_note(info: dict) -> str:
+    """The model-design options a model was trained with (term heads, band conditioning, ranking loss,
+    selection), as a clause of its recipe line; the release recipe gives the plain sentence."""
+    recipe = info.get("training", {}).get("recipe", {})
+    head = info.get("config", {}).get("head", {})
+    parts = []
+    if head.get("terms"):
+        parts.append(f"term heads (HAAQI's sub-terms combined by its formula; sub-term loss weight "
+                     f"{recipe.get('term_weight', 1.0)})")
+    if head.get("bands"):
+        parts.append(f"hearing-loss conditioning on {head['bands']} auditory bands (NAL-R gain and audiogram, FiLM)")
+    if recipe.get("rank_weight"):
+        parts.append(f"{recipe.get('rank_loss', 'pairwise')} ranking loss (weight {recipe['rank_weight']})")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def selection_text(info: dict) -> str:
+    """Where a model's checkpoint was chosen, and by which figure."""
+    recipe = info.get("training", {}).get("recipe", {})
+    selection, metric = recipe.get("selection", "dev"), recipe.get("select_metric", "mse")
+    dev = info.get("metrics", {}).get("dev", {})
+    kept = f", the checkpoint after epoch {dev['epoch']}, step {dev['step']}" if "step" in dev else ""
+    where = ("held-out tracks of the training packages (dev" if selection == "dev"
+             else f"`{selection}` (never a reporting package;")
+    return f"checkpoint chosen on {where} {metric.upper()} {fmt(dev.get(metric), '.4f')}{kept})"
+
+
 def ablation_section() -> list[str]:
     """The ablation rows and learning curve of `haaqi ablate --out data/results/ablation`, when run."""
     result = load("ablation/ablation.json")
@@ -255,13 +282,10 @@ def main() -> None:
             epochs = training.get("epochs_run", "–")
             length = f"{epochs} epoch{'' if epochs == 1 else 's'}"
         dropout = f", dropout {recipe['dropout']}" if recipe.get("dropout") is not None else ""
-        dev = info.get("metrics", {}).get("dev", {})
-        kept = f", the checkpoint after epoch {dev['epoch']}, step {dev['step']}" if "step" in dev else ""
         lines.append(f"- `{name}`: {start}; {training.get('items', '–')} training clips, "
                      f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
-                     f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on 2 CPU threads; "
-                     f"checkpoint chosen on held-out tracks of the training packages (dev MSE "
-                     f"{fmt(dev.get('mse'), '.4f')}{kept}).")
+                     f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on 2 CPU threads"
+                     f"{design_note(info)}; {selection_text(info)}.")
     lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label).",
               "- Student loss: L1 + cosine distance between its projected layers and teacher layers, MSE to "
               "the teacher's clip and frame scores, plus MSE to the true label (weight "

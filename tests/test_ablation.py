@@ -158,6 +158,11 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
     card.RESULTS = out.parent
     section = "\n".join(card.ablation_section())
     assert "## Ablation and learning curve" in section and "| conditioning |" in section
+    note = card.design_note(weights["ablation-ranking"])
+    assert "term heads" in note and "8 auditory bands" in note and "pairwise ranking loss (weight 0.5)" in note
+    assert card.design_note(weights["ablation-baseline"]) == ""
+    assert "`validation-real:ufoai-music`" in card.selection_text(weights["ablation-baseline"])
+    assert " LCC " in card.selection_text(weights["ablation-baseline"])
     assert [r["row"] for r in saved["rows"]] == ["baseline", "terms", "conditioning", "ranking"]
     settings = {r["row"]: r["settings"] for r in saved["rows"]}
     assert settings["baseline"] == {"terms": False, "bands": 0, "rank_weight": 0.0}
