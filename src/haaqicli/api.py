@@ -98,8 +98,8 @@ class HAAQIPredictor(nn.Module):
         if int(sample_rate) != self.sample_rate:
             x = resample(x, int(sample_rate), self.sample_rate)  # the same filter as the file scorer
         if spl is not None:
-            warn_untrained_level(float(spl), self.info.name if self.info else "this",
-                                 self.info.training if self.info else None)
+            if self.info is not None:  # a model given without its manifest entry has no stated levels
+                warn_untrained_level(float(spl), self.info.name, self.info.training)
             rms = x.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
             x = x * (target_rms(float(spl)) / rms)  # the engine's calibration (audio.level), differentiable
         return x, audiogram.to(dev)
