@@ -8,7 +8,8 @@ Inputs (made by scripts/train-models.sh and `haaqi bench --json`):
     weights/manifest.json       written by haaqi train / haaqi distill
 Run from the repository root: .venv/bin/python scripts/model_card.py
 (`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights;
-`--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`)
+`--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`;
+`--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json)
 """
 
 from __future__ import annotations
@@ -162,14 +163,58 @@ def intervals_section() -> list[str]:
     return lines
 
 
-def rewrite_intervals_section() -> None:
-    """Replace (or insert before the speed section) only the intervals section of the existing card."""
+def rewrite_section(heading: str, lines: list[str], before: str) -> None:
+    """Replace the card's section under `heading` (or insert it before the section `before`); the other
+    sections stay as their own commands made them."""
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
-    section = "\n".join(intervals_section())
-    start = card.find("\n" + INTERVALS_HEADING + "\n")
-    end = card.index("\n## ", start + 1) if start >= 0 else card.index("\n## Speed\n")
+    section = "\n".join(lines)
+    start = card.find("\n" + heading + "\n")
+    end = card.index("\n## ", start + 1) if start >= 0 else card.index("\n" + before + "\n")
     write_card(card[: start if start >= 0 else end] + section + "\n" + card[end:])
     print(section)
+
+
+def rewrite_intervals_section() -> None:
+    rewrite_section(INTERVALS_HEADING, intervals_section(), before="## Speed")
+
+
+BASELINE_HEADING = "## Baseline on validation-real"
+BASELINE_PARTS = (("nexuiz-music", "reporting", "baseline-reporting.json"),
+                  ("ufoai-music", "selection", "baseline-selection.json"))
+
+
+def baseline_section() -> list[str]:
+    """The shipped models on the real-music validation split (issue 14's baseline for the next models),
+    from `haaqi evaluate --split validation-real --exclude-package P --json data/results/baseline-*.json`."""
+    lines = [BASELINE_HEADING, "",
+             "Recorded music the models never saw (ufoai-music chooses checkpoints, nexuiz-music only reports), "
+             "every clip x the profiles normal, N1-N4, S1, S2 x its versions (clean + 3 degradations), labelled "
+             "with the exact HAAQI at the item's level (50-85 dB SPL). Made by `haaqi evaluate --split "
+             "validation-real --exclude-package ufoai-music --json data/results/baseline-reporting.json` (and "
+             "`--exclude-package nexuiz-music ... baseline-selection.json`), then `scripts/model_card.py "
+             "--baseline-only`. Only the labelled items count: labelling continues over sessions "
+             "(`make labels`), so n grows.", "",
+             "| model | part | n | LCC | SRCC | MSE | bias | within-profile LCC | clean, normal: predicted / exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    reporting = None
+    for package, part, name in BASELINE_PARTS:
+        for row in load(name) or []:
+            o, w, c = row["overall"], row["within_profile"], row["clean_normal"]
+            lines.append(f"| {row['model']} | {package} ({part}) | {o['n']} | {fmt(o['lcc'])} | {fmt(o['srcc'])} | "
+                         f"{fmt(o['mse'], '.4f')} | {fmt(o['bias'], '+.3f')} | {fmt(w['lcc'])} | "
+                         f"{fmt(c.get('predicted'))} / {fmt(c.get('label'))} (n={c['n']}) |")
+            reporting = reporting or (row if part == "reporting" else None)
+    if reporting is not None:
+        lines += ["", f"Bias (predicted - exact) per degradation family on {BASELINE_PARTS[0][0]}, "
+                  f"{reporting['model']}: " + ", ".join(
+                      f"{family} {fmt(v['bias'], '+.3f')} (n={v['n']})"
+                      for family, v in sorted(reporting["by_degradation"].items()) if v["n"] >= 5) + "."]
+    lines.append("")
+    return lines
+
+
+def rewrite_baseline_section() -> None:
+    rewrite_section(BASELINE_HEADING, baseline_section(), before=INTERVALS_HEADING)
 
 
 def rewrite_speed_section() -> None:
@@ -320,6 +365,8 @@ def main() -> None:
                               f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
 
     lines += ablation_section()
+    if load(BASELINE_PARTS[0][2]):
+        lines += baseline_section()
     lines += intervals_section()
     lines += speed_section(bench)
 
@@ -363,5 +410,7 @@ if __name__ == "__main__":
         rewrite_speed_section()
     elif "--intervals-only" in sys.argv[1:]:
         rewrite_intervals_section()
+    elif "--baseline-only" in sys.argv[1:]:
+        rewrite_baseline_section()
     else:
         main()

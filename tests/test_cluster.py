@@ -146,6 +146,30 @@ def test_reference_on_cluster_equals_local(tmp_path: Path, cluster):
     np.testing.assert_allclose(local["score"], remote["score"], atol=1e-9, equal_nan=True)
 
 
+def test_reference_on_cluster_streams_rows_to_the_table_as_pairs_finish(tmp_path: Path, cluster, monkeypatch):
+    """An interrupted cluster run of `haaqi reference` keeps the pairs finished so far in --out."""
+    from haaqicli.executor import TaskProgress
+
+    refs, procs = tmp_path / "ref", tmp_path / "proc"
+    for k in range(3):
+        write_music(refs / f"t{k}.wav", seconds=1.0, seed=k)
+        write_music(procs / f"t{k}.wav", seconds=1.0, seed=10 + k)
+    original = TaskProgress.update
+
+    def interrupt_after_one_pair(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.done == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "pairs.csv"
+    monkeypatch.setattr(TaskProgress, "update", interrupt_after_one_pair)
+    code, output = run("reference", "--reference", str(refs), str(procs), "--profile", "mild", "--device", "cpu",
+                       "-q", "--out", str(out), "--scheduler", cluster.scheduler.address)
+    assert code == 130 and "interrupted" in output, output
+    kept = read_table(out)
+    assert kept["processed"].nunique() == 1 and (kept["status"] == "ok").all()
+
+
 def test_dataset_label_on_cluster_writes_the_same_shards(tmp_path: Path, corpus: Path, cluster):  # noqa: F811
     """A cluster run writes the label shards (and split caches) of a local run."""
     from haaqicli.data import labels as lab

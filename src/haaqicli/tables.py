@@ -180,6 +180,12 @@ class IncrementalTable:
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
+    def reorder(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The same rows in another order (e.g. input order once results that came in any order are all
+        in); written at the next flush or close."""
+        self._rows = [dict(row) for row in rows]
+        self._dirty = True
+
     def frame(self) -> pd.DataFrame:
         extra = [c for row in self._rows for c in row if c not in self.columns]
         columns = self.columns + list(dict.fromkeys(extra))

@@ -257,12 +257,12 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     See `iter_pair_rows` for `workers` and `device`. `scheduler` (a Dask address or local:N): each pair
     is one task on that cluster, on the device `device` picks there (with the cluster's own progress)."""
     jobs = list(pairs)
-    if scheduler:
-        results: Iterator[list[dict[str, Any]]] = iter(
-            _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, bool(progress)))
+    results: Iterator[tuple[int, list[dict[str, Any]]]]
+    if scheduler:  # pairs come back as they finish, in any order
+        results = _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, bool(progress))
         progress = False
-    else:
-        results = iter_pair_rows(jobs, profiles, spl, mix, workers, device, segment_seconds)  # workers start now
+    else:  # workers start now
+        results = enumerate(iter_pair_rows(jobs, profiles, spl, mix, workers, device, segment_seconds))
     # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
@@ -274,20 +274,28 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     if progress:  # probe durations while the workers start
         bar.add_total(sum(_duration(p) for _, p in jobs))
     table = IncrementalTable(out, PAIR_COLUMNS) if out else None
-    rows: list[dict[str, Any]] = []
+    finished: dict[int, list[dict[str, Any]]] = {}
+
+    def in_input_order() -> list[dict[str, Any]]:
+        return [row for index in sorted(finished) for row in finished[index]]
+
     try:
-        for result in results:
-            rows.extend(result)
+        for index, result in results:
+            finished[index] = result
             if table is not None:
-                table.add(result)
+                table.add(result)  # as the pair finishes: a killed run keeps it
             seconds = result[0]["duration_s"] if result else 0.0
             bar.advance(seconds if np.isfinite(seconds) else 0.0, files=1)
+        if table is not None:
+            table.reorder(in_input_order())  # a finished table lists pairs as given, wherever they ran
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
+        rows = in_input_order()
         raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
     finally:
         bar.close()
         if table is not None:
             table.close()
+    rows = in_input_order()
     for processed in dict.fromkeys(row["processed"] for row in rows if row["channels"] > 2):
         channels = next(row["channels"] for row in rows if row["processed"] == processed)
         warnings.warn(downmix_message(processed, int(channels)), DownmixWarning, stacklevel=2)
@@ -316,28 +324,14 @@ def score_pair_task(reference: Path | None, processed: Path | None, profiles: Se
 
 def _cluster_results(jobs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
                      mix: str, device: str, segment_seconds: float | None, scheduler: str, progress: bool
-                     ) -> list[list[dict[str, Any]]]:
-    """Each pair's rows from the cluster, in input order and naming the pair's paths as given (workers
-    get absolute paths); an interruption keeps the pairs finished so far."""
-    # lazy: pandas only where this path runs (start-up time)
-    import pandas as pd
-
-    results: dict[int, list[dict[str, Any]]] = {}
-
-    def in_order() -> list[list[dict[str, Any]]]:
-        return [results[index] for index in sorted(results)]
-
-    try:
-        for indices, rows in _pairs_on_cluster(jobs, profiles, spl, mix, device, segment_seconds, scheduler,
-                                               progress):
-            for index in indices:  # a pair listed twice is scored once
-                reference, processed = jobs[index]
-                results[index] = [{**row, "reference": str(reference) if reference else "",
-                                   "processed": str(processed) if processed else ""} for row in rows]
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
-        rows = [row for result in in_order() for row in result]
-        raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
-    return in_order()
+                     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(index in ``jobs``, the pair's rows) as each pair finishes on the cluster, naming the pair's paths
+    as given (workers get absolute paths)."""
+    for indices, rows in _pairs_on_cluster(jobs, profiles, spl, mix, device, segment_seconds, scheduler, progress):
+        for index in indices:  # a pair listed twice is scored once
+            reference, processed = jobs[index]
+            yield index, [{**row, "reference": str(reference) if reference else "",
+                           "processed": str(processed) if processed else ""} for row in rows]
 
 
 def _pairs_on_cluster(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
@@ -357,9 +351,9 @@ def _pairs_on_cluster(pairs: Sequence[tuple[Path | None, Path | None]], profiles
                 if isinstance(outcome, BaseException):
                     outcome = pair_error_rows(reference, processed, profiles,
                                               f"{processed}: {type(outcome).__name__}: {outcome}", spl=spl)
+                yield index_of[(reference, processed)], outcome  # to the table first, then the bar
                 bar.update(done=1, failed=int(any(row["status"] != "ok" for row in outcome)),
                            in_flight=executor.in_flight)
-                yield index_of[(reference, processed)], outcome
     finally:
         bar.close()
 
