@@ -475,3 +475,26 @@ def test_retry_errors_relabels_error_rows_and_the_new_row_supersedes_them(corpus
     assert ids[0] in calls and ids[1] not in calls
     df = lab.labelled_manifest(path).set_index("item_id")
     assert np.isfinite(df.loc[ids[0], "label"]) and df.loc[ids[1], "label"] == 0.25
+
+
+def test_interrupted_labelling_says_its_labels_are_sealed(corpus: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from haaqicli.cli import main
+
+    path = tmp_path / "m.parquet"
+    write_manifest(_build(corpus, items=22), path, compact=True)
+    calls: list[str] = []
+
+    def stop_after_two(result):  # type: ignore[no-untyped-def]
+        calls.append(result["item_id"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    real = lab.label_manifest
+    monkeypatch.setattr(lab, "label_manifest", lambda *a, **k: real(*a, **{**k, "haaqi_fn": _cheap_haaqi,
+                                                                             "on_result": stop_after_two}))
+    out = CliRunner().invoke(main, ["dataset", "label", "--manifest", str(path), "--corpus", str(corpus),
+                                    "--workers", "1", "--no-cache", "-q"])
+    assert out.exit_code == 130 and "Traceback" not in out.output
+    assert f"interrupted: the labels finished so far are sealed in {lab.shard_dir(path)}/" in out.output
+    assert len(lab.read_shards(lab.shard_dir(path))) == 2 and list(lab.shard_dir(path).glob("shard-*.parquet"))

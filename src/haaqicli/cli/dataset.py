@@ -197,11 +197,17 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
 
     resolve_device(device)  # a bad device is a one-line error before any work
     manifest_path, corpus_dir = _paths(manifest, corpus)
-    summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
-                             flush_every=flush_every, limit=limit, split=list(splits) or None, progress=not quiet,
-                             cache_dir=None if no_cache else _data_dir() / "cache", device=device,
-                             batch_size=batch_size, shard_size=shard_size, scheduler=scheduler,
-                             retry_errors=retry_errors)
+    try:
+        summary = label_manifest(manifest_path, corpus_dir, workers=workers or os.cpu_count() or 1,
+                                 flush_every=flush_every, limit=limit, split=list(splits) or None,
+                                 progress=not quiet, cache_dir=None if no_cache else _data_dir() / "cache",
+                                 device=device, batch_size=batch_size, shard_size=shard_size, scheduler=scheduler,
+                                 retry_errors=retry_errors)
+    except KeyboardInterrupt:  # label_manifest seals what it has on the way out
+        from haaqicli.interrupts import RunInterrupted
+
+        raise RunInterrupted(f"the labels finished so far are sealed in {shard_dir(manifest_path)}/; "
+                             "the same command resumes") from None
     done = summary["labelled"] + summary["errors"]
     rate = 3600.0 * done / summary["wall_seconds"] if summary["wall_seconds"] > 0 else 0.0
     cpu = summary["cpu_seconds"] / done if done else 0.0
