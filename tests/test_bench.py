@@ -58,12 +58,17 @@ def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights:
 def test_machine_load_names_heavy_jobs() -> None:
     import subprocess
     import sys
+    import time
 
     from haaqicli.bench.e2e import machine_load
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "haaqi", "dataset label"])
     try:
+        deadline = time.monotonic() + 10  # a loaded machine may show the new process's command line late
         load = machine_load()
+        while "labelling" not in load["heavy_jobs"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            load = machine_load()
     finally:
         sleeper.kill()
         sleeper.wait()
