@@ -55,6 +55,21 @@ def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights:
     assert "x pyclarity" in format_e2e(result)
 
 
+@pytest.mark.parametrize(("cmdline", "jobs"), [
+    (".venv/bin/python .venv/bin/haaqi dataset label --manifest m.parquet --split train", {"labelling"}),
+    (".venv/bin/python .venv/bin/haaqi train --manifest m.parquet --epochs 3", {"training"}),
+    ("python -m haaqicli.cli distill --teacher t.safetensors", {"training"}),
+    ("/usr/bin/make ablation", set()),
+    ("python -m pytest -q tests", {"tests"}),
+    ("python -c from haaqicli.bench.e2e import x; haaqi train", set()),
+    ("haaqi score music/ --profile mild", set()),
+])
+def test_heavy_jobs_are_named_by_their_command_line(cmdline: str, jobs: set[str]) -> None:
+    from haaqicli.bench.e2e import heavy_jobs_in
+
+    assert heavy_jobs_in(cmdline) == jobs
+
+
 def test_machine_load_names_heavy_jobs() -> None:
     import subprocess
     import sys

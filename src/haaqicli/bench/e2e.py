@@ -18,6 +18,7 @@ import csv
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,14 +34,22 @@ from haaqicli import synth
 from haaqicli.audiogram import resolve_profiles
 
 PROFILE = "mild"  # one symmetric profile (the label convention's listener)
-# Command lines that mean a heavy job shares the machine (matched in /proc/*/cmdline).
+# Command lines that mean a heavy job shares the machine (searched in /proc/*/cmdline). Training is
+# matched as a haaqi subcommand, so a labelling run's `--split train` is not taken for training.
 HEAVY_JOBS = {
-    "labelling": ("dataset label",),
-    "training": (" train ", " distill ", " evaluate ", "haaqicli.train"),
-    "rendering": ("fluidsynth", "install-corpus"),
-    "tests": ("pytest",),
-    "bench": ("haaqi bench",),
+    "labelling": re.compile(r"dataset label"),
+    "training": re.compile(r"(haaqi|haaqicli\.cli)\s+(train|distill|evaluate|ablate)\b|haaqicli\.train"),
+    "rendering": re.compile(r"fluidsynth|install-corpus"),
+    "tests": re.compile(r"pytest"),
+    "bench": re.compile(r"haaqi bench"),
 }
+
+
+def heavy_jobs_in(cmdline: str) -> set[str]:
+    """The kinds of heavy job (HEAVY_JOBS) that one process's command line runs."""
+    if "bench.e2e" in cmdline:  # this benchmark's own subprocesses
+        return set()
+    return {job for job, pattern in HEAVY_JOBS.items() if pattern.search(cmdline)}
 
 
 @dataclass
@@ -77,9 +86,7 @@ def machine_load() -> dict[str, Any]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
-        for job, needles in HEAVY_JOBS.items():
-            if any(needle in f" {cmdline} " for needle in needles) and "bench.e2e" not in cmdline:
-                found.add(job)
+        found |= heavy_jobs_in(cmdline)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"load1": round(load1, 2), "cores": os.cpu_count(), "heavy_jobs": sorted(found),
             "busy": bool(found) or load1 > 0.5 * (os.cpu_count() or 1)}
