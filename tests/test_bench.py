@@ -55,6 +55,16 @@ def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights:
     assert "x pyclarity" in format_e2e(result)
 
 
+def test_marginal_rate_takes_the_first_rows_process_out() -> None:
+    from haaqicli.bench.e2e import Row, marginal_row
+
+    first = Row("first row", "haaqi score one", 6.0, 3.0, 4.0)
+    folder = Row("64 files", "haaqi score short", 640.0, 4.0, 5.0, load={"load1": 0.1})
+    marginal = marginal_row(folder, first, "distilled")
+    assert marginal.audio_seconds == 634.0 and marginal.wall_seconds == 1.0
+    assert marginal.x_realtime == 634.0 and marginal.load == {"load1": 0.1}
+
+
 @pytest.mark.parametrize(("cmdline", "jobs"), [
     (".venv/bin/python .venv/bin/haaqi dataset label --manifest m.parquet --split train", {"labelling"}),
     (".venv/bin/python .venv/bin/haaqi train --manifest m.parquet --epochs 3", {"training"}),
