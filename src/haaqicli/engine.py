@@ -40,7 +40,7 @@ from haaqicli.levels import warn_untrained_level
 from haaqicli.models.registry import get_info, load_model
 from haaqicli.progress import AudioProgress, ProgressCallback
 from haaqicli.scoring.options import ScoreOptions
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, is_dataset, read_table
+from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, open_table, previous_rows
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
@@ -570,22 +570,12 @@ def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:
 RESUME_KEY_COLUMNS = ["content_hash", "profile", "audiogram_hash", "spl", "model_sha256", "status"]
 
 
-def _resumable_rows(
-    out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float, model_sha256: str
-) -> tuple[pd.DataFrame, set[str]]:
-    """Rows of a previous run to keep, and the content hashes of files that need no new scoring:
-    those with an ok row for every requested profile, scored with the same audiogram values, level
-    and model. Tables written before rows recorded the audiogram hash and level are rescored. From a
-    dataset folder only the key columns are read (its kept rows stay in their part files)."""
-    if not (resume and out and Path(out).exists()):
-        return pd.DataFrame(columns=SCORE_COLUMNS), set()
-    previous = read_table(out, RESUME_KEY_COLUMNS) if is_dataset(out) else read_table(out)
-    if not set(RESUME_KEY_COLUMNS) <= set(previous.columns):
-        return pd.DataFrame(columns=SCORE_COLUMNS), set()
+def _finished_files(previous: pd.DataFrame, profiles: Sequence[Profile], spl: float, model_sha256: str) -> set[str]:
+    """Content hashes of the files that need no new scoring: an ok row for every requested profile,
+    scored with the same audiogram values, level and model."""
     ok = previous[_kept_mask(previous, None, profiles, spl, model_sha256)]
     complete = ok.groupby("content_hash")["profile"].nunique()
-    done = set(complete[complete == len({(p.name, p.values_hash()) for p in profiles})].index)
-    return ok[ok["content_hash"].isin(done)].reset_index(drop=True), done
+    return set(complete[complete == len({(p.name, p.values_hash()) for p in profiles})].index)
 
 
 def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence[Profile], spl: float,
@@ -603,17 +593,15 @@ def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence
 
 def _open_table(out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float,
                 model_sha256: str) -> tuple[IncrementalTable | PartitionedTable | None, set[str]]:
-    """The output table, holding the rows a resumed run keeps, and the content hashes of finished files."""
-    kept, done = _resumable_rows(out, resume, profiles, spl, model_sha256)
+    """The output table, holding the rows a resumed run keeps, and the content hashes of finished files.
+    Tables written before rows recorded the audiogram hash and level are rescored; from a dataset folder
+    only the key columns are read (its kept rows stay in their part files)."""
+    previous = previous_rows(out, RESUME_KEY_COLUMNS) if resume else None
+    done = _finished_files(previous, profiles, spl, model_sha256) if previous is not None else set()
     if not out:
         return None, done
-    if is_dataset(out):
-        return PartitionedTable(out, SCORE_COLUMNS, keep=(lambda part: _kept_mask(
-            part, done, profiles, spl, model_sha256)) if resume else None), done
-    table = IncrementalTable(out, SCORE_COLUMNS)
-    if len(kept):
-        table.add(kept)
-    return table, done
+    keep = None if previous is None else (lambda rows: _kept_mask(rows, done, profiles, spl, model_sha256))
+    return open_table(out, SCORE_COLUMNS, keep=keep), done
 
 
 def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: ScoreOptions, model_sha256: str,

@@ -29,8 +29,9 @@ STATUS_ERROR = "error"
 TABLE_FORMATS = (".csv", ".parquet", ".jsonl")
 
 # Columns that stay text even when every value looks numeric or is empty (CSV/JSONL round trip).
+# `processed` and `reference`: the paths of `haaqi reference`'s pair tables (resume keys).
 _TEXT_COLUMNS = ("file", "profile", "ear", "model", "model_sha256", "status", "error", "content_hash", "path",
-                 "audiogram_hash")
+                 "audiogram_hash", "processed", "reference")
 
 
 def is_dataset(path: str | Path) -> bool:
@@ -122,6 +123,37 @@ def _read_part(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         if name in df.columns:
             df[name] = df[name].astype("object").where(df[name].notna(), None)
     return df
+
+
+def previous_rows(out: str | Path | None, columns: Sequence[str]) -> pd.DataFrame | None:
+    """For ``--resume``: the ``columns`` of the rows an earlier run left in ``out`` (a dataset folder's
+    parts are read for those columns only). None when there is no such table, or it lacks one of the
+    columns (a table of another kind or an older version: its rows are not reused)."""
+    if not out or not Path(out).exists() or (is_dataset(out) and not dataset_parts(out)):
+        return None
+    previous = read_table(out, columns) if is_dataset(out) else read_table(out)
+    if not set(columns) <= set(previous.columns):
+        return None
+    return previous[list(columns)]
+
+
+def open_table(out: str | Path, columns: Sequence[str], keep: Callable[[pd.DataFrame], Any] | None = None
+               ) -> IncrementalTable | PartitionedTable:
+    """The table a run streams its rows into: a file, or a partitioned dataset for a folder. ``keep``
+    (``--resume``) selects the earlier rows that stay (a boolean mask of a DataFrame of them); without
+    it, the run replaces whatever ``out`` held."""
+    if is_dataset(out):
+        return PartitionedTable(out, columns, keep=keep)
+    table = IncrementalTable(out, columns)
+    if keep is not None and Path(out).exists():
+        previous = read_table(out)
+        if len(previous):
+            table.add(previous[_selected(previous, keep)])
+    return table
+
+
+def _selected(frame: pd.DataFrame, keep: Callable[[pd.DataFrame], Any]) -> pd.Series:
+    return pd.Series(keep(frame), index=frame.index).fillna(False).astype(bool)
 
 
 def _key(value: Any) -> Any:
@@ -256,7 +288,7 @@ class PartitionedTable:
 
     def _retain(self, part: Path, keep: Callable[[pd.DataFrame], Any]) -> None:
         df = _read_part(part)
-        mask = pd.Series(keep(df), index=df.index).fillna(False).astype(bool)
+        mask = _selected(df, keep)
         if mask.all():
             self.rows_written += len(df)
         elif not mask.any():

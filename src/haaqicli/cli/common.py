@@ -6,6 +6,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -59,6 +60,33 @@ def require_writable(**paths: str | None) -> None:
         reason = unwritable_reason(path) if path else ""
         if reason:
             raise HaaqiError(f"--{option.replace('_', '-')} {path}: cannot write there ({reason})")
+
+
+def resume_option(func: F) -> F:
+    return click.option("--resume", is_flag=True, help="Keep finished rows of --out and score only the rest.")(func)
+
+
+def check_table_outputs(out: str | None, report: str | None, resume: bool = False) -> bool:
+    """--out (a table file, or a FOLDER/: a partitioned Parquet dataset), --report and --resume, checked
+    before any work; True when --out is a dataset."""
+    # lazy: haaqicli.tables imports pandas, which --help never needs
+    from haaqicli.tables import is_dataset
+
+    if resume and not out:
+        raise click.UsageError("--resume needs --out (the table to continue)")
+    dataset = bool(out) and is_dataset(out)  # type: ignore[arg-type]
+    if out and not dataset:
+        check_extension(out, (".csv", ".parquet", ".jsonl"), "--out")
+    if report:
+        check_extension(report, (".md", ".html"), "--report")
+    # a dataset's parts go inside the folder: the folder must take new files
+    require_writable(out=str(Path(out) / "part.parquet") if dataset else out, report=report)  # type: ignore[arg-type]
+    return dataset
+
+
+def check_extension(path: str, allowed: tuple[str, ...], option: str) -> None:
+    if not path.lower().endswith(allowed):
+        raise click.BadParameter(f"{path}: extension must be one of {', '.join(allowed)}", param_hint=option)
 
 
 def profile_option(func: F) -> F:

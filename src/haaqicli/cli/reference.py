@@ -9,12 +9,13 @@ import click
 from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    check_table_outputs,
     one_line_errors,
     output_options,
     profile_option,
     quiet_option,
     reference_spl_option,
-    require_writable,
+    resume_option,
     scheduler_option,
     segment_seconds_option,
     segments_note,
@@ -38,14 +39,18 @@ from haaqicli.cli.common import (
 @segment_seconds_option()
 @output_options
 @scheduler_option
+@resume_option
 @quiet_option
 @one_line_errors
 def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tuple[str, ...], spl: float,
               mix: str, workers: int | None, device: str, segment_seconds: float | None, out: str | None,
-              report: str | None, scheduler: str | None, quiet: bool) -> None:
+              report: str | None, scheduler: str | None, resume: bool, quiet: bool) -> None:
     """Exact HAAQI for (reference, processed) pairs, per profile and ear.
 
     Level: the reference is heard at --spl and the processed file keeps its level relative to it.
+
+    --out FOLDER/ (ending in a slash, or an existing folder) writes a partitioned Parquet dataset.
+    --resume keeps the ok rows of --out for the same pair, profile and --spl and scores the rest.
 
     Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
     """
@@ -54,7 +59,7 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 
     if (pairs_csv is None) == (dirs is None):
         raise click.UsageError("give exactly one of --pairs CSV or --reference REF_DIR PROCESSED_DIR")
-    require_writable(out=out, report=report)
+    dataset = check_table_outputs(out, report, resume)
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
     from haaqicli.interrupts import RunInterrupted
@@ -62,11 +67,18 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     try:  # rows go to --out as pairs finish
         table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
                             device=device, segment_seconds=segment_seconds, out=out,
-                            scheduler=scheduler)
+                            scheduler=scheduler, resume=resume)
     except RunInterrupted as stopped:
         if out:
             raise RunInterrupted(f"{stopped.kept} kept in {out}") from None
         raise
+    failed = (table["status"] != "ok").any()
+    if dataset:  # the rows are in the dataset (the run held only the failed ones)
+        from haaqicli.tables import dataset_rows, read_table
+
+        click.echo(f"{dataset_rows(out)} rows in {out}", err=True)  # type: ignore[arg-type]
+        if report or segment_seconds:  # every row, or the columns the segments note needs
+            table = read_table(out, None if report else ["processed", "segments"])  # type: ignore[arg-type]
     if report:
         from haaqicli.report import write_report
 
@@ -75,9 +87,9 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     note = segments_note(table, segment_seconds)
     if note:
         click.echo(f"note: {note}", err=True)
-    if not quiet or not out:
+    if (not quiet or not out) and not dataset:
         print_pair_scores(table)
-    sys.exit(EXIT_SOME_FAILED if (table["status"] != "ok").any() else EXIT_OK)
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import click
 
 from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    check_table_outputs,
     one_line_errors,
     output_options,
     quiet_option,
-    require_writable,
+    resume_option,
     scheduler_option,
     scoring_options,
     show_warnings,
@@ -29,7 +29,7 @@ from haaqicli.scoring.options import ScoreOptions
 @scoring_options
 @output_options
 @scheduler_option
-@click.option("--resume", is_flag=True, help="Keep finished rows of --out and score only the rest.")
+@resume_option
 @click.option("--window", "window_s", type=click.FloatRange(1.0, 60.0), default=WINDOW_SECONDS, show_default=True)
 @click.option("--hop", "hop_s", type=click.FloatRange(0.5, 60.0), default=HOP_SECONDS, show_default=True)
 @quiet_option
@@ -58,19 +58,10 @@ def score(
     from haaqicli.audiogram import resolve_profiles
     from haaqicli.engine import score_inputs
     from haaqicli.errors import HaaqiError
-    from haaqicli.tables import is_dataset
 
-    if resume and not out:
-        raise click.UsageError("--resume needs --out (the table to continue)")
+    dataset = check_table_outputs(out, report, resume)
     if hop_s > window_s:
         raise click.UsageError("--hop must not exceed --window (windows must overlap or touch)")
-    dataset = bool(out) and is_dataset(out)
-    if out and not dataset:
-        _check_extension(out, (".csv", ".parquet", ".jsonl"), "--out")
-    if report:
-        _check_extension(report, (".md", ".html"), "--report")
-    # a dataset's parts go inside the folder: the folder must take new files
-    require_writable(out=str(Path(out) / "part.parquet") if dataset else out, report=report)
     loaded = resolve_profiles(options.profiles)
     options = replace(options, window_s=window_s, hop_s=hop_s)
     run = score_inputs(inputs, loaded, options, out=out, resume=resume, progress=not quiet,
@@ -99,11 +90,6 @@ def score(
     if not kept:
         raise HaaqiError("no audio files found in " + ", ".join(inputs))
     sys.exit(EXIT_OK)
-
-
-def _check_extension(path: str, allowed: tuple[str, ...], option: str) -> None:
-    if not path.lower().endswith(allowed):
-        raise click.BadParameter(f"{path}: extension must be one of {', '.join(allowed)}", param_hint=option)
 
 
 def print_scores(table) -> None:  # type: ignore[no-untyped-def]

@@ -231,75 +231,155 @@ def iter_pair_rows(pairs: Sequence[tuple[Path | None, Path | None]], profiles: S
     each allowed its share of the available memory; a single pair (or `workers=1`) runs in this
     process with the threaded engine. On CUDA ("auto" picks it when present) pairs go one after
     another through the batched torch engine."""
+    return _task_rows([(reference, processed, profiles) for reference, processed in pairs], spl, mix, workers,
+                      device, segment_seconds)
+
+
+PairTask = tuple[Path | None, Path | None, Sequence[Any]]  # reference, processed, the profiles to score it for
+
+
+def _task_rows(tasks: Sequence[PairTask], spl: float, mix: str, workers: int | None, device: str,
+               segment_seconds: float | None) -> Iterator[list[dict[str, Any]]]:
+    """iter_pair_rows with each pair's own profiles (a resumed run scores a pair for the missing ones)."""
     if mix not in ("stereo", "mono"):
         raise HaaqiError(f"--mix must be stereo or mono, got {mix!r}")
     device = cuda_device(device) or "cpu"  # a bad or missing device is one error, not one per pair
-    jobs = list(pairs)
-    n_workers = min(workers or default_workers(), len(jobs))
+    n_workers = min(workers or default_workers(), len(tasks))
     if n_workers > 1 and device == "cpu":
         # lazy: joblib only where this path runs (start-up time)
         from joblib import Parallel, delayed
 
         parallel = Parallel(n_jobs=n_workers, return_as="generator", batch_size=1, pre_dispatch="2*n_jobs")
         return parallel(delayed(_score_pair_alone)(r, p, profiles, spl, mix, segment_seconds=segment_seconds,
-                                                   memory_share=n_workers) for r, p in jobs)
-    return (score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds) for r, p in jobs)
+                                                   memory_share=n_workers) for r, p, profiles in tasks)
+    return (score_pair(r, p, profiles, spl, mix, device=device, segment_seconds=segment_seconds)
+            for r, p, profiles in tasks)
+
+
+# The columns that decide whether a previous row is kept by --resume (with the pair's paths as given).
+PAIR_RESUME_COLUMNS = ["processed", "reference", "profile", "audiogram_hash", "spl", "status"]
+
+
+def _pair_key(reference: Path | str | None, processed: Path | str | None) -> tuple[str, str]:
+    """A pair as its rows name it: the paths as given ('' for a missing file)."""
+    return (str(processed) if processed else "", str(reference) if reference else "")
+
+
+def _kept_pair_rows(previous: pd.DataFrame, profiles: Sequence[Any], spl: float) -> np.ndarray:
+    """Rows a resumed run keeps: ok, for a requested profile with the same audiogram values, at the
+    same level. Error rows are scored again (and so replaced)."""
+    wanted = {(p.name, p.values_hash()) for p in profiles}
+    # lazy: pandas only where this path runs (start-up time)
+    import pandas as pd
+
+    level = pd.to_numeric(previous["spl"], errors="coerce")
+    mask = np.array((previous["status"] == "ok") & np.isclose(level, spl, rtol=0, atol=1e-9), dtype=bool)
+    return mask & np.array([(name, gram) in wanted for name, gram in
+                            zip(previous["profile"], previous["audiogram_hash"], strict=True)], dtype=bool)
+
+
+def _finished_pair_profiles(previous: pd.DataFrame | None, profiles: Sequence[Any], spl: float
+                            ) -> set[tuple[str, str, str, str]]:
+    """(processed, reference, profile, audiogram hash) of the rows a resumed run keeps."""
+    if previous is None:
+        return set()
+    kept = previous[_kept_pair_rows(previous, profiles, spl)]
+    return {(processed or "", reference or "", profile, gram) for processed, reference, profile, gram in
+            kept[["processed", "reference", "profile", "audiogram_hash"]].itertuples(index=False, name=None)}
+
+
+def _row_order(profiles: Sequence[Any]) -> Callable[[dict[str, Any]], tuple[int, int]]:
+    """Within a pair, rows as score_pair makes them: ear by ear, profiles in the order given."""
+    rank = {(p.name, p.values_hash()): index for index, p in enumerate(profiles)}
+    ears = {"left": 0, "right": 1}
+    return lambda row: (ears.get(row["ear"], 0), rank.get((row["profile"], row["audiogram_hash"]), len(rank)))
 
 
 def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float = 65.0,
                 mix: str = "stereo", workers: int | None = None, progress: bool | ProgressCallback = False,
                 device: str = "auto", segment_seconds: float | None = None,
-                out: str | Path | None = None, scheduler: str | None = None) -> pd.DataFrame:
-    """Score every pair for every profile; returns PAIR_COLUMNS rows (errors as rows, never raised).
-    With `out`, rows are written to that table (atomically, every few seconds) as pairs finish, so an
-    interrupted run keeps them (RunInterrupted, with the finished rows, is raised after the table is saved).
+                out: str | Path | None = None, scheduler: str | None = None, resume: bool = False) -> pd.DataFrame:
+    """Score every pair for every profile; returns PAIR_COLUMNS rows in input order (errors as rows,
+    never raised). With `out`, rows are written to that table (atomically, every few seconds) as pairs
+    finish, so an interrupted run keeps them (RunInterrupted is raised after the table is saved); a
+    folder `out` (`scores/`) is a partitioned Parquet dataset: rows leave memory part by part and only
+    the failed rows are returned. `resume`: the ok rows of `out` for the same pair (paths as given),
+    profile (name and audiogram values) and level stay, and each pair is scored only for the profiles
+    it lacks; error rows are scored again and replaced.
     `progress`: a progress bar in seconds of audio, or a callback (see haaqicli.progress).
     See `iter_pair_rows` for `workers` and `device`. `scheduler` (a Dask address or local:N): each pair
     is one task on that cluster, on the device `device` picks there (with the cluster's own progress)."""
-    jobs = list(pairs)
-    results: Iterator[tuple[int, list[dict[str, Any]]]]
-    if scheduler:  # pairs come back as they finish, in any order
-        results = _cluster_results(jobs, profiles, spl, mix, device, segment_seconds, scheduler, bool(progress))
-        progress = False
-    else:  # workers start now
-        results = enumerate(iter_pair_rows(jobs, profiles, spl, mix, workers, device, segment_seconds))
     # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
     # lazy: pandas only where this path runs (start-up time)
-    from haaqicli.tables import IncrementalTable
+    from haaqicli.tables import IncrementalTable, PartitionedTable, open_table, previous_rows
 
-    bar = AudioProgress("exact HAAQI", len(jobs), callback=progress if callable(progress) else None,
+    jobs = pairs if isinstance(pairs, list) else list(pairs)
+    previous = previous_rows(out, PAIR_RESUME_COLUMNS) if resume else None
+    finished_profiles = _finished_pair_profiles(previous, profiles, spl)
+    del previous
+    keys = [(p.name, p.values_hash()) for p in profiles]
+    tasks: list[PairTask] = []
+    task_index: list[int] = []  # each task's pair in `jobs`
+    for index, (reference, processed) in enumerate(jobs):
+        pair = _pair_key(reference, processed)
+        todo = [p for p, key in zip(profiles, keys, strict=True) if (*pair, *key) not in finished_profiles]
+        if todo:
+            tasks.append((reference, processed, todo))
+            task_index.append(index)
+    keep = None if not finished_profiles else (lambda rows: _kept_pair_rows(rows, profiles, spl))
+    table = open_table(out, PAIR_COLUMNS, keep=keep) if out else None
+    hold_all = not isinstance(table, PartitionedTable)  # a dataset's rows leave memory: keep the failed ones
+    kept = table.frame().to_dict("records") if isinstance(table, IncrementalTable) else []
+    results: Iterator[tuple[int, list[dict[str, Any]]]]
+    if scheduler:  # pairs come back as they finish, in any order
+        results = _cluster_results(tasks, spl, mix, device, segment_seconds, scheduler, bool(progress))
+        progress = False
+    else:  # workers start now
+        results = enumerate(_task_rows(tasks, spl, mix, workers, device, segment_seconds))
+
+    bar = AudioProgress("exact HAAQI", len(tasks), callback=progress if callable(progress) else None,
                         display=bool(progress))
     if progress:  # probe durations while the workers start
-        bar.add_total(sum(_duration(p) for _, p in jobs))
-    table = IncrementalTable(out, PAIR_COLUMNS) if out else None
-    finished: dict[int, list[dict[str, Any]]] = {}
+        bar.add_total(sum(_duration(p) for _, p, _ in tasks))
+    held: list[tuple[int, list[dict[str, Any]]]] = []  # (index in `jobs`, rows)
+    downmixed: set[str] = set()
 
     def in_input_order() -> list[dict[str, Any]]:
-        return [row for index in sorted(finished) for row in finished[index]]
+        """The kept and new rows by their pair's place in the input (kept rows of other pairs last)."""
+        first = {}
+        for index, (reference, processed) in enumerate(jobs):
+            first.setdefault(_pair_key(reference, processed), index)
+        order = _row_order(profiles)
+        tagged = [(first.get(_pair_key(row["reference"], row["processed"]), len(jobs)), row) for row in kept]
+        tagged += [(index, row) for index, rows in held for row in rows]
+        return [row for _, row in sorted(tagged, key=lambda item: (item[0], *order(item[1])))]
 
     try:
-        for index, result in results:
-            finished[index] = result
+        for position, result in results:
             if table is not None:
                 table.add(result)  # as the pair finishes: a killed run keeps it
+            if hold_all or any(row["status"] != "ok" for row in result):
+                held.append((task_index[position], result))
+            for row in result:  # said once per file, here (not in a worker's log)
+                if row["channels"] > 2 and row["processed"] not in downmixed:
+                    downmixed.add(row["processed"])
+                    warnings.warn(downmix_message(row["processed"], int(row["channels"])), DownmixWarning,
+                                  stacklevel=2)
             seconds = result[0]["duration_s"] if result else 0.0
             bar.advance(seconds if np.isfinite(seconds) else 0.0, files=1)
-        if table is not None:
+        if isinstance(table, IncrementalTable):
             table.reorder(in_input_order())  # a finished table lists pairs as given, wherever they ran
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the caller keeps the pairs finished so far
         rows = in_input_order()
-        raise RunInterrupted(f"{len(rows)} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
+        count = len(table) if table is not None else len(rows)
+        raise RunInterrupted(f"{count} finished rows", rows=pd.DataFrame(rows, columns=PAIR_COLUMNS)) from None
     finally:
         bar.close()
         if table is not None:
             table.close()
-    rows = in_input_order()
-    for processed in dict.fromkeys(row["processed"] for row in rows if row["channels"] > 2):
-        channels = next(row["channels"] for row in rows if row["processed"] == processed)
-        warnings.warn(downmix_message(processed, int(channels)), DownmixWarning, stacklevel=2)
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    return pd.DataFrame(in_input_order(), columns=PAIR_COLUMNS)
 
 
 def _duration(path: Path | None) -> float:
@@ -322,32 +402,33 @@ def score_pair_task(reference: Path | None, processed: Path | None, profiles: Se
                       segment_seconds=segment_seconds)
 
 
-def _cluster_results(jobs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
-                     mix: str, device: str, segment_seconds: float | None, scheduler: str, progress: bool
-                     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """(index in ``jobs``, the pair's rows) as each pair finishes on the cluster, naming the pair's paths
+def _cluster_results(tasks: Sequence[PairTask], spl: float, mix: str, device: str, segment_seconds: float | None,
+                     scheduler: str, progress: bool) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(index in ``tasks``, the pair's rows) as each pair finishes on the cluster, naming the pair's paths
     as given (workers get absolute paths)."""
-    for indices, rows in _pairs_on_cluster(jobs, profiles, spl, mix, device, segment_seconds, scheduler, progress):
+    for indices, rows in _pairs_on_cluster(tasks, spl, mix, device, segment_seconds, scheduler, progress):
         for index in indices:  # a pair listed twice is scored once
-            reference, processed = jobs[index]
+            reference, processed, _ = tasks[index]
             yield index, [{**row, "reference": str(reference) if reference else "",
                            "processed": str(processed) if processed else ""} for row in rows]
 
 
-def _pairs_on_cluster(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any], spl: float,
-                      mix: str, device: str, segment_seconds: float | None, scheduler: str, progress: bool
-                      ) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
-    """(indices of the pair in ``pairs``, its rows) as each task finishes on the cluster (a task that
+def _pairs_on_cluster(tasks: Sequence[PairTask], spl: float, mix: str, device: str, segment_seconds: float | None,
+                      scheduler: str, progress: bool) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+    """(indices of the pair in ``tasks``, its rows) as each task finishes on the cluster (a task that
     failed: error rows)."""
     index_of: dict[tuple[Path | None, Path | None], list[int]] = {}
-    for index, pair in enumerate(pairs):
-        index_of.setdefault(_absolute(pair), []).append(index)
+    profiles_of: dict[tuple[Path | None, Path | None], Sequence[Any]] = {}
+    for index, (reference, processed, profiles) in enumerate(tasks):
+        pair = _absolute((reference, processed))
+        index_of.setdefault(pair, []).append(index)
+        profiles_of.setdefault(pair, profiles)
     bar = TaskProgress("exact HAAQI", len(index_of), display=bool(progress))
     try:
-        with open_executor(scheduler) as executor:
-            for (reference, processed), outcome in executor.imap_unordered(
-                    score_pair_task, list(index_of), profiles=profiles, spl=spl, mix=mix, device=device,
-                    segment_seconds=segment_seconds):
+        with open_executor(scheduler if index_of else None) as executor:  # nothing to do: no cluster
+            for (reference, processed, profiles), outcome in executor.imap_unordered(
+                    score_pair_task, ((*pair, profiles_of[pair]) for pair in index_of), spl=spl, mix=mix,
+                    device=device, segment_seconds=segment_seconds):
                 if isinstance(outcome, BaseException):
                     outcome = pair_error_rows(reference, processed, profiles,
                                               f"{processed}: {type(outcome).__name__}: {outcome}", spl=spl)
