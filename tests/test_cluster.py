@@ -170,6 +170,43 @@ def test_reference_on_cluster_streams_rows_to_the_table_as_pairs_finish(tmp_path
     assert kept["processed"].nunique() == 1 and (kept["status"] == "ok").all()
 
 
+@pytest.mark.parametrize("out_name", ["pairs.csv", "pairs/"])
+def test_reference_resume_after_an_interrupted_client(tmp_path: Path, cluster, monkeypatch, out_name: str):
+    """`haaqi reference --scheduler`: an interrupted client keeps its finished pairs in --out (a table or a
+    dataset); --resume on the cluster scores the rest and the table equals a local run's, every row once."""
+    from haaqicli.executor import TaskProgress
+
+    refs, procs = tmp_path / "ref", tmp_path / "proc"
+    for k in range(3):
+        write_music(refs / f"t{k}.wav", seconds=1.0, channels=1 + k % 2, seed=k)
+        write_music(procs / f"t{k}.wav", seconds=1.0, channels=1 + k % 2, seed=10 + k)
+    write_music(procs / "lonely.wav", seconds=1.0, seed=5)  # no reference: error rows, retried and replaced
+    args = ["reference", "--reference", str(refs), str(procs), "--profile", "mild", "--device", "cpu", "-q"]
+    assert run(*args, "--out", str(tmp_path / "local.csv"), "--workers", "1")[0] == 1
+    original = TaskProgress.update
+
+    def interrupt_after_two_pairs(self, *a, **k):
+        original(self, *a, **k)
+        if self.done == 2:
+            raise KeyboardInterrupt
+
+    out = f"{tmp_path}/{out_name}"
+    with monkeypatch.context() as patch:
+        patch.setattr(TaskProgress, "update", interrupt_after_two_pairs)
+        code, output = run(*args, "--out", out, "--scheduler", cluster.scheduler.address)
+    assert code == 130 and "interrupted" in output, output
+    assert read_table(out)["processed"].nunique() == 2
+    code, output = run(*args, "--out", out, "--resume", "--scheduler", cluster.scheduler.address)
+    assert code == 1, output
+    key = ["processed", "profile", "ear"]
+    local, resumed = (read_table(path).fillna({"ear": ""}) for path in (tmp_path / "local.csv", out))
+    assert not resumed.duplicated(key).any()
+    if out_name.endswith("/"):  # a dataset lists rows as they came
+        local, resumed = (frame.sort_values(key).reset_index(drop=True) for frame in (local, resumed))
+    assert resumed[[*key, "status"]].values.tolist() == local[[*key, "status"]].values.tolist()
+    np.testing.assert_allclose(resumed["score"], local["score"], atol=1e-9, equal_nan=True)
+
+
 def test_dataset_label_on_cluster_writes_the_same_shards(tmp_path: Path, corpus: Path, cluster):  # noqa: F811
     """A cluster run writes the label shards (and split caches) of a local run."""
     from haaqicli.data import labels as lab

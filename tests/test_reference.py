@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -336,3 +338,125 @@ def test_memory_guard_divides_by_the_workers(tmp_path, ref: np.ndarray, monkeypa
     assert score_pair(tmp_path / "r.wav", tmp_path / "r.wav", profiles)[0]["status"] == "ok"
     shared = score_pair(tmp_path / "r.wav", tmp_path / "r.wav", profiles, memory_share=2)[0]
     assert shared["status"] == "error" and "for each of 2 workers" in shared["error"]
+
+
+# ------------------------------------------------------------------------------------------ --resume, datasets
+
+
+def _pair_folders(tmp_path):  # type: ignore[no-untyped-def]
+    """Three pairs of 1-s clips (one stereo: two ears) and a processed file without a reference."""
+    from conftest import write_music
+
+    refs, procs = tmp_path / "ref", tmp_path / "proc"
+    write_music(refs / "a.wav", seconds=1.0, channels=2, seed=1)
+    write_music(procs / "a.wav", seconds=1.0, channels=2, seed=11)
+    for seed, name in ((2, "b"), (3, "c")):
+        write_music(refs / f"{name}.wav", seconds=1.0, seed=seed)
+        write_music(procs / f"{name}.wav", seconds=1.0, seed=10 + seed)
+    write_music(procs / "lonely.wav", seconds=1.0, seed=5)  # no reference: error rows in every run
+    return ["reference", "--reference", str(refs), str(procs), "--profile", "mild", "--profile", "normal",
+            "--device", "cpu", "--workers", "1", "-q"]
+
+
+def _run(*args: str) -> tuple[int, str]:
+    from haaqicli.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def _same_rows(expected, actual, ordered: bool = True) -> None:  # type: ignore[no-untyped-def]
+    key = ["processed", "profile", "ear"]
+    if not ordered:
+        expected, actual = (frame.sort_values(key).reset_index(drop=True) for frame in (expected, actual))
+    assert not actual.fillna({"ear": ""}).duplicated(key).any()  # every row once
+    assert actual[[*key, "status"]].fillna("").values.tolist() == expected[[*key, "status"]].fillna("").values.tolist()
+    np.testing.assert_allclose(actual["score"], expected["score"], atol=1e-9, equal_nan=True)
+
+
+def test_reference_resume_scores_only_the_missing_rows(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume keeps the ok rows of --out, scores each pair for the profiles it lacks, and scores error
+    rows again (the new rows replace them); the table equals an uninterrupted run's, in input order."""
+    import pandas as pd
+
+    from haaqicli.reference import pairs as pair_scoring
+    from haaqicli.tables import read_table, write_table
+
+    args = _pair_folders(tmp_path)
+    complete = tmp_path / "complete.csv"
+    assert _run(*args, "--out", str(complete))[0] == 1  # the lonely file fails
+    expected = read_table(complete)
+    name = expected["processed"].map(lambda path: Path(path).name)
+    # an earlier, stopped run: a complete, b for mild only, c one error row
+    earlier = pd.concat([expected[name == "a.wav"], expected[(name == "b.wav") & (expected["profile"] == "mild")],
+                         expected[name == "c.wav"].head(1).assign(status="error", error="killed", score=np.nan, ear="")])
+    out = tmp_path / "resumed.csv"
+    write_table(earlier, out)
+    scored: list[tuple[str, list[str]]] = []
+    original = pair_scoring.score_pair
+
+    def counted(reference, processed, profiles, *args, **kwargs):  # type: ignore[no-untyped-def]
+        scored.append((Path(processed).name, [p.name for p in profiles]))
+        return original(reference, processed, profiles, *args, **kwargs)
+
+    monkeypatch.setattr(pair_scoring, "score_pair", counted)
+    code, output = _run(*args, "--out", str(out), "--resume")
+    assert code == 1, output
+    assert scored == [("b.wav", ["normal"]), ("c.wav", ["mild", "normal"]), ("lonely.wav", ["mild", "normal"])]
+    _same_rows(expected, read_table(out))
+    scored.clear()  # a finished table: only the failed pair again, nothing duplicated
+    assert _run(*args, "--out", str(out), "--resume")[0] == 1
+    assert scored == [("lonely.wav", ["mild", "normal"])]
+    _same_rows(expected, read_table(out))
+    # another level is another score: nothing kept
+    assert _run(*args, "--out", str(out), "--resume", "--spl", "70")[0] == 1
+    assert len(scored) == 5 and (read_table(out)["spl"] == 70).all()
+
+
+@pytest.mark.parametrize("out_name", ["pairs.parquet", "pairs/"])
+def test_reference_resume_after_an_interrupted_run(tmp_path, monkeypatch: pytest.MonkeyPatch, out_name: str) -> None:
+    """Ctrl-C keeps the finished pairs in --out (a table or a partitioned dataset); --resume completes it
+    with every row once."""
+    from haaqicli.progress import AudioProgress
+    from haaqicli.tables import dataset_parts, read_table
+
+    args = _pair_folders(tmp_path)
+    complete = tmp_path / "complete.csv"
+    assert _run(*args, "--out", str(complete))[0] == 1
+    original = AudioProgress.advance
+
+    def interrupt_after_two_pairs(self, *a, **k):  # type: ignore[no-untyped-def]
+        original(self, *a, **k)
+        if self.files == 2:
+            raise KeyboardInterrupt
+
+    out = f"{tmp_path}/{out_name}"
+    with monkeypatch.context() as patch:
+        patch.setattr(AudioProgress, "advance", interrupt_after_two_pairs)
+        code, output = _run(*args, "--out", out)
+    assert code == 130 and "interrupted: 6 finished rows kept in" in output, output  # a: 2 ears x 2, b: 2
+    assert read_table(out)["processed"].nunique() == 2
+    code, output = _run(*args, "--out", out, "--resume")
+    assert code == 1, output
+    dataset = out.endswith("/")
+    _same_rows(read_table(complete), read_table(out), ordered=not dataset)
+    if dataset:
+        assert "10 rows in" in output and len(dataset_parts(out)) >= 2  # the kept part and the new rows
+
+
+def test_reference_dataset_holds_only_failed_rows(tmp_path) -> None:
+    """With a dataset --out the rows leave the client: score_pairs returns only the failed ones."""
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.reference.pairs import pair_directories, score_pairs
+    from haaqicli.tables import read_table
+
+    _pair_folders(tmp_path)
+    pairs = pair_directories(tmp_path / "ref", tmp_path / "proc")
+    returned = score_pairs(pairs, resolve_profiles(["mild"]), device="cpu", workers=1, out=f"{tmp_path}/rows/")
+    assert list(returned["status"]) == ["error"] and returned["processed"].str.endswith("lonely.wav").all()
+    assert len(read_table(tmp_path / "rows")) == 5  # a: two ears, b, c, lonely
+
+
+def test_reference_resume_needs_out(tmp_path) -> None:
+    code, output = _run(*_pair_folders(tmp_path), "--resume")
+    assert code == 2 and "--resume needs --out" in output and "Traceback" not in output
