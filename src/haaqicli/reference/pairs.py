@@ -288,6 +288,23 @@ def _finished_pair_profiles(previous: pd.DataFrame | None, profiles: Sequence[An
             kept[["processed", "reference", "profile", "audiogram_hash"]].itertuples(index=False, name=None)}
 
 
+def _pair_tasks(jobs: Sequence[tuple[Path | None, Path | None]], profiles: Sequence[Any],
+                finished: set[tuple[str, str, str, str]]) -> tuple[list[PairTask], list[int]]:
+    """Each pair with the profiles it still lacks, and its index in ``jobs`` (a pair with none left out)."""
+    if not finished:  # a fresh run: every pair shares the one list of profiles
+        return [(reference, processed, profiles) for reference, processed in jobs], list(range(len(jobs)))
+    keys = [(p.name, p.values_hash()) for p in profiles]
+    tasks: list[PairTask] = []
+    task_index: list[int] = []
+    for index, (reference, processed) in enumerate(jobs):
+        pair = _pair_key(reference, processed)
+        todo = [p for p, key in zip(profiles, keys, strict=True) if (*pair, *key) not in finished]
+        if todo:
+            tasks.append((reference, processed, todo))
+            task_index.append(index)
+    return tasks, task_index
+
+
 def _row_order(profiles: Sequence[Any]) -> Callable[[dict[str, Any]], tuple[int, int]]:
     """Within a pair, rows as score_pair makes them: ear by ear, profiles in the order given."""
     rank = {(p.name, p.values_hash()): index for index, p in enumerate(profiles)}
@@ -319,15 +336,7 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     previous = previous_rows(out, PAIR_RESUME_COLUMNS) if resume else None
     finished_profiles = _finished_pair_profiles(previous, profiles, spl)
     del previous
-    keys = [(p.name, p.values_hash()) for p in profiles]
-    tasks: list[PairTask] = []
-    task_index: list[int] = []  # each task's pair in `jobs`
-    for index, (reference, processed) in enumerate(jobs):
-        pair = _pair_key(reference, processed)
-        todo = [p for p, key in zip(profiles, keys, strict=True) if (*pair, *key) not in finished_profiles]
-        if todo:
-            tasks.append((reference, processed, todo))
-            task_index.append(index)
+    tasks, task_index = _pair_tasks(jobs, profiles, finished_profiles)
     keep = None if not finished_profiles else (lambda rows: _kept_pair_rows(rows, profiles, spl))
     table = open_table(out, PAIR_COLUMNS, keep=keep) if out else None
     hold_all = not isinstance(table, PartitionedTable)  # a dataset's rows leave memory: keep the failed ones
@@ -348,8 +357,8 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
 
     def in_input_order() -> list[dict[str, Any]]:
         """The kept and new rows by their pair's place in the input (kept rows of other pairs last)."""
-        first = {}
-        for index, (reference, processed) in enumerate(jobs):
+        first: dict[tuple[str, str], int] = {}
+        for index, (reference, processed) in enumerate(jobs if kept else ()):
             first.setdefault(_pair_key(reference, processed), index)
         order = _row_order(profiles)
         tagged = [(first.get(_pair_key(row["reference"], row["processed"]), len(jobs)), row) for row in kept]
