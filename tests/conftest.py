@@ -96,6 +96,19 @@ def write_music(path: Path, seconds: float = 3.0, sample_rate: int = 24000, chan
     return path
 
 
+def interrupt_after(patch: pytest.MonkeyPatch, cls: type, method: str, counter: str, n: int) -> None:
+    """Ctrl-C once a progress object's ``counter`` reaches ``n``: ``cls.method`` (e.g. TaskProgress.update,
+    called as each file or pair finishes) runs, then raises KeyboardInterrupt."""
+    original = getattr(cls, method)
+
+    def interrupting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, *args, **kwargs)
+        if getattr(self, counter) == n:
+            raise KeyboardInterrupt
+
+    patch.setattr(cls, method, interrupting)
+
+
 @pytest.fixture()
 def music_folder(tmp_path: Path) -> Path:
     """A small folder: mono and stereo music, a nested file, a hidden file and a non-audio file."""

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import write_music
+from conftest import interrupt_after, write_music
 from test_data_corpus import _build, corpus  # noqa: F401  (the synthetic corpus fixture)
 
 from haaqicli.cli import main
@@ -114,16 +114,9 @@ def test_resume_after_an_interrupted_client(songs: Path, tmp_path: Path, use_tin
     address = cluster.scheduler.address
     complete = tmp_path / "complete.csv"
     assert run("score", str(songs), "--out", str(complete), "-q", "--scheduler", address)[0] == 1
-    original = TaskProgress.update
-
-    def interrupt_after_two_files(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.done == 2:
-            raise KeyboardInterrupt
-
     out = f"{tmp_path}/{out_name}"
     with monkeypatch.context() as patch:
-        patch.setattr(TaskProgress, "update", interrupt_after_two_files)
+        interrupt_after(patch, TaskProgress, "update", "done", 2)  # two files finished
         code, output = run("score", str(songs), "--out", out, "-q", "--scheduler", address)
     assert code == 130 and "interrupted" in output
     assert read_table(out)["file"].nunique() == 2
@@ -154,15 +147,8 @@ def test_reference_on_cluster_streams_rows_to_the_table_as_pairs_finish(tmp_path
     for k in range(3):
         write_music(refs / f"t{k}.wav", seconds=1.0, seed=k)
         write_music(procs / f"t{k}.wav", seconds=1.0, seed=10 + k)
-    original = TaskProgress.update
-
-    def interrupt_after_one_pair(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.done == 1:
-            raise KeyboardInterrupt
-
     out = tmp_path / "pairs.csv"
-    monkeypatch.setattr(TaskProgress, "update", interrupt_after_one_pair)
+    interrupt_after(monkeypatch, TaskProgress, "update", "done", 1)  # one pair finished
     code, output = run("reference", "--reference", str(refs), str(procs), "--profile", "mild", "--device", "cpu",
                        "-q", "--out", str(out), "--scheduler", cluster.scheduler.address)
     assert code == 130 and "interrupted" in output, output
@@ -183,16 +169,9 @@ def test_reference_resume_after_an_interrupted_client(tmp_path: Path, cluster, m
     write_music(procs / "lonely.wav", seconds=1.0, seed=5)  # no reference: error rows, retried and replaced
     args = ["reference", "--reference", str(refs), str(procs), "--profile", "mild", "--device", "cpu", "-q"]
     assert run(*args, "--out", str(tmp_path / "local.csv"), "--workers", "1")[0] == 1
-    original = TaskProgress.update
-
-    def interrupt_after_two_pairs(self, *a, **k):
-        original(self, *a, **k)
-        if self.done == 2:
-            raise KeyboardInterrupt
-
     out = f"{tmp_path}/{out_name}"
     with monkeypatch.context() as patch:
-        patch.setattr(TaskProgress, "update", interrupt_after_two_pairs)
+        interrupt_after(patch, TaskProgress, "update", "done", 2)  # two pairs finished
         code, output = run(*args, "--out", out, "--scheduler", cluster.scheduler.address)
     assert code == 130 and "interrupted" in output, output
     assert read_table(out)["processed"].nunique() == 2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import interrupt_after, write_music
 
 from haaqicli import synth
 from haaqicli.errors import AudioError, ProfileError
@@ -345,8 +346,6 @@ def test_memory_guard_divides_by_the_workers(tmp_path, ref: np.ndarray, monkeypa
 
 def _pair_folders(tmp_path):  # type: ignore[no-untyped-def]
     """Three pairs of 1-s clips (one stereo: two ears) and a processed file without a reference."""
-    from conftest import write_music
-
     refs, procs = tmp_path / "ref", tmp_path / "proc"
     write_music(refs / "a.wav", seconds=1.0, channels=2, seed=1)
     write_music(procs / "a.wav", seconds=1.0, channels=2, seed=11)
@@ -423,16 +422,9 @@ def test_reference_resume_after_an_interrupted_run(tmp_path, monkeypatch: pytest
     args = _pair_folders(tmp_path)
     complete = tmp_path / "complete.csv"
     assert _run(*args, "--out", str(complete))[0] == 1
-    original = AudioProgress.advance
-
-    def interrupt_after_two_pairs(self, *a, **k):  # type: ignore[no-untyped-def]
-        original(self, *a, **k)
-        if self.files == 2:
-            raise KeyboardInterrupt
-
     out = f"{tmp_path}/{out_name}"
     with monkeypatch.context() as patch:
-        patch.setattr(AudioProgress, "advance", interrupt_after_two_pairs)
+        interrupt_after(patch, AudioProgress, "advance", "files", 2)  # two pairs finished
         code, output = _run(*args, "--out", out)
     assert code == 130 and "interrupted: 6 finished rows kept in" in output, output  # a: 2 ears x 2, b: 2
     assert read_table(out)["processed"].nunique() == 2
