@@ -426,28 +426,26 @@ def _pairs_on_cluster(tasks: Sequence[PairTask], spl: float, mix: str, device: s
                       scheduler: str, progress: bool) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     """(indices of the pair in ``tasks``, its rows) as each task finishes on the cluster (a task that
     failed: error rows)."""
-    index_of: dict[tuple[Path | None, Path | None], list[int]] = {}
-    profiles_of: dict[tuple[Path | None, Path | None], Sequence[Any]] = {}
-    for index, (reference, processed, profiles) in enumerate(tasks):
-        pair = _absolute((reference, processed))
-        index_of.setdefault(pair, []).append(index)
-        profiles_of.setdefault(pair, profiles)
+    index_of: dict[tuple[str | None, ...], list[int]] = {}  # text keys: lighter than Path objects
+    for index, (reference, processed, _) in enumerate(tasks):
+        index_of.setdefault(_absolute(reference, processed), []).append(index)
+    submitted = ((*(Path(path) if path else None for path in pair), tasks[indices[0]][2])
+                 for pair, indices in index_of.items())
     bar = TaskProgress("exact HAAQI", len(index_of), display=bool(progress))
     try:
         with open_executor(scheduler if index_of else None) as executor:  # nothing to do: no cluster
             for (reference, processed, profiles), outcome in executor.imap_unordered(
-                    score_pair_task, ((*pair, profiles_of[pair]) for pair in index_of), spl=spl, mix=mix,
-                    device=device, segment_seconds=segment_seconds):
+                    score_pair_task, submitted, spl=spl, mix=mix, device=device, segment_seconds=segment_seconds):
                 if isinstance(outcome, BaseException):
                     outcome = pair_error_rows(reference, processed, profiles,
                                               f"{processed}: {type(outcome).__name__}: {outcome}", spl=spl)
-                yield index_of[(reference, processed)], outcome  # to the table first, then the bar
+                yield index_of[_absolute(reference, processed)], outcome  # to the table first, then the bar
                 bar.update(done=1, failed=int(any(row["status"] != "ok" for row in outcome)),
                            in_flight=executor.in_flight)
     finally:
         bar.close()
 
 
-def _absolute(pair: tuple[Path | None, Path | None]) -> tuple[Path | None, Path | None]:
+def _absolute(*paths: Path | None) -> tuple[str | None, ...]:
     """Workers start in other folders: they get absolute paths."""
-    return tuple(Path(path).absolute() if path is not None else None for path in pair)  # type: ignore[return-value]
+    return tuple(str(Path(path).absolute()) if path is not None else None for path in paths)
