@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: install system-deps test lint bench corpus dataset freeze labels train distill evaluate models ablation clean
+.PHONY: install system-deps test lint bench corpus dataset freeze labels train distill evaluate models ablation musicnn clean
 
 install: system-deps $(BIN)/python
 	$(PIP) torch==2.11.0 torchaudio==2.11.0
@@ -74,6 +74,20 @@ models: train distill evaluate
 # data/results/ablation (scripts/model_card.py adds it to the card). ABLATION="--max-minutes 60 ..." adds options.
 ablation:
 	$(BIN)/haaqi ablate --manifest $(MANIFEST) --out data/results/ablation --release teacher --release distilled $(ABLATION)
+
+# The musicnn content prior (--content-prior musicnn): the musicnn 0.1.0 wheel (ISC licence, TF1 checkpoints
+# inside) into data/musicnn/, converted to data/musicnn/MSD_musicnn.safetensors (sha256 pinned in
+# haaqicli.models.musicnn). Not shipped in weights/ until an ablation row shows it helps.
+MUSICNN_WHEEL := data/musicnn/musicnn-0.1.0-py3-none-any.whl
+
+musicnn: data/musicnn/MSD_musicnn.safetensors
+
+$(MUSICNN_WHEEL):
+	mkdir -p data/musicnn
+	$(BIN)/pip download -q --disable-pip-version-check musicnn==0.1.0 --no-deps -d data/musicnn
+
+data/musicnn/MSD_musicnn.safetensors: $(MUSICNN_WHEEL) scripts/convert-musicnn.py src/haaqicli/models/musicnn.py
+	PYTHONPATH=src $(BIN)/python scripts/convert-musicnn.py $(MUSICNN_WHEEL) --model MSD_musicnn --out $@
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache
