@@ -52,7 +52,7 @@ def biased_families(evaluation: dict, threshold: float = 0.05) -> list[str]:
 
 def design_note(info: dict) -> str:
     """The model-design options a model was trained with (term heads, band conditioning, ranking loss,
-    selection), as a clause of its recipe line; the release recipe gives the plain sentence."""
+    content prior, selection), as a clause of its recipe line; the release recipe gives the plain sentence."""
     recipe = info.get("training", {}).get("recipe", {})
     head = info.get("config", {}).get("head", {})
     parts = []
@@ -63,6 +63,10 @@ def design_note(info: dict) -> str:
         parts.append(f"hearing-loss conditioning on {head['bands']} auditory bands (NAL-R gain and audiogram, FiLM)")
     if recipe.get("rank_weight"):
         parts.append(f"{recipe.get('rank_loss', 'pairwise')} ranking loss (weight {recipe['rank_weight']})")
+    if head.get("content_prior"):
+        prior = info.get("training", {}).get("content_prior", {})
+        parts.append(f"a frozen {head['content_prior']} content prior ({prior.get('file', 'converted weights')}, "
+                     "ISC licence; 3-s patches at 16 kHz)")
     return f"; {', '.join(parts)}" if parts else ""
 
 

@@ -2,7 +2,9 @@
 with `evaluate_model` (what `haaqi evaluate` prints).
 
 Rows are cumulative, in ROWS order: baseline (the shipped design), +terms (sub-term heads combined by
-HAAQI's formula), +conditioning (hearing-loss band conditioning), +ranking (a ranking loss beside MSE).
+HAAQI's formula), +conditioning (hearing-loss band conditioning), +ranking (a ranking loss beside MSE),
++musicnn (the frozen musicnn content prior beside the encoder features; opt-in, as its weights come
+from `make musicnn`).
 Every row trains the same architecture from the same seed, with the same epochs / time limit, and keeps
 the checkpoint chosen on the selection items (the ufoai-music part of validation-real by default). The
 table reports on what never steers a choice: validation-real without the selection packages
@@ -34,7 +36,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "terms": {"terms": True},
     "conditioning": {"bands": 32},
     "ranking": {"rank_weight": 0.5},
+    "musicnn": {"content_prior": "musicnn"},
 }
+DEFAULT_ROWS = ("baseline", "terms", "conditioning", "ranking")  # musicnn needs its converted weights
 REPORT_SPLITS = ("validation-real", "validation")
 MIN_CURVE_POINTS = 3
 
@@ -43,7 +47,7 @@ MIN_CURVE_POINTS = 3
 class AblationConfig:
     manifest: str
     out_dir: str = "runs/ablation"
-    rows: Sequence[str] = tuple(ROWS)
+    rows: Sequence[str] = DEFAULT_ROWS
     arch: str = "haaqinet-student"  # the cheap model: rows compare designs, not sizes
     config: dict[str, Any] = field(default_factory=dict)  # base model config; empty = the registry default
     selection: str = "validation-real:ufoai-music"
@@ -61,6 +65,8 @@ class AblationConfig:
     learning_curve: Sequence[int] = ()  # training item counts; empty = no curve
     curve_row: str = "ranking"  # the row whose settings the curve trains
     release: Sequence[str] = ()  # registered models evaluated beside the rows (e.g. teacher, distilled)
+    content_prior_weights: str | None = None  # the musicnn row's converted weights (None: make musicnn's)
+    content_prior_sha256: str | None = None  # their expected sha256 (None: the pinned one)
     weights_dir: str | None = None  # where the release models are (default: the shipped weights)
     resume: bool = False
 
@@ -95,7 +101,8 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
                        lr=config.lr, warmup_steps=config.warmup_steps, seed=config.seed, device=config.device,
                        threads=config.threads, max_minutes=config.max_minutes, resume=config.resume,
                        config=dict(config.config), arch=config.arch, selection=config.selection,
-                       select_metric=config.select_metric,
+                       select_metric=config.select_metric, content_prior_weights=config.content_prior_weights,
+                       content_prior_sha256=config.content_prior_sha256,
                        **settings, **extra)
 
 

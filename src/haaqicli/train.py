@@ -36,8 +36,10 @@ from haaqicli.constants import DEFAULT_SPL
 from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
 from haaqicli.devices import resolve_device
 from haaqicli.errors import HaaqiError
+from haaqicli.hashing import content_hash
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
+from haaqicli.models.musicnn import load_converted
 from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
 from haaqicli.models.student import StudentNet, distillation_loss
 from haaqicli.objectives import Objective, label_objective
@@ -82,6 +84,9 @@ class TrainConfig:
     selection: str = "dev"  # checkpoints chosen on: "dev" (held-out training tracks) or "SPLIT:PACKAGE"
     train_items: int | None = None  # learning curves: the first N items of a fixed shuffle of the training items
     select_metric: str = "mse"  # the selection items' figure that picks the checkpoint: mse, lcc or srcc
+    content_prior: str | None = None  # "musicnn" or "" (off); None = the model config's
+    content_prior_weights: str | None = None  # converted prior weights; None = data/musicnn/MSD_musicnn.safetensors
+    content_prior_sha256: str | None = None  # their expected sha256; None = the pinned one of that file name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,8 +403,38 @@ def with_head_options(model_config: dict[str, Any], terms: bool | None, bands: i
 
 def model_config(config: TrainConfig, default: dict[str, Any]) -> dict[str, Any]:
     """The model config of a run: `config.config` (else the architecture's default) with its dropout,
-    term-head and band-conditioning options applied."""
-    return with_head_options(with_dropout(dict(config.config or default), config.dropout), config.terms, config.bands)
+    term-head, band-conditioning and content-prior options applied."""
+    model_cfg = with_head_options(with_dropout(dict(config.config or default), config.dropout), config.terms,
+                                  config.bands)
+    if config.content_prior is not None:
+        model_cfg = {**model_cfg, "head": {**model_cfg.get("head", {}), "content_prior": config.content_prior}}
+    return model_cfg
+
+
+def default_prior_weights() -> Path:
+    """Where `make musicnn` writes the converted MSD_musicnn weights."""
+    # lazy: scipy, pandas, soundfile only where this path runs (start-up time)
+    from haaqicli.data.corpus import default_data_dir
+
+    return default_data_dir() / "musicnn" / "MSD_musicnn.safetensors"
+
+
+def build_for_run(arch: str, model_cfg: dict[str, Any], config: TrainConfig, device: torch.device,
+                  log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh model of `arch` on `device`; a head with a content prior gets the prior's converted
+    weights (sha256-checked; the config takes the architecture they describe), frozen. Returns the
+    model and, for the exported model's training record, the prior's provenance ({} without one)."""
+    if not model_cfg.get("head", {}).get("content_prior"):
+        return build_model(arch, model_cfg).to(device), {}
+    path = Path(config.content_prior_weights) if config.content_prior_weights else default_prior_weights()
+    if not path.is_file():
+        raise HaaqiError(f"--content-prior {model_cfg['head']['content_prior']}: {path} missing "
+                         "(make musicnn converts it from the musicnn wheel; or --content-prior-weights)")
+    prior_cfg, state = load_converted(path, config.content_prior_sha256)
+    model = build_model(arch, {**model_cfg, "head": {**model_cfg["head"], "prior": asdict(prior_cfg)}})
+    model.content_prior.net.load_state_dict(state, strict=True)
+    log(f"content prior: {model_cfg['head']['content_prior']} from {path} (frozen)")
+    return model.to(device), {"content_prior": {"file": path.name, "sha256": content_hash(path), "frozen": True}}
 
 
 def objective_of(config: TrainConfig):  # type: ignore[no-untyped-def]
@@ -479,7 +514,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     train, dev = load_train_selection(config, log)
     log(f"{config.arch}: {len(train)} training clips, {len(dev)} clips choose checkpoints ({config.selection})")
     default = architectures().get(config.arch, HAAQINet).default_config()
-    model = build_model(config.arch, model_config(config, default)).to(device)
+    model, prior_record = build_for_run(config.arch, model_config(config, default), config, device, log)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
 
@@ -489,7 +524,8 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, config.arch, train, state["best"],
-                   {"epochs_run": state["epoch"], "steps_run": state["step"], "selection": config.selection})
+                   {"epochs_run": state["epoch"], "steps_run": state["step"], "selection": config.selection,
+                    **prior_record})
 
 
 @dataclass
@@ -572,7 +608,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     objective = dataclasses.replace(objective_of(config), frame_weight=0.0)
     teacher_dim = teacher_info.config["encoder"]["encoder_embed_dim"]
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
-    model = build_model("haaqinet-student", student_config).to(device)
+    model, prior_record = build_for_run("haaqinet-student", student_config, config, device, log)
     if config.init:
         warm_start(model, config.init, config.weights_dir, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
@@ -591,7 +627,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, "haaqinet-student", train, state["best"],
                    {"epochs_run": state["epoch"], "steps_run": state["step"], "teacher_sha256": teacher_info.sha256,
-                    "selection": config.selection})
+                    "selection": config.selection, **prior_record})
 
 
 # ----------------------------------------------------------------------------------------------

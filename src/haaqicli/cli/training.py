@@ -38,6 +38,15 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--bands", type=click.IntRange(0, 128), default=None,
                          help="Hearing-loss conditioning on this many auditory band levels (NAL-R gain and "
                               "audiogram per band, FiLM); 0 = off [default: the model config's]."),
+            click.option("--content-prior", type=click.Choice(["none", "musicnn"]), default=None,
+                         callback=_prior_name,
+                         help="A frozen pretrained music encoder whose embeddings (per 3-s patch, at 16 kHz) join "
+                              "the head beside the encoder features: musicnn (MSD_musicnn, make musicnn) "
+                              "[default: the model config's]."),
+            click.option("--content-prior-weights", default=None, type=click.Path(dir_okay=False),
+                         help="Converted prior weights [default: data/musicnn/MSD_musicnn.safetensors]."),
+            click.option("--content-prior-sha256", default=None,
+                         help="Their expected sha256 [default: the pinned one of the converted file's name]."),
             click.option("--term-weight", type=click.FloatRange(0.0), default=1.0, show_default=True,
                          help="Weight of the sub-term loss (items without sub-terms are masked out)."),
             click.option("--rank-weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
@@ -58,6 +67,10 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
         return func
 
     return decorate
+
+
+def _prior_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else ("" if value == "none" else value)
 
 
 def _manifest(manifest: str | None) -> str:
@@ -170,7 +183,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
 @click.option("--out", "out_dir", default="runs/ablation", show_default=True,
               help="Folder for the rows' checkpoints, weights and the table (ablation.md, ablation.json).")
 @click.option("--rows", default="baseline,terms,conditioning,ranking", show_default=True,
-              help="Rows to train (cumulative: each adds its change to the rows before it).")
+              help="Rows to train (cumulative: each adds its change to the rows before it); "
+                   "musicnn adds the frozen musicnn content prior (make musicnn first).")
 @click.option("--arch", type=click.Choice(["haaqinet", "haaqinet-student"]), default="haaqinet-student",
               show_default=True, help="Architecture every row trains on the labels.")
 @click.option("--config", "config_json", default=None, help="Base model config JSON (file or string).")
@@ -194,6 +208,9 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
               help="Comma-separated training item counts (>= 3): train the --curve-row on each and fit LCC "
                    "against log10(items).")
 @click.option("--curve-row", default="ranking", show_default=True, help="Row whose settings the curve trains.")
+@click.option("--content-prior-weights", default=None, type=click.Path(dir_okay=False),
+              help="The musicnn row's converted prior weights [default: data/musicnn/MSD_musicnn.safetensors].")
+@click.option("--content-prior-sha256", default=None, help="Their expected sha256 [default: the pinned one].")
 @click.option("--release", multiple=True, help="Registered model evaluated beside the rows (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue each row from its last checkpoint.")
 @one_line_errors

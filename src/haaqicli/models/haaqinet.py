@@ -11,7 +11,7 @@ frame loss (every frame score vs the clip label, as in MOSNet/HAAQI-Net) trains 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from haaqicli.errors import ModelError
 from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATs, BEATsConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
+from haaqicli.models.musicnn import MusicnnConfig, MusicnnPrior
 from haaqicli.models.terms import score_logit, term_scores
 
 # The teacher as shipped (sized for >= 100x real time on 2 CPU cores, batch 16 x 6 s @ 24 kHz).
@@ -41,6 +42,9 @@ TEACHER_CONFIG: dict[str, Any] = {
     },
     "head": {"d_adapter": 256, "d_audiogram": 32, "lstm_hidden": 128, "attn_heads": 4, "dropout": 0.1},
 }
+
+# Content priors the head can take (frozen pretrained music encoders; see models.musicnn).
+CONTENT_PRIORS = ("musicnn",)
 
 # Audiogram input scaling: dB HL / 100 keeps -10..120 dB HL within about [-0.1, 1.2].
 AUDIOGRAM_SCALE = 100.0
@@ -64,11 +68,21 @@ class HeadConfig:
     terms: bool = False  # predict HAAQI's four sub-terms and combine them with its formula
     bands: int = 0  # > 0: hearing-loss conditioning on this many auditory band levels
     d_bands: int = 32  # width of the band-conditioning features joining the BLSTM input
+    content_prior: str = ""  # "musicnn": frozen musicnn embeddings join the BLSTM input; "" = off
+    prior: dict[str, Any] = field(default_factory=dict)  # the prior's MusicnnConfig ({} = MSD_musicnn's)
+    d_prior: int = 32  # width of the projected prior features joining the BLSTM input
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
         check_known_fields(cls, cfg, "head config")
-        return cls(**dict(cfg))
+        head = cls(**dict(cfg))
+        if head.content_prior not in ("", *CONTENT_PRIORS):
+            raise ModelError(f"head config: unknown content prior {head.content_prior!r} "
+                             f"(known: {', '.join(CONTENT_PRIORS)})")
+        return head
+
+    def prior_config(self) -> MusicnnConfig | None:
+        return MusicnnConfig.from_dict(self.prior) if self.content_prior else None
 
 
 @dataclass
@@ -83,7 +97,8 @@ class HeadScores:
 
 class HAAQIHead(nn.Module):
     """Everything after the encoder. Input: a list of frame-level hidden states (B, F, D), followed,
-    with `cfg.bands`, by the band levels (B, F, bands) of `hearing.BandLevels`."""
+    with `cfg.bands`, by the band levels (B, F, bands) of `hearing.BandLevels`, then, with
+    `cfg.content_prior`, by the prior's embeddings (B, F, E) of `musicnn.MusicnnPrior`."""
 
     def __init__(self, n_layers: int, d_in: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -97,8 +112,14 @@ class HAAQIHead(nn.Module):
         if cfg.bands:
             self.band_conditioning = BandConditioning(cfg.bands, cfg.d_bands)
         d_bands = cfg.d_bands if cfg.bands else 0
-        self.blstm = nn.LSTM(cfg.d_adapter + cfg.d_audiogram + d_bands, cfg.lstm_hidden, batch_first=True,
-                             bidirectional=True)
+        self.prior_proj = None
+        prior = cfg.prior_config()
+        if prior is not None:  # normalised first: the frozen embeddings' scales are not ours to choose
+            self.prior_proj = nn.Sequential(nn.LayerNorm(prior.backend_units),
+                                            nn.Linear(prior.backend_units, cfg.d_prior), nn.GELU())
+        d_prior = cfg.d_prior if prior is not None else 0
+        self.blstm = nn.LSTM(cfg.d_adapter + cfg.d_audiogram + d_bands + d_prior, cfg.lstm_hidden,
+                             batch_first=True, bidirectional=True)
         d = 2 * cfg.lstm_hidden
         self.attn = nn.MultiheadAttention(d, cfg.attn_heads, dropout=cfg.dropout, batch_first=True)
         self.attn_norm = nn.LayerNorm(d)
@@ -115,7 +136,9 @@ class HAAQIHead(nn.Module):
 
     def scores(self, hidden: list[Tensor], audiogram: Tensor) -> HeadScores:
         """Scores (and, with `cfg.terms`, sub-terms) of the clip and of every frame."""
-        levels = None
+        levels = prior = None
+        if self.prior_proj is not None:
+            hidden, prior = hidden[:-1], hidden[-1]
         if self.band_conditioning is not None:
             hidden, levels = hidden[:-1], hidden[-1]
         if len(hidden) != self.layer_weights.numel():
@@ -128,6 +151,8 @@ class HAAQIHead(nn.Module):
         parts = [x, ag.unsqueeze(1).expand(-1, x.shape[1], -1)]
         if levels is not None:
             parts.append(self.band_conditioning(levels[:, : x.shape[1]], audiogram).to(x.dtype))
+        if prior is not None:
+            parts.append(self.prior_proj(prior[:, : x.shape[1]].to(x.dtype)))
         x, _ = self.blstm(torch.cat(parts, dim=-1))
         a, _ = self.attn(x, x, x, need_weights=False)
         x = self.attn_norm(x + self.dropout(a))
@@ -147,18 +172,26 @@ class HAAQIHead(nn.Module):
         return HAAQINetOutput(s.clip, s.frames, hidden, s.clip_logit, s.frame_logits, s.terms, s.frame_terms)
 
 
-def with_band_levels(model: nn.Module, wave: Tensor, hidden: list[Tensor]) -> list[Tensor]:
-    """`hidden`, followed by the wave's band levels at the hidden states' frame rate when the model's
-    head conditions on them (the encode() contract: the engine hands the list to the head as is)."""
-    bands = getattr(model, "band_levels", None)
-    return hidden if bands is None else [*hidden, bands(wave, hidden[0].shape[1])]
+def with_head_inputs(model: nn.Module, wave: Tensor, hidden: list[Tensor]) -> list[Tensor]:
+    """`hidden`, followed by what else the model's head takes, at the hidden states' frame rate: the
+    wave's band levels, then the content prior's embeddings (the encode() contract: the engine hands
+    the list to the head as is)."""
+    frames = hidden[0].shape[1]
+    extra = [module(wave, frames) for module in (getattr(model, "band_levels", None),
+                                                 getattr(model, "content_prior", None)) if module is not None]
+    return [*hidden, *extra]
 
 
-def attach_band_levels(model: nn.Module, sample_rate: int, head_cfg: HeadConfig) -> None:
-    """Give a model whose head conditions on band levels the front end that measures them."""
+def attach_head_inputs(model: nn.Module, sample_rate: int, head_cfg: HeadConfig) -> None:
+    """Give a model the front ends its head's options need: band levels for hearing-loss conditioning,
+    the frozen content prior (its weights: `MusicnnPrior.load_converted`, or the model's own file)."""
     model.band_levels = None
     if head_cfg.bands:
         model.band_levels = BandLevels(sample_rate, head_cfg.bands)
+    model.content_prior = None
+    prior = head_cfg.prior_config()
+    if prior is not None:
+        model.content_prior = MusicnnPrior(sample_rate, prior)
 
 
 def beats_frame_hidden(encoder: BEATs, wave: Tensor) -> list[Tensor]:
@@ -184,7 +217,7 @@ class HAAQINet(HAAQIModel):
             raise ModelError("HAAQINet needs a pre-trained (not fine-tuned classifier) BEATs encoder")
         self.head_cfg = head_cfg if isinstance(head_cfg, HeadConfig) else HeadConfig.from_dict(head_cfg)
         self.head = HAAQIHead(self.encoder.num_layers + 1, self.encoder.output_dim, self.head_cfg)
-        attach_band_levels(self, self.encoder.sample_rate, self.head_cfg)
+        attach_head_inputs(self, self.encoder.sample_rate, self.head_cfg)
 
     @property
     def sample_rate(self) -> int:
@@ -199,7 +232,7 @@ class HAAQINet(HAAQIModel):
         return cls(config["encoder"], config["head"])
 
     def encode(self, wave: Tensor) -> list[Tensor]:
-        return with_band_levels(self, wave, beats_frame_hidden(self.encoder, wave))
+        return with_head_inputs(self, wave, beats_frame_hidden(self.encoder, wave))
 
 
 def haaqinet_loss(out: HAAQINetOutput, target: Tensor, frame_weight: float = 1.0) -> Tensor:

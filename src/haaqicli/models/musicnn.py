@@ -22,6 +22,7 @@ norm on its stored statistics), whatever mode the model around it is in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -34,7 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haaqicli.atomic import atomic_write
+from haaqicli.audio.resample import resample
 from haaqicli.errors import ModelError
+from haaqicli.hashing import content_hash
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -112,6 +116,17 @@ def _bn(n: int, dims: int) -> nn.Module:
     return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(n, eps=BN_EPS)
 
 
+def _bn_relu_max(z: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """max over frequency of bn(relu(z)) for z (B, C, T, F), in inference, without the two passes
+    over the large map: batch norm is a per-channel affine map and relu is monotone, so the maximum
+    is bn(relu(max z)) where the channel's scale is >= 0 and bn(relu(min z)) where it is negative."""
+    if bn.training:
+        return bn(F.relu(z)).amax(dim=3)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    extreme = torch.where((scale >= 0).view(1, -1, 1), z.amax(dim=3), z.amin(dim=3))
+    return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
 class MusiCNN(nn.Module):
     """The musicnn network: mel patches (B, frames, n_mels) -> (logits (B, classes), features)."""
 
@@ -139,11 +154,11 @@ class MusiCNN(nn.Module):
         out = []
         padded = F.pad(x, (0, 0, 3, 3))  # time only: "valid" in frequency, then max over it
         for conv, bn in zip(self.timbral, self.timbral_bn, strict=True):
-            out.append(bn(F.relu(conv(padded))).amax(dim=3))
+            out.append(_bn_relu_max(conv(padded), bn))
         for conv, bn, k in zip(self.temporal, self.temporal_bn, TEMPORAL_KERNELS, strict=True):
             # TF "same" for an even kernel: (k - 1) // 2 frames before, the rest after
             same = F.pad(x, (0, 0, (k - 1) // 2, k // 2))
-            out.append(bn(F.relu(conv(same))).amax(dim=3))
+            out.append(_bn_relu_max(conv(same), bn))
         return torch.cat(out, dim=1)
 
     def midend_features(self, mel: Tensor) -> Tensor:
@@ -241,11 +256,7 @@ def _n_mels(tensors: Mapping[str, np.ndarray]) -> int:
 def save_converted(state: Mapping[str, Tensor], cfg: MusicnnConfig, path: str | Path, source: str) -> str:
     """Write converted weights (deterministically: same tensors, same bytes); returns their sha256."""
     # lazy: safetensors only where this path runs (start-up time)
-    import hashlib
-
     from safetensors.torch import save
-
-    from haaqicli.atomic import atomic_write
 
     # One metadata key: safetensors writes its metadata map in no fixed order, so several keys would
     # make the bytes (and the sha256) differ from run to run.
@@ -261,8 +272,6 @@ def load_converted(path: str | Path, sha256: str | None = None) -> tuple[Musicnn
     # lazy: safetensors only where this path runs (start-up time)
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-
-    from haaqicli.hashing import content_hash
 
     path = Path(path)
     if not path.is_file():
@@ -321,9 +330,6 @@ class MusicnnPrior(nn.Module):
     def patches(self, wave: Tensor) -> Tensor:
         """16-kHz log mel of the wave in non-overlapping 187-frame patches (B, P, 187, n_mels); a
         wave shorter than one patch is repeat-padded, as musicnn's training did ("repeat-pad")."""
-        # lazy: the resampler builds torchaudio's filter on first use (start-up time)
-        from haaqicli.audio.resample import resample
-
         mel = self.mel(resample(wave.float(), self.sample_rate, SAMPLE_RATE))
         if mel.shape[1] < PATCH_FRAMES:
             mel = mel.repeat(1, math.ceil(PATCH_FRAMES / mel.shape[1]), 1)

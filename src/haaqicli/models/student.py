@@ -24,9 +24,9 @@ from haaqicli.models.beats import BEATsConfig, KaldiFbank, TransformerEncoder
 from haaqicli.models.haaqinet import (
     HAAQIHead,
     HeadConfig,
-    attach_band_levels,
+    attach_head_inputs,
     check_known_fields,
-    with_band_levels,
+    with_head_inputs,
 )
 
 
@@ -170,7 +170,7 @@ class StudentNet(HAAQIModel):
         # Prediction heads (DistilHuBERT): only used by the distillation loss, tiny at inference.
         self.distill_heads = nn.ModuleList(
             [nn.Linear(encoder_cfg.encoder_embed_dim, distill_cfg.teacher_dim) for _ in distill_cfg.targets])
-        attach_band_levels(self, encoder_cfg.sample_rate, self.head_cfg)
+        attach_head_inputs(self, encoder_cfg.sample_rate, self.head_cfg)
 
     @property
     def sample_rate(self) -> int:
@@ -185,7 +185,7 @@ class StudentNet(HAAQIModel):
         return cls(config["encoder"], config["head"], config.get("distill"))
 
     def encode(self, wave: Tensor) -> list[Tensor]:
-        return with_band_levels(self, wave, self.encoder(wave))
+        return with_head_inputs(self, wave, self.encoder(wave))
 
     def predict_teacher_hidden(self, hidden: Sequence[Tensor]) -> list[Tensor]:
         return [head(hidden[s]) for head, (s, _) in zip(self.distill_heads, self.distill_cfg.targets, strict=True)]
