@@ -5,8 +5,8 @@
     PYTHONPATH=src .venv/bin/python scripts/convert-musicnn.py data/musicnn/musicnn-0.1.0-py3-none-any.whl \\
         --model MSD_musicnn --out data/musicnn/MSD_musicnn.safetensors
 
-SOURCE is the musicnn wheel or a folder holding the extracted `musicnn/` package (or the checkpoint
-folder itself). Nothing is downloaded and TensorFlow is not needed: the checkpoint is read by
+SOURCE is the musicnn wheel, a folder holding the extracted `musicnn/` package (or the checkpoint
+folder itself), or a checkpoint prefix. Nothing is downloaded and TensorFlow is not needed: the checkpoint is read by
 haaqicli.models.tf_checkpoint (each tensor's crc32c checked), mapped onto the torch port, loaded into
 it strictly, and written with its config in the safetensors metadata. The output is deterministic:
 its sha256 is pinned in haaqicli.models.musicnn.CONVERTED_SHA256.
@@ -30,8 +30,11 @@ MODELS = ("MSD_musicnn", "MTT_musicnn")
 WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
 
 
-def checkpoint_folder(source: Path, model: str, scratch: Path) -> Path:
-    """The folder holding `model`'s `.index` and `.data-00000-of-00001` (extracted from a wheel)."""
+def checkpoint_prefix(source: Path, model: str, scratch: Path) -> Path:
+    """The checkpoint of `model`: the folder holding its `.index` and `.data-00000-of-00001` (extracted
+    from a wheel), or SOURCE itself when it is a checkpoint prefix (SOURCE.index exists)."""
+    if Path(f"{source}.index").is_file():
+        return source
     if source.suffix == ".whl":
         with zipfile.ZipFile(source) as wheel:
             for name in (".index", ".data-00000-of-00001"):
@@ -51,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path("data/musicnn") / f"{args.model}.safetensors"
     try:
-        if not args.source.exists():
+        if not args.source.exists() and not Path(f"{args.source}.index").is_file():
             raise HaaqiError(f"{args.source}: no such file or folder")
         if args.source.suffix == ".whl":
             sha = content_hash(args.source)
             note = "PyPI's" if sha == WHEEL_SHA256 else "NOT PyPI's musicnn 0.1.0 wheel"
             print(f"{args.source}: sha256 {sha} ({note})")
         with tempfile.TemporaryDirectory() as scratch:
-            folder = checkpoint_folder(args.source, args.model, Path(scratch))
+            folder = checkpoint_prefix(args.source, args.model, Path(scratch))
             # The model's own variables: Adam slots and beta powers are training state.
             names = [n for n in read_index(folder) if "Adam" not in n and not n.startswith("beta")]
             tensors = read_tf_checkpoint(folder, names)

@@ -247,3 +247,61 @@ def test_checkpoint_selection_metric() -> None:
     assert train.selection_key({"mse": float("inf")}, "lcc") == float("inf")  # the initial state
     with pytest.raises(HaaqiError, match="--select-metric"):
         train.selection_key({"mse": 0.1}, "mae")
+
+
+def test_content_prior_trains_distils_ablates_and_scores(data_dir: Path, tmp_path: Path) -> None:
+    """--content-prior musicnn end to end, with a tiny converted musicnn: haaqi train (teacher), haaqi
+    distill (student), haaqi ablate's musicnn row; the exported models load back with their prior and
+    score a file through `haaqi score` (HAAQI_WEIGHTS); a missing or altered prior file is refused."""
+    from conftest import TINY_TEACHER
+    from test_models_musicnn import TINY, _convert_script, tiny_tf_tensors
+    from tfbundle import write_tf_checkpoint
+
+    from haaqicli.cli import main
+    from haaqicli.hashing import content_hash
+
+    write_tf_checkpoint(tmp_path / "ck", tiny_tf_tensors())
+    prior = tmp_path / "tiny-musicnn.safetensors"
+    assert _convert_script().main([str(tmp_path / "ck"), "--out", str(prior)]) == 0
+    sha, weights = content_hash(prior), tmp_path / "w"
+    common = ["--manifest", str(data_dir), "--weights-dir", str(weights), "--epochs", "1", "--batch-size", "8",
+              "--device", "cpu", "--selection", "validation-real:ufoai-music"]
+    with_prior = ["--content-prior", "musicnn", "--content-prior-weights", str(prior), "--content-prior-sha256", sha]
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--name", "t", "--run-dir", str(tmp_path / "t"), "--config",
+                                  json.dumps(TINY_TEACHER), *common, *with_prior])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["distill", "--name", "s", "--teacher", "t", "--run-dir", str(tmp_path / "s"),
+                                  "--config", json.dumps(tiny_student_config()), *common, *with_prior])
+    assert result.exit_code == 0, result.output
+    models = json.loads((weights / "manifest.json").read_text())["models"]
+    for name in ("t", "s"):
+        assert models[name]["config"]["head"]["content_prior"] == "musicnn"
+        assert models[name]["config"]["head"]["prior"]["n_mels"] == TINY.n_mels
+        assert models[name]["training"]["content_prior"]["sha256"] == sha
+    music = tmp_path / "music.wav"
+    sf.write(music, _track(7, 300, seed=3), SR)
+    for name in ("t", "s"):
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(main, ["score", str(music), "--model", name, "--out", str(out), "--quiet"],
+                               env={"HAAQI_WEIGHTS": str(weights)})
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out)
+        assert table["status"].eq("ok").all() and table["score"].between(0, 1).all()
+    # a missing file and a file that is not the one named are refused in one line
+    missing = runner.invoke(main, ["train", "--name", "x", "--run-dir", str(tmp_path / "x"), "--config",
+                                   json.dumps(TINY_TEACHER), *common, "--content-prior", "musicnn",
+                                   "--content-prior-weights", str(tmp_path / "none.safetensors")])
+    assert missing.exit_code != 0 and "missing" in missing.output and "Traceback" not in missing.output
+    altered = runner.invoke(main, ["train", "--name", "x", "--run-dir", str(tmp_path / "x"), "--config",
+                                   json.dumps(TINY_TEACHER), *common, *with_prior[:-1], "0" * 64])
+    assert altered.exit_code != 0 and "sha256 mismatch" in altered.output
+    out = tmp_path / "ablation"
+    result = runner.invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--rows", "musicnn",
+                                  "--config", json.dumps(tiny_student_config()), "--epochs", "1", "--batch-size", "8",
+                                  "--warmup-steps", "1", "--device", "cpu", "--content-prior-weights", str(prior),
+                                  "--content-prior-sha256", sha])
+    assert result.exit_code == 0, result.output
+    assert "| musicnn |" in (out / "ablation.md").read_text()
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["rows"][0]["settings"]["content_prior"] == "musicnn"
