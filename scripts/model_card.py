@@ -245,6 +245,45 @@ def level_paragraph(manifest: dict) -> str:
             "that range warns, as it is an extrapolation.")
 
 
+PRIOR_HEADING = "## Content prior: musicnn (not shipped)"
+
+
+def content_prior_section() -> list[str]:
+    """What the optional musicnn content prior is, where it comes from and its licence (static text:
+    its ablation row is pending labels, and no shipped model uses it)."""
+    return [
+        "", PRIOR_HEADING, "",
+        "`haaqi train`/`distill --content-prior musicnn` (and `haaqi ablate --rows ...,musicnn`) add a frozen "
+        "pretrained music encoder beside the model's own full-band front end: its 200-d penultimate "
+        "embedding of each 3-s patch joins the HAAQI head's BLSTM input (LayerNorm, linear, GELU). No shipped "
+        "model uses it; its ablation row is pending labels, and its weights enter `weights/` only if that row "
+        "shows it helps on validation-real.",
+        "",
+        "- Source: musicnn 0.1.0 (PyPI wheel, sha256 `f38a4890c648c1dd…`), checkpoint `MSD_musicnn` (Pons & "
+        "Serra 2019, trained on the Million Song Dataset's 50 tags), converted by `make musicnn` "
+        "(`scripts/convert-musicnn.py`, no TensorFlow) to `data/musicnn/MSD_musicnn.safetensors`: 787,159 "
+        "parameters (+4,920 batch-norm statistics), 3.2 MB, sha256 pinned in `haaqicli.models.musicnn`.",
+        "- Licence (ISC): Copyright (c) Music Technology Group, Universitat Pompeu Fabra 2019. Code developed "
+        "by Jordi Pons (www.jordipons.me). Permission to use, copy, modify, and/or distribute this software for "
+        "any purpose with or without fee is hereby granted, provided that the above copyright notice and this "
+        "permission notice appear in all copies. THE SOFTWARE IS PROVIDED \"AS IS\" AND THE AUTHOR DISCLAIMS "
+        "ALL WARRANTIES WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF MERCHANTABILITY AND "
+        "FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL "
+        "DAMAGES OR ANY DAMAGES WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN ACTION OF "
+        "CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF OR IN CONNECTION WITH THE USE OR "
+        "PERFORMANCE OF THIS SOFTWARE.",
+        "- What it sees: the window resampled to 16 kHz (nothing above 8 kHz), a 96-band mel, non-overlapping "
+        "3-s patches (two per 6-s window; each model frame takes the embedding of the patch holding its "
+        "centre). It was trained on recorded music for tags, not quality.",
+        "- Fidelity: `scripts/check-musicnn.py` runs the original package (TensorFlow 2.15 in a throwaway "
+        "environment) and the port on the same clips: tags and embedding within 4e-6 relative on the same mel "
+        "patches, 1.2e-5 from audio (the float16 mel steps add up to 2e-4 on the max-pooled features).",
+        "- Cost: about 13x the distilled model's and 1.7x the teacher's forward time per window "
+        "(`scripts/check-musicnn.py --time`, same run, 2 threads; ~2.8 GMAC per 6-s window), so a model "
+        "with it would miss the speed targets (distilled >= 400x, teacher >= 100x real time) as it stands.",
+    ]
+
+
 def main() -> None:
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
     dataset = load("dataset.json") or {}
@@ -373,6 +412,7 @@ def main() -> None:
         lines += baseline_section()
     lines += intervals_section()
     lines += speed_section(bench)
+    lines += content_prior_section()
 
     lines += [
         "", "## Known limits", "",
@@ -416,5 +456,7 @@ if __name__ == "__main__":
         rewrite_intervals_section()
     elif "--baseline-only" in sys.argv[1:]:
         rewrite_baseline_section()
+    elif "--prior-only" in sys.argv[1:]:
+        rewrite_section(PRIOR_HEADING, content_prior_section(), before="## Known limits")
     else:
         main()
