@@ -183,6 +183,10 @@ def test_prior_gives_each_frame_its_patch_and_stays_frozen(converted) -> None:
     assert prior(wave[:, :24000], 6).shape == (2, 6, TINY.backend_units)  # 1 s: repeat-padded to a patch
     prior.train()
     assert not prior.net.training and not any(p.requires_grad for p in prior.parameters())
+    asking = wave[:1].clone().requires_grad_(True)  # frozen weights, yet a waveform's gradient passes
+    prior(asking, 37).sum().backward()
+    assert asking.grad is not None and asking.grad.abs().sum() > 0
+    assert all(p.grad is None for p in prior.parameters())
     with pytest.raises(ModelError, match="not this model's"):
         MusicnnPrior(24000).load_converted(path, sha)
 

@@ -1,4 +1,4 @@
-"""HAAQI-Net models: BEATs encoder, HAAQI head, distilled student, weights registry.
+"""HAAQI-Net models: BEATs encoder, HAAQI head, distilled student, musicnn content prior, weights registry.
 
 Heavy imports (torch) happen on first attribute access so `haaqi --help` stays fast."""
 
@@ -11,6 +11,7 @@ _EXPORTS = {
     "BEATs": "beats", "BEATsConfig": "beats", "load_beats_checkpoint": "beats",
     "HAAQINet": "haaqinet", "HAAQINetOutput": "base", "HAAQIModel": "base", "HeadConfig": "haaqinet", "haaqinet_loss": "haaqinet",
     "StudentNet": "student", "distillation_loss": "student",
+    "MusiCNN": "musicnn", "MusicnnConfig": "musicnn", "MusicnnPrior": "musicnn",
     "TEACHER_CONFIG": "haaqinet", "STUDENT_CONFIG": "student", "ModelInfo": "registry",
     "build_model": "registry", "count_params": "registry", "list_models": "registry", "load_model": "registry",
     "save_model": "registry", "resolve_device": "registry",  # re-exported from haaqicli.devices

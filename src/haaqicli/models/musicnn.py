@@ -16,8 +16,8 @@ MTT_musicnn checkpoints, converted once by `scripts/convert-musicnn.py` (make mu
 
 `MusicnnPrior` wraps it for the HAAQI head: the model's wave (at its own rate) is resampled to 16 kHz
 with the project's one resampler, cut into 3-s patches, and each model frame gets the penultimate
-embedding of the patch its centre falls in. Frozen: no gradients, always in inference mode (batch
-norm on its stored statistics), whatever mode the model around it is in.
+embedding of the patch its centre falls in. Frozen: no gradients for its weights, always in inference
+mode (batch norm on its stored statistics), whatever mode the model around it is in.
 """
 
 from __future__ import annotations
@@ -336,8 +336,9 @@ class MusicnnPrior(nn.Module):
         count = mel.shape[1] // PATCH_FRAMES
         return mel[:, : count * PATCH_FRAMES].reshape(len(mel), count, PATCH_FRAMES, mel.shape[2])
 
-    @torch.no_grad()
     def forward(self, wave: Tensor, frames: int) -> Tensor:
+        # No torch.no_grad: its weights need no gradients, but a waveform that asks for them (the API's
+        # differentiable loss) gets them through the prior too.
         patches = self.patches(wave)
         b, p = patches.shape[:2]
         _, features = self.net(patches.flatten(0, 1))
