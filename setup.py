@@ -12,7 +12,7 @@ setup(
     packages=[*find_packages("src"), "haaqicli.weights"],
     package_dir={"": "src", "haaqicli.weights": "weights"},
     package_data={
-        "haaqicli": ["profiles/*.csv", "py.typed", "*.json"],
+        "haaqicli": ["profiles/*.csv", "py.typed", "output/*.json"],
         "haaqicli.weights": ["manifest.json", "*.safetensors", "*.calibration.json", "MODEL_CARD.md"],
     },
 )

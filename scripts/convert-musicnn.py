@@ -20,10 +20,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from haaqicli.errors import HaaqiError
-from haaqicli.hashing import content_hash
 from haaqicli.models.musicnn import MusiCNN, config_from_tf, save_converted, state_from_tf
 from haaqicli.models.tf_checkpoint import read_index, read_tf_checkpoint
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.hashing import content_hash
 
 MODELS = ("MSD_musicnn", "MTT_musicnn")
 # PyPI's musicnn-0.1.0-py3-none-any.whl

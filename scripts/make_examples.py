@@ -12,7 +12,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from haaqicli import synth
+from haaqicli.audio import synth
 
 SAMPLE_RATE = 44100
 SECONDS = 12.0

@@ -31,7 +31,7 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def write_card(text: str) -> None:
-    from haaqicli.atomic import atomic_write
+    from haaqicli.util.atomic import atomic_write
 
     atomic_write(WEIGHTS / "MODEL_CARD.md", lambda tmp: tmp.write_text(text))
 
@@ -86,7 +86,7 @@ def ablation_section() -> list[str]:
     result = load("ablation/ablation.json")
     if not result:
         return []
-    from haaqicli.ablation import format_ablation
+    from haaqicli.training.ablation import format_ablation
 
     return ["", "## Ablation and learning curve", "",
             "`haaqi ablate --out data/results/ablation` (rows cumulative, one budget each; checkpoints chosen on "
@@ -232,8 +232,8 @@ def rewrite_speed_section() -> None:
 
 
 def level_paragraph(manifest: dict) -> str:
-    """The level definition (haaqicli.levels) and the levels the models were trained at (their metadata)."""
-    from haaqicli.levels import trained_spl_range
+    """The level definition (haaqicli.util.levels) and the levels the models were trained at (their metadata)."""
+    from haaqicli.util.levels import trained_spl_range
 
     ranges = sorted({trained_spl_range(info.get("training")) for info in manifest.values()})
     trained = ", ".join(f"{lo:g} dB SPL" if lo == hi else f"{lo:g}-{hi:g} dB SPL" for lo, hi in ranges)

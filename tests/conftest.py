@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from haaqicli import synth
+from haaqicli.audio import synth
 
 torch.set_num_threads(2)
 
@@ -76,7 +76,7 @@ def synthetic_residuals(n: int = 3000, seed: int = 0, spread: float = 0.1) -> tu
 
 def save_synthetic_calibration(model: str, sha256: str, folder: Path) -> None:
     """A calibration of the tiny test models fitted on synthetic residuals (tests only, never shipped)."""
-    from haaqicli.calibration import fit_calibration, save_calibration
+    from haaqicli.models.calibration import fit_calibration, save_calibration
 
     predicted, exact, pta = synthetic_residuals()
     save_calibration(fit_calibration(predicted, exact, pta, model=model, weights_sha256=sha256), folder)

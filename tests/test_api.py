@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from haaqicli.api import HAAQIPredictor, haaqi_loss
-from haaqicli.errors import ModelError
 from haaqicli.models.registry import ModelInfo, save_model
 from haaqicli.models.student import StudentNet
+from haaqicli.util.errors import ModelError
 
 S_ENC = dict(conv_channels=[8, 16], encoder_layers=2, encoder_embed_dim=24, encoder_ffn_embed_dim=48,
              encoder_attention_heads=2, conv_pos=8, conv_pos_groups=4)
@@ -75,3 +75,54 @@ def test_bad_inputs(predictor) -> None:
         predictor(_chord(1.0, 24000), torch.zeros(2, 6), 24000)
     with pytest.raises(ModelError, match="reduction"):
         haaqi_loss(_chord(1.0, 24000), torch.zeros(2, 8), 24000, predictor=predictor, reduction="max")
+
+
+@pytest.mark.filterwarnings("ignore:presentation level 70 dB SPL")  # an extrapolation, here on purpose
+def test_predict_file_gives_haaqi_score_of_the_same_file(tmp_path, monkeypatch) -> None:
+    """The file entry point and `haaqi score` share the path from a file to calibrated windows
+    (audio.calibrated_windows): the shipped model gives the same score per ear, stereo and downmixed."""
+    import numpy as np
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from haaqicli.audio import synth, write_audio
+    from haaqicli.audiogram import resolve_profiles
+    from haaqicli.cli import main
+
+    monkeypatch.delenv("HAAQI_WEIGHTS", raising=False)  # the shipped weights
+    music = synth.music(10.0, 44100, seed=5)[0]
+    stereo = np.stack([music, synth.add_noise(music, 10.0, seed=1)]).astype(np.float32)
+    path = write_audio(tmp_path / "song.wav", stereo, 44100)
+    (profile,) = resolve_profiles(["asymmetric"])
+    assert not profile.symmetric
+    predictor = HAAQIPredictor.from_pretrained("distilled")
+    for mix, ears in (("stereo", ["left", "right"]), ("mono", ["both"])):
+        out = tmp_path / f"{mix}.csv"
+        result = CliRunner().invoke(main, ["score", str(path), "--profile", "asymmetric", "--spl", "70",
+                                           "--model", "distilled", "--device", "cpu", "--mix", mix, "-q",
+                                           "--out", str(out)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out)
+        cli = dict(zip(table["ear"], table["score"], strict=True))
+        api = predictor.predict_file(path, profile, spl=70.0, mix=mix)
+        assert sorted(api) == sorted(cli) == sorted(ears)
+        for ear in ears:
+            assert abs(api[ear] - cli[ear]) < 1e-6, (mix, ear, api[ear], cli[ear])
+    # levels instead of a Profile: (2, 8) is (left, right); 8 levels are heard by both ears
+    grams = np.stack([profile.left.as_array(), profile.right.as_array()])
+    assert predictor.predict_file(path, grams, spl=70.0) == pytest.approx(api_stereo := predictor.predict_file(
+        path, profile, spl=70.0), abs=1e-9)
+    left_only = predictor.predict_file(path, profile.left.as_array(), spl=70.0)
+    assert left_only["left"] == pytest.approx(api_stereo["left"], abs=1e-9)
+    assert abs(left_only["right"] - api_stereo["right"]) > 1e-3  # the right channel now heard with the left loss
+
+
+def test_predict_file_errors_name_the_problem(predictor, tmp_path) -> None:
+    from haaqicli.util.errors import AudioError
+
+    with pytest.raises(AudioError, match="missing.wav"):
+        predictor.predict_file(tmp_path / "missing.wav", torch.zeros(8))
+    with pytest.raises(ModelError, match="audiogram must have 8 values"):
+        predictor.predict_file(tmp_path / "missing.wav", torch.zeros(5))
+    with pytest.raises(ModelError, match="mix must be stereo or mono"):
+        predictor.predict_file(tmp_path / "missing.wav", torch.zeros(8), mix="left")

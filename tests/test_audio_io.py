@@ -19,7 +19,7 @@ from haaqicli.audio import (
     open_audio,
     write_audio,
 )
-from haaqicli.errors import AudioError, ToolMissingError
+from haaqicli.util.errors import AudioError, ToolMissingError
 
 needs_ffmpeg = pytest.mark.skipif(not HAVE_FFMPEG, reason="needs ffmpeg")
 

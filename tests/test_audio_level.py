@@ -13,8 +13,8 @@ from haaqicli.audio import (
     channel_rms,
     presentation_gain,
 )
-from haaqicli.constants import REFERENCE_RMS
-from haaqicli.errors import AudioError
+from haaqicli.util.constants import REFERENCE_RMS
+from haaqicli.util.errors import AudioError
 
 
 def test_channel_rms_and_presentation_gain() -> None:

@@ -19,8 +19,8 @@ from haaqicli.audiogram import (
     resolve_profiles,
     severity_of,
 )
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
-from haaqicli.errors import ProfileError
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.util.errors import ProfileError
 
 HEADER = "name,250,500,1000,2000,3000,4000,6000,8000\n"
 

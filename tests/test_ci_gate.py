@@ -49,7 +49,7 @@ def fake_scorer(scores=SCORES, model="fake", sha="f" * 64):  # type: ignore[no-u
 
     def scorer(inputs, options):  # type: ignore[no-untyped-def]
         from haaqicli.audio import decode, discover
-        from haaqicli.errors import HaaqiError
+        from haaqicli.util.errors import HaaqiError
 
         rows = []
         for item in discover(inputs):

@@ -18,7 +18,7 @@ from conftest import interrupt_after, write_music
 from test_data_corpus import _build, corpus  # noqa: F401  (the synthetic corpus fixture)
 
 from haaqicli.cli import main
-from haaqicli.tables import dataset_parts, read_table
+from haaqicli.output.tables import dataset_parts, read_table
 
 distributed = pytest.importorskip("distributed")
 
@@ -28,7 +28,7 @@ KEY = ["file", "profile", "ear"]
 @pytest.fixture(scope="module")
 def cluster():
     """`--scheduler local:2`'s cluster, shared by the module's tests through its address."""
-    from haaqicli.executor import DaskExecutor
+    from haaqicli.util.executor import DaskExecutor
 
     with DaskExecutor("local:2") as executor:
         yield executor.client
@@ -83,7 +83,7 @@ def test_score_and_check_on_cluster_equal_a_local_run(songs: Path, tmp_path: Pat
 
 
 def test_a_killed_worker_loses_only_its_tasks(songs: Path, tmp_path: Path, use_tiny_weights, cluster, monkeypatch):
-    from haaqicli.executor import TaskProgress
+    from haaqicli.util.executor import TaskProgress
 
     original = TaskProgress.update
     killed = []
@@ -109,7 +109,7 @@ def test_a_killed_worker_loses_only_its_tasks(songs: Path, tmp_path: Path, use_t
 @pytest.mark.parametrize("out_name", ["scores.csv", "scores/"])
 def test_resume_after_an_interrupted_client(songs: Path, tmp_path: Path, use_tiny_weights, cluster, monkeypatch,
                                             out_name: str):
-    from haaqicli.executor import TaskProgress
+    from haaqicli.util.executor import TaskProgress
 
     address = cluster.scheduler.address
     complete = tmp_path / "complete.csv"
@@ -141,7 +141,7 @@ def test_reference_on_cluster_equals_local(tmp_path: Path, cluster):
 
 def test_reference_on_cluster_streams_rows_to_the_table_as_pairs_finish(tmp_path: Path, cluster, monkeypatch):
     """An interrupted cluster run of `haaqi reference` keeps the pairs finished so far in --out."""
-    from haaqicli.executor import TaskProgress
+    from haaqicli.util.executor import TaskProgress
 
     refs, procs = tmp_path / "ref", tmp_path / "proc"
     for k in range(3):
@@ -160,7 +160,7 @@ def test_reference_on_cluster_streams_rows_to_the_table_as_pairs_finish(tmp_path
 def test_reference_resume_after_an_interrupted_client(tmp_path: Path, cluster, monkeypatch, out_name: str):
     """`haaqi reference --scheduler`: an interrupted client keeps its finished pairs in --out (a table or a
     dataset); --resume on the cluster scores the rest and the table equals a local run's, every row once."""
-    from haaqicli.executor import TaskProgress
+    from haaqicli.util.executor import TaskProgress
 
     refs, procs = tmp_path / "ref", tmp_path / "proc"
     for k in range(3):
@@ -214,10 +214,10 @@ def test_workers_refuse_another_model_and_name_unreadable_paths(tmp_path: Path, 
     from haaqicli.audio import InputFile
     from haaqicli.audiogram import BUILTIN_PROFILES
     from haaqicli.engine import score_file, worker_scorer
-    from haaqicli.errors import ModelError
-    from haaqicli.executor import unreadable
     from haaqicli.models.registry import get_info
     from haaqicli.scoring import ScoreOptions
+    from haaqicli.util.errors import ModelError
+    from haaqicli.util.executor import unreadable
 
     options = ScoreOptions(weights_dir=str(use_tiny_weights))
     with pytest.raises(ModelError, match="install the same weights on every worker"):

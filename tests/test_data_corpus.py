@@ -248,7 +248,7 @@ def test_label_convention_matches_pyclarity(corpus: Path) -> None:
     clarity = pytest.importorskip("clarity.evaluator.haaqi")
     from clarity.utils.audiogram import Audiogram
 
-    from haaqicli.constants import AUDIOGRAM_FREQUENCIES
+    from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES
 
     df = _build(corpus, items=8)
     item = df.iloc[0].to_dict()

@@ -268,7 +268,7 @@ def test_codec_retries_a_failed_ffmpeg_run_once(monkeypatch: pytest.MonkeyPatch)
     """A transient ffmpeg failure is retried; a persistent one is a one-line AudioError."""
     import subprocess
 
-    from haaqicli.errors import AudioError
+    from haaqicli.util.errors import AudioError
 
     x = np.sin(2 * np.pi * 440 * np.arange(SR) / SR) * 0.3
     real_run, calls = subprocess.run, []

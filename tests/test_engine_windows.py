@@ -91,8 +91,9 @@ def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tin
     import soundfile as sf
     import torch
 
-    from haaqicli import audio, synth
+    from haaqicli import audio
     from haaqicli.api import HAAQIPredictor
+    from haaqicli.audio import synth
     from haaqicli.audiogram import BUILTIN_PROFILES
     from haaqicli.engine import prepare_file, score_inputs
     from haaqicli.scoring import ScoreOptions
@@ -147,7 +148,7 @@ def test_long_files_stream_with_the_scores_of_held_windows(tmp_path, use_tiny_we
     same rows and timelines as holding its windows, and the progress moves within the file."""
     import soundfile as sf
 
-    from haaqicli import synth
+    from haaqicli.audio import synth
     from haaqicli.audiogram import BUILTIN_PROFILES
     from haaqicli.engine import score_inputs
     from haaqicli.scoring import ScoreOptions
@@ -179,7 +180,8 @@ def test_streamed_files_keep_memory_flat(tmp_path, use_tiny_weights):
     have at most a batch of windows."""
     import soundfile as sf
 
-    from haaqicli import engine, synth
+    from haaqicli import engine
+    from haaqicli.audio import synth
     from haaqicli.audiogram import BUILTIN_PROFILES
 
     sf.write(tmp_path / "long.wav", synth.music(60.0, 24000, seed=1)[0], 24000)

@@ -20,17 +20,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "haaqicli"
 LAYERS = {"cli": 3, "features": 2, "core": 1, "utilities": 0}
 LAYER_OF = {
     "haaqicli.cli": "cli",
-    "haaqicli.api": "features", "haaqicli.ci": "features", "haaqicli.report": "features",
-    "haaqicli.ceiling": "features", "haaqicli.bench": "features",
-    "haaqicli.train": "features", "haaqicli.data": "features", "haaqicli.ablation": "features",
-    "haaqicli.objectives": "features",
+    # features: what is built on scoring (the Python API, CI, benchmarks, training and its data, reports)
+    "haaqicli.api": "features", "haaqicli.ci": "features", "haaqicli.bench": "features",
+    "haaqicli.training": "features", "haaqicli.data": "features", "haaqicli.output": "features",
+    # core: file -> windows -> model or exact HAAQI -> rows
     "haaqicli.engine": "core", "haaqicli.scoring": "core", "haaqicli.audio": "core",
-    "haaqicli.audiogram": "core", "haaqicli.calibration": "core", "haaqicli.tables": "core",
-    "haaqicli.models": "core", "haaqicli.reference": "core",
-    "haaqicli.atomic": "utilities", "haaqicli.constants": "utilities", "haaqicli.errors": "utilities",
-    "haaqicli.hashing": "utilities", "haaqicli.interrupts": "utilities", "haaqicli.progress": "utilities",
-    "haaqicli.devices": "utilities", "haaqicli.executor": "utilities", "haaqicli.levels": "utilities",
-    "haaqicli.synth": "utilities", "haaqicli": "utilities",
+    "haaqicli.audiogram": "core", "haaqicli.models": "core", "haaqicli.reference": "core",
+    "haaqicli.output.tables": "core",  # the rows' one schema: the core writes tables, reports read them
+    "haaqicli.util": "utilities", "haaqicli": "utilities",
 }
 # Within core: the exact HAAQI stands alone (it must not need the neural models to parse a device).
 FORBIDDEN = {"haaqicli.reference": ("haaqicli.models", "haaqicli.engine", "haaqicli.scoring")}
@@ -274,6 +271,6 @@ def test_optional_extras_are_read_from_pyproject() -> None:
     assert {"mido", "music21", "distributed"} <= OPTIONAL_EXTRAS and "pytest" not in OPTIONAL_EXTRAS
 
 
-@pytest.mark.parametrize("module", ["haaqicli.constants", "haaqicli.errors", "haaqicli.audiogram"])
+@pytest.mark.parametrize("module", ["haaqicli.util.constants", "haaqicli.util.errors", "haaqicli.audiogram"])
 def test_light_modules_are_light(module: str) -> None:
     assert module not in HEAVY_MODULES

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 
-from haaqicli.errors import ModelError
 from haaqicli.models.beats import (
     BEATs,
     BEATsConfig,
@@ -18,6 +17,7 @@ from haaqicli.models.beats import (
     load_beats_checkpoint,
     relative_position_bucket,
 )
+from haaqicli.util.errors import ModelError
 
 
 def tiny_cfg(**kw) -> BEATsConfig:

@@ -17,12 +17,12 @@ from conftest import tiny_student_config
 from numpy.lib.stride_tricks import sliding_window_view
 from tfbundle import write_tf_checkpoint
 
-from haaqicli.errors import ModelError
-from haaqicli.hashing import content_hash
 from haaqicli.models import musicnn
 from haaqicli.models.musicnn import MusiCNN, MusicnnConfig, MusicnnMel, MusicnnPrior, load_converted
 from haaqicli.models.registry import ModelInfo, build_model, load_model, save_model
 from haaqicli.models.tf_checkpoint import read_tf_checkpoint
+from haaqicli.util.errors import ModelError
+from haaqicli.util.hashing import content_hash
 
 TINY = MusicnnConfig(n_mels=16, timbral_filters=4, temporal_filters=3, midend_filters=5, backend_units=6, classes=7)
 

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from haaqicli.errors import ModelError
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.registry import (
     ModelInfo,
@@ -19,6 +18,7 @@ from haaqicli.models.registry import (
     sha256_file,
 )
 from haaqicli.models.student import StudentNet
+from haaqicli.util.errors import ModelError
 
 ENC = dict(encoder_layers=2, embed_dim=32, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
            encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, relative_position_embedding=True,

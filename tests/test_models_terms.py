@@ -9,21 +9,21 @@ import pytest
 import torch
 from conftest import TINY_TEACHER, tiny_student_config
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.models.haaqinet import TEACHER_CONFIG, HeadConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
 from haaqicli.models.registry import ModelInfo, build_model, load_model, save_model
 from haaqicli.models.student import STUDENT_CONFIG
 from haaqicli.models.terms import combine
-from haaqicli.objectives import (
+from haaqicli.reference.formula import HAAQI_FREQUENCIES, center_frequencies, haaqi_loss, nalr_gain_db
+from haaqicli.reference.haaqi import combine_terms
+from haaqicli.training.objectives import (
     Objective,
     correlation_loss,
     label_objective,
     pairwise_ranking_loss,
     term_loss,
 )
-from haaqicli.reference.formula import HAAQI_FREQUENCIES, center_frequencies, haaqi_loss, nalr_gain_db
-from haaqicli.reference.haaqi import combine_terms
 
 AUDIOGRAMS = torch.tensor([[0.0] * 8, [10, 15, 20, 30, 40, 50, 60, 70], [60.0] * 8])
 

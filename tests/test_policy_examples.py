@@ -13,11 +13,11 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.ceiling import stored_ceiling
 from haaqicli.ci.policy import load_policy
 from haaqicli.cli import main
+from haaqicli.output.ceiling import stored_ceiling
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = [ROOT / "examples" / "policy.toml", ROOT / "examples" / "policy.yaml"]

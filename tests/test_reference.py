@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 from conftest import interrupt_after, write_music
 
-from haaqicli import synth
-from haaqicli.errors import AudioError, ProfileError
+from haaqicli.audio import synth
 from haaqicli.reference import compute_haaqi, compute_haaqi_batch, haaqi_loss
 from haaqicli.reference.align import align
 from haaqicli.reference.haaqi import env_smooth, haaqi_terms
+from haaqicli.util.errors import AudioError, ProfileError
 
 SR = 24000
 NORMAL = np.zeros(8)
@@ -378,8 +378,8 @@ def test_reference_resume_scores_only_the_missing_rows(tmp_path, monkeypatch: py
     rows again (the new rows replace them); the table equals an uninterrupted run's, in input order."""
     import pandas as pd
 
+    from haaqicli.output.tables import read_table, write_table
     from haaqicli.reference import pairs as pair_scoring
-    from haaqicli.tables import read_table, write_table
 
     args = _pair_folders(tmp_path)
     complete = tmp_path / "complete.csv"
@@ -416,8 +416,8 @@ def test_reference_resume_scores_only_the_missing_rows(tmp_path, monkeypatch: py
 def test_reference_resume_after_an_interrupted_run(tmp_path, monkeypatch: pytest.MonkeyPatch, out_name: str) -> None:
     """Ctrl-C keeps the finished pairs in --out (a table or a partitioned dataset); --resume completes it
     with every row once."""
-    from haaqicli.progress import AudioProgress
-    from haaqicli.tables import dataset_parts, read_table
+    from haaqicli.output.tables import dataset_parts, read_table
+    from haaqicli.util.progress import AudioProgress
 
     args = _pair_folders(tmp_path)
     complete = tmp_path / "complete.csv"
@@ -439,8 +439,8 @@ def test_reference_resume_after_an_interrupted_run(tmp_path, monkeypatch: pytest
 def test_reference_dataset_holds_only_failed_rows(tmp_path) -> None:
     """With a dataset --out the rows leave the client: score_pairs returns only the failed ones."""
     from haaqicli.audiogram import resolve_profiles
+    from haaqicli.output.tables import read_table
     from haaqicli.reference.pairs import pair_directories, score_pairs
-    from haaqicli.tables import read_table
 
     _pair_folders(tmp_path)
     pairs = pair_directories(tmp_path / "ref", tmp_path / "proc")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from haaqicli import synth
-from haaqicli.errors import AudioError, ModelError
+from haaqicli.audio import synth
 from haaqicli.reference import compute_haaqi_batch
 from haaqicli.reference.batched import _ihc_filter, _lfilter, compute_haaqi_torch, haaqi_terms_batch
 from haaqicli.reference.ear import _ihc_step
 from haaqicli.reference.haaqi import haaqi_terms
+from haaqicli.util.errors import AudioError, ModelError
 
 LOSS = np.array([10, 15, 20, 30, 35, 40, 50, 60.0])
 SEVERE = np.array([55, 60, 65, 70, 80, 85, 90, 95.0])
@@ -132,8 +132,8 @@ def test_batch_agrees_with_pyclarity() -> None:
 
 
 def test_engine_choice_follows_the_device(monkeypatch):
-    from haaqicli import devices
-    from haaqicli.devices import cuda_device
+    from haaqicli.util import devices
+    from haaqicli.util.devices import cuda_device
 
     assert cuda_device("cpu") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.reference import compute_haaqi
 
 clarity = pytest.importorskip("clarity.evaluator.haaqi", reason="pyclarity (oracle) not installed")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import write_music
 
 from haaqicli.cli import main
-from haaqicli.tables import SCORE_COLUMNS, read_table
+from haaqicli.output.tables import SCORE_COLUMNS, read_table
 
 pytestmark = pytest.mark.usefixtures("use_tiny_weights")
 

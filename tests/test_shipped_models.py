@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
 from haaqicli.models.registry import default_weights_dir, list_models, load_model, sha256_file
 

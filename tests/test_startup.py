@@ -46,8 +46,7 @@ def test_help_and_models_import_nothing_heavy() -> None:
 def test_reference_main_process_leaves_the_engine_to_its_workers(tmp_path) -> None:
     """`haaqi reference` with worker processes imports neither torch (no GPU to ask about) nor the
     compiled engine (numba, scipy.signal) in the main process: the workers do."""
-    from haaqicli import synth
-    from haaqicli.audio import write_audio
+    from haaqicli.audio import synth, write_audio
 
     ref = synth.music(1.0, 24000, seed=2)[0]
     for name, signal in (("r", ref), ("p", 0.5 * ref)):
@@ -61,7 +60,7 @@ def test_reference_main_process_leaves_the_engine_to_its_workers(tmp_path) -> No
 
 
 def test_auto_device_without_a_gpu_driver_needs_no_torch() -> None:
-    code = ("import json, sys\nfrom haaqicli import devices\ndevices.cuda_driver_present = lambda: False\n"
+    code = ("import json, sys\nfrom haaqicli.util import devices\ndevices.cuda_driver_present = lambda: False\n"
             "assert devices.cuda_device('auto') is None and devices.cuda_device('cpu') is None\n"
             f"print(json.dumps([m for m in {HEAVY} if m in sys.modules]), file=sys.stderr)")
     assert _heavy_after(code) == []

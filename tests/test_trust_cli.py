@@ -24,7 +24,7 @@ from haaqicli.audio import MIN_DURATION_S, DownmixWarning
 from haaqicli.ci.evaluate import METHOD_TEXT, NOT_COMPARED, evaluate
 from haaqicli.ci.policy import Thresholds
 from haaqicli.cli import main
-from haaqicli.tables import read_table
+from haaqicli.output.tables import read_table
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -229,7 +229,7 @@ def test_baseline_matches_on_level_and_audiogram_values() -> None:
 
 
 def test_level_outside_the_trained_range_warns(use_tiny_weights: Path, tmp_path: Path) -> None:
-    from haaqicli.levels import LevelWarning, trained_spl_range, untrained_level_message
+    from haaqicli.util.levels import LevelWarning, trained_spl_range, untrained_level_message
 
     path = write_music(tmp_path / "a.wav", seconds=1.0)
     with pytest.warns(LevelWarning, match=r"level 85 dB SPL \(--spl\): the distilled model was trained on labels at 65 dB SPL only"):
@@ -248,10 +248,10 @@ def test_api_uses_the_same_level_and_warns_the_same(use_tiny_weights: Path) -> N
     import torch
 
     from haaqicli.api import HAAQIPredictor
-    from haaqicli.levels import LevelWarning
+    from haaqicli.util.levels import LevelWarning
 
     predictor = HAAQIPredictor.from_pretrained("distilled")
-    wave = torch.from_numpy(haaqicli.synth.music(1.0, 24000, channels=1, seed=0)[0]).float()[None]
+    wave = torch.from_numpy(haaqicli.audio.synth.music(1.0, 24000, channels=1, seed=0)[0]).float()[None]
     with warnings.catch_warnings():
         warnings.simplefilter("error", LevelWarning)
         predictor(wave, torch.zeros(1, 8), 24000, spl=65)
@@ -261,8 +261,8 @@ def test_api_uses_the_same_level_and_warns_the_same(use_tiny_weights: Path) -> N
 
 def test_shipped_models_record_one_trained_level() -> None:
     """The shipped weights were labelled at 65 dB SPL only (data/labels.py), so any other --spl warns."""
-    from haaqicli.levels import untrained_level_message
     from haaqicli.models.registry import list_models
+    from haaqicli.util.levels import untrained_level_message
 
     for info in list_models(Path(haaqicli.__file__).parents[2] / "weights"):
         assert untrained_level_message(65, info.name, info.training) == ""
@@ -271,9 +271,9 @@ def test_shipped_models_record_one_trained_level() -> None:
 
 def test_label_and_exact_level_share_one_definition() -> None:
     from haaqicli.data.labels import label_arguments
-    from haaqicli.levels import reference_level1
+    from haaqicli.util.levels import reference_level1
 
-    x = haaqicli.synth.music(1.0, 16000, channels=2, seed=3)
+    x = haaqicli.audio.synth.music(1.0, 16000, channels=2, seed=3)
     assert label_arguments(x[0], x[0], 16000, [0] * 8)["level1"] == reference_level1(x[0], 65.0)
     assert reference_level1(x * 2, 65.0) == pytest.approx(reference_level1(x, 65.0) - 20 * np.log10(2))
 
@@ -322,7 +322,7 @@ def test_check_reference_segments_long_inputs_by_default_and_says_so(tmp_path: P
 
 def test_interrupted_check_writes_the_finished_rows_and_evaluates_no_gate(tmp_path: Path,
                                                                          music_folder: Path) -> None:
-    from haaqicli.interrupts import RunInterrupted
+    from haaqicli.util.interrupts import RunInterrupted
 
     def interrupted_scorer(inputs, settings):  # type: ignore[no-untyped-def]
         raise RunInterrupted("2 finished rows", rows=_rows(0.9, 65, "a").assign(file=["x.wav"]))
@@ -369,8 +369,8 @@ def test_interrupted_reference_keeps_the_finished_pairs(tmp_path: Path, monkeypa
 
 def test_exported_models_record_the_levels_they_were_trained_at() -> None:
     """Items with a per-item level widen the recorded range, so the warning's range widens with them."""
-    from haaqicli.levels import untrained_level_message
-    from haaqicli.train import _label_levels
+    from haaqicli.training.train import _label_levels
+    from haaqicli.util.levels import untrained_level_message
 
     assert _label_levels(pd.DataFrame({"spl": [50.0, 72.5, 85.0]})) == [50.0, 85.0]
     assert _label_levels(pd.DataFrame({"package": ["x"]})) == [65.0, 65.0]

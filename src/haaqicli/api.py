@@ -4,7 +4,7 @@
     predictor = HAAQIPredictor.from_pretrained("distilled")
     score = predictor(waveform, audiogram, sample_rate=44100)   # (B,), differentiable w.r.t. waveform
 
-Level (haaqicli.levels, the same definition as `haaqi score --spl`): model input RMS 0.1 is heard at
+Level (haaqicli.util.levels, the same definition as `haaqi score --spl`): model input RMS 0.1 is heard at
 65 dB SPL. With `spl=None` the waveform is taken as already calibrated; with `spl=L` every item's RMS is
 heard at L dB SPL (rescaled differentiably to RMS 0.1*10**((L-65)/20)), which assumes the original was
 at the same level. A level outside the model's trained range warns (`levels.LevelWarning`).
@@ -12,19 +12,21 @@ at the same level. A level outside the model's trained range warns (`levels.Leve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from haaqicli.audio import plan_windows, resample, target_rms
-from haaqicli.audiogram import Audiogram
-from haaqicli.calibration import Calibration, load_calibration
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, HOP_SECONDS, WINDOW_SECONDS
-from haaqicli.errors import AudioError, ModelError
-from haaqicli.levels import warn_untrained_level
+from haaqicli.audio import InputFile, plan_windows, resample, target_rms
+from haaqicli.audiogram import Audiogram, Profile
+from haaqicli.models.calibration import Calibration, load_calibration
 from haaqicli.models.registry import ModelInfo, load_model
+from haaqicli.scoring.options import ScoreOptions
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, WINDOW_SECONDS
+from haaqicli.util.errors import AudioError, ModelError
+from haaqicli.util.levels import warn_untrained_level
 
 
 class HAAQIPredictor(nn.Module):
@@ -130,6 +132,34 @@ class HAAQIPredictor(nn.Module):
         w = torch.tensor([e - s for s, e in spans], dtype=scores.dtype, device=scores.device)
         return (scores * w).sum(-1) / w.sum()
 
+    @torch.no_grad()
+    def predict_file(self, path: str | Path, audiogram: Profile | Tensor | np.ndarray | Sequence[float],
+                     spl: float = DEFAULT_SPL, mix: str = "stereo", batch_size: int = 16) -> dict[str, float]:
+        """Predicted HAAQI of an audio file, as `haaqi score FILE --spl SPL --mix MIX` gives it: the engine
+        decodes, resamples and calibrates the file (`audio.calibrated_windows`, the one call from a file
+        to model-ready windows) and scores its windows with this predictor's model. Not differentiable.
+
+        `audiogram`: a `Profile` (each ear its own audiogram), 8 levels heard by both ears, or (2, 8) for
+        (left, right). Returns ``{ear: score}`` like the score table's rows: ``{"both": s}`` for a mono
+        file or ``mix="mono"`` (the mean of the two ears' scores), else ``{"left": s, "right": s}``.
+        A file that cannot be scored raises `AudioError` naming it."""
+        # the engine (and pandas with it) is needed for files only, never by the tensor path
+        from haaqicli.engine import WindowScorer, prepare_file, score_prepared
+
+        if mix not in ("stereo", "mono"):
+            raise ModelError(f"predict_file: mix must be stereo or mono, not {mix!r}")
+        profile = _as_profile(audiogram)
+        if self.info is not None:  # a model given without its manifest entry has no stated levels
+            warn_untrained_level(float(spl), self.info.name, self.info.training)
+        item = InputFile(Path(path), Path(path).parent, Path(path).name)
+        options = ScoreOptions(spl=float(spl), mix=mix, window_s=self.window_s, hop_s=self.hop_s)
+        prepared = prepare_file(item, options, self.sample_rate)
+        if prepared.error:
+            raise AudioError(prepared.error)
+        scorer = WindowScorer(self.model, self.device, batch_size)
+        [(rows, _)] = score_prepared([prepared], [profile], scorer, [{}], None, options, self.sample_rate)
+        return {row["ear"]: row["score"] for row in rows}
+
 
     @torch.no_grad()
     def predict_with_interval(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None
@@ -144,6 +174,19 @@ class HAAQIPredictor(nn.Module):
             return score, nan, nan.clone()
         lo, hi = self.calibration.interval(score.cpu().numpy(), pta if len(pta) > 1 else pta[0])
         return score, torch.as_tensor(lo, dtype=score.dtype), torch.as_tensor(hi, dtype=score.dtype)
+
+
+def _as_profile(audiogram: Profile | Tensor | np.ndarray | Sequence[float]) -> Profile:
+    """The listener of `predict_file`: a `Profile` as it is, else 8 levels (both ears) or (2, 8) (left, right)."""
+    if isinstance(audiogram, Profile):
+        return audiogram
+    n = len(AUDIOGRAM_FREQUENCIES)
+    levels = torch.as_tensor(audiogram, dtype=torch.float32).detach().cpu()
+    if tuple(levels.shape) not in ((n,), (1, n), (2, n)):
+        raise ModelError(f"audiogram must have {n} values (dB HL at {AUDIOGRAM_FREQUENCIES} Hz) heard by both "
+                         f"ears, or 2 x {n} (left, right), got shape {tuple(levels.shape)}")
+    levels = levels.reshape(-1, n)
+    return Profile("api", Audiogram(tuple(levels[0].tolist())), Audiogram(tuple(levels[-1].tolist())), source="api")
 
 
 _DEFAULT: dict[tuple[str, str], HAAQIPredictor] = {}

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, HL_MAX, HL_MIN
-from haaqicli.errors import ProfileError
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, HL_MAX, HL_MIN
+from haaqicli.util.errors import ProfileError
 
 PTA_FREQUENCIES: tuple[int, ...] = (500, 1000, 2000, 4000)
 EARS: tuple[str, str] = ("left", "right")

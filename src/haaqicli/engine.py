@@ -30,17 +30,23 @@ import torch
 
 from haaqicli import audio
 from haaqicli.audiogram import Profile
-from haaqicli.calibration import Calibration, CalibrationWarning, load_calibration
-from haaqicli.constants import MODEL_SAMPLE_RATE
-from haaqicli.devices import resolve_device
-from haaqicli.errors import HaaqiError, ModelError
-from haaqicli.executor import TaskProgress, open_executor, unreadable, worker_name
-from haaqicli.hashing import content_hash
-from haaqicli.levels import warn_untrained_level
+from haaqicli.models.calibration import Calibration, CalibrationWarning, load_calibration
 from haaqicli.models.registry import get_info, load_model
-from haaqicli.progress import AudioProgress, ProgressCallback
+from haaqicli.output.tables import (
+    SCORE_COLUMNS,
+    IncrementalTable,
+    PartitionedTable,
+    open_table,
+    previous_rows,
+)
 from haaqicli.scoring.options import ScoreOptions
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable, open_table, previous_rows
+from haaqicli.util.constants import MODEL_SAMPLE_RATE
+from haaqicli.util.devices import resolve_device
+from haaqicli.util.errors import HaaqiError, ModelError
+from haaqicli.util.executor import TaskProgress, open_executor, unreadable, worker_name
+from haaqicli.util.hashing import content_hash
+from haaqicli.util.levels import warn_untrained_level
+from haaqicli.util.progress import AudioProgress, ProgressCallback
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
@@ -426,7 +432,7 @@ def score_inputs(
     are kept and their files skipped. ``scheduler`` (a Dask address or ``local:N``): each file is one
     task on that cluster.
     ``progress``: a bar in seconds of audio (moving within long files), or a callback
-    (see haaqicli.progress).
+    (see haaqicli.util.progress).
     """
     options = options or ScoreOptions()
     if not profiles:

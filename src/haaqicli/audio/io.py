@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import numpy as np
 import soundfile as sf
 
-from haaqicli.atomic import atomic_write
-from haaqicli.errors import AudioError, ToolMissingError
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.errors import AudioError, ToolMissingError
 
 # Extensions picked up when walking directories (files given explicitly are always tried).
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(

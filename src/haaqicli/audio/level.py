@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from haaqicli.audio.io import BlockSource, as_source
-from haaqicli.constants import DEFAULT_SPL, REFERENCE_RMS
-from haaqicli.errors import AudioError
+from haaqicli.util.constants import DEFAULT_SPL, REFERENCE_RMS
+from haaqicli.util.errors import AudioError
 
 # Below this a file is treated as silent: -120 dBFS.
 SILENCE_RMS: float = 1e-6

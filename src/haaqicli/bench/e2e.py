@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.audiogram import resolve_profiles
 
 PROFILE = "mild"  # one symmetric profile (the label convention's listener)

@@ -13,12 +13,12 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.executor import parse_local
 from haaqicli.models.registry import load_model, measure_throughput
 from haaqicli.reference.parallel import thread_count
 from haaqicli.scoring import ScoreOptions
+from haaqicli.util.executor import parse_local
 
 BATCH_CLIPS = 8  # clips per call in the labelling-engine rows
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from haaqicli.ci.policy import Policy, Thresholds
-from haaqicli.errors import HaaqiError
-from haaqicli.tables import EXACT_MODEL
+from haaqicli.output.tables import EXACT_MODEL
+from haaqicli.util.errors import HaaqiError
 
 EXIT_PASS = 0
 EXIT_FAIL = 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from haaqicli.errors import HaaqiError
+from haaqicli.util.errors import HaaqiError
 
 if sys.version_info >= (3, 11):
     import tomllib

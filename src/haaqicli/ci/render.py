@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from haaqicli.atomic import atomic_write
 from haaqicli.ci.evaluate import METHOD_TEXT, GateReport
 from haaqicli.ci.policy import THRESHOLD_KEYS, Thresholds
+from haaqicli.util.atomic import atomic_write
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

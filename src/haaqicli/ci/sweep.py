@@ -23,10 +23,10 @@ import pandas as pd
 from haaqicli.audio import DownmixWarning, discover, downmix_message, open_audio
 from haaqicli.audiogram import resolve_profiles
 from haaqicli.ci.evaluate import file_scores
-from haaqicli.errors import HaaqiError, ToolMissingError
 from haaqicli.reference import score_pairs
 from haaqicli.scoring import ScoreOptions, Scorer
 from haaqicli.scoring.scorers import model_scorer
+from haaqicli.util.errors import HaaqiError, ToolMissingError
 
 DEFAULT_LADDER: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 160, 192, 256, 320)
 
@@ -167,7 +167,7 @@ METHOD_PREDICTED = "predicted"
 def exact_pairs(pairs: Sequence[tuple[Path, Path]], options: ScoreOptions) -> pd.DataFrame:
     """Exact HAAQI of each decoded rung against the decoded original: the codec delay removed by
     alignment, each channel heard by its ear (a mono file by both), the original presented at --spl and
-    the rung keeping its level relative to it (haaqicli.levels), long inputs in segments."""
+    the rung keeping its level relative to it (haaqicli.util.levels), long inputs in segments."""
 
     return score_pairs(pairs, resolve_profiles(options.profiles), spl=options.spl, mix=options.mix,
                        workers=options.workers, progress=options.progress, device=options.device,

@@ -9,7 +9,8 @@ import importlib
 
 import click
 
-from haaqicli import __version__, interrupts
+from haaqicli import __version__
+from haaqicli.util import interrupts
 
 # command name -> ("module:attribute" relative to haaqicli.cli, one-line help shown by `haaqi --help`)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -29,9 +29,9 @@ def calibrate(models: tuple[str, ...], fit_table: str, check_table: str, coverag
     print their coverage on --check; --write stores them next to the weights, keyed by their sha256."""
     import json
 
-    from haaqicli.atomic import atomic_write
-    from haaqicli.calibration import calibrate_from_tables, save_calibration
+    from haaqicli.models.calibration import calibrate_from_tables, save_calibration
     from haaqicli.models.registry import get_info
+    from haaqicli.util.atomic import atomic_write
 
     # The command that reproduces this fit, recorded in the calibration file.
     words = [word for model in models for word in ("--model", model)]

@@ -25,8 +25,8 @@ from haaqicli.cli.common import (
     segments_note,
     show_warnings,
 )
-from haaqicli.interrupts import RunInterrupted
 from haaqicli.scoring.options import ScoreOptions
+from haaqicli.util.interrupts import RunInterrupted
 
 TABLE_EXTENSIONS = (".csv", ".parquet", ".jsonl")
 
@@ -155,7 +155,7 @@ def check(
     from haaqicli.ci.evaluate import evaluate
     from haaqicli.ci.policy import Policy, load_policy
     from haaqicli.ci.render import print_report, write_junit, write_summary
-    from haaqicli.errors import HaaqiError
+    from haaqicli.util.errors import HaaqiError
 
     if reference_dir and pairs:
         raise click.UsageError("use either --reference or --pairs, not both")
@@ -172,7 +172,7 @@ def check(
                                                                  *loaded_policy.profiles.values()]):
         click.echo("warning: the policy sets max_drop but no --baseline was given; max_drop is ignored", err=True)
 
-    from haaqicli.tables import read_table, write_table
+    from haaqicli.output.tables import read_table, write_table
 
     baseline_table = None
     if baseline:
@@ -282,7 +282,7 @@ def sweep(
         scorer=_scorer_from_context(), exact=exact, exact_fn=_scorer_from_context("exact_fn"),
         criterion=criterion, workers=options.workers or 1, keep_dir=keep_dir, fast=fast,
     )
-    from haaqicli.tables import write_table
+    from haaqicli.output.tables import write_table
 
     if out:
         write_table(result.table, out)
@@ -372,8 +372,8 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
     from rich.table import Table
 
     from haaqicli.ci.compare import compare_tables, significance_note
-    from haaqicli.errors import HaaqiError
-    from haaqicli.tables import read_table, write_table
+    from haaqicli.output.tables import read_table, write_table
+    from haaqicli.util.errors import HaaqiError
 
     _table_path(out, "--out")
     for path in (table_a, table_b):

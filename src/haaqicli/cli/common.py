@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from haaqicli import interrupts
-from haaqicli.atomic import unwritable_reason
-from haaqicli.constants import DEFAULT_SPL
-from haaqicli.errors import HaaqiError
-from haaqicli.interrupts import RunInterrupted
-from haaqicli.levels import REFERENCE_SPL_HELP, SCORE_SPL_HELP
 from haaqicli.scoring.options import ScoreOptions
+from haaqicli.util import interrupts
+from haaqicli.util.atomic import unwritable_reason
+from haaqicli.util.constants import DEFAULT_SPL
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.interrupts import RunInterrupted
+from haaqicli.util.levels import REFERENCE_SPL_HELP, SCORE_SPL_HELP
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +29,7 @@ EXIT_USAGE = 2  # bad options, unreadable profile, ...
 
 def one_line_errors(func: F) -> F:
     """Turn library errors into a one-line message and exit code 2, never a traceback; an interruption
-    (Ctrl-C, SIGTERM, SIGHUP: see haaqicli.interrupts) into one line and 128 + the signal number."""
+    (Ctrl-C, SIGTERM, SIGHUP: see haaqicli.util.interrupts) into one line and 128 + the signal number."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -69,8 +69,8 @@ def resume_option(func: F) -> F:
 def check_table_outputs(out: str | None, report: str | None, resume: bool = False) -> bool:
     """--out (a table file, or a FOLDER/: a partitioned Parquet dataset), --report and --resume, checked
     before any work; True when --out is a dataset."""
-    # lazy: haaqicli.tables imports pandas, which --help never needs
-    from haaqicli.tables import is_dataset
+    # lazy: haaqicli.output.tables imports pandas, which --help never needs
+    from haaqicli.output.tables import is_dataset
 
     if resume and not out:
         raise click.UsageError("--resume needs --out (the table to continue)")
@@ -101,7 +101,7 @@ def profile_option(func: F) -> F:
 
 
 def spl_option(func: F, help_text: str = SCORE_SPL_HELP) -> F:
-    """--spl with the shared level definition (haaqicli.levels)."""
+    """--spl with the shared level definition (haaqicli.util.levels)."""
     return click.option(
         "--spl",
         type=click.FloatRange(0, 130),

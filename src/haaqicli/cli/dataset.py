@@ -193,7 +193,7 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
            flush_every: int, shard_size: int, no_cache: bool, device: str, batch_size: int, quiet: bool,
            scheduler: str | None = None, retry_errors: bool = False) -> None:
     from haaqicli.data.labels import label_manifest, shard_dir
-    from haaqicli.devices import resolve_device
+    from haaqicli.util.devices import resolve_device
 
     resolve_device(device)  # a bad device is a one-line error before any work
     manifest_path, corpus_dir = _paths(manifest, corpus)
@@ -204,7 +204,7 @@ def _label(manifest: str | None, corpus: str | None, workers: int | None, limit:
                                  device=device, batch_size=batch_size, shard_size=shard_size, scheduler=scheduler,
                                  retry_errors=retry_errors)
     except KeyboardInterrupt:  # label_manifest seals what it has on the way out
-        from haaqicli.interrupts import RunInterrupted
+        from haaqicli.util.interrupts import RunInterrupted
 
         raise RunInterrupted(f"the labels finished so far are sealed in {shard_dir(manifest_path)}/; "
                              "the same command resumes") from None

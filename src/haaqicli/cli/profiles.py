@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from haaqicli.cli.common import one_line_errors
-from haaqicli.constants import DEFAULT_SPL
+from haaqicli.util.constants import DEFAULT_SPL
 
 
 @click.command("profiles")
@@ -34,14 +34,14 @@ def profiles(specs: tuple[str, ...], as_csv: bool, ceiling: bool, measure: bool,
     Levels are dB HL at 250, 500, 1000, 2000, 3000, 4000, 6000 and 8000 Hz. Severity is the WHO grade
     of the better-ear pure-tone average (0.5, 1, 2, 4 kHz). The `clean` column is the profile's ceiling:
     HAAQI compares with normal hearing, so even the clean original scores below 1 with hearing loss.
-    The built-ins' table is `haaqi profiles --measure --json src/haaqicli/ceilings.json`.
+    The built-ins' table is `haaqi profiles --measure --json src/haaqicli/output/ceilings.json`.
     """
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from haaqicli.audiogram import BUILTIN_PROFILES, EARS, ProfileWarning, resolve_profiles
-    from haaqicli.constants import AUDIOGRAM_FREQUENCIES
+    from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProfileWarning)
@@ -54,7 +54,13 @@ def profiles(specs: tuple[str, ...], as_csv: bool, ceiling: bool, measure: bool,
         raise click.UsageError(f"--json {json_path}: no such folder {Path(json_path).parent}")
     ceilings = {}
     if json_path or (ceiling and not as_csv):  # the CSV carries audiograms only
-        from haaqicli.ceiling import CLEAN_CLIPS, CLIP_SECONDS, ceilings_for, stored_ceiling, write_ceilings
+        from haaqicli.output.ceiling import (
+            CLEAN_CLIPS,
+            CLIP_SECONDS,
+            ceilings_for,
+            stored_ceiling,
+            write_ceilings,
+        )
 
         unknown = [p for p in chosen if measure or stored_ceiling(p, spl) is None]
         if unknown:

@@ -62,7 +62,7 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     dataset = check_table_outputs(out, report, resume)
     loaded = resolve_profiles(profiles)
     pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
-    from haaqicli.interrupts import RunInterrupted
+    from haaqicli.util.interrupts import RunInterrupted
 
     try:  # rows go to --out as pairs finish
         table = score_pairs(pairs, loaded, spl=spl, mix=mix, workers=workers, progress=not quiet,
@@ -74,13 +74,13 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
         raise
     failed = (table["status"] != "ok").any()
     if dataset:  # the rows are in the dataset (the run held only the failed ones)
-        from haaqicli.tables import dataset_rows, read_table
+        from haaqicli.output.tables import dataset_rows, read_table
 
         click.echo(f"{dataset_rows(out)} rows in {out}", err=True)  # type: ignore[arg-type]
         if report or segment_seconds:  # every row, or the columns the segments note needs
             table = read_table(out, None if report else ["processed", "segments"])  # type: ignore[arg-type]
     if report:
-        from haaqicli.report import write_report
+        from haaqicli.output.report import write_report
 
         write_report(table.rename(columns={"processed": "file"}), report, title="haaqi reference report",
                      profiles=loaded, spl=spl)

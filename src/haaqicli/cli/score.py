@@ -19,9 +19,9 @@ from haaqicli.cli.common import (
     scoring_options,
     show_warnings,
 )
-from haaqicli.constants import HOP_SECONDS, WINDOW_SECONDS
-from haaqicli.interrupts import RunInterrupted
 from haaqicli.scoring.options import ScoreOptions
+from haaqicli.util.constants import HOP_SECONDS, WINDOW_SECONDS
+from haaqicli.util.interrupts import RunInterrupted
 
 
 @click.command()
@@ -57,7 +57,7 @@ def score(
     """
     from haaqicli.audiogram import resolve_profiles
     from haaqicli.engine import score_inputs
-    from haaqicli.errors import HaaqiError
+    from haaqicli.util.errors import HaaqiError
 
     dataset = check_table_outputs(out, report, resume)
     if hop_s > window_s:
@@ -68,14 +68,14 @@ def score(
                        scheduler=scheduler, keep_timelines=bool(report))
     kept = len(run.table)
     if dataset:  # the rows are in the dataset (the run held only the failed ones)
-        from haaqicli.tables import dataset_rows, read_table
+        from haaqicli.output.tables import dataset_rows, read_table
 
         kept = dataset_rows(out)
         click.echo(f"{kept} rows in {out}", err=True)
         if report:
             run.table = read_table(out)
     if report:
-        from haaqicli.report import write_report
+        from haaqicli.output.report import write_report
 
         write_report(run.table, report, timelines=run.timelines, title="haaqi score report", profiles=loaded,
                      spl=options.spl)

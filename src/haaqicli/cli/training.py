@@ -1,4 +1,4 @@
-"""`haaqi train`, `haaqi distill`, `haaqi evaluate`: thin shells over :mod:`haaqicli.train`."""
+"""`haaqi train`, `haaqi distill`, `haaqi evaluate`: thin shells over :mod:`haaqicli.training.train`."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _manifest(manifest: str | None) -> str:
 
 
 def _config(name: str, run_dir: str | None, config_json: str | None, **kwargs):  # type: ignore[no-untyped-def]
-    from haaqicli.train import TrainConfig
+    from haaqicli.training.train import TrainConfig
 
     kwargs["manifest"] = _manifest(kwargs.get("manifest"))
     return TrainConfig(name=name, run_dir=run_dir or f"runs/{name}", config=_model_config(config_json), **kwargs)
@@ -109,7 +109,7 @@ def _model_config(config_json: str | None) -> dict:
 @one_line_errors
 def train(name: str, run_dir: str | None, config_json: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """Train the teacher (BEATs encoder + HAAQI-Net head) on the labelled training packages."""
-    from haaqicli.train import train_teacher
+    from haaqicli.training.train import train_teacher
 
     info = train_teacher(_config(name, run_dir, config_json, **kwargs), log=click.echo)
     click.echo(f"exported {info['name']} ({info['n_params']:,} parameters, sha256 {info['sha256'][:12]})")
@@ -122,7 +122,7 @@ def train(name: str, run_dir: str | None, config_json: str | None, **kwargs) -> 
 @one_line_errors
 def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """Distil the small student from the teacher (hidden layers + outputs, plus labels where known)."""
-    from haaqicli.train import distill_student
+    from haaqicli.training.train import distill_student
 
     info = distill_student(_config(name, run_dir, config_json, **kwargs), log=click.echo)
     click.echo(f"exported {info['name']} ({info['n_params']:,} parameters, sha256 {info['sha256'][:12]})")
@@ -146,8 +146,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
     """LCC, SRCC, MSE and bias against the exact HAAQI on the validation splits: overall, per package,
     degradation family, severity and profile, within-profile LCC/SRCC and the clean-normal mean."""
     from haaqicli.data.labels import labelled_manifest
-    from haaqicli.errors import HaaqiError
-    from haaqicli.train import evaluate_model, format_evaluation
+    from haaqicli.training.train import evaluate_model, format_evaluation
+    from haaqicli.util.errors import HaaqiError
 
     path = _manifest(manifest)
     labelled = labelled_manifest(Path(path))
@@ -164,7 +164,7 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
         click.echo(format_evaluation(result))
         click.echo("")
     if json_path:
-        from haaqicli.atomic import atomic_write
+        from haaqicli.util.atomic import atomic_write
 
         text = json.dumps(results, indent=2)
         atomic_write(Path(json_path), lambda tmp: tmp.write_text(text))
@@ -218,7 +218,7 @@ def ablate(config_json: str | None, rows: str, learning_curve: str | None, **kwa
     """Train the ablation rows (baseline, +terms, +conditioning, +ranking) with one budget, choose
     checkpoints on the selection items and write one table of `haaqi evaluate` figures on the
     reporting packages; optionally a learning curve."""
-    from haaqicli.ablation import AblationConfig, run_ablation
+    from haaqicli.training.ablation import AblationConfig, run_ablation
 
     counts: tuple[int, ...] = ()
     if learning_curve:

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from haaqicli.constants import MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import default_data_dir
 from haaqicli.data.export import Int16Waves, SplitCache, cache_disk_bytes, item_input
 from haaqicli.data.labels import labelled_manifest
 from haaqicli.data.packages import DatasetError
+from haaqicli.util.constants import MODEL_SAMPLE_RATE
 
 
 def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, HL_MAX, HL_MIN
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, HL_MAX, HL_MIN
 
 # Bisgaard, Vlaming & Dahlquist (2010) standard audiograms N1-N7 / S1-S3, taken from the shared
 # built-in profiles so the 8 kHz extrapolation matches the rest of the tool.

@@ -30,15 +30,15 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audio import presentation_gain, resample
 from haaqicli.audiogram import BUILTIN_PROFILES, severity_of
-from haaqicli.constants import CLIP_SECONDS, MODEL_SAMPLE_RATE
 from haaqicli.data import degrade
 from haaqicli.data.corpus import BuildConfig, Track, cut_clips, read_segment
 from haaqicli.data.labels import label_arguments
 from haaqicli.data.packages import CALIBRATION_PACKAGES, DatasetError, is_reserved
 from haaqicli.models.registry import load_model
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import CLIP_SECONDS, MODEL_SAMPLE_RATE
 
 # The validation-real profiles of issue 14: normal hearing and Bisgaard N1-N4, S1-S2.
 CALIBRATION_PROFILES: tuple[str, ...] = ("normal", "N1", "N2", "N3", "N4", "S1", "S2")

@@ -35,9 +35,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.constants import CLIP_SECONDS
 from haaqicli.data import audiograms as ag
 from haaqicli.data import augment as aug
 from haaqicli.data import degrade
@@ -51,8 +49,10 @@ from haaqicli.data.packages import (
     package,
     split_of,
 )
-from haaqicli.errors import AudioError
-from haaqicli.hashing import content_hash as sha256_file  # one streamed sha256 for the project
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import CLIP_SECONDS
+from haaqicli.util.errors import AudioError
+from haaqicli.util.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
 log = logging.getLogger(__name__)
 

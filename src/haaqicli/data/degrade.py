@@ -26,8 +26,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
-from haaqicli.errors import AudioError, ToolMissingError
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.util.errors import AudioError, ToolMissingError
 
 Recipe = dict[str, Any]
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audio import presentation_gain as gain_for_rms
 from haaqicli.audio import resample
-from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import default_data_dir, materialise
 from haaqicli.data.packages import DatasetError
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 
 INT16_FULL_SCALE = 32767.0
 

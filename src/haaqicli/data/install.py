@@ -30,7 +30,6 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from haaqicli.atomic import atomic_write
 from haaqicli.data import render
 from haaqicli.data.packages import (
     AUDIO,
@@ -48,6 +47,7 @@ from haaqicli.data.packages import (
     guard_package,
     package,
 )
+from haaqicli.util.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from haaqicli.atomic import atomic_write
-from haaqicli.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
 from haaqicli.data.export import SplitCache, model_input, to_int16
 from haaqicli.data.packages import DatasetError
-from haaqicli.devices import cuda_device
-from haaqicli.executor import Executor, TaskProgress, open_executor, unreadable
-from haaqicli.levels import reference_level1
 from haaqicli.reference.formula import TERMS
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
+from haaqicli.util.devices import cuda_device
+from haaqicli.util.executor import Executor, TaskProgress, open_executor, unreadable
+from haaqicli.util.levels import reference_level1
 
 HaaqiFn = Callable[..., Any]
 SHARD_COLUMNS = ["item_id", "label", *TERMS, "label_seconds", "error"]
@@ -64,7 +64,7 @@ def _default_haaqi() -> HaaqiFn:
 
 def label_arguments(reference: np.ndarray, processed: np.ndarray, sr: int, audiogram: Any,
                     spl: float = DEFAULT_SPL) -> dict[str, Any]:
-    """compute_haaqi keyword arguments of the label convention (haaqicli.levels): reference presented at
+    """compute_haaqi keyword arguments of the label convention (haaqicli.util.levels): reference presented at
     ``spl`` dB SPL (the processed at its level relative to the reference), NAL-R on the reference
     (equalisation 1); the engine's default (fast) threshold-noise mode and seed."""
     return {"processed": processed, "reference": reference, "processed_sr": sr, "reference_sr": sr,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from haaqicli.errors import HaaqiError
+from haaqicli.util.errors import HaaqiError
 
 # How a package's files become music (see haaqicli.data.install):
 AUDIO = "audio"  # ogg/wav/flac/mp3 files are tracks as they are

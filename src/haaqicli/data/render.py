@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from haaqicli.atomic import atomic_write
+from haaqicli.util.atomic import atomic_write
 
 SR = 44_100
 PEAK_DBFS = -1.0

@@ -14,7 +14,7 @@ _EXPORTS = {
     "MusiCNN": "musicnn", "MusicnnConfig": "musicnn", "MusicnnPrior": "musicnn",
     "TEACHER_CONFIG": "haaqinet", "STUDENT_CONFIG": "student", "ModelInfo": "registry",
     "build_model": "registry", "count_params": "registry", "list_models": "registry", "load_model": "registry",
-    "save_model": "registry", "resolve_device": "registry",  # re-exported from haaqicli.devices
+    "save_model": "registry", "resolve_device": "registry",  # re-exported from haaqicli.util.devices
 }
 
 __all__ = sorted(_EXPORTS)

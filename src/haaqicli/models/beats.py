@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.errors import ModelError
+from haaqicli.util.errors import ModelError
 
 # ----------------------------------------------------------------------------------------------------------
 # Config

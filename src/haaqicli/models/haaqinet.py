@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, MODEL_SAMPLE_RATE
-from haaqicli.errors import ModelError
 from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATs, BEATsConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
 from haaqicli.models.musicnn import MusicnnConfig, MusicnnPrior
 from haaqicli.models.terms import score_logit, term_scores
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, MODEL_SAMPLE_RATE
+from haaqicli.util.errors import ModelError
 
 # The teacher as shipped (sized for >= 100x real time on 2 CPU cores, batch 16 x 6 s @ 24 kHz).
 TEACHER_CONFIG: dict[str, Any] = {

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, REFERENCE_RMS
 from haaqicli.reference.formula import HAAQI_FREQUENCIES, center_frequencies, haaqi_loss, nalr_gain_db
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, REFERENCE_RMS
 
 # dB SPL of a mean square of 1 in the model's calibration: RMS REFERENCE_RMS is heard at DEFAULT_SPL.
 FULL_SCALE_SPL = DEFAULT_SPL - 20.0 * math.log10(REFERENCE_RMS)

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audio.resample import resample
-from haaqicli.errors import ModelError
-from haaqicli.hashing import content_hash
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.errors import ModelError
+from haaqicli.util.hashing import content_hash
 
 SAMPLE_RATE = 16000
 N_FFT = 512

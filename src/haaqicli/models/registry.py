@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haaqicli.atomic import atomic_write
-from haaqicli.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
-from haaqicli.devices import resolve_device
-from haaqicli.errors import ModelError
-from haaqicli.hashing import content_hash as sha256_file  # one streamed sha256 for the project
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
+from haaqicli.util.devices import resolve_device
+from haaqicli.util.errors import ModelError
+from haaqicli.util.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,6 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.errors import ModelError
 from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATsConfig, KaldiFbank, TransformerEncoder
 from haaqicli.models.haaqinet import (
@@ -28,6 +27,7 @@ from haaqicli.models.haaqinet import (
     check_known_fields,
     with_head_inputs,
 )
+from haaqicli.util.errors import ModelError
 
 
 @dataclass

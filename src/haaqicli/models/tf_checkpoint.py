@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haaqicli.errors import ModelError
+from haaqicli.util.errors import ModelError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from haaqicli.errors import AudioError
+from haaqicli.util.errors import AudioError
 
 
 def _xcorr_peak(a: np.ndarray, b: np.ndarray, max_lag: int) -> int:

@@ -27,7 +27,6 @@ import torch
 from scipy.fft import next_fast_len
 from scipy.signal import butter
 
-from haaqicli.devices import resolve_device
 from haaqicli.reference.ear import (
     FS,
     N_BANDS,
@@ -54,6 +53,7 @@ from haaqicli.reference.haaqi import (
     spectrum_terms,
     validated_inputs,
 )
+from haaqicli.util.devices import resolve_device
 
 MAX_LAG_MS = 100.0  # per-band envelope / BM alignment search range, as in the numba engine
 BM_FFT_SIZE = 512  # >= 384-sample segment + 24 lags: the +-1 ms BM correlations without wrap-around

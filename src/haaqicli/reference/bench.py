@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli import synth
+from haaqicli.audio import synth
 from haaqicli.reference.dispatch import compute_haaqi_batch
 from haaqicli.reference.haaqi import compute_haaqi
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.devices import cuda_device
 from haaqicli.reference.haaqi import compute_haaqi
+from haaqicli.util.devices import cuda_device
 
 
 def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES
-from haaqicli.errors import ProfileError
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES
+from haaqicli.util.errors import ProfileError
 
 # The sub-terms `haaqi_terms` returns beside the score (d_loud, d_norm clipped to [0, 1]).
 TERMS: tuple[str, ...] = ("cep_high", "bm_sync5", "d_loud", "d_norm")

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from scipy.signal import fftconvolve, firwin
 
-from haaqicli.errors import AudioError
 from haaqicli.reference._heap import keep_freed_memory
 from haaqicli.reference.ear import (
     FS,
@@ -25,6 +24,7 @@ from haaqicli.reference.ear import (
 )
 from haaqicli.reference.formula import combine_clipped_terms, haaqi_loss  # noqa: F401  (haaqi_loss: public here)
 from haaqicli.reference.parallel import map_rows, run_all
+from haaqicli.util.errors import AudioError
 
 SILENCE_THRESHOLD = 2.5  # dB SL summed over bands: segments below are ignored
 MIN_SECONDS = 0.1

@@ -21,14 +21,14 @@ from haaqicli.audio import (
     require_duration,
     resample,
 )
-from haaqicli.devices import cuda_device, resolve_device
-from haaqicli.errors import AudioError, HaaqiError
-from haaqicli.executor import TaskProgress, open_executor, unreadable
-from haaqicli.interrupts import RunInterrupted
-from haaqicli.levels import reference_level1
-from haaqicli.progress import AudioProgress, ProgressCallback
 from haaqicli.reference.align import align
 from haaqicli.reference.parallel import thread_count
+from haaqicli.util.devices import cuda_device, resolve_device
+from haaqicli.util.errors import AudioError, HaaqiError
+from haaqicli.util.executor import TaskProgress, open_executor, unreadable
+from haaqicli.util.interrupts import RunInterrupted
+from haaqicli.util.levels import reference_level1
+from haaqicli.util.progress import AudioProgress, ProgressCallback
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,7 +144,7 @@ def score_pair(reference: Path | None, processed: Path | None, profiles: Sequenc
         # one delay for the pair, estimated on the channel mix
         delay, _, _ = align(ref.mean(axis=0), proc.mean(axis=0), sr)
         base["delay_s"] = delay / sr
-        level1 = reference_level1(ref, spl)  # haaqicli.levels: the one definition of the level
+        level1 = reference_level1(ref, spl)  # haaqicli.util.levels: the one definition of the level
         items: list[dict[str, Any]] = []
         item_of: dict[tuple[int, int, int, tuple[float, ...]], int] = {}  # (channel, segment, audiogram) -> item
         rows, row_items = [], []  # row_items: per row, the item of each (side, segment)
@@ -323,14 +323,14 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     the failed rows are returned. `resume`: the ok rows of `out` for the same pair (paths as given),
     profile (name and audiogram values) and level stay, and each pair is scored only for the profiles
     it lacks; error rows are scored again and replaced.
-    `progress`: a progress bar in seconds of audio, or a callback (see haaqicli.progress).
+    `progress`: a progress bar in seconds of audio, or a callback (see haaqicli.util.progress).
     See `iter_pair_rows` for `workers` and `device`. `scheduler` (a Dask address or local:N): each pair
     is one task on that cluster, on the device `device` picks there (with the cluster's own progress)."""
     # lazy: pandas only where this path runs (start-up time)
     import pandas as pd
 
     # lazy: pandas only where this path runs (start-up time)
-    from haaqicli.tables import IncrementalTable, PartitionedTable, open_table, previous_rows
+    from haaqicli.output.tables import IncrementalTable, PartitionedTable, open_table, previous_rows
 
     jobs = pairs if isinstance(pairs, list) else list(pairs)
     previous = previous_rows(out, PAIR_RESUME_COLUMNS) if resume else None

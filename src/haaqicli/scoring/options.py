@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from haaqicli.constants import DEFAULT_SPL, HOP_SECONDS, WINDOW_SECONDS
+from haaqicli.util.constants import DEFAULT_SPL, HOP_SECONDS, WINDOW_SECONDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +39,6 @@ class ScoreOptions:
 
 class Scorer(Protocol):
     """Scores inputs (files or folders) for `options.profiles`: one row per (file, profile, ear) with
-    the score table's columns (haaqicli.tables.SCORE_COLUMNS)."""
+    the score table's columns (haaqicli.output.tables.SCORE_COLUMNS)."""
 
     def __call__(self, inputs: Sequence[str], options: ScoreOptions) -> pd.DataFrame: ...

@@ -11,12 +11,12 @@ import pandas as pd
 
 from haaqicli.audio import AUDIO_EXTENSIONS, discover
 from haaqicli.audiogram import resolve_profiles
-from haaqicli.errors import HaaqiError
-from haaqicli.interrupts import RunInterrupted
+from haaqicli.output.tables import EXACT_MODEL, SCORE_COLUMNS
 from haaqicli.reference import score_pairs
 from haaqicli.reference.pairs import read_pairs_csv
 from haaqicli.scoring.options import ScoreOptions, Scorer
-from haaqicli.tables import EXACT_MODEL, SCORE_COLUMNS
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.interrupts import RunInterrupted
 
 
 def model_scorer(inputs: Sequence[str], options: ScoreOptions) -> pd.DataFrame:

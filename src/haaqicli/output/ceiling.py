@@ -7,10 +7,10 @@ score means "how close to what normal hearing gets from the clean original", and
 profile's ceiling fails every file, perfect ones included.
 
 The ceiling is measured, not modelled: the exact HAAQI (our pyclarity-compatible implementation) of a few
-deterministic synthetic music clips (`haaqicli.synth`) against themselves, each ear with its audiogram,
+deterministic synthetic music clips (`haaqicli.audio.synth`) against themselves, each ear with its audiogram,
 the reference presented at `spl` dB SPL. It needs no files, so it is the same figure everywhere, also
 from an installed wheel. The built-in profiles' values at the default level are stored in
-`ceilings.json` beside this module, written by `haaqi profiles --measure --json src/haaqicli/ceilings.json`
+`ceilings.json` beside this module, written by `haaqi profiles --measure --json src/haaqicli/output/ceilings.json`
 (a test recomputes one entry); profile files and other levels are measured on demand (a second or two per
 ear). Real music can sit a few hundredths away: `haaqi reference --reference masters/ masters/` gives the
 ceiling of your own clean files.
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli import synth
-from haaqicli.atomic import atomic_write
+from haaqicli.audio import synth
 from haaqicli.audiogram import BUILTIN_PROFILES, EARS, Profile
-from haaqicli.constants import DEFAULT_SPL
-from haaqicli.errors import HaaqiError
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import DEFAULT_SPL
+from haaqicli.util.errors import HaaqiError
 
 # The clean clips: (seed, tempo in bpm) of `synth.music`, 8 s each at HAAQI's own 24 kHz (no resampling).
 # Shorter clips lower the normal-hearing ceiling (4 s: 0.93-0.95, 8 s: 0.96-0.98; start-up of the ear model).
@@ -41,7 +41,7 @@ CLIP_SECONDS = 8.0
 SAMPLE_RATE = 24000
 STORED = "ceilings.json"
 METHOD = (f"exact HAAQI of {len(CLEAN_CLIPS)} clean synthetic music clips ({CLIP_SECONDS:g} s, "
-          "haaqicli.synth.music seeds 0-3) against themselves, mean over clips")
+          "haaqicli.audio.synth.music seeds 0-3) against themselves, mean over clips")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def measure_ceilings(profiles: Iterable[Profile], spl: float = DEFAULT_SPL, work
 @cache
 def _stored() -> tuple[float, dict[str, Ceiling]]:
     try:
-        data = json.loads((resources.files("haaqicli") / STORED).read_text(encoding="utf-8"))
+        data = json.loads((resources.files(__package__) / STORED).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return DEFAULT_SPL, {}
     return float(data["spl"]), {name: Ceiling(**{**entry, "left_levels": tuple(entry["left_levels"]),

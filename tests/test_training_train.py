@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import TINY_TEACHER, tiny_student_config
 
-from haaqicli import synth, train
-from haaqicli.errors import HaaqiError
+from haaqicli.audio import synth
 from haaqicli.models.registry import get_info, load_model
+from haaqicli.training import train
+from haaqicli.util.errors import HaaqiError
 
 
 def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.Split:

@@ -1,4 +1,4 @@
-"""haaqicli.report: Markdown + PNG folder and self-contained HTML reports."""
+"""haaqicli.output.report: Markdown + PNG folder and self-contained HTML reports."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from haaqicli.audiogram import BUILTIN_PROFILES, Audiogram, Profile
-from haaqicli.ceiling import stored_ceiling
-from haaqicli.errors import HaaqiError
-from haaqicli.report import write_report
-from haaqicli.tables import SCORE_COLUMNS
+from haaqicli.output.ceiling import stored_ceiling
+from haaqicli.output.report import write_report
+from haaqicli.output.tables import SCORE_COLUMNS
+from haaqicli.util.errors import HaaqiError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

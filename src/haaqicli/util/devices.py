@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from haaqicli.errors import ModelError
+from haaqicli.util.errors import ModelError
 
 if TYPE_CHECKING:
     import torch

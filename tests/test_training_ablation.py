@@ -17,13 +17,13 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_student_config
 
-from haaqicli import train
 from haaqicli.data import labels as lab
 from haaqicli.data.arrays import load_split_arrays
 from haaqicli.data.corpus import BuildConfig, build_manifest, materialise, write_manifest
 from haaqicli.data.export import model_input, scoring_spl
-from haaqicli.errors import HaaqiError
 from haaqicli.reference.formula import TERMS, combine_clipped_terms
+from haaqicli.training import train
+from haaqicli.util.errors import HaaqiError
 
 SR = 16000
 PACKAGES = [("naev-data", 3), ("supertux-data", 2), ("flare-game", 1), ("ufoai-music", 1), ("nexuiz-music", 1)]
@@ -258,7 +258,7 @@ def test_content_prior_trains_distils_ablates_and_scores(data_dir: Path, tmp_pat
     from tfbundle import write_tf_checkpoint
 
     from haaqicli.cli import main
-    from haaqicli.hashing import content_hash
+    from haaqicli.util.hashing import content_hash
 
     write_tf_checkpoint(tmp_path / "ck", tiny_tf_tensors())
     prior = tmp_path / "tiny-musicnn.safetensors"

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from haaqicli.audiogram import BUILTIN_PROFILES, Audiogram, Profile
-from haaqicli.ceiling import measure_ceilings, stored_ceiling
 from haaqicli.cli import main
+from haaqicli.output.ceiling import measure_ceilings, stored_ceiling
 
 
 def test_stored_table_covers_every_builtin_and_orders_the_flat_losses():
@@ -31,7 +31,7 @@ def test_stored_ceiling_applies_only_to_the_same_audiogram_and_level():
 
 @pytest.mark.slow
 def test_measuring_reproduces_a_stored_entry():
-    """`haaqi profiles --measure --json src/haaqicli/ceilings.json` wrote the table: one entry again."""
+    """`haaqi profiles --measure --json src/haaqicli/output/ceilings.json` wrote the table: one entry again."""
     stored = stored_ceiling(BUILTIN_PROFILES["mild"])
     measured = measure_ceilings([BUILTIN_PROFILES["mild"]])["mild"]
     for key in ("left", "right", "low", "high"):

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from haaqicli.errors import HaaqiError
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import haaqinet_loss
+from haaqicli.util.errors import HaaqiError
 
 RANK_LOSSES = ("pairwise", "correlation")
 

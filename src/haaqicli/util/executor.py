@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from haaqicli.errors import HaaqiError
+from haaqicli.util.errors import HaaqiError
 
 SCHEDULER_ENV = "HAAQI_SCHEDULER"
 TASKS_PER_WORKER = 2  # submitted per worker thread: enough to keep it busy, few enough to bound memory

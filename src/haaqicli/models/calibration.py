@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import SEVERITY_GRADES, Audiogram
-from haaqicli.errors import HaaqiError
-from haaqicli.hashing import content_hash
 from haaqicli.models.registry import calibration_entry, default_weights_dir, get_info, record_calibration
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.hashing import content_hash
 
 FORMAT_VERSION = 1
 DEFAULT_COVERAGE = 0.8
@@ -246,7 +246,7 @@ def _labelled_table(path: str | Path, model: str, weights_sha256: str) -> tuple[
     import pandas as pd
 
     # lazy: pandas only where this path runs (start-up time)
-    from haaqicli.tables import read_table
+    from haaqicli.output.tables import read_table
 
     path = Path(path)
     table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" and path.is_file() else read_table(path)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.atomic import atomic_write
-from haaqicli.errors import HaaqiError
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.errors import HaaqiError
 
 # Row -> the TrainConfig settings it adds; each row keeps the ones before it (cumulative).
 ROWS: dict[str, dict[str, Any]] = {
@@ -93,7 +93,7 @@ def _selection_packages(selection: str) -> list[str]:
 
 def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
     # lazy: torch, pandas only where this path runs (start-up time)
-    from haaqicli.train import TrainConfig
+    from haaqicli.training.train import TrainConfig
 
     out = Path(config.out_dir)
     return TrainConfig(name=name, manifest=config.manifest, run_dir=str(out / "runs" / name),
@@ -110,7 +110,7 @@ def _report(config: AblationConfig, name: str, weights_dir: str | None, log: Cal
             ) -> dict[str, Any]:
     """`evaluate_model` on each reporting set that has labels."""
     # lazy: torch, pandas only where this path runs (start-up time)
-    from haaqicli.train import evaluate_model
+    from haaqicli.training.train import evaluate_model
 
     excluded = _selection_packages(config.selection)
     reports = {}
@@ -135,7 +135,7 @@ def _summary(reports: dict[str, Any]) -> dict[str, Any]:
 def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate every row (and the learning curve); write ablation.json and ablation.md."""
     # lazy: torch, pandas only where this path runs (start-up time)
-    from haaqicli.train import train_teacher
+    from haaqicli.training.train import train_teacher
 
     settings = row_settings(config.rows, config.bands, config.rank_weight)
     if config.learning_curve and len(set(config.learning_curve)) < MIN_CURVE_POINTS:

@@ -3,7 +3,7 @@
 - :func:`train_teacher`: BEATs encoder + HAAQI-Net head on labelled clips (or the student architecture,
   `arch`). Loss = clip MSE + frame MSE (every frame score is pulled to the clip label, and it really
   produces gradients), plus the sub-terms' MSE for term-head models and an optional ranking term
-  (:mod:`haaqicli.objectives`).
+  (:mod:`haaqicli.training.objectives`).
 - :func:`distill_student`: the student learns the teacher's hidden layers and outputs (distillBEATs /
   DistilHuBERT style) on labelled *and* unlabelled degraded clips, plus the true label where known.
 - :func:`evaluate_model`: LCC, SRCC and MSE on the validation packages, overall, by degradation family
@@ -31,19 +31,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from haaqicli.atomic import atomic_write
-from haaqicli.constants import DEFAULT_SPL
 from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
-from haaqicli.devices import resolve_device
-from haaqicli.errors import HaaqiError
-from haaqicli.hashing import content_hash
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.musicnn import load_converted
 from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
 from haaqicli.models.student import StudentNet, distillation_loss
-from haaqicli.objectives import Objective, label_objective
 from haaqicli.reference.formula import TERMS
+from haaqicli.training.objectives import Objective, label_objective
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import DEFAULT_SPL
+from haaqicli.util.devices import resolve_device
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.hashing import content_hash
 
 # HAAQI-Net (Wisnu et al. 2024), Table results on their test set, for comparison only.
 PAPER_FIGURES = {
@@ -492,7 +492,7 @@ def _export(model: nn.Module, config: TrainConfig, arch: str, train: Split, best
         training={
             "items": len(train),
             "packages": sorted(train.meta["package"].unique().tolist()),
-            "spl_range": _label_levels(train.meta),  # read back by haaqicli.levels.trained_spl_range
+            "spl_range": _label_levels(train.meta),  # read back by haaqicli.util.levels.trained_spl_range
             "recipe": {k: v for k, v in asdict(config).items() if k not in ("config",)},
             **extra,
         },

@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from conftest import synthetic_residuals, write_music
 from scipy.stats import norm
 
-from haaqicli.calibration import (
+from haaqicli.models.calibration import (
     CalibrationWarning,
     fit_calibration,
     load_calibration,
     measure_coverage,
     save_calibration,
 )
-from haaqicli.errors import HaaqiError
+from haaqicli.util.errors import HaaqiError
 
 SHA = "ab" * 32
 
@@ -130,7 +130,7 @@ def test_score_rows_carry_ordered_intervals(use_tiny_weights: Path, tmp_path: Pa
     assert (first["score_hi"] > first["score_lo"]).all()
     pd.testing.assert_frame_equal(first, again)
     # a mono file is heard by both ears: the mean of the two ears' intervals
-    from haaqicli.calibration import load_calibration as load
+    from haaqicli.models.calibration import load_calibration as load
 
     calibration = load("distilled", first["model_sha256"].iloc[0])
     row = first[(first["file"] == "mono.wav") & (first["profile"] == "asymmetric")].iloc[0]
@@ -224,7 +224,7 @@ def test_api_predictor_gives_the_same_interval_as_the_scorer(use_tiny_weights: P
 
 def test_grades_match_the_audiogram_severity():
     from haaqicli.audiogram import severity_of
-    from haaqicli.calibration import _grades_of
+    from haaqicli.models.calibration import _grades_of
 
     ptas = np.array([-5.0, 0.0, 19.9, 20.0, 34.9, 35.0, 49.9, 50.0, 64.9, 65.0, 79.9, 80.0, 119.0])
     assert list(_grades_of(ptas)) == [severity_of(p) for p in ptas]
@@ -308,8 +308,8 @@ def test_calibration_set_is_seeded_resumable_and_labelled(use_tiny_weights: Path
 
 
 def test_report_shows_the_interval(tmp_path: Path):
-    from haaqicli.report import write_report
-    from haaqicli.tables import SCORE_COLUMNS
+    from haaqicli.output.report import write_report
+    from haaqicli.output.tables import SCORE_COLUMNS
 
     row = {c: None for c in SCORE_COLUMNS} | {"file": "a.wav", "profile": "N2", "ear": "both", "model": "distilled",
                                               "score": 0.5, "score_lo": 0.41, "score_hi": 0.63, "score_min": 0.4,

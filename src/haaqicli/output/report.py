@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from haaqicli.atomic import atomic_write
 from haaqicli.audiogram import Profile, builtin_profile
-from haaqicli.ceiling import stored_ceiling
-from haaqicli.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HL_MAX, HL_MIN
-from haaqicli.errors import HaaqiError
+from haaqicli.output.ceiling import stored_ceiling
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HL_MAX, HL_MIN
+from haaqicli.util.errors import HaaqiError
 
 Timelines = Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]
 DEFAULT_TITLE = "HAAQI music quality report"
@@ -477,7 +477,7 @@ def write_report(table: pd.DataFrame, path: str | Path, timelines: Timelines | N
     """Write ``path`` (.md with PNGs in ``<stem>_files/``, or self-contained .html).
 
     `profiles`: the scored profiles' audiograms (built-in names are found without them); `spl`: the
-    presentation level to state (else a single `spl` column's value); `ceilings`: `haaqicli.ceiling.Ceiling`
+    presentation level to state (else a single `spl` column's value); `ceilings`: `haaqicli.output.ceiling.Ceiling`
     by profile name (default: the stored ones of built-in profiles); `grid_n`: files in the file x profile
     grid (the lowest means)."""
     path = Path(path)

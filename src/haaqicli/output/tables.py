@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from haaqicli.atomic import atomic_write
-from haaqicli.errors import HaaqiError
+from haaqicli.util.atomic import atomic_write
+from haaqicli.util.errors import HaaqiError
 
 SCORE_COLUMNS: list[str] = [
     "file", "profile", "ear", "model", "model_sha256", "score", "score_lo", "score_hi", "score_min", "score_p10",

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from haaqicli.constants import DEFAULT_SPL
-from haaqicli.errors import AudioError
+from haaqicli.util.constants import DEFAULT_SPL
+from haaqicli.util.errors import AudioError
 
 LEVEL_DEFINITION = (
     "Level: the reference is presented at L dB SPL (its RMS over all channels) and the processed "

@@ -1,4 +1,4 @@
-"""haaqicli.tables: schema, atomic CSV/Parquet/JSONL round trips, incremental saving and resume keys."""
+"""haaqicli.output.tables: schema, atomic CSV/Parquet/JSONL round trips, incremental saving and resume keys."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from haaqicli import tables
-from haaqicli.errors import HaaqiError
-from haaqicli.hashing import content_hash
-from haaqicli.tables import SCORE_COLUMNS, IncrementalTable, read_table, write_table
+from haaqicli.output import tables
+from haaqicli.output.tables import SCORE_COLUMNS, IncrementalTable, read_table, write_table
+from haaqicli.util.errors import HaaqiError
+from haaqicli.util.hashing import content_hash
 
 
 def sample_rows(n: int = 3) -> list[dict]:
@@ -133,7 +133,7 @@ def test_incremental_without_resume_starts_fresh_and_close_writes_empty_table(tm
 
 
 def test_partitioned_dataset_writes_parts_and_resume_keeps_selected_rows(tmp_path: Path) -> None:
-    from haaqicli.tables import PartitionedTable, dataset_parts, dataset_rows
+    from haaqicli.output.tables import PartitionedTable, dataset_parts, dataset_rows
 
     folder = f"{tmp_path}/scores/"
     rows = sample_rows(3)

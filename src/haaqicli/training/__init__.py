@@ -1,0 +1,2 @@
+"""Training the models: `train` (teacher training, distillation, evaluation), `objectives` (the losses
+beside MSE) and `ablation` (`haaqi ablate`). The corpus and labels they read are in `haaqicli.data`."""
