@@ -28,7 +28,7 @@ def test_shows_files_and_asymmetric_ears(tmp_path: Path) -> None:
     path = tmp_path / "two.csv"
     path.write_text("name,ear,250,500,1000,2000,3000,4000,6000,8000\n"
                     "pat,left,60,60,60,60,60,60,60,60\npat,right,10,10,10,10,10,10,10,10\n")
-    result = run(str(path), "N2", "--no-ceiling")  # ceilings: test_ceiling.py
+    result = run(str(path), "N2", "--no-ceiling")  # ceilings: test_output_ceiling.py
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()]
     assert ["pat", "normal", "60.0", "left"] == next(r for r in rows if r[:1] == ["pat"])[:4]

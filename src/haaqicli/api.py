@@ -3,6 +3,7 @@
     from haaqicli.api import HAAQIPredictor, haaqi_loss
     predictor = HAAQIPredictor.from_pretrained("distilled")
     score = predictor(waveform, audiogram, sample_rate=44100)   # (B,), differentiable w.r.t. waveform
+    predictor.predict_file("song.flac", profile, spl=65)        # {ear: score}, as `haaqi score` gives it
 
 Level (haaqicli.util.levels, the same definition as `haaqi score --spl`): model input RMS 0.1 is heard at
 65 dB SPL. With `spl=None` the waveform is taken as already calibrated; with `spl=L` every item's RMS is
