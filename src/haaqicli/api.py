@@ -161,7 +161,6 @@ class HAAQIPredictor(nn.Module):
         [(rows, _)] = score_prepared([prepared], [profile], scorer, [{}], None, options, self.sample_rate)
         return {row["ear"]: row["score"] for row in rows}
 
-
     @torch.no_grad()
     def predict_with_interval(self, waveform: Tensor, audiogram: Tensor, sample_rate: int, spl: float | None = None
                               ) -> tuple[Tensor, Tensor, Tensor]:
