@@ -55,6 +55,21 @@ def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights:
     assert "x pyclarity" in format_e2e(result)
 
 
+def test_busy_cores_sees_other_work_not_the_load_average() -> None:
+    import subprocess
+    import sys
+
+    from haaqicli.bench.e2e import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        spinning = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert spinning is not None and spinning >= 0.7  # one core spun the whole time (others may add)
+
+
 def test_marginal_rate_takes_the_first_rows_process_out() -> None:
     from haaqicli.bench.e2e import Row, marginal_row
 

@@ -74,9 +74,32 @@ class Row:
         return {**asdict(self), "x_realtime": self.x_realtime, "x_pyclarity": self.x_pyclarity}
 
 
-def machine_load() -> dict[str, Any]:
-    """The 1-minute load average, the cores, and the heavy jobs running now (other than this process
-    and its children)."""
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (None where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(sample_s: float = 1.0) -> float | None:
+    """Cores in use by the whole machine over the next ``sample_s`` seconds. The benchmark calls it
+    between its own runs, so it measures other work; the load average would still count the runs the
+    benchmark itself just made for a minute after them."""
+    before = _cpu_ticks()
+    time.sleep(sample_s)
+    after = _cpu_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
+def machine_load(sample_s: float = 1.0) -> dict[str, Any]:
+    """The 1-minute load average, the cores busy now (sampled for ``sample_s``), and the heavy jobs
+    running now (other than this process and its children). Busy: a heavy job, or over half the
+    cores in use by others."""
     mine = {os.getpid(), os.getppid()}
     found: set[str] = set()
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
@@ -88,8 +111,11 @@ def machine_load() -> dict[str, Any]:
             continue
         found |= heavy_jobs_in(cmdline)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"load1": round(load1, 2), "cores": os.cpu_count(), "heavy_jobs": sorted(found),
-            "busy": bool(found) or load1 > 0.5 * (os.cpu_count() or 1)}
+    in_use = busy_cores(sample_s)
+    cores = os.cpu_count() or 1
+    crowded = in_use > 0.5 * cores if in_use is not None else load1 > 0.5 * cores
+    return {"load1": round(load1, 2), "busy_cores": None if in_use is None else round(in_use, 2),
+            "cores": os.cpu_count(), "heavy_jobs": sorted(found), "busy": bool(found) or crowded}
 
 
 def haaqi_command() -> list[str]:
@@ -260,9 +286,11 @@ def format_e2e(result: dict[str, Any]) -> str:
         ratio = f"{row['x_pyclarity']:.1f}" if row["x_pyclarity"] else "-"
         realtime = row["x_realtime"] or float("nan")
         cold = row["cold_seconds"] if row["cold_seconds"] is not None else float("nan")
-        machine = (f"LOADED (load {load['load1']:g} on {load['cores']} cores"
+        others = load.get("busy_cores")
+        usage = (f"{others:g} of {load['cores']} cores busy, " if others is not None else "") + f"load {load['load1']:g}"
+        machine = (f"LOADED ({usage}"
                    + (f"; {', '.join(load['heavy_jobs'])} running" if load["heavy_jobs"] else "") + ")"
-                   if load.get("busy") else f"quiet (load {load['load1']:g})")
+                   if load.get("busy") else f"quiet ({usage})")
         lines.append(
             f"{row['name']:58s} {row['audio_seconds']:8.0f} {row['wall_seconds']:8.2f} "
             f"{cold:8.2f} {realtime:11.1f} {ratio:>11s}  {machine}")
