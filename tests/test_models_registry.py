@@ -114,3 +114,15 @@ def test_measure_throughput_restores_threads() -> None:
     r = measure_throughput(HAAQINet(ENC, HEAD), batch=2, window_s=0.5, threads=1, repeats=1)
     assert r["ms_per_window"] > 0 and r["realtime_factor"] > 0
     assert torch.get_num_threads() == before
+
+
+def test_saving_the_same_weights_gives_the_same_bytes(tmp_path) -> None:
+    """safetensors writes a metadata map in no fixed order; the registry's file (and so its sha256) must
+    not depend on it."""
+    torch.manual_seed(0)
+    model = HAAQINet(ENC, HEAD).eval()
+    digests = set()
+    for attempt in range(8):
+        info = ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors")
+        digests.add(save_model(model, info, tmp_path / str(attempt)).sha256)
+    assert len(digests) == 1

@@ -229,7 +229,10 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
         raise ModelError(f"model file {info.file!r}: must be a plain *.safetensors file name")
     # Clone so shared tensors (BEATs' relative bias table) become separate entries safetensors accepts.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    blob = save(state, metadata={"name": info.name, "arch": getattr(model, "arch", info.arch)})
+    # One metadata key holding sorted JSON: safetensors writes a metadata map in no fixed order, so two
+    # keys would give identical weights different bytes (and sha256) from one process to the next.
+    identity = json.dumps({"arch": getattr(model, "arch", info.arch), "name": info.name}, sort_keys=True)
+    blob = save(state, metadata={"haaqi": identity})
     atomic_write(wd / info.file, lambda tmp: tmp.write_bytes(blob), durable=True)  # must survive a crash
     done = ModelInfo(**{**info.to_dict(),
                         "arch": getattr(model, "arch", info.arch),
