@@ -38,6 +38,7 @@ from haaqicli.output.tables import (
     PartitionedTable,
     open_table,
     previous_rows,
+    resumable_rows,
 )
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
@@ -586,14 +587,9 @@ def _finished_files(previous: pd.DataFrame, profiles: Sequence[Profile], spl: fl
 
 def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence[Profile], spl: float,
                model_sha256: str) -> np.ndarray:
-    """Rows to keep on resume: ok, same model, level, profile name and audiogram values (and a finished
-    file, given ``done``)."""
-    wanted = {(p.name, p.values_hash()) for p in profiles}
-    level = pd.to_numeric(previous["spl"], errors="coerce")
-    mask = np.array((previous["status"] == "ok") & (previous["model_sha256"] == model_sha256)
-                    & np.isclose(level, spl, rtol=0, atol=1e-9), dtype=bool)
-    mask &= np.array([(name, gram) in wanted for name, gram in zip(previous["profile"], previous["audiogram_hash"],
-                                                                   strict=True)], dtype=bool)
+    """Rows to keep on resume: the resumable ones (tables.resumable_rows) of the same model (and a
+    finished file, given ``done``)."""
+    mask = resumable_rows(previous, profiles, spl) & (previous["model_sha256"] == model_sha256).to_numpy(dtype=bool)
     return mask & previous["content_hash"].isin(done).to_numpy(dtype=bool) if done is not None else mask
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from haaqicli.util.atomic import atomic_write
@@ -135,6 +136,17 @@ def previous_rows(out: str | Path | None, columns: Sequence[str]) -> pd.DataFram
     if not set(columns) <= set(previous.columns):
         return None
     return previous[list(columns)]
+
+
+def resumable_rows(previous: pd.DataFrame, profiles: Sequence[Any], spl: float) -> np.ndarray:
+    """Rows an earlier run left that a resumed run may keep: ok, for a requested profile with the same
+    audiogram values (``profile``, ``audiogram_hash``), at the same level. Error rows are scored again
+    (and so replaced)."""
+    wanted = {(p.name, p.values_hash()) for p in profiles}
+    level = pd.to_numeric(previous["spl"], errors="coerce")
+    mask = np.array((previous["status"] == "ok") & np.isclose(level, spl, rtol=0, atol=1e-9), dtype=bool)
+    return mask & np.array([(name, gram) in wanted for name, gram in
+                            zip(previous["profile"], previous["audiogram_hash"], strict=True)], dtype=bool)
 
 
 def open_table(out: str | Path, columns: Sequence[str], keep: Callable[[pd.DataFrame], Any] | None = None

@@ -265,25 +265,15 @@ def _pair_key(reference: Path | str | None, processed: Path | str | None) -> tup
     return (str(processed) if processed else "", str(reference) if reference else "")
 
 
-def _kept_pair_rows(previous: pd.DataFrame, profiles: Sequence[Any], spl: float) -> np.ndarray:
-    """Rows a resumed run keeps: ok, for a requested profile with the same audiogram values, at the
-    same level. Error rows are scored again (and so replaced)."""
-    wanted = {(p.name, p.values_hash()) for p in profiles}
-    # lazy: pandas only where this path runs (start-up time)
-    import pandas as pd
-
-    level = pd.to_numeric(previous["spl"], errors="coerce")
-    mask = np.array((previous["status"] == "ok") & np.isclose(level, spl, rtol=0, atol=1e-9), dtype=bool)
-    return mask & np.array([(name, gram) in wanted for name, gram in
-                            zip(previous["profile"], previous["audiogram_hash"], strict=True)], dtype=bool)
-
-
 def _finished_pair_profiles(previous: pd.DataFrame | None, profiles: Sequence[Any], spl: float
                             ) -> set[tuple[str, str, str, str]]:
     """(processed, reference, profile, audiogram hash) of the rows a resumed run keeps."""
     if previous is None:
         return set()
-    kept = previous[_kept_pair_rows(previous, profiles, spl)]
+    # lazy: pandas (through the tables) only where this path runs (start-up time)
+    from haaqicli.output.tables import resumable_rows
+
+    kept = previous[resumable_rows(previous, profiles, spl)]
     return {(processed or "", reference or "", profile, gram) for processed, reference, profile, gram in
             kept[["processed", "reference", "profile", "audiogram_hash"]].itertuples(index=False, name=None)}
 
@@ -330,14 +320,20 @@ def score_pairs(pairs: Sequence[tuple[Path | None, Path | None]], profiles: Sequ
     import pandas as pd
 
     # lazy: pandas only where this path runs (start-up time)
-    from haaqicli.output.tables import IncrementalTable, PartitionedTable, open_table, previous_rows
+    from haaqicli.output.tables import (
+        IncrementalTable,
+        PartitionedTable,
+        open_table,
+        previous_rows,
+        resumable_rows,
+    )
 
     jobs = pairs if isinstance(pairs, list) else list(pairs)
     previous = previous_rows(out, PAIR_RESUME_COLUMNS) if resume else None
     finished_profiles = _finished_pair_profiles(previous, profiles, spl)
     del previous
     tasks, task_index = _pair_tasks(jobs, profiles, finished_profiles)
-    keep = None if not finished_profiles else (lambda rows: _kept_pair_rows(rows, profiles, spl))
+    keep = None if not finished_profiles else (lambda rows: resumable_rows(rows, profiles, spl))
     table = open_table(out, PAIR_COLUMNS, keep=keep) if out else None
     hold_all = not isinstance(table, PartitionedTable)  # a dataset's rows leave memory: keep the failed ones
     kept = table.frame().to_dict("records") if isinstance(table, IncrementalTable) else []
