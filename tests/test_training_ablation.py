@@ -305,3 +305,24 @@ def test_content_prior_trains_distils_ablates_and_scores(data_dir: Path, tmp_pat
     assert "| musicnn |" in (out / "ablation.md").read_text()
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["rows"][0]["settings"]["content_prior"] == "musicnn"
+
+
+def test_ablate_init_warm_starts_every_row_from_one_model(data_dir: Path, tmp_path: Path) -> None:
+    from haaqicli.cli import main
+
+    config = json.dumps(tiny_student_config())
+    common = ["--manifest", str(data_dir), "--config", config, "--epochs", "1", "--batch-size", "8",
+              "--warmup-steps", "1", "--device", "cpu", "--bands", "8"]
+    first = CliRunner().invoke(main, ["ablate", "--out", str(tmp_path / "a"), "--rows", "baseline", *common])
+    assert first.exit_code == 0, first.output
+    start = tmp_path / "a" / "weights" / "ablation-baseline.safetensors"
+    second = CliRunner().invoke(main, ["ablate", "--out", str(tmp_path / "b"), "--rows", "baseline,terms",
+                                       "--init", str(start), *common])
+    assert second.exit_code == 0, second.output
+    copied = [line for line in second.output.splitlines() if line.startswith(f"warm start from {start}")]
+    assert len(copied) == 2  # one warm start per row
+    total = int(copied[0].split(" of ")[1].split()[0])
+    assert copied[0].endswith(f"{total} of {total} tensors copied")  # the same design: every tensor
+    missing = CliRunner().invoke(main, ["ablate", "--out", str(tmp_path / "c"), "--rows", "baseline",
+                                        "--init", str(tmp_path / "none.safetensors"), *common])
+    assert missing.exit_code != 0 and "--init" in missing.output and "Traceback" not in missing.output

@@ -9,6 +9,12 @@ import click
 
 from haaqicli.cli.common import one_line_errors
 
+# one definition: train, distill and ablate all warm-start the same way
+INIT_OPTION = click.option(
+    "--init", default=None,
+    help="Warm start: a registered model name or a .safetensors file; every tensor whose "
+         "name and shape match is copied before training.")
+
 
 def run_options(default_name: str, default_epochs: int, default_lr: float):  # type: ignore[no-untyped-def]
     def decorate(func):  # type: ignore[no-untyped-def]
@@ -29,9 +35,7 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
             click.option("--config", "config_json", default=None, help="Model config JSON (file or string)."),
             click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
                          help="Every dropout rate of the model (encoder and head) [default: the config's]."),
-            click.option("--init", default=None,
-                         help="Warm start: a registered model name or a .safetensors file; every tensor whose "
-                              "name and shape match is copied before training."),
+            INIT_OPTION,
             click.option("--terms/--no-terms", default=None,
                          help="Term heads: predict HAAQI's sub-terms (cep_high, bm_sync5, d_loud, d_norm) and "
                               "combine them with HAAQI's formula [default: the model config's]."),
@@ -212,6 +216,7 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
               help="The musicnn row's converted prior weights [default: data/musicnn/MSD_musicnn.safetensors].")
 @click.option("--content-prior-sha256", default=None, help="Their expected sha256 [default: the pinned one].")
 @click.option("--release", multiple=True, help="Registered model evaluated beside the rows (repeatable).")
+@INIT_OPTION
 @click.option("--resume", is_flag=True, help="Continue each row from its last checkpoint.")
 @one_line_errors
 def ablate(config_json: str | None, rows: str, learning_curve: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]

@@ -69,6 +69,7 @@ class AblationConfig:
     content_prior_sha256: str | None = None  # their expected sha256 (None: the pinned one)
     weights_dir: str | None = None  # where the release models are (default: the shipped weights)
     resume: bool = False
+    init: str | None = None  # every row (and curve point) warm-starts from this model: one start for all
 
 
 def row_settings(rows: Sequence[str], bands: int = 32, rank_weight: float = 0.5) -> dict[str, dict[str, Any]]:
@@ -93,6 +94,7 @@ def _selection_packages(selection: str) -> list[str]:
 
 def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
     # lazy: torch, pandas only where this path runs (start-up time)
+    from haaqicli.models.registry import default_weights_dir
     from haaqicli.training.train import TrainConfig
 
     out = Path(config.out_dir)
@@ -101,7 +103,10 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
                        lr=config.lr, warmup_steps=config.warmup_steps, seed=config.seed, device=config.device,
                        threads=config.threads, max_minutes=config.max_minutes, resume=config.resume,
                        config=dict(config.config), arch=config.arch, selection=config.selection,
-                       select_metric=config.select_metric, content_prior_weights=config.content_prior_weights,
+                       select_metric=config.select_metric, init=config.init,
+                       # a registered init is a release model, beside the --release ones, not a row
+                       init_weights_dir=str(config.weights_dir or default_weights_dir()),
+                       content_prior_weights=config.content_prior_weights,
                        content_prior_sha256=config.content_prior_sha256,
                        **settings, **extra)
 

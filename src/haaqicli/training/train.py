@@ -74,6 +74,7 @@ class TrainConfig:
     config: dict[str, Any] = field(default_factory=dict)  # model config; empty = the registry default
     teacher: str = "teacher"  # distillation only: registry name of the teacher
     init: str | None = None  # warm start: registry name or .safetensors file (matching tensors copied)
+    init_weights_dir: str | None = None  # where a registered `init` is (None: weights_dir)
     dropout: float | None = None  # overrides every dropout rate of the model config; None = the config's
     arch: str = "haaqinet"  # train_teacher: the architecture trained on labels (a student needs no teacher)
     terms: bool | None = None  # sets the head's term heads on/off; None = the model config's
@@ -516,7 +517,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     default = architectures().get(config.arch, HAAQINet).default_config()
     model, prior_record = build_for_run(config.arch, model_config(config, default), config, device, log)
     if config.init:
-        warm_start(model, config.init, config.weights_dir, log)
+        warm_start(model, config.init, config.init_weights_dir or config.weights_dir, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
@@ -610,7 +611,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model, prior_record = build_for_run("haaqinet-student", student_config, config, device, log)
     if config.init:
-        warm_start(model, config.init, config.weights_dir, log)
+        warm_start(model, config.init, config.init_weights_dir or config.weights_dir, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
     layers = [t for _, t in model.distill_cfg.targets]
