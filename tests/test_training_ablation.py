@@ -307,8 +307,10 @@ def test_content_prior_trains_distils_ablates_and_scores(data_dir: Path, tmp_pat
     assert saved["rows"][0]["settings"]["content_prior"] == "musicnn"
 
 
-def test_ablate_init_warm_starts_every_row_from_one_model(data_dir: Path, tmp_path: Path) -> None:
+def test_ablate_init_warm_starts_every_row_from_one_model(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from haaqicli.cli import main
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # the checkout, whose weights/ a registered --init names
 
     config = json.dumps(tiny_student_config())
     common = ["--manifest", str(data_dir), "--config", config, "--epochs", "1", "--batch-size", "8",
@@ -323,6 +325,8 @@ def test_ablate_init_warm_starts_every_row_from_one_model(data_dir: Path, tmp_pa
     assert len(copied) == 2  # one warm start per row
     total = int(copied[0].split(" of ")[1].split()[0])
     assert copied[0].endswith(f"{total} of {total} tensors copied")  # the same design: every tensor
+    recipe = json.loads((tmp_path / "b" / "weights" / "manifest.json").read_text())["models"]["ablation-terms"]
+    assert recipe["training"]["recipe"]["init_weights_dir"] == "weights"  # portable: no checkout path
     missing = CliRunner().invoke(main, ["ablate", "--out", str(tmp_path / "c"), "--rows", "baseline",
                                         "--init", str(tmp_path / "none.safetensors"), *common])
     assert missing.exit_code != 0 and "--init" in missing.output and "Traceback" not in missing.output

@@ -92,6 +92,15 @@ def _selection_packages(selection: str) -> list[str]:
     return [p for p in names.split(",") if p] if split == "validation-real" else []
 
 
+def _portable(path: Path) -> str:
+    """`path` relative to the working directory where it lies under it: recipes are recorded with the
+    weights, and a checkout's absolute path says nothing on another machine."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
     # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.models.registry import default_weights_dir
@@ -105,7 +114,7 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
                        config=dict(config.config), arch=config.arch, selection=config.selection,
                        select_metric=config.select_metric, init=config.init,
                        # a registered init is a release model, beside the --release ones, not a row
-                       init_weights_dir=str(config.weights_dir or default_weights_dir()),
+                       init_weights_dir=_portable(Path(config.weights_dir or default_weights_dir())),
                        content_prior_weights=config.content_prior_weights,
                        content_prior_sha256=config.content_prior_sha256,
                        **settings, **extra)
