@@ -149,6 +149,11 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
         assert row in table
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["config"]["select_metric"] == "lcc" and "by lcc" in table
+    terms_items = next(r["items"] for r in saved["rows"] if r["row"] == "terms")
+    assert terms_items > 16  # so the curve row, on every item, is the curve's largest point
+    assert [p["items"] for p in saved["curve"]] == [4, 8, 16, terms_items]
+    assert saved["curve"][-1]["row"] == "terms" and f"| {terms_items} (row terms) |" in table
+    assert saved["curve_fit"]["points"] == 4
     weights = json.loads((out / "weights" / "manifest.json").read_text())["models"]
     assert {m["training"]["recipe"]["select_metric"] for m in weights.values()} == {"lcc"}
     # the model card takes the table from `haaqi ablate --out data/results/ablation`
@@ -174,7 +179,6 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
     assert "term_errors" not in saved["rows"][0]["report"]["validation-real"]  # the baseline has no term heads
     assert saved["rows"][1]["report"]["validation-real"]["term_errors"]  # +terms says which term carries the error
     assert saved["rows"][0]["report"]["validation"]["family_bias"]
-    assert [p["items"] for p in saved["curve"]] == [4, 8, 16] and saved["curve_fit"]["points"] == 3
     assert weights["ablation-conditioning"]["config"]["head"]["bands"] == 8
     assert weights["curve-4"]["training"]["items"] == 4
     bad = CliRunner().invoke(main, ["ablate", "--manifest", str(data_dir), "--out", str(out), "--rows", "baseline,magic"])

@@ -176,12 +176,24 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
             info = train_teacher(_train_config(config, f"curve-{count}", curve_settings, train_items=count), log=log)
             result["curve"].append({"items": count, "selection": info["metrics"]["dev"],
                                     "report": _summary(_report(config, f"curve-{count}", weights, log))})
+        result["curve"] = curve_with_row(result)
         result["curve_fit"] = curve_fit(result["curve"])
     text = format_ablation(result)
     atomic_write(out / "ablation.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=float)))
     atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(text + "\n"))
     log(text)
     return result
+
+
+def curve_with_row(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The curve's points plus the curve row itself where this run trained it on more items than any
+    point: it is the same recipe on every training item, so the curve's largest point at no extra cost."""
+    row = next((r for r in result["rows"] if r["row"] == result["config"]["curve_row"]), None)
+    points = [p for p in result["curve"] if "row" not in p]
+    if row is not None and all(p["items"] < row["items"] for p in points):
+        points.append({"items": row["items"], "selection": row["selection"], "report": row["report"],
+                       "row": row["row"]})
+    return sorted(points, key=lambda p: p["items"])
 
 
 def curve_fit(curve: list[dict[str, Any]], split: str = "validation-real") -> dict[str, Any]:
@@ -232,7 +244,8 @@ def format_ablation(result: dict[str, Any]) -> str:
                   "| items | select LCC | validation-real LCC | validation LCC |", "|---|---|---|---|"]
         for point in result["curve"]:
             rep = point["report"]
-            lines.append(f"| {point['items']} | {point['selection'].get('lcc', float('nan')):.4f} | "
+            items = f"{point['items']} (row {point['row']})" if "row" in point else str(point["items"])
+            lines.append(f"| {items} | {point['selection'].get('lcc', float('nan')):.4f} | "
                          + " | ".join(f"{rep[s]['lcc']:.4f}" if s in rep else "-" for s in REPORT_SPLITS) + " |")
         fit = result.get("curve_fit", {})
         if "b_per_decade" in fit:
