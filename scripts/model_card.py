@@ -70,6 +70,19 @@ def design_note(info: dict) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
+def student_loss_line(info: dict) -> str:
+    """How the student learned: from the labels alone (`haaqi train --arch haaqinet-student`, when the
+    teacher is the weaker model and would teach its errors) or distilled from the teacher."""
+    recipe = info.get("training", {}).get("recipe", {})
+    if recipe.get("arch") == "haaqinet-student":
+        return ("- Student loss: the teacher's loss on the true labels; it was trained on the labels, not "
+                "distilled (`haaqi train --arch haaqinet-student`), because on the selection package the teacher "
+                "is the weaker model and would pass on its errors.")
+    return ("- Student loss: L1 + cosine distance between its projected layers and teacher layers, MSE to "
+            "the teacher's clip and frame scores, plus MSE to the true label (weight "
+            f"{recipe.get('label_weight', '–')}).")
+
+
 def selection_text(info: dict) -> str:
     """Where a model's checkpoint was chosen, and by which figure."""
     recipe = info.get("training", {}).get("recipe", {})
@@ -390,11 +403,8 @@ def main() -> None:
                      f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
                      f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on 2 CPU threads"
                      f"{design_note(info)}; {selection_text(info)}.")
-    lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label).",
-              "- Student loss: L1 + cosine distance between its projected layers and teacher layers, MSE to "
-              "the teacher's clip and frame scores, plus MSE to the true label (weight "
-              f"{manifest.get('distilled', {}).get('training', {}).get('recipe', {}).get('label_weight', '–')}).",
-              ""]
+    lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label), "
+              "plus the options in its line above.", student_loss_line(manifest.get("distilled", {})), ""]
 
     lines += ["## Validation (packages never seen in training)", ""]
     for split, models in by_split.items():

@@ -305,6 +305,12 @@ def test_calibration_set_is_seeded_resumable_and_labelled(use_tiny_weights: Path
     monkeypatch.setattr("haaqicli.reference.compute_haaqi_batch", no_labelling)
     again = cs.build_package_set(corpus, "nexuiz-music", out, ["distilled"], config)
     pd.testing.assert_frame_equal(again, table)
+    # new weights: the finished clips are predicted again, with their labels kept (no labelling allowed)
+    older = table.assign(pred_distilled=0.0, sha256_distilled="weights-of-a-previous-release")
+    older.to_parquet(out, index=False)
+    renewed = cs.build_package_set(corpus, "nexuiz-music", out, ["distilled"], config)
+    pd.testing.assert_frame_equal(renewed, table, check_exact=False, atol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), renewed)
 
 
 def test_report_shows_the_interval(tmp_path: Path):

@@ -179,6 +179,30 @@ def _predict(models: dict[str, Any], inputs: list[np.ndarray]) -> dict[str, np.n
     return out
 
 
+def _repredict_stale(done: pd.DataFrame, corpus: Path, clips: Sequence[tuple[Track, float]],
+                     scorers: dict[str, tuple[Any, str]], config: SetConfig, out: Path) -> pd.DataFrame:
+    """Predictions of finished clips made by other weights (or by no model yet) are made again with the
+    current ones; the exact labels, the costly part, are kept. New weights need new intervals, never
+    new labels."""
+    stale = [name for name, (_, sha) in scorers.items()
+             if f"sha256_{name}" not in done or bool((done[f"sha256_{name}"] != sha).any())]
+    if not stale:
+        return done
+    done = done.set_index("item_id", drop=False)
+    for track, offset in clips:
+        if clip_id_of(track, offset) not in set(done["clip_id"]):
+            continue
+        rows, _, inputs = _clip_rows(corpus, track, offset, config)
+        predictions = _predict({name: scorers[name][0] for name in stale}, inputs)
+        ids = [row["item_id"] for row in rows]
+        for name in stale:
+            done.loc[ids, f"pred_{name}"] = predictions[name].astype(float)
+            done.loc[ids, f"sha256_{name}"] = scorers[name][1]
+    done = done.reset_index(drop=True)
+    atomic_write(out, lambda tmp: done.to_parquet(tmp, index=False))
+    return done
+
+
 def build_package_set(corpus: Path, package: str, out: Path, model_names: Sequence[str], config: SetConfig,
                       on_clip: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Label and predict every planned clip of one package into ``out`` (Parquet), clip by clip;
@@ -192,9 +216,11 @@ def build_package_set(corpus: Path, package: str, out: Path, model_names: Sequen
         model, info = load_model(name, device="cpu")
         scorers[name] = (WindowScorer(model, next(model.parameters()).device, 16), info.sha256)
     done = pd.read_parquet(out) if out.is_file() else pd.DataFrame()
+    clips = plan_clips(corpus, package, config)
+    if len(done):
+        done = _repredict_stale(done, corpus, clips, scorers, config, out)
     frames = [done] if len(done) else []
     finished = set(done["clip_id"]) if len(done) else set()
-    clips = plan_clips(corpus, package, config)
     for index, (track, offset) in enumerate(clips):
         if clip_id_of(track, offset) in finished:
             continue
