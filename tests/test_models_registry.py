@@ -13,6 +13,7 @@ from haaqicli.models.registry import (
     get_info,
     list_models,
     load_model,
+    promote_model,
     resolve_device,
     save_model,
     sha256_file,
@@ -126,3 +127,18 @@ def test_saving_the_same_weights_gives_the_same_bytes(tmp_path) -> None:
         info = ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors")
         digests.add(save_model(model, info, tmp_path / str(attempt)).sha256)
     assert len(digests) == 1
+
+
+def test_promote_registers_an_experiment_model_under_a_release_name(tmp_path) -> None:
+    model, info = _save_teacher(tmp_path / "experiment")
+    shipped = promote_model("teacher", tmp_path / "experiment", "release", tmp_path / "weights")
+    assert shipped.file == "release.safetensors" and shipped.sha256 != info.sha256  # the name is in the bytes
+    assert shipped.training["promoted_from"] == {"name": "teacher", "sha256": info.sha256}
+    assert shipped.training["clips"] == 10 and shipped.metrics == {"val_lcc": 0.5} and shipped.created == info.created
+    loaded, _ = load_model("release", weights_dir=tmp_path / "weights")
+    w, ag = 0.1 * torch.randn(2, 24000), torch.full((2, 8), 40.0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(w, ag).clip, model(w, ag).clip, rtol=0, atol=0)  # the same weights
+    (tmp_path / "experiment" / "teacher.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ModelError):
+        promote_model("teacher", tmp_path / "experiment", "again", tmp_path / "weights")

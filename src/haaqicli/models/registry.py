@@ -248,6 +248,18 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
     return done
 
 
+def promote_model(source: str, source_dir: str | Path, name: str, weights_dir: str | Path | None = None) -> ModelInfo:
+    """Register model `source` of `source_dir` (an experiment's registry, e.g. an ablation row) as `name`
+    in `weights_dir`: weights loaded with their sha256 checked and saved under the new name, with the
+    training record kept and where it came from added. The calibration stays behind: it belongs to the
+    old sha256 (the name is part of the file, so the bytes change) and is fitted again for the new one."""
+    model, info = load_model(source, weights_dir=source_dir)
+    training = {**info.training, "promoted_from": {"name": source, "sha256": info.sha256}}
+    return save_model(model, ModelInfo(name=name, arch=info.arch, config=info.config, file=f"{name}.safetensors",
+                                       training=training, metrics=dict(info.metrics), created=info.created),
+                      weights_dir)
+
+
 def _write_manifest(weights_dir: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     atomic_write(weights_dir / MANIFEST, lambda tmp: tmp.write_text(text), durable=True)
