@@ -259,14 +259,18 @@ def test_api_uses_the_same_level_and_warns_the_same(use_tiny_weights: Path) -> N
         predictor(wave, torch.zeros(1, 8), 24000, spl=80)
 
 
-def test_shipped_models_record_one_trained_level() -> None:
-    """The shipped weights were labelled at 65 dB SPL only (data/labels.py), so any other --spl warns."""
+def test_shipped_models_record_their_trained_levels() -> None:
+    """The shipped weights were trained on labels whose reference levels were drawn from 50-85 dB SPL
+    (`data.corpus.SPL_RANGE`), so --spl inside that range is no extrapolation and outside it warns."""
     from haaqicli.models.registry import list_models
     from haaqicli.util.levels import untrained_level_message
 
     for info in list_models(Path(haaqicli.__file__).parents[2] / "weights"):
-        assert untrained_level_message(65, info.name, info.training) == ""
-        assert untrained_level_message(85, info.name, info.training)
+        assert info.training["spl_range"] == [50.0, 85.0]
+        for inside in (50, 65, 85):
+            assert untrained_level_message(inside, info.name, info.training) == ""
+        for outside in (40, 95):
+            assert untrained_level_message(outside, info.name, info.training)
 
 
 def test_label_and_exact_level_share_one_definition() -> None:

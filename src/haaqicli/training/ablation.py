@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from haaqicli.models.registry import default_weights_dir
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.errors import HaaqiError
 
@@ -103,7 +104,6 @@ def _portable(path: Path) -> str:
 
 def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
     # lazy: torch, pandas only where this path runs (start-up time)
-    from haaqicli.models.registry import default_weights_dir
     from haaqicli.training.train import TrainConfig
 
     out = Path(config.out_dir)
