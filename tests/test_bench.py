@@ -113,3 +113,31 @@ def test_machine_load_names_heavy_jobs() -> None:
         sleeper.kill()
         sleeper.wait()
     assert "labelling" in load["heavy_jobs"] and load["busy"]
+
+
+def test_a_paused_heavy_job_is_not_counted() -> None:
+    """A job paused with SIGSTOP for a measurement (README) takes no CPU, so it does not mark rows."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from haaqicli.bench.e2e import _stopped, process_heavy_jobs
+
+    assert _stopped("12 (my prog) x) T 1 2") and not _stopped("12 (haaqi) S 1 2")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "haaqi", "dataset label"])
+    proc = Path(f"/proc/{sleeper.pid}")
+    try:
+        deadline = time.monotonic() + 10  # a loaded machine may show the new process's command line late
+        while "labelling" not in process_heavy_jobs(proc) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        running = process_heavy_jobs(proc)
+        sleeper.send_signal(signal.SIGSTOP)
+        while not _stopped((proc / "stat").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        paused = process_heavy_jobs(proc)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert running == {"labelling"} and paused == set()

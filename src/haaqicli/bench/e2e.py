@@ -96,6 +96,25 @@ def busy_cores(sample_s: float = 1.0) -> float | None:
     return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
+def _stopped(stat: str) -> bool:
+    """Whether /proc/PID/stat says the process is stopped (state T, or t when traced); the state follows
+    the command name in brackets, which may itself hold spaces or brackets."""
+    fields = stat[stat.rfind(")") + 1:].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+def process_heavy_jobs(proc: Path) -> set[str]:
+    """The heavy jobs that the process at /proc/PID runs, none when it is paused (SIGSTOP, as the README
+    pauses labelling for a measurement: it takes no CPU) or gone."""
+    try:
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        if _stopped((proc / "stat").read_text()):
+            return set()
+    except OSError:
+        return set()
+    return heavy_jobs_in(cmdline)
+
+
 def machine_load(sample_s: float = 1.0) -> dict[str, Any]:
     """The 1-minute load average, the cores busy now (sampled for ``sample_s``), and the heavy jobs
     running now (other than this process and its children). Busy: a heavy job, or over half the
@@ -105,11 +124,7 @@ def machine_load(sample_s: float = 1.0) -> dict[str, Any]:
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        found |= heavy_jobs_in(cmdline)
+        found |= process_heavy_jobs(entry)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     in_use = busy_cores(sample_s)
     cores = os.cpu_count() or 1
