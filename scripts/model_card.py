@@ -96,6 +96,17 @@ def clean_normal_limit(evaluation: dict) -> list[str]:
             "sit lower than the ceiling suggests (`examples/policy.toml`)."]
 
 
+def snapshot_note(manifest: dict) -> str:
+    """Where a recipe trained on a copy of the label folder (data/ is git-ignored), say what it was, so the
+    command can be read against the committed labels."""
+    copies = sorted({info.get("training", {}).get("recipe", {}).get("manifest", "") for info in manifest.values()}
+                    - {"", "labels/manifest.parquet"})
+    if not copies:
+        return ""
+    return (f" `{'`, `'.join(copies)}`: a copy of `labels/` (manifest and label shards) taken when training "
+            "began, so that every run saw the same labels; they are all committed, and `labels/` holds more now.")
+
+
 def train_command(info: dict) -> str:
     """The `haaqi train` command a model's recorded recipe stands for (an ablation row promoted to a
     release name says so): the card quotes what was run, not a summary of it."""
@@ -105,9 +116,8 @@ def train_command(info: dict) -> str:
         flags.append(f"--arch {recipe['arch']}")
     if recipe.get("init"):
         flags.append(f"--init {recipe['init']}")
-    for key in ("terms",):
-        if recipe.get(key):
-            flags.append(f"--{key}")
+    if recipe.get("terms"):
+        flags.append("--terms")
     for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "selection", "select_metric"):
         if recipe.get(key) not in (None, 0, 0.0, ""):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
@@ -174,7 +184,7 @@ def ablation_section() -> list[str]:
     return ["", "## Ablation and learning curve", "",
             f"`haaqi ablate {' '.join(flags)}` (rows cumulative, one budget each; checkpoints chosen on "
             "the selection package, figures on packages that never chose one; the release rows are the "
-            "models these rows replaced; this run shared the 2 cores with the teacher's training):", "",
+            "models these rows replaced):", "",
             format_ablation(result), ""]
 
 
@@ -458,7 +468,8 @@ def main() -> None:
         "## Recipe",
         "",
         "Each model's line gives the command its recorded recipe stands for, then what it did; "
-        "`bash scripts/train-models.sh` chains training, distillation and `haaqi evaluate` for a full rebuild.",
+        "`bash scripts/train-models.sh` chains training, distillation and `haaqi evaluate` for a full rebuild."
+        + snapshot_note(manifest),
         "",
     ]
     for name, info in manifest.items():

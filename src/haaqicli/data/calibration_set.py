@@ -189,8 +189,9 @@ def _repredict_stale(done: pd.DataFrame, corpus: Path, clips: Sequence[tuple[Tra
     if not stale:
         return done
     done = done.set_index("item_id", drop=False)
+    finished = set(done["clip_id"])
     for track, offset in clips:
-        if clip_id_of(track, offset) not in set(done["clip_id"]):
+        if clip_id_of(track, offset) not in finished:
             continue
         rows, _, inputs = _clip_rows(corpus, track, offset, config)
         predictions = _predict({name: scorers[name][0] for name in stale}, inputs)

@@ -89,6 +89,11 @@ class TrainConfig:
     content_prior_weights: str | None = None  # converted prior weights; None = data/musicnn/MSD_musicnn.safetensors
     content_prior_sha256: str | None = None  # their expected sha256; None = the pinned one of that file name
 
+    @property
+    def init_registry(self) -> str | None:
+        """The registry folder a registered `init` name is looked up in."""
+        return self.init_weights_dir or self.weights_dir
+
 
 # ----------------------------------------------------------------------------------------------
 # Metrics
@@ -517,7 +522,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     default = architectures().get(config.arch, HAAQINet).default_config()
     model, prior_record = build_for_run(config.arch, model_config(config, default), config, device, log)
     if config.init:
-        warm_start(model, config.init, config.init_weights_dir or config.weights_dir, log)
+        warm_start(model, config.init, config.init_registry, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
@@ -611,7 +616,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model, prior_record = build_for_run("haaqinet-student", student_config, config, device, log)
     if config.init:
-        warm_start(model, config.init, config.init_weights_dir or config.weights_dir, log)
+        warm_start(model, config.init, config.init_registry, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
     layers = [t for _, t in model.distill_cfg.targets]
