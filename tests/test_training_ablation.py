@@ -334,3 +334,34 @@ def test_ablate_init_warm_starts_every_row_from_one_model(data_dir: Path, tmp_pa
     missing = CliRunner().invoke(main, ["ablate", "--out", str(tmp_path / "c"), "--rows", "baseline",
                                         "--init", str(tmp_path / "none.safetensors"), *common])
     assert missing.exit_code != 0 and "--init" in missing.output and "Traceback" not in missing.output
+
+
+def test_correct_fits_a_corrector_onto_a_frozen_model_and_exports_one_model(data_dir: Path, tmp_path: Path) -> None:
+    from haaqicli.cli import main
+    from haaqicli.models.registry import load_model
+
+    config = train.TrainConfig(name="base", manifest=str(data_dir), run_dir=str(tmp_path / "run"),
+                               weights_dir=str(tmp_path / "w"), epochs=1, batch_size=4, lr=3e-3, warmup_steps=1,
+                               config=tiny_student_config(), device="cpu", arch="haaqinet-student",
+                               selection="validation-real:ufoai-music")
+    train.train_teacher(config, log=lambda _: None)
+    cli = CliRunner().invoke(main, ["correct", "--model", "base", "--manifest", str(data_dir), "--name", "fixed",
+                                    "--source-dir", str(tmp_path / "w"), "--weights-dir", str(tmp_path / "out"),
+                                    "--hidden", "8", "--epochs", "30", "--batch-size", "16", "--lr", "1e-2"])
+    assert cli.exit_code == 0, cli.output
+    model, info = load_model("fixed", weights_dir=tmp_path / "out")
+    base, base_info = load_model("base", weights_dir=tmp_path / "w")
+    record = info.training["corrector"]
+    assert info.config["head"]["signal_corrector"] == 8
+    assert record["base"] == {"name": "base", "sha256": base_info.sha256}
+    assert record["recipe"]["selection"] == "validation-real:ufoai-music"
+    # chosen on the selection items: never worse there than the network alone
+    assert record["selection_after"]["lcc"] >= record["selection_before"]["lcc"]
+    assert record["selection_after"]["n"] == 14
+    # the network is the base model's, untouched
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    assert torch.count_nonzero(model.head.corrector.feature_std != 1) > 0  # statistics of the training items
+    bad = CliRunner().invoke(main, ["correct", "--model", "base", "--manifest", str(data_dir), "--source-dir",
+                                    str(tmp_path / "w"), "--selection", "validation-real:nexuiz-music"])
+    assert bad.exit_code != 0 and "--selection" in bad.output and "Traceback" not in bad.output

@@ -133,6 +133,38 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
 
 
 @click.command()
+@click.option("--model", default="distilled", show_default=True, help="Registered model the corrector is fitted onto.")
+@click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+              help="[default: labels/manifest.parquet if present, else data/manifest.parquet]")
+@click.option("--name", default="", help="Registry name of the result [default: the model's].")
+@click.option("--source-dir", default=None, help="Registry of --model [default: weights/].")
+@click.option("--weights-dir", default=None, help="Registry the result is exported to [default: weights/].")
+@click.option("--hidden", type=click.IntRange(1, 1024), default=32, show_default=True, help="Corrector width.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0.0), default=0.05, show_default=True)
+@click.option("--rank-weight", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="Weight of the in-batch ranking loss beside MSE (0 = off).")
+@click.option("--selection", default="validation-real:ufoai-music", show_default=True,
+              help="Items that choose the epoch (SPLIT:PACKAGE or dev); reporting packages never choose.")
+@click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="lcc", show_default=True)
+@click.option("--train-items", type=click.IntRange(1), default=None, help="Only the first N training items.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@one_line_errors
+def correct(**kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Fit a corrector of the score from signal descriptors (band dynamics and floors, decay speed,
+    clipping plateaus, spectral flatness) onto a trained model, whose network stays frozen; exported
+    as one model (the descriptors are computed inside it)."""
+    from haaqicli.training.corrector import CorrectorConfig, fit_corrector
+
+    kwargs["manifest"] = _manifest(kwargs.get("manifest"))
+    info = fit_corrector(CorrectorConfig(**kwargs), log=click.echo)
+    click.echo(f"exported {info['name']} ({info['n_params']:,} parameters, sha256 {info['sha256'][:12]})")
+
+
+@click.command()
 @click.option("--model", "names", multiple=True, default=("teacher", "distilled"), show_default=True)
 @click.option("--manifest", default=None, type=click.Path(dir_okay=False),
               help="[default: labels/manifest.parquet if present, else data/manifest.parquet]")

@@ -22,6 +22,7 @@ from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATs, BEATsConfig
 from haaqicli.models.hearing import BandConditioning, BandLevels
 from haaqicli.models.musicnn import MusicnnConfig, MusicnnPrior
+from haaqicli.models.signal import ScoreCorrector, SignalFeatures
 from haaqicli.models.terms import score_logit, term_scores
 from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, MODEL_SAMPLE_RATE
 from haaqicli.util.errors import ModelError
@@ -71,6 +72,7 @@ class HeadConfig:
     content_prior: str = ""  # "musicnn": frozen musicnn embeddings join the BLSTM input; "" = off
     prior: dict[str, Any] = field(default_factory=dict)  # the prior's MusicnnConfig ({} = MSD_musicnn's)
     d_prior: int = 32  # width of the projected prior features joining the BLSTM input
+    signal_corrector: int = 0  # > 0: hidden width of a corrector of the score from signal descriptors (models.signal)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> HeadConfig:
@@ -98,7 +100,8 @@ class HeadScores:
 class HAAQIHead(nn.Module):
     """Everything after the encoder. Input: a list of frame-level hidden states (B, F, D), followed,
     with `cfg.bands`, by the band levels (B, F, bands) of `hearing.BandLevels`, then, with
-    `cfg.content_prior`, by the prior's embeddings (B, F, E) of `musicnn.MusicnnPrior`."""
+    `cfg.content_prior`, by the prior's embeddings (B, F, E) of `musicnn.MusicnnPrior`, then, with
+    `cfg.signal_corrector`, by the window's descriptors (B, N) of `signal.SignalFeatures`."""
 
     def __init__(self, n_layers: int, d_in: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -128,6 +131,7 @@ class HAAQIHead(nn.Module):
         self.pool_proj = nn.Linear(d, 1)
         nn.init.zeros_(self.pool_proj.weight)
         nn.init.zeros_(self.pool_proj.bias)
+        self.corrector = ScoreCorrector(hidden=cfg.signal_corrector) if cfg.signal_corrector else None
 
     def forward(self, hidden: list[Tensor], audiogram: Tensor) -> tuple[Tensor, Tensor]:
         """-> (clip_logit (B,), frame_logits (B, F)): sigmoid gives the scores."""
@@ -135,7 +139,18 @@ class HAAQIHead(nn.Module):
         return scores.clip_logit, scores.frame_logits
 
     def scores(self, hidden: list[Tensor], audiogram: Tensor) -> HeadScores:
-        """Scores (and, with `cfg.terms`, sub-terms) of the clip and of every frame."""
+        """Scores (and, with `cfg.terms`, sub-terms) of the clip and of every frame; with a corrector,
+        its change of the clip's logit applies to every frame's too (the sub-terms stay the network's)."""
+        if self.corrector is None:
+            return self.network_scores(hidden, audiogram)
+        s = self.network_scores(hidden[:-1], audiogram)
+        change = self.corrector(hidden[-1], audiogram, s.clip_logit)
+        clip_logit, frame_logits = s.clip_logit + change, s.frame_logits + change.unsqueeze(-1)
+        return HeadScores(clip_logit, frame_logits, torch.sigmoid(clip_logit), torch.sigmoid(frame_logits),
+                          s.terms, s.frame_terms)
+
+    def network_scores(self, hidden: list[Tensor], audiogram: Tensor) -> HeadScores:
+        """The scores before any corrector."""
         levels = prior = None
         if self.prior_proj is not None:
             hidden, prior = hidden[:-1], hidden[-1]
@@ -174,11 +189,12 @@ class HAAQIHead(nn.Module):
 
 def with_head_inputs(model: nn.Module, wave: Tensor, hidden: list[Tensor]) -> list[Tensor]:
     """`hidden`, followed by what else the model's head takes, at the hidden states' frame rate: the
-    wave's band levels, then the content prior's embeddings (the encode() contract: the engine hands
-    the list to the head as is)."""
+    wave's band levels, then the content prior's embeddings, then the window's signal descriptors (the
+    encode() contract: the engine hands the list to the head as is)."""
     frames = hidden[0].shape[1]
     extra = [module(wave, frames) for module in (getattr(model, "band_levels", None),
-                                                 getattr(model, "content_prior", None)) if module is not None]
+                                                 getattr(model, "content_prior", None),
+                                                 getattr(model, "signal_features", None)) if module is not None]
     return [*hidden, *extra]
 
 
@@ -192,6 +208,7 @@ def attach_head_inputs(model: nn.Module, sample_rate: int, head_cfg: HeadConfig)
     prior = head_cfg.prior_config()
     if prior is not None:
         model.content_prior = MusicnnPrior(sample_rate, prior)
+    model.signal_features = SignalFeatures(sample_rate) if head_cfg.signal_corrector else None
 
 
 def beats_frame_hidden(encoder: BEATs, wave: Tensor) -> list[Tensor]:
