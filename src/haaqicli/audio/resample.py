@@ -53,6 +53,7 @@ def _resampler(orig_sr: int, new_sr: int, dtype: torch.dtype, device: str) -> to
 def _resample_tensor(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """torchaudio's `_apply_sinc_resample_kernel` (same padding, kernel and length), filtered by
     `_polyphase` instead of its strided conv1d."""
+    # lazy: torch only where this path runs (start-up time)
     import torch
 
     module = _resampler(orig_sr, new_sr, x.dtype, str(x.device))
@@ -75,6 +76,7 @@ def _polyphase(x: torch.Tensor, kernel: torch.Tensor, orig: int, steps: int, chu
     The sums of torchaudio's strided conv1d, as one matrix product per chunk of steps: measured 2.6x
     faster on CPU, where oneDNN's strided convolution with many one-sample outputs is slow. Chunks bound
     the unfolded copy (taps/orig ~ 1.4x the chunk's input) and keep it in cache."""
+    # lazy: torch only where this path runs (start-up time)
     import torch
 
     taps = kernel.shape[0]
