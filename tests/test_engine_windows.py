@@ -201,3 +201,31 @@ def test_streamed_files_keep_memory_flat(tmp_path, use_tiny_weights):
                                   ScoreOptions(batch_size=3, hold_seconds=10.0), progress=False)
     assert run.table["status"].tolist() == ["ok"]
     assert len(largest) >= 4 and max(largest) == 3
+
+
+def test_files_decoded_ahead_come_in_input_order_and_stop_on_interrupt(monkeypatch):
+    """The decoding thread runs ahead of the model, yet files come in input order (a slow first file
+    does not let the next overtake it), and after Ctrl-C no queued file starts decoding."""
+    import time
+
+    import haaqicli.engine as engine
+    from haaqicli.audio import InputFile
+
+    started: list[str] = []
+
+    def prepare(item, options, sample_rate):
+        started.append(item.path)
+        time.sleep(0.2 if item.path == "a" else 0.0)
+        if item.path == "c":
+            raise KeyboardInterrupt
+        return engine.PreparedFile(input=item)
+
+    monkeypatch.setattr(engine, "prepare_file", prepare)
+    items = [InputFile(path=name, root=".", relative=name) for name in "abcdef"]
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for prepared in engine._decoded_ahead(items, ScoreOptions(), 16000):
+            seen.append(prepared.input.path)
+    assert seen == ["a", "b"]
+    assert len(started) <= 2 + engine.DECODE_AHEAD  # c raised; at most the look-ahead beyond it started
+    assert "f" not in started

@@ -13,11 +13,13 @@ stream, so memory does not grow with a file's length: only window scores and fra
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -398,6 +400,32 @@ def score_prepared(
     return [file.rows(profiles, calibration) for file in files]
 
 
+# Files a decoding thread prepares while the model scores the one before (each held file is a few MB).
+DECODE_AHEAD = 2
+
+
+def _decoded_ahead(
+    items: Sequence[audio.InputFile], options: ScoreOptions, sample_rate: int
+) -> Iterator[PreparedFile]:
+    """Prepared files in input order, decoded on a thread ahead of the caller: decoding (libsndfile,
+    ffmpeg), resampling and the network all release the GIL, so decoding the next file overlaps
+    scoring this one. Files are prepared independently, so scores do not change."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="haaqi-decode")
+    pending = iter(items)
+    ahead: deque = deque()
+    try:
+        for item in itertools.islice(pending, DECODE_AHEAD):
+            ahead.append(pool.submit(prepare_file, item, options, sample_rate))
+        while ahead:
+            prepared = ahead.popleft().result()
+            following = next(pending, None)
+            if following is not None:
+                ahead.append(pool.submit(prepare_file, following, options, sample_rate))
+            yield prepared
+    finally:  # on Ctrl-C: the file being decoded finishes, the queued ones never start
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _prepared_stream(
     items: Sequence[audio.InputFile], options: ScoreOptions, sample_rate: int
 ) -> Iterator[PreparedFile]:
@@ -405,8 +433,7 @@ def _prepared_stream(
     windows stream later in this process: `window_chunks`)."""
     workers = options.workers or 1
     if workers <= 1:
-        for item in items:
-            yield prepare_file(item, options, sample_rate)
+        yield from _decoded_ahead(items, options, sample_rate)
         return
     # lazy: joblib only where this path runs (start-up time)
     from joblib import Parallel, delayed
