@@ -67,6 +67,12 @@ def design_note(info: dict) -> str:
         prior = info.get("training", {}).get("content_prior", {})
         parts.append(f"a frozen {head['content_prior']} content prior ({prior.get('file', 'converted weights')}, "
                      "ISC licence; 3-s patches at 16 kHz)")
+    corrector = info.get("training", {}).get("corrector")
+    if corrector:
+        before, after = corrector["selection_before"], corrector["selection_after"]
+        parts.append(f"a signal-descriptor corrector of the score (hidden {head.get('signal_corrector')}, fitted on "
+                     f"{corrector['items']} training clips with the network frozen; selection LCC "
+                     f"{before['lcc']:.3f} -> {after['lcc']:.3f})")
     return f"; {', '.join(parts)}" if parts else ""
 
 
@@ -126,9 +132,24 @@ def train_command(info: dict) -> str:
     if origin:
         folder = recipe.get("weights_dir", "...")
         via = " (an `haaqi ablate` row)" if origin["name"].startswith("ablation-") else ""
-        return (f"`{command}`{via}, into `{folder}`, then `scripts/promote-model.py {folder} {origin['name']} "
+        text = (f"`{command}`{via}, into `{folder}`, then `scripts/promote-model.py {folder} {origin['name']} "
                 f"{info['name']}`")
-    return f"`{command}`"
+    else:
+        text = f"`{command}`"
+    return text + corrector_command(info)
+
+
+def corrector_command(info: dict) -> str:
+    """The `haaqi correct` step of a model whose score a signal-descriptor corrector adjusts ("" without)."""
+    record = info.get("training", {}).get("corrector")
+    if not record:
+        return ""
+    recipe = record["recipe"]
+    flags = [f"--model {recipe['model']}", f"--manifest {recipe['manifest']}"]
+    for key in ("hidden", "epochs", "lr", "weight_decay", "rank_weight", "selection", "select_metric", "threads"):
+        if recipe.get(key) not in (None, ""):
+            flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
+    return f", then `haaqi correct {' '.join(flags)}` (network frozen; sha256 of the model it corrected `{record['base']['sha256'][:12]}…`)"
 
 
 def previous_release_section() -> list[str]:
