@@ -16,6 +16,16 @@ from haaqicli.data.packages import DatasetError
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
 
 
+def first_of_shuffle(total: int, count: int, seed: int = 0) -> np.ndarray:
+    """Mask of the first `count` of `total` items in a fixed seeded shuffle: smaller counts are subsets
+    of larger ones, so a learning curve adds labels instead of drawing new ones."""
+    if not 1 <= count <= total:
+        raise DatasetError(f"--train-items {count}: must be between 1 and the {total} training items")
+    mask = np.zeros(total, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(total)[:count]] = True
+    return mask
+
+
 def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
     return [(row["item_id"], *item_input(row, corpus, sample_rate, length)) for row in rows]
 
@@ -28,10 +38,13 @@ def load_split_arrays(
     cache_dir: str | Path | None = None,
     workers: int = 2,
     log: object = None,
+    items: int | None = None,
+    seed: int = 0,
 ) -> tuple[Int16Waves, np.ndarray, np.ndarray, pd.DataFrame]:
     """(waves (N, T) float32 on read, audiograms (N, 8) float32, labels (N,) float32, meta) of a split's
     labelled items. Rows the labeller did not write are regenerated (in `workers` processes) into the
-    split cache first. `log(text)` (e.g. print) hears the cache's disk use."""
+    split cache first. `log(text)` (e.g. print) hears the cache's disk use. `items`: only that many
+    labelled items (`first_of_shuffle`), chosen before any is regenerated."""
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
     cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
@@ -40,6 +53,8 @@ def load_split_arrays(
     meta = meta.sort_values("item_id").reset_index(drop=True)
     if meta.empty:
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
+    if items is not None:
+        meta = meta[first_of_shuffle(len(meta), items, seed)].reset_index(drop=True)
     store = SplitCache.of_manifest(cache, manifest, split, sample_rate)
     scales = store.scales()
     rows = meta.to_dict(orient="records")

@@ -163,13 +163,15 @@ class Split:
         return None if self.terms is None else self.terms[torch.as_tensor(np.asarray(index, dtype=np.int64))]
 
 
-def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print) -> Split:
+def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print,
+               items: int | None = None, seed: int = 0) -> Split:
     """The labelled items of a manifest split, each presented at its level; the waves stay an int16
-    memory map on disk (see `load_split_arrays`), whose disk use is logged."""
+    memory map on disk (see `load_split_arrays`), whose disk use is logged. `items`: the first that
+    many of a seeded shuffle (as `first_items`), the others never regenerated."""
     # lazy: scipy, pandas, joblib only where this path runs (start-up time)
     from haaqicli.data.arrays import load_split_arrays
 
-    waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log)
+    waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log, items=items, seed=seed)
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
@@ -213,12 +215,10 @@ def selection_split(manifest: str | Path, selection: str, log: Callable[[str], N
 def first_items(data: Split, count: int, seed: int = 0) -> Split:
     """The first `count` items of a fixed shuffle (seeded): smaller counts are subsets of larger
     ones, so a learning curve adds labels instead of drawing new ones."""
-    if not 1 <= count <= len(data):
-        raise HaaqiError(f"--train-items {count}: must be between 1 and the {len(data)} training items")
-    order = np.random.default_rng(seed).permutation(len(data))
-    mask = np.zeros(len(data), dtype=bool)
-    mask[order[:count]] = True
-    return data.subset(mask)
+    # lazy: scipy, pandas, joblib only where this path runs (start-up time)
+    from haaqicli.data.arrays import first_of_shuffle
+
+    return data.subset(first_of_shuffle(len(data), count, seed))
 
 
 def load_train_selection(config: TrainConfig, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
@@ -226,10 +226,11 @@ def load_train_selection(config: TrainConfig, log: Callable[[str], None] | None 
     tracks of the training packages, else `selection_split`; `train_items` limits the training items."""
     if config.selection == "dev":
         train, select = load_train_dev(config.manifest, log)
-    else:
-        train, select = load_split(config.manifest, "train", log), selection_split(config.manifest, config.selection, log)
-    if config.train_items is not None:
-        train = first_items(train, config.train_items, config.seed)
+        if config.train_items is not None:
+            train = first_items(train, config.train_items, config.seed)
+    else:  # only the chosen training items are regenerated into the cache
+        train = load_split(config.manifest, "train", log, items=config.train_items, seed=config.seed)
+        select = selection_split(config.manifest, config.selection, log)
     return train, select
 
 
