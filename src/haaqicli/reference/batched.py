@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.fft import next_fast_len
-from scipy.signal import butter
 
+from haaqicli.reference.dsp import butter
 from haaqicli.reference.ear import (
     FS,
     N_BANDS,

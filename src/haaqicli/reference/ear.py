@@ -14,9 +14,8 @@ from functools import partial
 
 import numpy as np
 import scipy.fft as sfft
-from numba import njit
-from scipy.signal import butter, cheby2, lfilter, resample_poly
 
+from haaqicli.reference.dsp import _jit, butter, cheby2, lfilter, resample_poly
 from haaqicli.reference.formula import (  # noqa: F401  (re-exported: the ear's constants)
     EAR_Q,
     HAAQI_FREQUENCIES,
@@ -41,21 +40,6 @@ class EarOutput:
     y_bm: np.ndarray
     x_sl: np.ndarray
     y_sl: np.ndarray
-
-
-def _jit(**options):
-    """numba.njit with an on-disk cache. fastmath is off unless a kernel asks for a measured subset
-    (the oracle test bounds every such choice against pyclarity).
-    Without a writable cache location (read-only install, no writable home) numba refuses cache=True
-    at decoration time; the kernels are then compiled per process instead of failing the import."""
-
-    def decorate(fn):
-        try:
-            return njit(cache=True, **options)(fn)
-        except RuntimeError:
-            return njit(cache=False, **options)(fn)
-
-    return decorate
 
 
 # ----------------------------------------------------------------------------- parameters

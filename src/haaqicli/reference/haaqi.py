@@ -11,9 +11,9 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from scipy.signal import fftconvolve, firwin
 
 from haaqicli.reference._heap import keep_freed_memory
+from haaqicli.reference.dsp import fftconvolve, firwin
 from haaqicli.reference.ear import (
     FS,
     NOISE_MODES,
