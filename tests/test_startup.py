@@ -71,8 +71,8 @@ def test_numba_kernels_are_cached_on_disk() -> None:
     code = ("import numpy as np\nfrom haaqicli.reference.haaqi import compute_haaqi\n"
             "x = np.random.default_rng(0).standard_normal(4800) * 0.1\n"
             "compute_haaqi(0.9 * x, x, 24000, 24000, np.zeros(8), 1, 80.0)\n"
-            "from haaqicli.reference import ear, haaqi\n"
-            "kernels = [f for m in (ear, haaqi) for f in vars(m).values() if hasattr(f, 'stats')]\n"
+            "from haaqicli.reference import dsp, ear, haaqi\n"
+            "kernels = [f for m in (dsp, ear, haaqi) for f in vars(m).values() if hasattr(f, 'stats')]\n"
             "import json, sys\n"
             "print(json.dumps([sum(len(f.stats.cache_hits) for f in kernels), "
             "sum(len(f.stats.cache_misses) for f in kernels)]), file=sys.stderr)")
