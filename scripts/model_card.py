@@ -128,7 +128,9 @@ def train_command(info: dict) -> str:
         if recipe.get(key) not in (None, 0, 0.0, ""):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
     command = "haaqi train " + " ".join(flags)
-    origin = info.get("training", {}).get("promoted_from")
+    corrected = info.get("training", {}).get("corrector")
+    # a corrected model's own promotion is the corrector's step; the network's is recorded with its base
+    origin = (corrected["base"].get("promoted_from") if corrected else info.get("training", {}).get("promoted_from"))
     if origin:
         folder = recipe.get("weights_dir", "...")
         via = " (an `haaqi ablate` row)" if origin["name"].startswith("ablation-") else ""
@@ -146,10 +148,16 @@ def corrector_command(info: dict) -> str:
         return ""
     recipe = record["recipe"]
     flags = [f"--model {recipe['model']}", f"--manifest {recipe['manifest']}"]
-    for key in ("hidden", "epochs", "lr", "weight_decay", "rank_weight", "selection", "select_metric", "threads"):
+    for key in ("source_dir", "weights_dir", "hidden", "epochs", "lr", "weight_decay", "rank_weight", "selection",
+                "select_metric", "train_items", "threads"):
         if recipe.get(key) not in (None, ""):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
-    return f", then `haaqi correct {' '.join(flags)}` (network frozen; sha256 of the model it corrected `{record['base']['sha256'][:12]}…`)"
+    text = (f", then `haaqi correct {' '.join(flags)}` (network frozen; sha256 of the model it corrected "
+            f"`{record['base']['sha256'][:12]}…`)")
+    origin = info.get("training", {}).get("promoted_from")
+    if origin and recipe.get("weights_dir"):
+        text += f", then `scripts/promote-model.py {recipe['weights_dir']} {origin['name']} {info['name']}`"
+    return text
 
 
 def previous_release_section() -> list[str]:
@@ -165,7 +173,11 @@ def previous_release_section() -> list[str]:
              "| model | split | n | LCC | SRCC | MSE | within-profile LCC | clean/normal |", "|---|---|---|---|---|---|---|---|"]
     for row in now:
         prev = old.get((row["split"], row["model"]))
-        for label, r in (("this release", row), ("previous", prev)):
+        if prev is not None and prev.get("sha256") and prev.get("sha256") == row.get("sha256"):
+            prev, label_now = None, "unchanged in this release"  # the same weights: one row
+        else:
+            label_now = "this release"
+        for label, r in ((label_now, row), ("previous", prev)):
             if r is None:
                 continue
             o, w, c = r["overall"], r.get("within_profile", {}), r.get("clean_normal", {})
@@ -461,7 +473,8 @@ def main() -> None:
     lines += ["", "## Training data", "",
               f"`haaqi dataset stats --json` (manifest `labels/manifest.parquet`): {dataset.get('items', '–')} "
               f"items from {dataset.get('clips', '–')} clips of {dataset.get('sources', '–')} tracks, "
-              f"{dataset.get('labelled', '–')} labelled at the time of training.", ""]
+              f"{dataset.get('labelled', '–')} labelled when this card was written (each model's recipe line says how "
+              "many training clips it saw).", ""]
     packages = dataset.get("packages", [])
     if packages:
         lines += ["| split | package | items | labelled |", "|---|---|---|---|"]

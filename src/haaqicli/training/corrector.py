@@ -135,7 +135,8 @@ def fit_corrector(config: CorrectorConfig, log: Callable[[str], None] = print) -
     corrector.load_state_dict(best_state)
     name = config.name or config.model
     training = {**base_info.training,
-                "corrector": {"base": {"name": base_info.name, "sha256": base_info.sha256},
+                "corrector": {"base": {"name": base_info.name, "sha256": base_info.sha256,
+                                       "promoted_from": base_info.training.get("promoted_from")},
                               "recipe": asdict(config), "items": len(train),
                               "packages": sorted(train.meta["package"].unique().tolist()),
                               "spl_range": _label_levels(train.meta),
