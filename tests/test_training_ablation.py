@@ -353,7 +353,7 @@ def test_correct_fits_a_corrector_onto_a_frozen_model_and_exports_one_model(data
     base, base_info = load_model("base", weights_dir=tmp_path / "w")
     record = info.training["corrector"]
     assert info.config["head"]["signal_corrector"] == 8
-    assert record["base"] == {"name": "base", "sha256": base_info.sha256}
+    assert record["base"] == {"name": "base", "sha256": base_info.sha256, "promoted_from": None}  # trained here
     assert record["recipe"]["selection"] == "validation-real:ufoai-music"
     # chosen on the selection items: never worse there than the network alone
     assert record["selection_after"]["lcc"] >= record["selection_before"]["lcc"]
