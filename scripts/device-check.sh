@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GPU checks in one short call, for a session that is lent a GPU machine (device tool `run`). That
-# machine's own python3 has torch/torchaudio 2.11, numba, scipy, pandas, pytest; soundfile is not there,
-# so carry its wheel (.whl/, see the device tool's README). Writes under $OUT (default data/results):
-#   gpu.txt        the GPU
-#   gpu-tests.txt  tests/test_reference_batched.py, whose CUDA test compares CUDA with CPU scores
-#   gpu-bench.txt  the batched exact HAAQI on CUDA (8 and 32 clips of 10 s at 44.1 kHz per call)
-# Not yet run: no GPU was lent to the session that wrote it.
+# machine's own python3 has torch/torchaudio 2.11, numba, scipy, pandas, pytest; soundfile (and its cffi,
+# pycparser) is not there, so carry their wheels (.whl/, see the device tool's README). Writes under $OUT
+# (default data/results), most important first, each step time-limited:
+#   gpu.txt         the GPU
+#   gpu-tests.txt   the tests that take a CUDA path (CUDA against CPU scores, device choice, CLI)
+#   gpu-models.json each model's CUDA scores against the CPU's and against a second CUDA run, timings
+#   gpu-e2e.json    the end-to-end bench rows (whole haaqi processes; --device auto is CUDA there)
+#   gpu-bench.txt   the batched exact HAAQI on CUDA (8 and 32 clips of 10 s at 44.1 kHz per call)
+#   gpu-suite.txt   the whole test suite (where time is left), auto device = CUDA
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-data/results}
@@ -15,9 +18,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_reference_batched.py 2>&1 | tee "$OUT/gpu-tests.txt"
-python3 - <<'PY' 2>&1 | tee "$OUT/gpu-bench.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+nproc | tee -a "$OUT/gpu.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests/test_reference_batched.py \
+  tests/test_models_registry.py tests/test_score_cli.py tests/test_reference.py 2>&1 | tee "$OUT/gpu-tests.txt"
+timeout 240 python3 scripts/device_check.py "$OUT" ${DEVICE_CHECK_ARGS:-} 2>&1 | tee "$OUT/gpu-models.txt"
+timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/gpu-bench.txt"
 from haaqicli.reference.bench import benchmark_batch
 
 for clips in (8, 32):
@@ -25,3 +31,5 @@ for clips in (8, 32):
     print(f"cuda, {clips} clips of 10 s: {run['seconds_per_clip']:.4f} s per clip "
           f"({10.0 / run['seconds_per_clip']:.0f}x real time)")
 PY
+timeout ${SUITE_SECONDS:-90} python3 -m pytest -q -p no:cacheprovider -n 14 --timeout 100 tests 2>&1 \
+  | tail -40 | tee "$OUT/gpu-suite.txt"

@@ -264,6 +264,8 @@ def test_limiter_holds_the_ceiling_and_raises_density() -> None:
     assert np.sqrt(np.mean(y**2)) == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-6)
 
 
+@pytest.mark.ffmpeg
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg missing")
 def test_codec_retries_a_failed_ffmpeg_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A transient ffmpeg failure is retried; a persistent one is a one-line AudioError."""
     import subprocess

@@ -77,7 +77,7 @@ def test_windows_of_many_files_share_batches_without_changing_scores(music_folde
     for path in sorted(Path(music_folder).rglob("*.*")):
         if path.name.startswith(".") or path.suffix == ".txt":
             continue
-        alone = score_inputs([path], profiles, ScoreOptions(batch_size=1), progress=False).table
+        alone = score_inputs([path], profiles, ScoreOptions(batch_size=3), progress=False).table
         mine = together[together["path"] == str(path)].reset_index(drop=True)
         assert len(mine) == len(alone) > 0
         assert list(mine["ear"]) == list(alone["ear"]) and list(mine["profile"]) == list(alone["profile"])
@@ -102,7 +102,8 @@ def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tin
     x = synth.music(14.2, sr, seed=4)[0].astype(np.float32)
     path = tmp_path / "song.wav"
     sf.write(path, x, sr, subtype="FLOAT")
-    row = score_inputs([path], [BUILTIN_PROFILES["normal"]], ScoreOptions(), progress=False).table.iloc[0]
+    # both on the CPU: this compares resampling and windowing, not devices (CUDA: test_cuda_scores_...)
+    row = score_inputs([path], [BUILTIN_PROFILES["normal"]], ScoreOptions(device="cpu"), progress=False).table.iloc[0]
     predictor = HAAQIPredictor.from_pretrained("distilled", weights_dir=use_tiny_weights)
     gain = audio.presentation_gain(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))), 65.0)  # the file's level
     with torch.inference_mode():
@@ -110,7 +111,7 @@ def test_file_scores_equal_the_api_on_the_same_waveform_at_44k(tmp_path, use_tin
     assert row["status"] == "ok"
     assert row["score"] == pytest.approx(float(expected[0]), abs=2e-6)
     # and the very samples each window holds (a window resampled on its own differs at its edges)
-    prepared = prepare_file(audio.discover([path])[0], ScoreOptions())
+    prepared = prepare_file(audio.discover([path])[0], ScoreOptions(device="cpu"))
     wave, _ = predictor.prepare(torch.from_numpy(x * np.float32(gain))[None], torch.zeros(1, 8), sr, None)
     spans = audio.plan_windows(wave.shape[-1], 144000, 108000)
     assert [(round(a * 24000), round(b * 24000)) for a, b in zip(prepared.starts_s, prepared.ends_s, strict=True)] == spans
@@ -141,6 +142,50 @@ def test_one_head_pass_per_batch_gives_each_audiogram_its_own_scores(use_tiny_we
                     np.testing.assert_allclose(frames[p, w], out.frames[0].numpy(), atol=1e-5)
     assert not np.allclose(results[0][0][0], results[0][0][1])  # the audiograms matter
     np.testing.assert_array_equal(results[0][0][0], results[0][0][2])  # equal audiograms, equal scores
+
+
+def test_fixed_shape_batches_give_the_scores_of_unpadded_ones(use_tiny_weights):
+    """The padding used on CUDA (every encoder batch and head chunk batch_size rows) leaves each
+    window's scores as they are: checked on the CPU, where both forms run."""
+    import torch
+
+    from haaqicli.engine import WindowScorer
+    from haaqicli.models.registry import load_model
+
+    model, _ = load_model("distilled", device="cpu", weights_dir=use_tiny_weights)
+    rng = np.random.default_rng(1)
+    units = [(rng.normal(size=(n, 24000)).astype(np.float32) * 0.1, rng.uniform(0, 80, size=(p, 8)))
+             for n, p in ((5, 2), (1, 3), (2, 1))]
+    plain = WindowScorer(model, torch.device("cpu"), batch_size=4)
+    padded = WindowScorer(model, torch.device("cpu"), batch_size=4)
+    padded.fixed_shapes = True
+    for (clip, frames), (clip_p, frames_p) in zip(plain.score_units(units), padded.score_units(units), strict=True):
+        np.testing.assert_allclose(clip_p, clip, atol=1e-6)
+        np.testing.assert_allclose(frames_p, frames, atol=1e-6)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_cuda_scores_of_a_file_alone_equal_its_scores_in_a_folder(music_folder, use_tiny_weights):
+    """On CUDA (fixed batch shapes) a file's scores do not depend on its batch neighbours, and they
+    agree with the CPU's (2e-5 apart for the shipped models on an H200)."""
+    from pathlib import Path
+
+    from haaqicli.audiogram import BUILTIN_PROFILES
+    from haaqicli.engine import score_inputs
+    from haaqicli.scoring import ScoreOptions
+
+    profiles = [BUILTIN_PROFILES["mild"], BUILTIN_PROFILES["N5"]]
+    options = ScoreOptions(batch_size=3, device="cuda")
+    together = score_inputs([music_folder], profiles, options, progress=False).table
+    on_cpu = score_inputs([music_folder], profiles, ScoreOptions(batch_size=3, device="cpu"), progress=False).table
+    np.testing.assert_allclose(together["score"], on_cpu["score"], atol=1e-4)
+    for path in sorted(Path(music_folder).rglob("*.*")):
+        if path.name.startswith(".") or path.suffix == ".txt":
+            continue
+        alone = score_inputs([path], profiles, options, progress=False).table
+        mine = together[together["path"] == str(path)].reset_index(drop=True)
+        np.testing.assert_allclose(mine["score"], alone["score"], atol=1e-6)
+        np.testing.assert_allclose(mine["score_min"], alone["score_min"], atol=1e-6)
 
 
 def test_long_files_stream_with_the_scores_of_held_windows(tmp_path, use_tiny_weights):

@@ -202,6 +202,33 @@ class WindowScorer:
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = max(1, batch_size)
+        # CUDA libraries choose kernels by tensor shape, so a window's scores moved by up to 5e-5 with the
+        # number of its batch neighbours (measured on an H200). There every encoder batch and head chunk is
+        # padded to batch_size rows: one shape, so a file scores the same alone as in a folder. The CPU
+        # kernels agree within 1e-6 across batch shapes (tests), and padding would cost CPU time there.
+        self.fixed_shapes = torch.device(device).type == "cuda"
+
+    def _padded(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows` padded with zeros to batch_size rows where fixed_shapes holds (callers keep the first
+        len(rows) results)."""
+        missing = self.batch_size - len(rows)
+        if not self.fixed_shapes or missing <= 0:
+            return rows
+        return torch.cat([rows, rows.new_zeros((missing, *rows.shape[1:]))])
+
+    def _head(self, features: Sequence[torch.Tensor], index: torch.Tensor,
+              gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid clip and frame scores of head rows (encoder row `index`, audiogram `gram`): one pass,
+        or, with fixed shapes, chunks of batch_size rows."""
+        step = self.batch_size if self.fixed_shapes else len(index)
+        clips, frames = [], []
+        for start in range(0, len(index), step):
+            rows = index[start : start + step]
+            clip_logit, frame_logits = self.model.head(
+                [self._padded(f.index_select(0, rows)) for f in features], self._padded(gram[start : start + step]))
+            clips.append(torch.sigmoid(clip_logit[: len(rows)]))
+            frames.append(torch.sigmoid(frame_logits[: len(rows)]))
+        return torch.cat(clips), torch.cat(frames)
 
     def __call__(self, windows: np.ndarray, audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """windows (N, T), audiograms (P, 8) -> clip scores (P, N) and frame scores (P, N, F)."""
@@ -222,7 +249,7 @@ class WindowScorer:
             owner = np.repeat(members, [len(units[i][0]) for i in members])  # unit of each window
             for start in range(0, len(windows), self.batch_size):
                 stop = min(start + self.batch_size, len(windows))
-                wave = torch.from_numpy(windows[start:stop]).to(self.device)
+                wave = self._padded(torch.from_numpy(windows[start:stop]).to(self.device))
                 features = self.model.encode(wave)
                 # One head pass for the whole batch: a row per (window, distinct audiogram of its
                 # unit). Profiles with equal ears, and a mono signal heard by both, cost one row.
@@ -236,9 +263,9 @@ class WindowScorer:
                         grams.append(np.broadcast_to(gram, (len(mine), gram.shape[0])))
                 index = torch.from_numpy(np.concatenate(rows)).to(self.device)
                 gram = torch.from_numpy(np.concatenate(grams).astype(np.float32)).to(self.device)
-                clip_logit, frame_logits = self.model.head([f.index_select(0, index) for f in features], gram)
-                clip = torch.sigmoid(clip_logit).float().cpu().numpy()
-                frame = torch.sigmoid(frame_logits).float().cpu().numpy()
+                clip_scores, frame_scores = self._head(features, index, gram)
+                clip = clip_scores.float().cpu().numpy()
+                frame = frame_scores.float().cpu().numpy()
                 for unit, first, n, n_distinct, inverse in parts:
                     # (distinct audiograms, windows) -> one row per audiogram of the unit
                     unit_clip = clip[first : first + n * n_distinct].reshape(n_distinct, n)

@@ -175,7 +175,8 @@ def _freeze(manifest: str | None, out: str, force: bool) -> None:
 @click.option("--retry-errors", is_flag=True,
               help="Also relabel items whose row is an error (e.g. a full disk); the new row supersedes it.")
 @click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA when present), cpu, cuda or cuda:N. CUDA batches clips in the torch engine.")
+              help="auto (the CPU: faster than the batched CUDA engine, see README), cpu, cuda or cuda:N. "
+                   "CUDA batches clips in the torch engine.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Clips per batch on a CUDA device.")
 @scheduler_option

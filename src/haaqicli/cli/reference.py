@@ -35,7 +35,8 @@ from haaqicli.cli.common import (
               help="Pairs scored at once on the CPU, one single-threaded process each (default: one per core). "
                    "A single pair uses every core in one process.")
 @click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA when present), cpu, cuda or cuda:N. On CUDA the clips of a pair are batched.")
+              help="auto (the CPU: faster than the batched CUDA engine, see README), cpu, cuda or cuda:N. "
+                   "On CUDA the clips of a pair are batched.")
 @segment_seconds_option()
 @output_options
 @scheduler_option

@@ -393,7 +393,7 @@ def label_manifest(
     """Label pending items into the shard folder (``labels_dir``, default beside the manifest),
     flushing the open shard every ``flush_every`` results and sealing one every ``shard_size``. With
     ``cache_dir`` each item's model input goes into its split's int16 cache (see data.export). On a CUDA
-    ``device`` ("auto" picks one when present) items go through the batched torch engine
+    ``device`` (named explicitly: "auto" is the CPU) items go through the batched torch engine
     ``batch_size`` at a time; on the CPU, through ``workers`` processes of the numba engine. With a
     ``scheduler`` (Dask address or local:N) each item is one task on that cluster (numba engine, one
     thread per task); the shards and caches are written here, as results come back.

@@ -229,7 +229,7 @@ def iter_pair_rows(pairs: Sequence[tuple[Path | None, Path | None]], profiles: S
 
     On the CPU, several pairs run at once in `workers` single-threaded processes (None: one per core),
     each allowed its share of the available memory; a single pair (or `workers=1`) runs in this
-    process with the threaded engine. On CUDA ("auto" picks it when present) pairs go one after
+    process with the threaded engine. On CUDA (named explicitly: "auto" is the CPU) pairs go one after
     another through the batched torch engine."""
     return _task_rows([(reference, processed, profiles) for reference, processed in pairs], spl, mix, workers,
                       device, segment_seconds)
