@@ -387,6 +387,45 @@ def test_verify_regenerates_items_against_manifest_and_labels(corpus: Path, tmp_
     assert out.exit_code == 1 and "sha256 differs" in out.output and "Traceback" not in out.output
 
 
+def test_a_render_from_another_cpu_keeps_the_frozen_items_within_tolerance(corpus: Path, tmp_path: Path) -> None:
+    """A render whose bits differ (as fluidsynth's do across CPUs) but whose clips agree within
+    RENDER_RMS_TOLERANCE_DB keeps the frozen manifest's items; a changed render, or a changed unpacked
+    file, makes new items; verify checks such a render within the render tolerances."""
+    from haaqicli.data.corpus import FrozenSources
+    from haaqicli.data.verify import verify
+
+    frozen = _build(corpus, items=24)
+    write_manifest(frozen, tmp_path / "frozen.parquet", compact=True)
+    frozen = read_manifest(tmp_path / "frozen.parquet")  # with its (empty) label columns, as verify reads it
+    rendered = sorted(s for s in frozen["source"].unique() if s.startswith("rendered/"))
+    assert rendered
+    data, sr = sf.read(corpus / rendered[0])
+    noise = np.random.default_rng(0).normal(size=data.shape) * 2e-4  # a few 16-bit steps: new bits, same music
+    sf.write(corpus / rendered[0], data + noise, sr)
+    assert set(_build(corpus, items=24)["item_id"]) != set(frozen["item_id"])  # ids follow the bits...
+    sources = FrozenSources.of(frozen)
+    rebuilt = build_manifest(corpus, _config(24), frozen=sources)
+    assert set(rebuilt["item_id"]) == set(frozen["item_id"])  # ...unless the frozen identity is kept
+    assert list(sources.adopted) == [rendered[0]] and sources.adopted[rendered[0]] < 0.01
+    result = verify(frozen, corpus, len(frozen))
+    assert result["failed"] == 0 and result["rerendered_sources"] == [rendered[0]]
+    # a render 6 dB away is other music
+    sf.write(corpus / rendered[0], data * 0.5, sr)
+    sources = FrozenSources.of(frozen)
+    rebuilt = build_manifest(corpus, _config(24), frozen=sources)
+    assert not sources.adopted and "dB from the frozen" in sources.refused[rendered[0]]
+    assert set(rebuilt["item_id"]) != set(frozen["item_id"])
+    assert verify(frozen, corpus, len(frozen))["failed"] > 0
+    # an unpacked file is identified by its bits alone
+    sf.write(corpus / rendered[0], data, sr)
+    unpacked = next(s for s in frozen["source"].unique() if s.startswith("packages/"))
+    data, sr = sf.read(corpus / unpacked)
+    sf.write(corpus / unpacked, data * 0.999, sr)
+    sources = FrozenSources.of(frozen)
+    assert set(build_manifest(corpus, _config(24), frozen=sources)["item_id"]) != set(frozen["item_id"])
+    assert not sources.adopted and not sources.refused
+
+
 def test_cli_build_stats_and_guard(corpus: Path, tmp_path: Path) -> None:
     from haaqicli.cli import main
 

@@ -90,7 +90,14 @@ def _build(manifest: str | None, corpus: str | None, items: int, variants: int, 
            max_package_share: float, validation_variants: int, validation_clips_per_track: int, no_augment: bool,
            seed: int, weights: str | None, packages: tuple[str, ...], frozen: str, force: bool, quiet: bool) -> None:
     from haaqicli.data import degrade
-    from haaqicli.data.corpus import BuildConfig, build_manifest, read_manifest, write_manifest
+    from haaqicli.data.corpus import (
+        RENDER_RMS_TOLERANCE_DB,
+        BuildConfig,
+        FrozenSources,
+        build_manifest,
+        read_manifest,
+        write_manifest,
+    )
     from haaqicli.data.labels import read_shards, shard_dir
     from haaqicli.data.packages import DatasetError, guard_package
     from haaqicli.data.verify import compare_manifests
@@ -112,19 +119,28 @@ def _build(manifest: str | None, corpus: str | None, items: int, variants: int, 
                          max_package_share=max_package_share, seed=seed, recipe_weights=recipe_weights,
                          packages=packages or None, validation_variants=validation_variants,
                          validation_clips_per_track=validation_clips_per_track, augment=not no_augment)
-    df = build_manifest(corpus_dir, config, progress=not quiet)
+    frozen_path = Path(frozen)
+    compare = frozen_path.is_file() and frozen_path.resolve() != manifest_path.resolve()
+    frozen_df = read_manifest(frozen_path) if compare else None
+    sources = FrozenSources.of(frozen_df) if frozen_df is not None else None
+    df = build_manifest(corpus_dir, config, progress=not quiet, frozen=sources)
     write_manifest(df, manifest_path)
     for line in config.skipped:
         click.echo(f"skipped: {line}", err=True)
     counts = df.groupby("split").size().to_dict()
     click.echo(f"wrote {manifest_path}: {len(df)} items from {df['clip_id'].nunique()} clips of "
                f"{df['source'].nunique()} tracks in {df['package'].nunique()} packages; splits {counts}")
-    frozen_path = Path(frozen)
-    if frozen_path.is_file() and frozen_path.resolve() != manifest_path.resolve():
-        diff = compare_manifests(df, read_manifest(frozen_path))
+    if frozen_df is not None and sources is not None:
+        diff = compare_manifests(df, frozen_df)
         verdict = ("the same items" if diff["only_built"] == diff["only_frozen"] == 0 else
                    f"{diff['same']} items in common, {diff['only_built']} only here, {diff['only_frozen']} only there")
         click.echo(f"compared with the frozen {frozen_path}: {verdict}")
+        if sources.adopted:
+            click.echo(f"{len(sources.adopted)} renders differ in their bits from the frozen manifest's and keep its "
+                       f"identity: clip RMS at most {max(sources.adopted.values()):.4f} dB apart (tolerance "
+                       f"{RENDER_RMS_TOLERANCE_DB} dB; synthesisers differ across CPUs)")
+        for source, why in sorted(sources.refused.items()):
+            click.echo(f"render differs from the frozen manifest's: {source} ({why}): its items are new", err=True)
 
 
 @dataset.command()
@@ -245,6 +261,10 @@ def _verify(manifest: str | None, corpus: str | None, n: int, seed: int, quiet: 
     click.echo(f"verified {result['checked']} items of {manifest_path} ({result['relabelled']} relabelled): "
                f"{result['failed']} differ (tolerances: clip RMS {check.CLIP_RMS_TOLERANCE_DB} dB, HAAQI terms "
                f"{check.TERM_TOLERANCE})")
+    if result["rerendered_sources"]:
+        click.echo(f"{len(result['rerendered_sources'])} renders differ in their bits from the manifest's (another "
+                   f"CPU's synthesiser): checked within clip RMS {check.RENDER_RMS_TOLERANCE_DB} dB and HAAQI terms "
+                   f"{check.RENDER_TERM_TOLERANCE}")
     if result["failed"]:
         raise SystemExit(1)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -249,6 +250,54 @@ class Clip:
     rms_db: float  # of the mono clip as read (a cheap regeneration check)
 
 
+# Renders (fluidsynth, libopenmpt, mixes) are not bit-identical across CPUs: on a second machine 24 of
+# the corpus's renders hashed differently from the machine that froze labels/manifest.parquet, their
+# clips 0.0000 dB apart in RMS at the median and 0.92 dB at most, and labels recomputed on them moved by
+# 0.007 at most (40 items). A rendered source therefore keeps a frozen manifest's identity (its sha256,
+# and with it its items' ids, seeds and labels) when its clips sit at the frozen offsets within this
+# many dB of the frozen RMS; any other source, or a render further off, is new music with new items.
+RENDER_RMS_TOLERANCE_DB = 1.5
+
+
+def is_rendered(source: str) -> bool:
+    """Whether a corpus source was rendered here (MIDI, modules, scores, mixes) rather than unpacked."""
+    return source.startswith("rendered/")
+
+
+@dataclass
+class FrozenSources:
+    """Each source of a frozen manifest: its sha256 and its clips' RMS by offset; `adopted` collects the
+    rendered sources whose bits differ here but whose frozen identity was kept (largest RMS gap, dB)."""
+
+    sha256: dict[str, str]
+    clip_rms_db: dict[str, dict[float, float]]
+    adopted: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: pd.DataFrame) -> FrozenSources:
+        clips = manifest.drop_duplicates(["source", "offset_s"])
+        rms: dict[str, dict[float, float]] = defaultdict(dict)
+        for source, offset, db in zip(clips["source"], clips["offset_s"], clips["clip_rms_db"], strict=True):
+            rms[str(source)][float(offset)] = float(db)
+        return cls(dict(zip(manifest["source"].astype(str), manifest["source_sha256"].astype(str), strict=True)),
+                   dict(rms))
+
+    def identity(self, source: str, local_sha: str, local_clips: Mapping[float, float]) -> str:
+        """The sha256 that identifies `source` in a build: the frozen one for a render within tolerance."""
+        frozen = self.sha256.get(source)
+        if frozen is None or frozen == local_sha or not is_rendered(source):
+            return local_sha
+        gaps = [abs(local_clips[offset] - db) if offset in local_clips else math.inf
+                for offset, db in self.clip_rms_db.get(source, {}).items()]
+        if gaps and max(gaps) <= RENDER_RMS_TOLERANCE_DB:
+            self.adopted[source] = max(gaps)
+            return frozen
+        self.refused[source] = ("clips elsewhere" if math.inf in gaps else
+                                f"clip RMS {max(gaps):.2f} dB from the frozen" if gaps else "no frozen clips")
+        return local_sha
+
+
 def _cap_per_package(clips: list[Clip], max_share: float, total: int) -> list[Clip]:
     """Keep at most ``max_share * total`` clips per package, round-robin over tracks."""
     by_pkg: dict[str, dict[str, list[Clip]]] = defaultdict(lambda: defaultdict(list))
@@ -362,9 +411,12 @@ def make_validation_items(clip: Clip, sha: str, config: BuildConfig, has_ffmpeg:
     return rows
 
 
-def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False) -> pd.DataFrame:
+def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False,
+                   frozen: FrozenSources | None = None) -> pd.DataFrame:
     """Scan, cut clips, draw items: the validation splits' fixed design first, then training items
-    up to ``config.items`` in all. Deterministic for a given corpus and config."""
+    up to ``config.items`` in all. Deterministic for a given corpus and config. With ``frozen`` (the
+    sources of a frozen manifest), a render whose bits differ from the frozen one's but whose clips
+    agree within RENDER_RMS_TOLERANCE_DB keeps its frozen identity, so its items are the frozen ones."""
     tracks = scan_corpus(corpus_dir, config.packages, skipped=config.skipped)
     if not tracks:
         raise DatasetError(f"{corpus_dir}: no training music found (run `make corpus` first)")
@@ -383,11 +435,17 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
             validation_clips.extend(Clip(tr, off, db) for off, db in
                                     cut_clips(corpus_dir, tr, config, config.validation_clips_per_track))
     hashes: dict[str, str] = {}
+    clip_rms: dict[str, dict[float, float]] = defaultdict(dict)
+    for clip in (*train_clips, *validation_clips):
+        clip_rms[clip.track.source][clip.offset_s] = clip.rms_db
 
     def sha(clip: Clip) -> str:
-        if clip.track.source not in hashes:
-            hashes[clip.track.source] = sha256_file(Path(corpus_dir) / clip.track.source)
-        return hashes[clip.track.source]
+        source = clip.track.source
+        if source not in hashes:
+            hashes[source] = sha256_file(Path(corpus_dir) / source)
+            if frozen is not None:
+                hashes[source] = frozen.identity(source, hashes[source], clip_rms[source])
+        return hashes[source]
 
     rows: list[dict[str, Any]] = []
     for clip in validation_clips:
