@@ -143,7 +143,7 @@ def _fir2(n_taps: int, freqs: np.ndarray, gains: np.ndarray) -> np.ndarray:
     h[0] = gains[0]
     start = 0
     for i in range(len(freqs) - 1):
-        stop = int(np.fix(freqs[i + 1] * npt)) - 1
+        stop = int(np.trunc(freqs[i + 1] * npt)) - 1
         idx = np.arange(start, stop + 1)
         frac = 0.0 if start == stop else (idx - start) / (stop - start)
         h[start : stop + 1] = frac * gains[i + 1] + (1 - frac) * gains[i]
