@@ -365,3 +365,62 @@ def test_correct_fits_a_corrector_onto_a_frozen_model_and_exports_one_model(data
     bad = CliRunner().invoke(main, ["correct", "--model", "base", "--manifest", str(data_dir), "--source-dir",
                                     str(tmp_path / "w"), "--selection", "validation-real:nexuiz-music"])
     assert bad.exit_code != 0 and "--selection" in bad.output and "Traceback" not in bad.output
+
+
+def test_pretrain_learns_the_damage_pretext_and_a_teacher_starts_from_it(data_dir: Path, tmp_path: Path) -> None:
+    """`haaqi pretrain` trains the teacher's encoder to name the processes of each training clip (no
+    HAAQI labels), writes only the encoder's tensors, and `haaqi train --init` starts a teacher from them."""
+    from conftest import TINY_TEACHER
+    from safetensors.torch import load_file
+
+    from haaqicli.cli import main
+    from haaqicli.training.pretrain import DAMAGE, damage_targets, recipe_damage
+    from haaqicli.util.hashing import content_hash
+
+    assert recipe_damage('{"type": "identity"}') == set()
+    nested = {"type": "cascade", "steps": [{"type": "codec", "codec": "opus", "bitrate": 12},
+                                           {"type": "cascade", "steps": [{"type": "noise"}, {"type": "reverb"}]}]}
+    assert recipe_damage(nested) == {"codec", "noise", "reverb"}
+    targets = damage_targets([nested, {"type": "identity"}])
+    assert targets.shape == (2, len(DAMAGE)) and targets[0].sum() == 3 and targets[1].sum() == 0
+
+    out = tmp_path / "pretrain" / "encoder.safetensors"
+    common = ["--manifest", str(data_dir), "--config", json.dumps(TINY_TEACHER), "--batch-size", "8",
+              "--device", "cpu", "--seed", "0"]
+    result = CliRunner().invoke(main, ["pretrain", *common, "--epochs", "6", "--lr", "3e-3", "--warmup-steps", "1",
+                                       "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(epochs) == 6 and epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]  # the pretext is learned
+    assert "held-out pretext" in result.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sha256"] == content_hash(out) and record["processes"] == list(DAMAGE)
+    tensors = load_file(str(out))
+    assert tensors and all(name.startswith("encoder.") for name in tensors)  # the pretext probe is not kept
+    trained = CliRunner().invoke(main, ["train", *common, "--epochs", "1", "--init", str(out),
+                                        "--run-dir", str(tmp_path / "t"), "--weights-dir", str(tmp_path / "w")])
+    assert trained.exit_code == 0, trained.output
+    assert f"warm start from {out}: {len(tensors)} of " in trained.output
+    # another run's checkpoints are never mistaken for this one's; the output must be .safetensors
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "best.pt").write_bytes(b"")
+    again = CliRunner().invoke(main, ["pretrain", *common, "--run-dir", str(tmp_path / "other"), "--out", str(out)])
+    assert again.exit_code != 0 and "best.pt" in again.output and "Traceback" not in again.output
+    wrong = CliRunner().invoke(main, ["pretrain", *common, "--out", str(tmp_path / "e.pt")])
+    assert wrong.exit_code != 0 and ".safetensors" in wrong.output
+
+
+def test_the_pretraining_row_starts_from_the_pretrained_encoder(tmp_path: Path) -> None:
+    from haaqicli.training.ablation import AblationConfig, _train_config, row_settings
+
+    settings = row_settings(["baseline", "ranking", "pretraining", "musicnn"], pretrained="enc.safetensors")
+    assert "init" not in settings["baseline"] and "init" not in settings["ranking"]
+    assert settings["pretraining"]["init"] == "enc.safetensors" and settings["pretraining"]["rank_weight"] == 0.5
+    assert settings["musicnn"]["init"] == "enc.safetensors"  # cumulative, as every row
+    config = AblationConfig(manifest="m.parquet", out_dir=str(tmp_path), arch="haaqinet", init="teacher",
+                            pretrained="enc.safetensors")
+    assert _train_config(config, "p", settings["pretraining"]).init == "enc.safetensors"
+    assert _train_config(config, "b", settings["baseline"]).init == "teacher"  # the rows before it: --init's
+    assert settings["pretraining"]["init"] == "enc.safetensors"  # the settings are not consumed
+    with pytest.raises(HaaqiError, match="--pretrained"):
+        row_settings(["pretraining"])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("dataset:dataset", "Build, label and inspect the training corpus."),
     "train": ("training:train", "Train the teacher model on labelled data."),
     "distill": ("training:distill", "Distil the student model from the teacher."),
+    "pretrain": ("training:pretrain", "Pre-train the teacher's encoder on a damage pretext (no HAAQI labels)."),
     "correct": ("training:correct", "Fit a signal-descriptor corrector onto a trained model (network frozen)."),
     "evaluate": ("training:evaluate", "LCC/SRCC/MSE of a model on the validation packages."),
     "ablate": ("training:ablate", "Ablation table and learning curve of the model changes."),

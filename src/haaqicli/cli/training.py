@@ -16,7 +16,9 @@ INIT_OPTION = click.option(
          "name and shape match is copied before training.")
 
 
-def run_options(default_name: str, default_epochs: int, default_lr: float):  # type: ignore[no-untyped-def]
+def run_options(default_name: str, default_epochs: int, default_lr: float,  # type: ignore[no-untyped-def]
+                keep: frozenset[str] | None = None):
+    """The shared options of a training run; `keep` limits them to those parameter names."""
     def decorate(func):  # type: ignore[no-untyped-def]
         options = [
             click.option("--manifest", default=None, type=click.Path(dir_okay=False),
@@ -67,10 +69,18 @@ def run_options(default_name: str, default_epochs: int, default_lr: float):  # t
                               "(learning curves)."),
         ]
         for option in reversed(options):
-            func = option(func)
+            if keep is None or _parameter_name(option) in keep:
+                func = option(func)
         return func
 
     return decorate
+
+
+def _parameter_name(option) -> str:  # type: ignore[no-untyped-def]
+    """The parameter name a click.option decorator declares (e.g. "run_dir" for --run-dir)."""
+    def probe() -> None: ...
+
+    return option(probe).__click_params__[-1].name
 
 
 def _prior_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -130,6 +140,24 @@ def distill(name: str, run_dir: str | None, config_json: str | None, **kwargs) -
 
     info = distill_student(_config(name, run_dir, config_json, **kwargs), log=click.echo)
     click.echo(f"exported {info['name']} ({info['n_params']:,} parameters, sha256 {info['sha256'][:12]})")
+
+
+PRETRAIN_OPTIONS = frozenset({"manifest", "run_dir", "epochs", "batch_size", "lr", "seed", "device", "threads",
+                              "max_minutes", "resume", "config_json", "dropout", "init", "train_items"})
+
+
+@click.command()
+@run_options("pretrain", 10, 5e-4, keep=PRETRAIN_OPTIONS)
+@click.option("--warmup-steps", type=click.IntRange(0), default=200, show_default=True)
+@click.option("--out", default="data/pretrain/encoder.safetensors", show_default=True,
+              type=click.Path(dir_okay=False), help="The pre-trained encoder (.safetensors; a .json record beside).")
+@one_line_errors
+def pretrain(run_dir: str | None, config_json: str | None, out: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Pre-train the teacher's BEATs encoder on a damage pretext (which processes each training clip went
+    through; no HAAQI labels), for `haaqi train --init OUT`."""
+    from haaqicli.training.pretrain import pretrain_encoder
+
+    pretrain_encoder(_config("pretrain", run_dir, config_json, **kwargs), out, log=click.echo)
 
 
 @click.command()
@@ -249,10 +277,14 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
 @click.option("--content-prior-sha256", default=None, help="Their expected sha256 [default: the pinned one].")
 @click.option("--release", multiple=True, help="Registered model evaluated beside the rows (repeatable).")
 @INIT_OPTION
+@click.option("--pretrained", default=None, type=click.Path(dir_okay=False),
+              help="The pretraining row's encoder (`haaqi pretrain --out`; rows from pretraining on start from it; "
+                   "--arch haaqinet).")
 @click.option("--resume", is_flag=True, help="Continue each row from its last checkpoint.")
 @one_line_errors
 def ablate(config_json: str | None, rows: str, learning_curve: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
-    """Train the ablation rows (baseline, +terms, +conditioning, +ranking) with one budget, choose
+    """Train the ablation rows (baseline, +terms, +conditioning, +ranking; +pretraining, +musicnn on request)
+    with one budget, choose
     checkpoints on the selection items and write one table of `haaqi evaluate` figures on the
     reporting packages; optionally a learning curve."""
     from haaqicli.training.ablation import AblationConfig, run_ablation

@@ -3,8 +3,9 @@ with `evaluate_model` (what `haaqi evaluate` prints).
 
 Rows are cumulative, in ROWS order: baseline (the shipped design), +terms (sub-term heads combined by
 HAAQI's formula), +conditioning (hearing-loss band conditioning), +ranking (a ranking loss beside MSE),
-+musicnn (the frozen musicnn content prior beside the encoder features; opt-in, as its weights come
-from `make musicnn`).
++pretraining (the rows from here on start from the encoder `haaqi pretrain` wrote: `--pretrained FILE`,
+with `--arch haaqinet`, whose encoder it is; opt-in), +musicnn (the frozen musicnn content prior beside
+the encoder features; opt-in, as its weights come from `make musicnn`).
 Every row trains the same architecture from the same seed, with the same epochs / time limit, and keeps
 the checkpoint chosen on the selection items (the ufoai-music part of validation-real by default). The
 table reports on what never steers a choice: validation-real without the selection packages
@@ -37,6 +38,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "terms": {"terms": True},
     "conditioning": {"bands": 32},
     "ranking": {"rank_weight": 0.5},
+    # starts the rows from here on from `haaqi pretrain`'s encoder (AblationConfig.pretrained; teacher arch)
+    "pretraining": {"init": "pretrained"},
     "musicnn": {"content_prior": "musicnn"},
 }
 DEFAULT_ROWS = ("baseline", "terms", "conditioning", "ranking")  # musicnn needs its converted weights
@@ -71,15 +74,19 @@ class AblationConfig:
     weights_dir: str | None = None  # where the release models are (default: the shipped weights)
     resume: bool = False
     init: str | None = None  # every row (and curve point) warm-starts from this model: one start for all
+    pretrained: str | None = None  # the pretraining row's encoder (`haaqi pretrain --out`)
 
 
-def row_settings(rows: Sequence[str], bands: int = 32, rank_weight: float = 0.5) -> dict[str, dict[str, Any]]:
-    """Each requested row's cumulative TrainConfig settings, in ROWS order (`bands` and `rank_weight`
-    set the conditioning and ranking rows)."""
+def row_settings(rows: Sequence[str], bands: int = 32, rank_weight: float = 0.5,
+                 pretrained: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each requested row's cumulative TrainConfig settings, in ROWS order (`bands`, `rank_weight` and
+    `pretrained` set the conditioning, ranking and pretraining rows)."""
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise HaaqiError(f"--rows: unknown row(s) {', '.join(unknown)} (known: {', '.join(ROWS)})")
-    chosen = {"bands": bands, "rank_weight": rank_weight}
+    if "pretraining" in rows and not pretrained:
+        raise HaaqiError("--rows pretraining: name the pre-trained encoder with --pretrained FILE (haaqi pretrain)")
+    chosen = {"bands": bands, "rank_weight": rank_weight, "init": pretrained}
     settings, so_far = {}, {}
     for name, adds in ROWS.items():
         so_far = {**so_far, **{k: (chosen[k] if k in chosen and v else v) for k, v in adds.items()}}
@@ -106,13 +113,16 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
     # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.training.train import TrainConfig
 
+    settings = dict(settings)
+
     out = Path(config.out_dir)
     return TrainConfig(name=name, manifest=config.manifest, run_dir=str(out / "runs" / name),
                        weights_dir=str(out / "weights"), epochs=config.epochs, batch_size=config.batch_size,
                        lr=config.lr, warmup_steps=config.warmup_steps, seed=config.seed, device=config.device,
                        threads=config.threads, max_minutes=config.max_minutes, resume=config.resume,
                        config=dict(config.config), arch=config.arch, selection=config.selection,
-                       select_metric=config.select_metric, init=config.init,
+                       select_metric=config.select_metric,
+                       init=settings.pop("init", None) or config.init,  # the pretraining row's, else --init's
                        # a registered init is a release model, beside the --release ones, not a row
                        init_weights_dir=_portable(Path(config.weights_dir or default_weights_dir())),
                        content_prior_weights=config.content_prior_weights,
@@ -151,7 +161,7 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
     # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.training.train import train_teacher
 
-    settings = row_settings(config.rows, config.bands, config.rank_weight)
+    settings = row_settings(config.rows, config.bands, config.rank_weight, config.pretrained)
     if config.learning_curve and len(set(config.learning_curve)) < MIN_CURVE_POINTS:
         raise HaaqiError(f"--learning-curve: at least {MIN_CURVE_POINTS} distinct item counts")
     if config.learning_curve and config.curve_row not in ROWS:
@@ -170,7 +180,8 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] = print) -> 
         result["release"].append({"row": f"release:{name}",
                                   "report": _summary(_report(config, name, config.weights_dir, log))})
     if config.learning_curve:
-        curve_settings = row_settings(list(ROWS), config.bands, config.rank_weight)[config.curve_row]
+        curve_settings = row_settings([config.curve_row], config.bands, config.rank_weight, config.pretrained)[
+            config.curve_row]
         for count in sorted(set(config.learning_curve)):
             log(f"== learning curve: {count} training items ({config.curve_row})")
             info = train_teacher(_train_config(config, f"curve-{count}", curve_settings, train_items=count), log=log)
