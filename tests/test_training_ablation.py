@@ -424,3 +424,19 @@ def test_the_pretraining_row_starts_from_the_pretrained_encoder(tmp_path: Path) 
     assert settings["pretraining"]["init"] == "enc.safetensors"  # the settings are not consumed
     with pytest.raises(HaaqiError, match="--pretrained"):
         row_settings(["pretraining"])
+
+
+def test_pretext_figures_rank_each_process() -> None:
+    from haaqicli.training.pretrain import DAMAGE, pretext_figures, ranking_auc
+
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.8])
+    # pairs (positive, negative): 4 won, 1 lost, 1 tied -> 4.5 / 6
+    assert ranking_auc(scores, torch.tensor([False, True, False, True, False])) == pytest.approx(0.75)
+    assert ranking_auc(scores, torch.ones(5, dtype=torch.bool)) is None
+    targets = (torch.arange(40)[:, None] % (torch.arange(len(DAMAGE)) + 2) == 0).float()
+    rates = targets.mean(0)
+    perfect = pretext_figures(20 * (targets - 0.5), targets, rates)
+    assert perfect["bce"] < 1e-3 < perfect["base_rate_bce"]
+    assert all(p["auc"] == 1.0 for p in perfect["processes"].values())
+    blind = pretext_figures(torch.logit(rates).expand_as(targets), targets, rates)
+    assert blind["bce"] == pytest.approx(blind["base_rate_bce"]) and blind["processes"]["clipping"]["auc"] == 0.5

@@ -10,8 +10,8 @@ too, and the pretext must tell damage from such music, not find it.
 
 The encoder's tensors are written to one .safetensors file that `haaqi train --init FILE` (and
 `haaqi ablate --init FILE`) starts from; the pretext head is dropped. `haaqi pretrain` prints the pretext
-figures on held-out training tracks (per process: how often it is detected, and false alarms on clips
-without it), so a run shows what the encoder learned before any HAAQI training.
+figures on held-out training tracks (cross-entropy beside that of the training base rates, and per
+process the ranking AUC), so a run shows what the encoder learned before any HAAQI training.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from haaqicli.training.train import (
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.errors import HaaqiError
 from haaqicli.util.hashing import content_hash
+
+HELD_OUT_ITEMS = 1000  # held-out clips the pretext figures are measured on (at most)
 
 # The damage the pretext names: every recipe process but the clean one (cascades are their steps).
 DAMAGE = tuple(sorted(name for name in PROCESSES if name != "identity"))
@@ -77,20 +79,31 @@ class DamagePretext(nn.Module):
         return self.probe(torch.stack(hidden).mean(dim=(0, 2)))
 
 
-def pretext_figures(logits: Tensor, targets: Tensor) -> dict[str, Any]:
-    """Per process: detection rate on clips that have it, false-alarm rate on clips that do not (at
-    probability 0.5), and how many clips have it; plus the mean binary cross-entropy."""
-    said = logits > 0
+def ranking_auc(scores: Tensor, positive: Tensor) -> float | None:
+    """Probability that a clip with the process scores above one without it (ties count half); None
+    where either kind is missing."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = torch.argsort(scores.double())
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    for value in torch.unique(scores):  # average ranks over ties
+        tied = scores == value
+        if int(tied.sum()) > 1:
+            ranks[tied] = ranks[tied].mean()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def pretext_figures(logits: Tensor, targets: Tensor, base_rates: Tensor) -> dict[str, Any]:
+    """Mean binary cross-entropy against that of predicting each process's training rate (what an
+    encoder that learned nothing reaches), and per process its clips and ranking AUC."""
+    prior = torch.logit(base_rates.clamp(1e-4, 1 - 1e-4)).expand_as(targets)
     truth = targets > 0.5
-    per_process = {}
-    for k, name in enumerate(DAMAGE):
-        has, lacks = truth[:, k], ~truth[:, k]
-        per_process[name] = {
-            "n": int(has.sum()),
-            "detected": float(said[has, k].float().mean()) if bool(has.any()) else None,
-            "false_alarms": float(said[lacks, k].float().mean()) if bool(lacks.any()) else None,
-        }
-    return {"bce": float(F.binary_cross_entropy_with_logits(logits, targets)), "processes": per_process}
+    return {"bce": float(F.binary_cross_entropy_with_logits(logits, targets)),
+            "base_rate_bce": float(F.binary_cross_entropy_with_logits(prior, targets)),
+            "processes": {name: {"n": int(truth[:, k].sum()), "auc": ranking_auc(logits[:, k], truth[:, k])}
+                          for k, name in enumerate(DAMAGE)}}
 
 
 def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -108,6 +121,8 @@ def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], 
     data = load_split(config.manifest, "train", log)
     held_out = dev_mask(data.meta)
     train, dev = data.subset(~held_out), data.subset(held_out)
+    if len(dev) > HELD_OUT_ITEMS:  # figures, not a choice: a fixed sample of the held-out tracks' clips will do
+        dev = first_items(dev, HELD_OUT_ITEMS, config.seed)
     if config.train_items is not None:
         train = first_items(train, config.train_items, config.seed)
     targets = damage_targets(train.meta["recipe"])
@@ -124,11 +139,11 @@ def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], 
 
     # No HAAQI labels choose a checkpoint here: fit() keeps the last state (the run's end).
     state = fit(pretext, train, dev.subset(np.zeros(len(dev), dtype=bool)), config, step_loss, log)
-    figures = _held_out_figures(pretext, dev, dev_targets, config.batch_size, device)
+    figures = _held_out_figures(pretext, dev, dev_targets, targets.mean(0), config.batch_size, device)
     if figures["processes"]:
-        log(f"held-out pretext: BCE {figures['bce']:.4f}; detected / false alarms: " + ", ".join(
-            f"{name} {p['detected']:.2f}/{p['false_alarms']:.2f}" for name, p in figures["processes"].items()
-            if p["detected"] is not None and p["false_alarms"] is not None))
+        log(f"held-out pretext: BCE {figures['bce']:.4f} (training base rates: {figures['base_rate_bce']:.4f}); "
+            "AUC " + ", ".join(f"{name} {p['auc']:.2f}" for name, p in figures["processes"].items()
+                               if p["auc"] is not None))
     else:
         log("held-out pretext: no held-out training tracks in this manifest")
     # clones: safetensors refuses tensors that share memory (the encoder ties some of its parameters)
@@ -150,11 +165,11 @@ def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], 
 
 
 @torch.inference_mode()
-def _held_out_figures(pretext: DamagePretext, dev: Any, targets: Tensor, batch_size: int,
+def _held_out_figures(pretext: DamagePretext, dev: Any, targets: Tensor, base_rates: Tensor, batch_size: int,
                       device: torch.device) -> dict[str, Any]:
     pretext.eval()
     if not len(dev):
-        return {"bce": float("nan"), "processes": {}}
+        return {"bce": float("nan"), "base_rate_bce": float("nan"), "processes": {}}
     logits = torch.cat([pretext(dev.wave_batch(range(start, min(start + batch_size, len(dev)))).to(device)).cpu()
                         for start in range(0, len(dev), batch_size)])
-    return pretext_figures(logits, targets)
+    return pretext_figures(logits, targets, base_rates)
