@@ -31,5 +31,7 @@ for clips in (8, 32):
     print(f"cuda, {clips} clips of 10 s: {run['seconds_per_clip']:.4f} s per clip "
           f"({10.0 / run['seconds_per_clip']:.0f}x real time)")
 PY
-timeout ${SUITE_SECONDS:-90} python3 -m pytest -q -p no:cacheprovider -n 14 --timeout 100 tests 2>&1 \
+# one thread per test process: 14 processes with 16 threads each timed two numba-heavy tests out (60 s)
+HAAQI_THREADS=1 OMP_NUM_THREADS=1 timeout ${SUITE_SECONDS:-90} python3 -m pytest -q -p no:cacheprovider -n 14 \
+  --timeout 100 -rf tests 2>&1 \
   | tail -40 | tee "$OUT/gpu-suite.txt"

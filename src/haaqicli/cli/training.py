@@ -248,7 +248,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
               help="Folder for the rows' checkpoints, weights and the table (ablation.md, ablation.json).")
 @click.option("--rows", default="baseline,terms,conditioning,ranking", show_default=True,
               help="Rows to train (cumulative: each adds its change to the rows before it); "
-                   "musicnn adds the frozen musicnn content prior (make musicnn first).")
+                   "pretraining starts them from --pretrained (haaqi pretrain); musicnn adds the frozen "
+                   "musicnn content prior (make musicnn first).")
 @click.option("--arch", type=click.Choice(["haaqinet", "haaqinet-student"]), default="haaqinet-student",
               show_default=True, help="Architecture every row trains on the labels.")
 @click.option("--config", "config_json", default=None, help="Base model config JSON (file or string).")
