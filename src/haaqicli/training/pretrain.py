@@ -32,12 +32,12 @@ from haaqicli.models.haaqinet import HAAQINet, beats_frame_hidden
 from haaqicli.models.registry import build_model
 from haaqicli.training.train import (
     TrainConfig,
-    _setup,
     dev_mask,
     first_items,
     fit,
     load_split,
     model_config,
+    setup_run,
     warm_start,
 )
 from haaqicli.util.atomic import atomic_write
@@ -117,7 +117,7 @@ def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], 
         raise HaaqiError(f"--arch {config.arch}: pre-training is for the teacher's BEATs encoder (haaqinet)")
     if (Path(config.run_dir) / "best.pt").exists():
         raise HaaqiError(f"{config.run_dir} holds another run's best.pt: choose a fresh --run-dir")
-    device = _setup(config)
+    device = setup_run(config)
     data = load_split(config.manifest, "train", log)
     held_out = dev_mask(data.meta)
     train, dev = data.subset(~held_out), data.subset(held_out)

@@ -449,8 +449,8 @@ def objective_of(config: TrainConfig):  # type: ignore[no-untyped-def]
     return Objective(config.frame_weight, config.term_weight, config.rank_weight, config.rank_loss)
 
 
-def _setup(config: TrainConfig) -> torch.device:
-
+def setup_run(config: TrainConfig) -> torch.device:
+    """Seed, thread count and device of a training run (train, distil, pretrain)."""
     _seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -516,7 +516,7 @@ def _device_terms(data: Split, index: torch.Tensor, device: torch.device) -> tor
 def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train a model (the teacher, or any registered architecture: `config.arch`) on the manifest's
     labelled training split and export it to the registry."""
-    device = _setup(config)
+    device = setup_run(config)
     objective = objective_of(config)
     train, dev = load_train_selection(config, log)
     log(f"{config.arch}: {len(train)} training clips, {len(dev)} clips choose checkpoints ({config.selection})")
@@ -605,7 +605,7 @@ def teacher_targets(
 def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Distil the student from the registered teacher: the teacher's hidden layers and outputs are
     the main targets; the true label is an extra term."""
-    device = _setup(config)
+    device = setup_run(config)
     teacher, teacher_info = load_model(config.teacher, device=device, weights_dir=config.weights_dir)
     teacher.eval().requires_grad_(False)
     train, dev = load_train_selection(config, log)
