@@ -183,7 +183,9 @@ def model_options(func):  # type: ignore[no-untyped-def]
     for decorator in reversed(
         [
             click.option("--model", default="distilled", show_default=True, help="teacher or distilled."),
-            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--device", default="auto", show_default=True,
+                         help="auto, cpu, cuda or cuda:N. auto: the models on CUDA where present; the exact HAAQI "
+                              "(--reference) on the CPU, faster than its CUDA engine (README)."),
             click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True),
             click.option(
                 "--workers",
