@@ -17,25 +17,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
-from haaqicli.audio import synth
 from haaqicli.bench import e2e
 
 
-def _one_file(args: tuple[Path, int, float]) -> None:
-    folder, index, seconds = args
-    # e2e.music_files names files by index; generating one index at a time lets the files come in parallel.
-    path = folder / f"track{index:03d}.flac"
-    if not path.exists():
-        audio = synth.music(seconds, 44100, channels=2, seed=index)
-        sf.write(path.with_suffix(".part.flac"), audio.T, 44100, subtype="PCM_16", format="FLAC")
-        path.with_suffix(".part.flac").replace(path)
-
-
 def generate(folder: Path, n_files: int, seconds: float, pool: ProcessPoolExecutor) -> None:
+    """The folder e2e.music_files makes, its files generated in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
-    list(pool.map(_one_file, [(folder, i, seconds) for i in range(n_files)]))
+    list(pool.map(e2e.music_file, [folder] * n_files, range(n_files), [seconds] * n_files))
 
 
 def scores(folder: Path, model: str, device: str, out: Path) -> tuple[pd.DataFrame, float]:

@@ -158,17 +158,23 @@ def cold_and_warm(args: Sequence[str]) -> tuple[float, float]:
 # Generated inputs (kept in `folder`, reused when present: generating music takes longer than scoring)
 
 
+def music_file(folder: Path, index: int, seconds: float, channels: int = 2, sample_rate: int = 44100,
+               suffix: str = ".flac") -> None:
+    """Generated music file number `index` of a folder (seeded by it), unless it is there already."""
+    path = folder / f"track{index:03d}{suffix}"
+    if not path.exists():
+        audio = synth.music(seconds, sample_rate, channels=channels, seed=index)
+        sf.write(path.with_suffix(".part" + suffix), audio.T, sample_rate, subtype="PCM_16",
+                 format=suffix.lstrip(".").upper())
+        path.with_suffix(".part" + suffix).replace(path)
+
+
 def music_files(folder: Path, n_files: int, seconds: float, channels: int = 2, sample_rate: int = 44100,
                 suffix: str = ".flac") -> float:
     """`n_files` generated music files; returns their total duration."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(n_files):
-        path = folder / f"track{index:03d}{suffix}"
-        if not path.exists():
-            audio = synth.music(seconds, sample_rate, channels=channels, seed=index)
-            sf.write(path.with_suffix(".part" + suffix), audio.T, sample_rate, subtype="PCM_16",
-                     format=suffix.lstrip(".").upper())
-            path.with_suffix(".part" + suffix).replace(path)
+        music_file(folder, index, seconds, channels, sample_rate, suffix)
     return n_files * seconds
 
 
