@@ -220,7 +220,7 @@ class WindowScorer:
               gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigmoid clip and frame scores of head rows (encoder row `index`, audiogram `gram`): one pass,
         or, with fixed shapes, chunks of batch_size rows."""
-        step = self.batch_size if self.fixed_shapes else len(index)
+        step = self.batch_size if self.fixed_shapes else max(1, len(index))
         clips, frames = [], []
         for start in range(0, len(index), step):
             rows = index[start : start + step]

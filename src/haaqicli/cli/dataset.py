@@ -130,7 +130,7 @@ def _build(manifest: str | None, corpus: str | None, items: int, variants: int, 
     counts = df.groupby("split").size().to_dict()
     click.echo(f"wrote {manifest_path}: {len(df)} items from {df['clip_id'].nunique()} clips of "
                f"{df['source'].nunique()} tracks in {df['package'].nunique()} packages; splits {counts}")
-    if frozen_df is not None and sources is not None:
+    if frozen_df is not None and sources is not None:  # both or neither
         diff = compare_manifests(df, frozen_df)
         verdict = ("the same items" if diff["only_built"] == diff["only_frozen"] == 0 else
                    f"{diff['same']} items in common, {diff['only_built']} only here, {diff['only_frozen']} only there")

@@ -285,9 +285,8 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
 @one_line_errors
 def ablate(config_json: str | None, rows: str, learning_curve: str | None, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """Train the ablation rows (baseline, +terms, +conditioning, +ranking; +pretraining, +musicnn on request)
-    with one budget, choose
-    checkpoints on the selection items and write one table of `haaqi evaluate` figures on the
-    reporting packages; optionally a learning curve."""
+    with one budget, choose checkpoints on the selection items and write one table of `haaqi evaluate`
+    figures on the reporting packages; optionally a learning curve."""
     from haaqicli.training.ablation import AblationConfig, run_ablation
 
     counts: tuple[int, ...] = ()

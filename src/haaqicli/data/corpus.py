@@ -266,8 +266,9 @@ def is_rendered(source: str) -> bool:
 
 @dataclass
 class FrozenSources:
-    """Each source of a frozen manifest: its sha256 and its clips' RMS by offset; `adopted` collects the
-    rendered sources whose bits differ here but whose frozen identity was kept (largest RMS gap, dB)."""
+    """Each source of a frozen manifest: its sha256 and its clips' RMS by offset. A build fills `adopted`,
+    the renders whose bits differ here but whose frozen identity was kept (largest RMS gap, dB), and
+    `refused`, the renders too far off (why)."""
 
     sha256: dict[str, str]
     clip_rms_db: dict[str, dict[float, float]]
@@ -435,8 +436,8 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
             validation_clips.extend(Clip(tr, off, db) for off, db in
                                     cut_clips(corpus_dir, tr, config, config.validation_clips_per_track))
     hashes: dict[str, str] = {}
-    clip_rms: dict[str, dict[float, float]] = defaultdict(dict)
-    for clip in (*train_clips, *validation_clips):
+    clip_rms: dict[str, dict[float, float]] = defaultdict(dict)  # what a frozen identity is checked against
+    for clip in (*train_clips, *validation_clips) if frozen is not None else ():
         clip_rms[clip.track.source][clip.offset_s] = clip.rms_db
 
     def sha(clip: Clip) -> str:

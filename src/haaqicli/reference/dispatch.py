@@ -34,8 +34,8 @@ def compute_haaqi_batch(
     """Score many items (dicts of compute_haaqi keyword arguments), in order.
 
     On a CUDA device named explicitly ("cuda", "cuda:N"; "auto" is the CPU, see `cuda_device`)
-    `batch_size` clips at a time go through the batched torch engine (`reference.batched`). On the CPU the numba engine is the
-    faster one: bands and segments are vectorised inside each item, and items are spread over
+    `batch_size` clips at a time go through the batched torch engine (`reference.batched`). On the
+    CPU the numba engine is the faster one: bands and segments are vectorised inside each item, and items are spread over
     `workers` single-threaded processes (joblib loky), in a few chunks per worker so that the per-task
     overhead and the numba cache loading of each process are amortised. workers <= 0 means one per
     CPU core."""

@@ -113,8 +113,7 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
     # lazy: torch, pandas only where this path runs (start-up time)
     from haaqicli.training.train import TrainConfig
 
-    settings = dict(settings)
-
+    settings = dict(settings)  # the caller's row settings stay whole (init is taken out below)
     out = Path(config.out_dir)
     return TrainConfig(name=name, manifest=config.manifest, run_dir=str(out / "runs" / name),
                        weights_dir=str(out / "weights"), epochs=config.epochs, batch_size=config.batch_size,

@@ -31,6 +31,7 @@ from haaqicli.data.degrade import PROCESSES
 from haaqicli.models.haaqinet import HAAQINet, beats_frame_hidden
 from haaqicli.models.registry import build_model
 from haaqicli.training.train import (
+    Split,
     TrainConfig,
     dev_mask,
     first_items,
@@ -82,17 +83,14 @@ class DamagePretext(nn.Module):
 def ranking_auc(scores: Tensor, positive: Tensor) -> float | None:
     """Probability that a clip with the process scores above one without it (ties count half); None
     where either kind is missing."""
+    # lazy: scipy only where this path runs (start-up time)
+    from scipy.stats import rankdata
+
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if not n_pos or not n_neg:
         return None
-    order = torch.argsort(scores.double())
-    ranks = torch.empty_like(order, dtype=torch.float64)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in torch.unique(scores):  # average ranks over ties
-        tied = scores == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    ranks = rankdata(scores.double().numpy())  # ties get their average rank (Mann-Whitney U)
+    return float((ranks[positive.numpy()].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def pretext_figures(logits: Tensor, targets: Tensor, base_rates: Tensor) -> dict[str, Any]:
@@ -165,11 +163,10 @@ def pretrain_encoder(config: TrainConfig, out: str | Path, log: Callable[[str], 
 
 
 @torch.inference_mode()
-def _held_out_figures(pretext: DamagePretext, dev: Any, targets: Tensor, base_rates: Tensor, batch_size: int,
+def _held_out_figures(pretext: DamagePretext, dev: Split, targets: Tensor, base_rates: Tensor, batch_size: int,
                       device: torch.device) -> dict[str, Any]:
     pretext.eval()
     if not len(dev):
         return {"bce": float("nan"), "base_rate_bce": float("nan"), "processes": {}}
-    logits = torch.cat([pretext(dev.wave_batch(range(start, min(start + batch_size, len(dev)))).to(device)).cpu()
-                        for start in range(0, len(dev), batch_size)])
+    logits = torch.cat([pretext(waves.to(device)).cpu() for waves, _ in dev.batches(batch_size)])
     return pretext_figures(logits, targets, base_rates)
