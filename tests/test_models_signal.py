@@ -87,3 +87,22 @@ def test_corrector_statistics_standardise_its_inputs() -> None:
     torch.testing.assert_close(corrector.feature_mean, torch.tensor([2.0, 20.0, -5.0]))
     assert corrector.feature_std[2] > 0  # a constant descriptor never divides by zero
     assert set(corrector.state_dict()) >= {"feature_mean", "feature_std"}  # shipped with the weights
+
+
+def test_peak_shares_equal_the_plain_per_sample_count() -> None:
+    from haaqicli.models.signal import PEAK_SHARES, peak_shares
+
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((3, 5000)).astype(np.float32)
+    cases = [noise, np.clip(noise, -0.5, 0.5), np.zeros((2, 5000), np.float32), noise[:, :700],
+             noise[:, :4096], -np.abs(noise)]  # a tail, clipping, silence, under one block, whole blocks, negatives
+    for case in cases:
+        x = torch.from_numpy(np.ascontiguousarray(case))
+        peak, shares = peak_shares(x)
+        plain_peak = x.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+        assert torch.equal(peak, plain_peak.squeeze(-1))
+        for share, got in zip(PEAK_SHARES, shares, strict=True):
+            plain = (x.abs() >= share * plain_peak).sum(-1, dtype=torch.int32) / x.shape[-1]
+            assert torch.equal(got, plain)
+    # the clipped rows put many samples on the peak: the test sees that case, not only the sparse one
+    assert (peak_shares(torch.from_numpy(cases[1]))[1][0] > 0.3).all()

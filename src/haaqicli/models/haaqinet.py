@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from haaqicli.models.base import HAAQIModel, HAAQINetOutput
 from haaqicli.models.beats import BEATs, BEATsConfig
-from haaqicli.models.hearing import BandConditioning, BandLevels
+from haaqicli.models.hearing import BandConditioning, BandLevels, FramePower
 from haaqicli.models.musicnn import MusicnnConfig, MusicnnPrior
 from haaqicli.models.signal import ScoreCorrector, SignalFeatures
 from haaqicli.models.terms import score_logit, term_scores
@@ -192,9 +192,16 @@ def with_head_inputs(model: nn.Module, wave: Tensor, hidden: list[Tensor]) -> li
     wave's band levels, then the content prior's embeddings, then the window's signal descriptors (the
     encode() contract: the engine hands the list to the head as is)."""
     frames = hidden[0].shape[1]
-    extra = [module(wave, frames) for module in (getattr(model, "band_levels", None),
-                                                 getattr(model, "content_prior", None),
-                                                 getattr(model, "signal_features", None)) if module is not None]
+    spectra: dict[tuple[int, int], Tensor] = {}  # one framed spectrum per framing, shared by its readers
+    extra = []
+    for module in (getattr(model, "band_levels", None), getattr(model, "content_prior", None),
+                   getattr(model, "signal_features", None)):
+        if isinstance(module, FramePower):
+            if module.frame_key not in spectra:
+                spectra[module.frame_key] = module.power(wave)
+            extra.append(module(wave, frames, power=spectra[module.frame_key]))
+        elif module is not None:
+            extra.append(module(wave, frames))
     return [*hidden, *extra]
 
 

@@ -48,14 +48,24 @@ def band_edges(centres: np.ndarray) -> np.ndarray:
     return np.concatenate(([centres[0] ** 2 / inner[0]], inner, [centres[-1] ** 2 / inner[-1]]))
 
 
-class BandLevels(nn.Module):
-    """wave (B, T) calibrated -> band levels (B, frames, bands) in dB SPL, pooled to `frames`."""
+def frame_power(wave: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
+    """wave (B, T) -> one-sided power (B, M, n_fft // 2 + 1) of windowed frames (a wave shorter than
+    one frame is zero-padded to one)."""
+    x = wave.float()
+    if x.shape[-1] < n_fft:
+        x = F.pad(x, (0, n_fft - x.shape[-1]))
+    spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window)
+    return spec.real.square() + spec.imag.square()
 
-    def __init__(self, sample_rate: int, bands: int, frame_ms: float = 40.0) -> None:
+
+class FramePower(nn.Module):
+    """Shared by the front ends that read a window's framed power spectrum: `frame_key` names the
+    framing, so `haaqinet.with_head_inputs` computes one spectrum for all modules that share it."""
+
+    def __init__(self, sample_rate: int, bands: int, frame_ms: float, overlap: int) -> None:
         super().__init__()
-        # ~43 ms frames at 24 kHz (23 Hz bins: every ERB band from 80 Hz up holds at least one), not
-        # overlapping: the levels are averaged over the encoder's 160-ms frames anyway, at half the cost.
         self.n_fft = 1 << (int(sample_rate * frame_ms / 1000) - 1).bit_length()
+        self.hop = self.n_fft // overlap
         window = torch.hann_window(self.n_fft, periodic=True)
         freqs = np.fft.rfftfreq(self.n_fft, 1.0 / sample_rate)
         edges = band_edges(center_frequencies(bands))
@@ -66,12 +76,24 @@ class BandLevels(nn.Module):
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("bank", torch.from_numpy(member.astype(np.float32) * scale), persistent=False)
 
-    def forward(self, wave: Tensor, frames: int) -> Tensor:
-        x = wave.float()
-        if x.shape[-1] < self.n_fft:
-            x = F.pad(x, (0, self.n_fft - x.shape[-1]))
-        spec = torch.fft.rfft(x.unfold(-1, self.n_fft, self.n_fft) * self.window)  # (B, M, bins)
-        power = spec.real.square() + spec.imag.square()
+    @property
+    def frame_key(self) -> tuple[int, int]:
+        return self.n_fft, self.hop
+
+    def power(self, wave: Tensor) -> Tensor:
+        return frame_power(wave, self.n_fft, self.hop, self.window)
+
+
+class BandLevels(FramePower):
+    """wave (B, T) calibrated -> band levels (B, frames, bands) in dB SPL, pooled to `frames`."""
+
+    def __init__(self, sample_rate: int, bands: int, frame_ms: float = 40.0) -> None:
+        # ~43 ms frames at 24 kHz (23 Hz bins: every ERB band from 80 Hz up holds at least one), not
+        # overlapping: the levels are averaged over the encoder's 160-ms frames anyway, at half the cost.
+        super().__init__(sample_rate, bands, frame_ms, overlap=1)
+
+    def forward(self, wave: Tensor, frames: int, power: Tensor | None = None) -> Tensor:
+        power = self.power(wave) if power is None else power
         # Average over time first (all linear), then sum the bins of each band: the small product last.
         power = F.adaptive_avg_pool1d(power.transpose(1, 2), max(1, frames)).transpose(1, 2) @ self.bank
         return (10.0 * torch.log10(power.clamp_min(1e-30)) + FULL_SCALE_SPL).clamp_min(LEVEL_FLOOR_DB)

@@ -20,13 +20,11 @@ It is fitted after the network, with the network frozen (`training.corrector`).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haaqicli.models.hearing import FULL_SCALE_SPL, LEVEL_FLOOR_DB, band_edges
-from haaqicli.reference.formula import center_frequencies
+from haaqicli.models.hearing import FULL_SCALE_SPL, LEVEL_FLOOR_DB, FramePower
 
 SIGNAL_BANDS = 16
 PEAK_SHARES = (0.99, 0.95)
@@ -36,50 +34,62 @@ DECAY_QUANTILE = 0.1
 N_SIGNAL_FEATURES = 4 * SIGNAL_BANDS + len(PEAK_SHARES) + 1 + len(FLATNESS_QUANTILES)
 
 
-class SignalFeatures(nn.Module):
+class SignalFeatures(FramePower):
     """wave (B, T) calibrated -> (B, N_SIGNAL_FEATURES) descriptors of the window (see the module
     docstring), in dB SPL of the model's calibration where they are levels."""
 
     def __init__(self, sample_rate: int, frame_ms: float = 40.0, overlap: int = 1) -> None:
-        super().__init__()
-        self.n_fft = 1 << (int(sample_rate * frame_ms / 1000) - 1).bit_length()
-        self.hop = self.n_fft // overlap
-        window = torch.hann_window(self.n_fft, periodic=True)
-        freqs = np.fft.rfftfreq(self.n_fft, 1.0 / sample_rate)
-        edges = band_edges(center_frequencies(SIGNAL_BANDS))
-        member = (freqs[:, None] >= edges[None, :-1]) & (freqs[:, None] < edges[None, 1:])
-        scale = 2.0 / (self.n_fft * float(window.square().sum()))  # one-sided power -> mean square
-        # Non-persistent: derived from the config, never part of the weights.
-        self.register_buffer("window", window, persistent=False)
-        self.register_buffer("bank", torch.from_numpy(member.astype(np.float32) * scale), persistent=False)
+        super().__init__(sample_rate, SIGNAL_BANDS, frame_ms, overlap)
         self.register_buffer("level_q", torch.tensor(LEVEL_QUANTILES), persistent=False)
         self.register_buffer("flat_q", torch.tensor(FLATNESS_QUANTILES), persistent=False)
 
-    def forward(self, wave: Tensor, frames: int | None = None) -> Tensor:
+    def forward(self, wave: Tensor, frames: int | None = None, power: Tensor | None = None) -> Tensor:
         # `frames` is the encode() contract's; these descriptors are per window, not per frame.
         x = wave.float()
-        if x.shape[-1] < self.n_fft:
+        if x.shape[-1] < self.n_fft:  # the level and peak descriptors see the padded frame too
             x = F.pad(x, (0, self.n_fft - x.shape[-1]))
-        spec = torch.fft.rfft(x.unfold(-1, self.n_fft, self.hop) * self.window)  # (B, M, bins)
-        power = spec.real.square() + spec.imag.square()
+        power = self.power(x) if power is None else power
         levels = (10.0 * torch.log10((power @ self.bank).clamp_min(1e-30)) + FULL_SCALE_SPL).clamp_min(LEVEL_FLOOR_DB)
         low, median, high = torch.quantile(levels, self.level_q, dim=1)  # each (B, bands)
         if levels.shape[1] > 1:
             decay = torch.quantile(torch.diff(levels, dim=1), DECAY_QUANTILE, dim=1)
         else:
             decay = torch.zeros_like(median)
-        magnitude = x.abs()
-        peak = magnitude.amax(dim=-1, keepdim=True).clamp_min(1e-12)
-        # int32 counts: exact (a window is far below 2**31 samples), and summing a bool tensor into the
-        # default int64 costs ~30x more on CPU (measured: 11.6 ms against 0.35 ms for 32 windows)
-        shares = [(magnitude >= share * peak).sum(dim=-1, dtype=torch.int32) / x.shape[-1] for share in PEAK_SHARES]
+        peak, shares = peak_shares(x)
         rms = x.square().mean(dim=-1).clamp_min(1e-24).sqrt()
-        crest = 20.0 * torch.log10(peak.squeeze(-1) / rms)
+        crest = 20.0 * torch.log10(peak / rms)
         # Flatness of the power spectrum: geometric over arithmetic mean, per frame.
         flat = torch.exp(torch.log(power + 1e-20).mean(-1)) / (power.mean(-1) + 1e-20)
         flatness = torch.quantile(flat, self.flat_q, dim=1).T
         return torch.cat([median, high - low, median - low, decay, torch.stack([*shares, crest], dim=-1),
                           flatness], dim=-1)
+
+
+def peak_shares(x: Tensor, block: int = 1024) -> tuple[Tensor, list[Tensor]]:
+    """(peak |x| (B,) floored at 1e-12, [share of samples with |x| >= s * peak for s in PEAK_SHARES]).
+
+    Exactly the plain per-sample count, without a full-size |x| or mask: the peak of each block of
+    samples comes from its max and min, and only blocks whose peak reaches the lowest threshold are
+    counted sample by sample (few, except in clipped audio). Measured on 32 6-s windows: ~8x faster."""
+    n = x.shape[-1]
+    whole = n // block * block
+    blocks = x[..., :whole].unfold(-1, block, block) if whole else x.new_zeros(x.shape[0], 0, block)  # a view
+    tail = x[..., whole:].unsqueeze(1)
+    parts = [blocks, tail] if whole < n else [blocks]
+    block_peak = torch.cat([torch.maximum(p.amax(-1), -p.amin(-1)) for p in parts if p.shape[1]], dim=1)
+    peak = block_peak.amax(-1).clamp_min(1e-12)
+    counts = torch.zeros(len(PEAK_SHARES), x.shape[0], dtype=torch.int32, device=x.device)
+    hot_rows, hot_blocks = torch.nonzero(block_peak >= min(PEAK_SHARES) * peak[:, None], as_tuple=True)
+    full = hot_blocks < blocks.shape[1]
+    for rows, samples in ((hot_rows[full], blocks[hot_rows[full], hot_blocks[full]]),
+                          (hot_rows[~full], tail[hot_rows[~full], 0])):
+        if not len(rows):
+            continue
+        for i, share in enumerate(PEAK_SHARES):
+            limit = (share * peak[rows])[:, None]
+            hits = ((samples >= limit) | (samples <= -limit)).sum(-1, dtype=torch.int32)
+            counts[i].index_add_(0, rows, hits)
+    return peak, [c / n for c in counts]
 
 
 class ScoreCorrector(nn.Module):
