@@ -440,3 +440,29 @@ def test_pretext_figures_rank_each_process() -> None:
     assert all(p["auc"] == 1.0 for p in perfect["processes"].values())
     blind = pretext_figures(torch.logit(rates).expand_as(targets), targets, rates)
     assert blind["bce"] == pytest.approx(blind["base_rate_bce"]) and blind["processes"]["clipping"]["auc"] == 0.5
+
+
+def test_clean_weight_pulls_the_corrector_toward_clean_items() -> None:
+    from haaqicli.models.signal import N_SIGNAL_FEATURES, ScoreCorrector
+    from haaqicli.training.corrector import CorrectorConfig, Inputs, train_corrector
+
+    generator = torch.Generator().manual_seed(0)
+    n = 400
+    clean = torch.arange(n) < n // 10
+    labels = torch.where(clean, 0.95, 0.1 + 0.8 * torch.rand(n, generator=generator))
+    items = Inputs(logit=torch.zeros(n), signal=torch.randn(n, N_SIGNAL_FEATURES, generator=generator),
+                   audiograms=torch.zeros(n, 8), labels=labels, clean=clean)
+    only_clean = Inputs(items.logit[clean], items.signal[clean], items.audiograms[clean], labels[clean], clean[clean])
+
+    def clean_mean(weight: float) -> float:
+        torch.manual_seed(0)
+        corrector = ScoreCorrector(hidden=8)
+        config = CorrectorConfig(clean_weight=weight, epochs=20, batch_size=64, lr=1e-2, rank_weight=0.0,
+                                 select_metric="mse")
+        train_corrector(corrector, items, only_clean, config, log=lambda _: None)
+        with torch.no_grad():
+            logit = only_clean.logit + corrector.eval()(only_clean.signal, only_clean.audiograms, only_clean.logit)
+        return float(torch.sigmoid(logit).mean())
+
+    # weighted 9x, the clean items hold half the loss (1/10 of the items): their scores rise toward 0.95
+    assert clean_mean(9.0) > clean_mean(1.0) + 0.05

@@ -174,6 +174,8 @@ def pretrain(run_dir: str | None, config_json: str | None, out: str, **kwargs) -
 @click.option("--weight-decay", type=click.FloatRange(0.0), default=0.05, show_default=True)
 @click.option("--rank-weight", type=click.FloatRange(0.0), default=0.5, show_default=True,
               help="Weight of the in-batch ranking loss beside MSE (0 = off).")
+@click.option("--clean-weight", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Loss weight of clean (undegraded) training items against 1 for the rest.")
 @click.option("--selection", default="validation-real:ufoai-music", show_default=True,
               help="Items that choose the epoch (SPLIT:PACKAGE or dev); reporting packages never choose.")
 @click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="lcc", show_default=True)

@@ -44,6 +44,9 @@ class CorrectorConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     rank_weight: float = 0.5
+    # Loss weight of clean items (degradation "identity") against 1 for the rest: the training mix holds
+    # ~4% clean items, the music users score (and validation-real) far more, so the prior leans degraded.
+    clean_weight: float = 1.0
     selection: str = "validation-real:ufoai-music"
     select_metric: str = "lcc"
     train_items: int | None = None
@@ -59,6 +62,7 @@ class Inputs:
     signal: Tensor  # (N, n_features)
     audiograms: Tensor  # (N, 8)
     labels: Tensor  # (N,)
+    clean: Tensor  # (N,) bool: the item's degradation is "identity"
 
 
 @torch.inference_mode()
@@ -71,7 +75,8 @@ def corrector_inputs(model: torch.nn.Module, data: Split, batch_size: int = 32) 
         scores = model.head.network_scores(features[:-1], data.audiograms[index])
         logits.append(scores.clip_logit.float())
         signals.append(features[-1].float())
-    return Inputs(torch.cat(logits), torch.cat(signals), data.audiograms.float(), data.labels.float())
+    clean = torch.tensor((data.meta["degradation"] == "identity").to_numpy(dtype=bool))
+    return Inputs(torch.cat(logits), torch.cat(signals), data.audiograms.float(), data.labels.float(), clean)
 
 
 def with_corrector(name: str, hidden: int, weights_dir: str | None) -> tuple[torch.nn.Module, ModelInfo]:
@@ -89,26 +94,17 @@ def with_corrector(name: str, hidden: int, weights_dir: str | None) -> tuple[tor
     return model.eval(), info
 
 
-def fit_corrector(config: CorrectorConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fit the corrector and export the corrected model (training record: the base model's sha256 and
-    recipe, this recipe, the selection figures before and after)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model, base_info = with_corrector(config.model, config.hidden, config.source_dir)
-    split_config = TrainConfig(manifest=config.manifest, selection=config.selection, train_items=config.train_items,
-                               seed=config.seed)
-    train, select = load_train_selection(split_config, log)
-    started = time.monotonic()
-    train_in, select_in = corrector_inputs(model, train), corrector_inputs(model, select)
-    log(f"network and descriptors of {len(train)} training and {len(select)} selection items: "
-        f"{time.monotonic() - started:.0f} s")
-    corrector = model.head.corrector
+def train_corrector(corrector: torch.nn.Module, train_in: Inputs, select_in: Inputs, config: CorrectorConfig,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit `corrector` (standardised on the training descriptors) on precomputed inputs; it ends on the
+    epoch the selection items chose; pass a fresh corrector (zero output layer) to start from the
+    model's own scores. -> (selection figures before, the chosen epoch's figures)."""
     corrector.set_statistics(train_in.signal)
     before = metrics(torch.sigmoid(select_in.logit).numpy(), select_in.labels.numpy())
     best = {**before, "epoch": 0}
     best_state = copy.deepcopy(corrector.state_dict())
     log(f"selection before: LCC {before['lcc']:.4f}, MSE {before['mse']:.5f}")
+    weights = torch.where(train_in.clean, float(config.clean_weight), 1.0)
     optimizer = torch.optim.AdamW(corrector.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     for epoch in range(1, config.epochs + 1):
@@ -116,8 +112,8 @@ def fit_corrector(config: CorrectorConfig, log: Callable[[str], None] = print) -
         for index in torch.randperm(len(train_in.labels), generator=generator).split(config.batch_size):
             logit = train_in.logit[index] + corrector(train_in.signal[index], train_in.audiograms[index],
                                                       train_in.logit[index])
-            predicted, target = torch.sigmoid(logit), train_in.labels[index]
-            loss = torch.mean((predicted - target) ** 2)
+            predicted, target, weight = torch.sigmoid(logit), train_in.labels[index], weights[index]
+            loss = torch.sum(weight * (predicted - target) ** 2) / weight.sum()
             if config.rank_weight:
                 loss = loss + config.rank_weight * pairwise_ranking_loss(predicted, target)
             optimizer.zero_grad()
@@ -133,6 +129,24 @@ def fit_corrector(config: CorrectorConfig, log: Callable[[str], None] = print) -
             log(f"epoch {epoch}: selection LCC {figures['lcc']:.4f}, MSE {figures['mse']:.5f} "
                 f"(best {best['lcc']:.4f} at epoch {best['epoch']})")
     corrector.load_state_dict(best_state)
+    return before, best
+
+
+def fit_corrector(config: CorrectorConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit the corrector and export the corrected model (training record: the base model's sha256 and
+    recipe, this recipe, the selection figures before and after)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model, base_info = with_corrector(config.model, config.hidden, config.source_dir)
+    split_config = TrainConfig(manifest=config.manifest, selection=config.selection, train_items=config.train_items,
+                               seed=config.seed)
+    train, select = load_train_selection(split_config, log)
+    started = time.monotonic()
+    train_in, select_in = corrector_inputs(model, train), corrector_inputs(model, select)
+    log(f"network and descriptors of {len(train)} training and {len(select)} selection items: "
+        f"{time.monotonic() - started:.0f} s")
+    before, best = train_corrector(model.head.corrector, train_in, select_in, config, log)
     name = config.name or config.model
     training = {**base_info.training,
                 "corrector": {"base": {"name": base_info.name, "sha256": base_info.sha256,
