@@ -9,7 +9,8 @@ Inputs (made by scripts/train-models.sh and `haaqi bench --json`):
 Run from the repository root: .venv/bin/python scripts/model_card.py
 (`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights;
 `--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`;
-`--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json)
+`--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json;
+`--data-only`: just the training-data section, from data/results/dataset.json)
 """
 
 from __future__ import annotations
@@ -310,6 +311,43 @@ def intervals_section() -> list[str]:
     return lines
 
 
+DATA_HEADING = "## Training data"
+
+
+def training_data_section(dataset: dict) -> list[str]:
+    """What the models were trained on, from `haaqi dataset stats --json` (data/results/dataset.json)."""
+    lines = [DATA_HEADING, "",
+             f"`haaqi dataset stats --json` (manifest `labels/manifest.parquet`): {dataset.get('items', '–')} "
+             f"items from {dataset.get('clips', '–')} clips of {dataset.get('sources', '–')} tracks, "
+             f"{dataset.get('labelled', '–')} labelled when this card was written (each model's recipe line says how "
+             "many training clips it saw).", ""]
+    packages = dataset.get("packages", [])
+    if packages:
+        lines += ["| split | package | items | labelled |", "|---|---|---|---|"]
+        lines += [f"| {p['split']} | {p['package']} | {p['items']} | {p['labelled']} |" for p in packages]
+    histogram = dataset.get("label_histogram")
+    if histogram:
+        lines += ["", "Label histogram (bins of 0.1 over 0–1): "
+                  + ", ".join(str(c) for c in histogram["counts"])
+                  + ". Not uniform: the audiogram drives much of the label (see `haaqi dataset balance`)."]
+    if "cpu_seconds_per_label" in dataset:
+        lines += ["", f"CPU time per label: {dataset['cpu_seconds_per_label']:.2f} s (6-s clip)."]
+    lines += [
+        "",
+        "Music comes only from the Debian packages DEVELOPERS.md allows (game soundtracks, recorded and "
+        "produced music, tracker modules, MIDI and music21 scores rendered with fluidsynth and three "
+        "soundfonts, real drum and loop recordings); the reserved evaluation packages are refused in code. The split is "
+        "by package. Content augmentation of the clean reference (two-track mixes, EQ and tilt, mastering "
+        "compression and limiting, stereo fold-downs, room reverb). Degradations: codec ladder (mp2, mp3 "
+        "from 8 kb/s, AAC from 16, Vorbis, Opus from 6, via ffmpeg, aligned back), low-/high-pass, noise, "
+        "clipping down to 10% of the peak, bit depth, sample-rate reduction, compression, tilt, resonances, "
+        "reverb (RT60 0.3–2.5 s, DRR −5…+15 dB), dropouts, packet loss, level changes, NAL-R, cascades of "
+        "two or three and clean references, each presented at a level drawn from 50–85 dB SPL. Audiograms: "
+        "normal, perturbed Bisgaard N1–N7/S1–S3, sloping, flat, notched and asymmetric.",
+    ]
+    return lines
+
+
 def rewrite_section(heading: str, lines: list[str], before: str) -> None:
     """Replace the card's section under `heading` (or insert it before the section `before`); the other
     sections stay as their own commands made them."""
@@ -365,14 +403,13 @@ def rewrite_baseline_section() -> None:
 
 
 def rewrite_speed_section() -> None:
-    """Replace only the speed section of the existing card (after a new `make bench` with unchanged
-    weights: the other sections stay as their own commands made them)."""
-    card = (WEIGHTS / "MODEL_CARD.md").read_text()
-    start = card.index("\n## Speed\n")
-    end = card.index("\n## ", start + 1)  # the next section, whichever it is
-    section = "\n".join(speed_section(load("bench.json") or {}))
-    write_card(card[:start] + section + "\n" + card[end:])
-    print(section)
+    """Only the speed section (after a new `make bench` with unchanged weights)."""
+    rewrite_section("## Speed", speed_section(load("bench.json") or {}), before="## Known limits")
+
+
+def rewrite_data_section() -> None:
+    """Only the training-data section (after more labels: `haaqi dataset stats --json`)."""
+    rewrite_section(DATA_HEADING, training_data_section(load("dataset.json") or {}), before="## Recipe")
 
 
 def level_paragraph(manifest: dict) -> str:
@@ -470,34 +507,7 @@ def main() -> None:
         ratio = manifest["distilled"]["n_params"] / manifest["teacher"]["n_params"]
         lines += ["", f"The student has {ratio:.0%} of the teacher's parameters."]
 
-    lines += ["", "## Training data", "",
-              f"`haaqi dataset stats --json` (manifest `labels/manifest.parquet`): {dataset.get('items', '–')} "
-              f"items from {dataset.get('clips', '–')} clips of {dataset.get('sources', '–')} tracks, "
-              f"{dataset.get('labelled', '–')} labelled when this card was written (each model's recipe line says how "
-              "many training clips it saw).", ""]
-    packages = dataset.get("packages", [])
-    if packages:
-        lines += ["| split | package | items | labelled |", "|---|---|---|---|"]
-        lines += [f"| {p['split']} | {p['package']} | {p['items']} | {p['labelled']} |" for p in packages]
-    histogram = dataset.get("label_histogram")
-    if histogram:
-        lines += ["", "Label histogram (bins of 0.1 over 0–1): "
-                  + ", ".join(str(c) for c in histogram["counts"])
-                  + ". Not uniform: the audiogram drives much of the label (see `haaqi dataset balance`)."]
-    if "cpu_seconds_per_label" in dataset:
-        lines += ["", f"CPU time per label: {dataset['cpu_seconds_per_label']:.2f} s (6-s clip)."]
-    lines += [
-        "",
-        "Music comes only from the Debian packages DEVELOPERS.md allows (game soundtracks, recorded and "
-        "produced music, tracker modules, MIDI and music21 scores rendered with fluidsynth and three "
-        "soundfonts, real drum and loop recordings); the reserved evaluation packages are refused in code. The split is "
-        "by package. Content augmentation of the clean reference (two-track mixes, EQ and tilt, mastering "
-        "compression and limiting, stereo fold-downs, room reverb). Degradations: codec ladder (mp2, mp3 "
-        "from 8 kb/s, AAC from 16, Vorbis, Opus from 6, via ffmpeg, aligned back), low-/high-pass, noise, "
-        "clipping down to 10% of the peak, bit depth, sample-rate reduction, compression, tilt, resonances, "
-        "reverb (RT60 0.3–2.5 s, DRR −5…+15 dB), dropouts, packet loss, level changes, NAL-R, cascades of "
-        "two or three and clean references, each presented at a level drawn from 50–85 dB SPL. Audiograms: "
-        "normal, perturbed Bisgaard N1–N7/S1–S3, sloping, flat, notched and asymmetric.",
+    lines += [""] + training_data_section(dataset) + [
         "",
         "## Recipe",
         "",
@@ -602,6 +612,8 @@ if __name__ == "__main__":
         rewrite_speed_section()
     elif "--intervals-only" in sys.argv[1:]:
         rewrite_intervals_section()
+    elif "--data-only" in sys.argv[1:]:
+        rewrite_data_section()
     elif "--baseline-only" in sys.argv[1:]:
         rewrite_baseline_section()
     elif "--prior-only" in sys.argv[1:]:
