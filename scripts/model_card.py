@@ -10,7 +10,8 @@ Run from the repository root: .venv/bin/python scripts/model_card.py
 (`--speed-only`: rewrite just the speed section from bench.json, for a new `make bench` with the same weights;
 `--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`;
 `--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json;
-`--data-only`: just the training-data section, from data/results/dataset.json)
+`--data-only`: just the training-data section, from data/results/dataset.json;
+`--validation-only`: just the validation section, from data/results/evaluate.json)
 """
 
 from __future__ import annotations
@@ -323,8 +324,9 @@ def training_data_section(dataset: dict) -> list[str]:
              "many training clips it saw).", ""]
     packages = dataset.get("packages", [])
     if packages:
-        lines += ["| split | package | items | labelled |", "|---|---|---|---|"]
-        lines += [f"| {p['split']} | {p['package']} | {p['items']} | {p['labelled']} |" for p in packages]
+        lines += ["| split | package | tracks | minutes | clips | items | labelled |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['split']} | {p['package']} | {p.get('tracks', '–')} | {p.get('minutes', '–')} | "
+                  f"{p.get('clips', '–')} | {p['items']} | {p['labelled']} |" for p in packages]
     histogram = dataset.get("label_histogram")
     if histogram:
         lines += ["", "Label histogram (bins of 0.1 over 0–1): "
@@ -348,14 +350,57 @@ def training_data_section(dataset: dict) -> list[str]:
     return lines
 
 
+VALIDATION_HEADING = "## Validation (packages never seen in training)"
+
+
+def by_split_results(results: list) -> dict[str, dict[str, dict]]:
+    """`haaqi evaluate --json` rows as {split: {model: result}}, the real-music split first, as evaluate runs them."""
+    by_split: dict[str, dict[str, dict]] = {}
+    for r in results:
+        by_split.setdefault(r.get("split", "validation"), {})[r["model"]] = r
+    return by_split
+
+
+def validation_section(by_split: dict[str, dict[str, dict]]) -> list[str]:
+    """Each model on each validation split: overall, then by package, degradation, severity and profile."""
+    lines = [VALIDATION_HEADING, ""]
+    for split, models in by_split.items():
+        packages = ", ".join(next(iter(models.values()))["packages"])
+        lines += [f"`haaqi evaluate --exclude-package ufoai-music --json data/results/evaluate.json`, split "
+                  f"`{split}` ({packages}; ufoai-music chose the checkpoints); "
+                  "within-profile: the mean of the per-profile correlations (how well versions of the music "
+                  "are ranked for one listener); clean/normal: mean prediction on clean clips for normal "
+                  "hearing, next to the exact HAAQI's mean:", "",
+                  "| model | n | LCC | SRCC | MSE | within-profile LCC | within-profile SRCC | clean/normal |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, result in models.items():
+            m, w, c = result["overall"], result.get("within_profile", {}), result.get("clean_normal", {})
+            clean = f"{fmt(c.get('predicted'), '.3f')} (exact {fmt(c.get('label'), '.3f')})" if c.get("n") else "–"
+            lines.append(f"| `{name}` (ours) | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
+                         f"| {fmt(w.get('lcc'))} | {fmt(w.get('srcc'))} | {clean} |")
+        lines.append("")
+    for name, paper in (("teacher", (0.9368, 0.9486, 0.0064)), ("distilled", (0.9071, 0.9307, 0.0091))):
+        lines.append(f"HAAQI-Net {name} (paper, their data): LCC {paper[0]}, SRCC {paper[1]}, MSE {paper[2]}.")
+    for split, models in by_split.items():
+        for name, result in models.items():
+            for column in ("package", "degradation", "severity", "profile"):
+                groups = result.get(f"by_{column}", {})
+                if groups:
+                    lines += ["", f"`{name}` on `{split}` by {column} (bias: mean of predicted - true):", "",
+                              "| group | n | LCC | SRCC | MSE | bias |", "|---|---|---|---|---|---|"]
+                    lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
+                              f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
+    return lines
+
+
 def rewrite_section(heading: str, lines: list[str], before: str) -> None:
     """Replace the card's section under `heading` (or insert it before the section `before`); the other
-    sections stay as their own commands made them."""
+    sections stay as their own commands made them. One blank line separates it from its neighbours."""
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
-    section = "\n".join(lines)
+    section = "\n".join(lines).strip("\n")
     start = card.find("\n" + heading + "\n")
     end = card.index("\n## ", start + 1) if start >= 0 else card.index("\n" + before + "\n")
-    write_card(card[: start if start >= 0 else end] + section + "\n" + card[end:])
+    write_card(card[: start if start >= 0 else end].rstrip("\n") + "\n\n" + section + "\n" + card[end:])
     print(section)
 
 
@@ -405,6 +450,12 @@ def rewrite_baseline_section() -> None:
 def rewrite_speed_section() -> None:
     """Only the speed section (after a new `make bench` with unchanged weights)."""
     rewrite_section("## Speed", speed_section(load("bench.json") or {}), before="## Known limits")
+
+
+def rewrite_validation_section() -> None:
+    """Only the validation section (after `haaqi evaluate` on more labels, same weights)."""
+    rewrite_section(VALIDATION_HEADING, validation_section(by_split_results(load("evaluate.json") or [])),
+                    before="## Against the previous release")
 
 
 def rewrite_data_section() -> None:
@@ -469,10 +520,7 @@ def main() -> None:
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
     dataset = load("dataset.json") or {}
     results = load("evaluate.json") or []
-    # One entry per (split, model): the real-music split first, as `haaqi evaluate` runs them.
-    by_split: dict[str, dict[str, dict]] = {}
-    for r in results:
-        by_split.setdefault(r.get("split", "validation"), {})[r["model"]] = r
+    by_split = by_split_results(results)
     evaluation = by_split.get("validation-real") or by_split.get("validation") or {}
     bench = load("bench.json") or {}
     lines = ["# Model card: haaqi `teacher` and `distilled`", ""]
@@ -535,33 +583,7 @@ def main() -> None:
     lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label), "
               "plus the options in its line above.", student_loss_line(manifest.get("distilled", {})), ""]
 
-    lines += ["## Validation (packages never seen in training)", ""]
-    for split, models in by_split.items():
-        packages = ", ".join(next(iter(models.values()))["packages"])
-        lines += [f"`haaqi evaluate --exclude-package ufoai-music --json data/results/evaluate.json`, split "
-                  f"`{split}` ({packages}; ufoai-music chose the checkpoints); "
-                  "within-profile: the mean of the per-profile correlations (how well versions of the music "
-                  "are ranked for one listener); clean/normal: mean prediction on clean clips for normal "
-                  "hearing, next to the exact HAAQI's mean:", "",
-                  "| model | n | LCC | SRCC | MSE | within-profile LCC | within-profile SRCC | clean/normal |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, result in models.items():
-            m, w, c = result["overall"], result.get("within_profile", {}), result.get("clean_normal", {})
-            clean = f"{fmt(c.get('predicted'), '.3f')} (exact {fmt(c.get('label'), '.3f')})" if c.get("n") else "–"
-            lines.append(f"| `{name}` (ours) | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
-                         f"| {fmt(w.get('lcc'))} | {fmt(w.get('srcc'))} | {clean} |")
-        lines.append("")
-    for name, paper in (("teacher", (0.9368, 0.9486, 0.0064)), ("distilled", (0.9071, 0.9307, 0.0091))):
-        lines.append(f"HAAQI-Net {name} (paper, their data): LCC {paper[0]}, SRCC {paper[1]}, MSE {paper[2]}.")
-    for split, models in by_split.items():
-        for name, result in models.items():
-            for column in ("package", "degradation", "severity", "profile"):
-                groups = result.get(f"by_{column}", {})
-                if groups:
-                    lines += ["", f"`{name}` on `{split}` by {column} (bias: mean of predicted - true):", "",
-                              "| group | n | LCC | SRCC | MSE | bias |", "|---|---|---|---|---|---|"]
-                    lines += [f"| {k} | {m['n']} | {fmt(m['lcc'])} | {fmt(m['srcc'])} | {fmt(m['mse'], '.4f')} "
-                              f"| {fmt(m.get('bias'), '+.3f')} |" for k, m in groups.items()]
+    lines += validation_section(by_split)
 
     lines += previous_release_section()
     lines += ablation_section()
@@ -612,6 +634,8 @@ if __name__ == "__main__":
         rewrite_speed_section()
     elif "--intervals-only" in sys.argv[1:]:
         rewrite_intervals_section()
+    elif "--validation-only" in sys.argv[1:]:
+        rewrite_validation_section()
     elif "--data-only" in sys.argv[1:]:
         rewrite_data_section()
     elif "--baseline-only" in sys.argv[1:]:
