@@ -22,7 +22,7 @@ def test_bench_reports_models_and_reference_against_pyclarity(use_tiny_weights: 
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     for name in ("distilled (cpu)", "teacher (cpu)", "distilled (cpu, model only)", "teacher (cpu, model only)",
-                 "pyclarity HAAQI (cpu)"):
+                 "distilled, int8 (cpu, model only)", "teacher, int8 (cpu, model only)", "pyclarity HAAQI (cpu)"):
         assert rows[name]["x_realtime"] > 0
     ours = next(row for name, row in rows.items() if name.startswith("exact HAAQI, ours"))
     assert ours["x_pyclarity"] > 1  # ours must be faster than the oracle even on a 1-s clip
@@ -49,6 +49,9 @@ def test_end_to_end_rows_time_whole_processes_beside_pyclarity(use_tiny_weights:
         assert row["wall_seconds"] > 0 and "load1" in row["load"] and "busy" in row["load"]
     score = rows["score 2 stereo files of 2 s (distilled)"]
     assert score["cold_seconds"] > 0 and score["x_realtime"] == pytest.approx(4.0 / score["wall_seconds"])
+    for name in ("score 2 stereo files of 2 s (distilled, int8)", "score 1 stereo files of 3 s (distilled, int8)"):
+        assert rows[name]["x_realtime"] > 0
+    assert set((tmp_path / "s8.csv").read_text().splitlines()[1].split(",")) >= {"distilled:int8", "ok"}
     reference = next(row for name, row in rows.items() if name.startswith("reference 2 pairs"))
     assert reference["x_pyclarity"] == pytest.approx(reference["baseline_seconds"] / reference["wall_seconds"])
     assert (tmp_path / "r.csv").read_text().count(",ok,") == 2

@@ -53,8 +53,11 @@ class HAAQIPredictor(nn.Module):
     @classmethod
     def from_pretrained(cls, name: str = "distilled", device: str | torch.device = "cpu",
                         weights_dir: str | Path | None = None, beats_checkpoint: str | Path | None = None,
-                        **kwargs) -> HAAQIPredictor:
-        model, info = load_model(name, device=device, beats_checkpoint=beats_checkpoint, weights_dir=weights_dir)
+                        precision: str = "float32", **kwargs) -> HAAQIPredictor:
+        """A registered model; `precision` "int8" runs its encoder's linear layers on int8 (CPU only,
+        inference only: models.precision)."""
+        model, info = load_model(name, device=device, beats_checkpoint=beats_checkpoint, weights_dir=weights_dir,
+                                 precision=precision)
         predictor = cls(model, info, **kwargs)
         if beats_checkpoint is None:
             predictor._calibration_key = (info.name, info.sha256, weights_dir)

@@ -33,6 +33,7 @@ import torch
 from haaqicli import audio
 from haaqicli.audiogram import Profile
 from haaqicli.models.calibration import Calibration, CalibrationWarning, load_calibration
+from haaqicli.models.precision import model_label
 from haaqicli.models.registry import get_info, load_model
 from haaqicli.output.tables import (
     SCORE_COLUMNS,
@@ -44,7 +45,7 @@ from haaqicli.output.tables import (
 )
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
-from haaqicli.util.devices import resolve_device
+from haaqicli.util.devices import model_device
 from haaqicli.util.errors import HaaqiError, ModelError
 from haaqicli.util.executor import TaskProgress, open_executor, unreadable, worker_name
 from haaqicli.util.hashing import content_hash
@@ -497,16 +498,16 @@ def score_inputs(
         options = replace(options, weights_dir=options.weights_dir or os.environ.get("HAAQI_WEIGHTS"))
         info = get_info(options.model, options.weights_dir)
     else:
-        device = resolve_device(options.device)
+        device = model_device(options.device, options.precision)
         model, info = load_model(
             options.model, device=device, beats_checkpoint=options.beats_checkpoint,
-            weights_dir=options.weights_dir
+            weights_dir=options.weights_dir, precision=options.precision
         )
         scorer = WindowScorer(model, device, options.batch_size)
     warn_untrained_level(options.spl, info.name, info.training)
     calibration = model_calibration(info, options)
 
-    table, done_hashes = _open_table(out, resume, profiles, options.spl, info.sha256)
+    table, done_hashes = _open_table(out, resume, profiles, options.spl, _model_identity(info, options))
     todo = items
     if done_hashes:  # each file is hashed once: the hash travels with the item into prepare_file
         hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
@@ -549,7 +550,7 @@ def score_inputs(
 
     try:
         for prepared in _prepared_stream(todo, options, info.sample_rate):
-            file = _FileScores(prepared, profiles, _row_base(prepared, info, options.spl))
+            file = _FileScores(prepared, profiles, _row_base(prepared, info, options))
             files.append(file)
             if not prepared.error:
                 try:
@@ -612,14 +613,21 @@ def _probe_durations(items: Sequence[audio.InputFile], bar: AudioProgress) -> No
     threading.Thread(target=probe, name="haaqi-probe", daemon=True).start()
 
 
-def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:
+def _model_identity(info: Any, options: ScoreOptions) -> tuple[str, str]:
+    """(model column, weights sha256) of the rows this run writes: the model's name carries a
+    precision other than float32 ("teacher:int8"), whose scores are other scores."""
+    return model_label(info.name, options.precision), info.sha256
+
+
+def _row_base(prepared: PreparedFile, info: Any, options: ScoreOptions) -> dict:
     """The columns a file's rows share."""
+    name, sha256 = _model_identity(info, options)
     return {
-        "spl": float(spl),
+        "spl": float(options.spl),
         "file": prepared.input.relative,
         "path": str(prepared.input.path),
-        "model": info.name,
-        "model_sha256": info.sha256,
+        "model": name,
+        "model_sha256": sha256,
         "duration_s": prepared.duration_s,
         "sample_rate": prepared.sample_rate,
         "channels": prepared.channels,
@@ -628,35 +636,37 @@ def _row_base(prepared: PreparedFile, info: Any, spl: float) -> dict:
 
 
 # The columns that decide whether a previous row is kept by --resume.
-RESUME_KEY_COLUMNS = ["content_hash", "profile", "audiogram_hash", "spl", "model_sha256", "status"]
+RESUME_KEY_COLUMNS = ["content_hash", "profile", "audiogram_hash", "spl", "model", "model_sha256", "status"]
 
 
-def _finished_files(previous: pd.DataFrame, profiles: Sequence[Profile], spl: float, model_sha256: str) -> set[str]:
+def _finished_files(previous: pd.DataFrame, profiles: Sequence[Profile], spl: float,
+                    model: tuple[str, str]) -> set[str]:
     """Content hashes of the files that need no new scoring: an ok row for every requested profile,
-    scored with the same audiogram values, level and model."""
-    ok = previous[_kept_mask(previous, None, profiles, spl, model_sha256)]
+    scored with the same audiogram values, level and model (name, precision and weights)."""
+    ok = previous[_kept_mask(previous, None, profiles, spl, model)]
     complete = ok.groupby("content_hash")["profile"].nunique()
     return set(complete[complete == len({(p.name, p.values_hash()) for p in profiles})].index)
 
 
 def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence[Profile], spl: float,
-               model_sha256: str) -> np.ndarray:
-    """Rows to keep on resume: the resumable ones (tables.resumable_rows) of the same model (and a
-    finished file, given ``done``)."""
-    mask = resumable_rows(previous, profiles, spl) & (previous["model_sha256"] == model_sha256).to_numpy(dtype=bool)
+               model: tuple[str, str]) -> np.ndarray:
+    """Rows to keep on resume: the resumable ones (tables.resumable_rows) of the same model, its
+    (model column, sha256) (and a finished file, given ``done``)."""
+    same_model = (previous["model"] == model[0]) & (previous["model_sha256"] == model[1])
+    mask = resumable_rows(previous, profiles, spl) & same_model.to_numpy(dtype=bool)
     return mask & previous["content_hash"].isin(done).to_numpy(dtype=bool) if done is not None else mask
 
 
 def _open_table(out: str | Path | None, resume: bool, profiles: Sequence[Profile], spl: float,
-                model_sha256: str) -> tuple[IncrementalTable | PartitionedTable | None, set[str]]:
+                model: tuple[str, str]) -> tuple[IncrementalTable | PartitionedTable | None, set[str]]:
     """The output table, holding the rows a resumed run keeps, and the content hashes of finished files.
     Tables written before rows recorded the audiogram hash and level are rescored; from a dataset folder
     only the key columns are read (its kept rows stay in their part files)."""
     previous = previous_rows(out, RESUME_KEY_COLUMNS) if resume else None
-    done = _finished_files(previous, profiles, spl, model_sha256) if previous is not None else set()
+    done = _finished_files(previous, profiles, spl, model) if previous is not None else set()
     if not out:
         return None, done
-    keep = None if previous is None else (lambda rows: _kept_mask(rows, done, profiles, spl, model_sha256))
+    keep = None if previous is None else (lambda rows: _kept_mask(rows, done, profiles, spl, model))
     return open_table(out, SCORE_COLUMNS, keep=keep), done
 
 
@@ -667,7 +677,7 @@ def score_file(item: audio.InputFile, profiles: Sequence[Profile], options: Scor
     scorer, info = worker_scorer(options, model_sha256)
     reason = unreadable(item.path)
     prepared = PreparedFile(input=item, error=reason) if reason else prepare_file(item, options, info.sample_rate)
-    [(rows, timelines)] = score_prepared([prepared], profiles, scorer, [_row_base(prepared, info, options.spl)],
+    [(rows, timelines)] = score_prepared([prepared], profiles, scorer, [_row_base(prepared, info, options)],
                                          calibration, options, info.sample_rate)
     return rows, timelines, 0.0 if prepared.error else prepared.duration_s
 
@@ -680,7 +690,7 @@ def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScore
     client asked for (a worker with other weights would give other scores)."""
     with _worker_lock:  # a worker with several threads loads the model once, not once per thread
         scorer, info = _load_scorer(options.model, options.device, options.batch_size, options.beats_checkpoint,
-                                    options.weights_dir)
+                                    options.weights_dir, options.precision)
     if info.sha256 != model_sha256:
         raise ModelError(f"{worker_name()}: model {info.name!r} has sha256 {info.sha256[:12]}..., the client's "
                          f"has {model_sha256[:12]}...; install the same weights on every worker")
@@ -689,11 +699,11 @@ def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScore
 
 @functools.lru_cache(maxsize=2)
 def _load_scorer(model: str, device: str, batch_size: int, beats_checkpoint: str | None,
-                 weights_dir: str | None) -> tuple[WindowScorer, Any]:
+                 weights_dir: str | None, precision: str = "float32") -> tuple[WindowScorer, Any]:
 
-    torch_device = resolve_device(device)
+    torch_device = model_device(device, precision)
     network, info = load_model(model, device=torch_device, beats_checkpoint=beats_checkpoint,
-                               weights_dir=weights_dir)
+                               weights_dir=weights_dir, precision=precision)
     return WindowScorer(network, torch_device, batch_size), info
 
 
@@ -732,7 +742,7 @@ def _score_on_cluster(
                                                             model_sha256=info.sha256, calibration=calibration):
                 if isinstance(outcome, BaseException):
                     failed = PreparedFile(input=item, error=f"{item.path}: {type(outcome).__name__}: {outcome}")
-                    rows, file_timelines, seconds = (_error_rows(failed, profiles, _row_base(failed, info, options.spl)),
+                    rows, file_timelines, seconds = (_error_rows(failed, profiles, _row_base(failed, info, options)),
                                                      {}, 0.0)
                 else:
                     rows, file_timelines, seconds = outcome

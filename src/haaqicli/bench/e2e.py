@@ -3,7 +3,8 @@ folders, timed as whole processes (start-up included), beside pyclarity in the s
 
 Rows:
 - start-up: `haaqi --help`, `haaqi models`, and `haaqi score` of one short file (time to its row);
-- `haaqi score` of many short files and of a few 3-minute stereo files, each model;
+- `haaqi score` of many short files and of a few 3-minute stereo files, each model, in float32 and
+  with `--precision int8`;
 - `haaqi reference --pairs` on generated pairs of 6-s clips at 44.1 kHz against pyclarity's
   `compute_haaqi` on the same pairs in as many worker processes, one call per pair and audiogram, after
   one warm-up call per worker, imports not counted.
@@ -254,8 +255,9 @@ def marginal_row(folder_row: Row, first_row: Row, model: str) -> Row:
 
 def run_e2e(folder: Path, short_files: int = 64, short_seconds: float = 10.0, long_files: int = 8,
             long_seconds: float = 180.0, pairs: int = 72, pair_seconds: float = 6.0, workers: int = 2,
-            models: Sequence[str] = ("distilled", "teacher")) -> dict[str, Any]:
-    """Every end-to-end row (see the module docstring); inputs are generated under `folder`."""
+            models: Sequence[str] = ("distilled", "teacher"), int8: bool = True) -> dict[str, Any]:
+    """Every end-to-end row (see the module docstring); inputs are generated under `folder`. `int8`:
+    also each model's folder rows with `--precision int8`."""
     rows: list[Row] = []
 
     def row(name: str, args: list[str], audio_seconds: float, baseline: float | None = None) -> None:
@@ -284,6 +286,12 @@ def run_e2e(folder: Path, short_files: int = 64, short_seconds: float = 10.0, lo
     for model in models:
         row(f"score {long_files} stereo files of {long_seconds:g} s ({model})",
             ["score", str(long), "--profile", PROFILE, "--model", model, "-q", "--out", str(folder / "l.csv")], total)
+    for model in models if int8 else ():  # the same folders with the encoder on int8 (--precision int8)
+        for name, (files, seconds, path) in {"s": (short_files, short_seconds, short),
+                                             "l": (long_files, long_seconds, long)}.items():
+            row(f"score {files} stereo files of {seconds:g} s ({model}, int8)",
+                ["score", str(path), "--profile", PROFILE, "--model", model, "--precision", "int8", "-q",
+                 "--out", str(folder / f"{name}8.csv")], files * seconds)
     pairs_csv = reference_pairs(folder / f"pairs-{pairs}x{pair_seconds:g}s", pairs, pair_seconds)
     load = machine_load()
     baseline = pyclarity_seconds(pairs_csv, workers)

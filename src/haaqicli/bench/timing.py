@@ -66,13 +66,14 @@ def time_model(folder: Path, model: str, device: str, batch_size: int, workers: 
     return BenchRow(label, audio_seconds, float(best))
 
 
-def time_model_only(model: str, device: str, batch_size: int, repeats: int) -> BenchRow:
+def time_model_only(model: str, device: str, batch_size: int, repeats: int, precision: str = "float32") -> BenchRow:
     """The network alone (fbank included) on one batch of 6-s windows: the models' own throughput,
     without decoding, resampling and per-file work, which both models share."""
-    network, info = load_model(model, device=device)
+    network, info = load_model(model, device=device, precision=precision)
     speed = measure_throughput(network, batch=batch_size, threads=None, repeats=max(3, repeats), device=device)
     audio_seconds = batch_size * info.window_s
-    return BenchRow(f"{model} ({device}, model only)", audio_seconds, audio_seconds / speed["realtime_factor"])
+    label = model if precision == "float32" else f"{model}, {precision}"
+    return BenchRow(f"{label} ({device}, model only)", audio_seconds, audio_seconds / speed["realtime_factor"])
 
 
 def time_reference(seconds: float, repeats: int, sample_rate: int = 44100) -> tuple[list[BenchRow], dict]:
@@ -117,6 +118,9 @@ def run_bench(
             rows.append(time_model(folder, model, device, batch_size, workers, repeats))
         for model in models:
             rows.append(time_model_only(model, device, batch_size, repeats))
+        if device == "cpu":  # int8 kernels are CPU only
+            for model in models:
+                rows.append(time_model_only(model, device, batch_size, repeats, precision="int8"))
     result: dict = {"cpu_threads": torch.get_num_threads(), "files": n_files, "file_seconds": seconds}
     reference_rows, reference = time_reference(pyclarity_seconds, repeats)
     rows.extend(reference_rows)

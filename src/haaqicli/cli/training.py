@@ -202,19 +202,23 @@ def correct(**kwargs) -> None:  # type: ignore[no-untyped-def]
               help="Splits to evaluate on (repeatable); a split without labels is skipped with a note.")
 @click.option("--weights-dir", default=None)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="As in `haaqi score --precision`: int8 runs the encoder's linear layers on int8 (CPU only).")
 @click.option("--exclude-package", "exclude", multiple=True,
               help="Leave this package's items out (repeatable), e.g. the one that chose the checkpoints.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write JSON.")
 @click.option("--record", is_flag=True, help="Store the overall metrics in the weights manifest (haaqi models).")
 @one_line_errors
 def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ...], weights_dir: str | None,
-             device: str, exclude: tuple[str, ...], json_path: str | None, record: bool) -> None:
+             device: str, precision: str, exclude: tuple[str, ...], json_path: str | None, record: bool) -> None:
     """LCC, SRCC, MSE and bias against the exact HAAQI on the validation splits: overall, per package,
     degradation family, severity and profile, within-profile LCC/SRCC and the clean-normal mean."""
     from haaqicli.data.labels import labelled_manifest
     from haaqicli.training.train import evaluate_model, format_evaluation
     from haaqicli.util.errors import HaaqiError
 
+    if record and precision != "float32":
+        raise click.UsageError("--record stores the shipped (float32) model's figures: leave out --precision")
     path = _manifest(manifest)
     labelled = labelled_manifest(Path(path))
     labelled = labelled[labelled["label"].notna()]
@@ -224,7 +228,7 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
             click.echo(f"split {split}: no labelled items in {path}, skipped", err=True)
     if not present:
         raise HaaqiError(f"{path}: no labelled items in split(s) {', '.join(splits)}")
-    results = [evaluate_model(name, path, split, weights_dir, device, exclude_packages=exclude)
+    results = [evaluate_model(name, path, split, weights_dir, device, exclude_packages=exclude, precision=precision)
                for split in present for name in names]
     for result in results:
         click.echo(format_evaluation(result))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
-from haaqicli.util.devices import resolve_device
+from haaqicli.util.devices import model_device, resolve_device
 from haaqicli.util.errors import ModelError
 from haaqicli.util.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
@@ -172,17 +172,19 @@ def _apply_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: st
 
 
 def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: str | Path | None = None,
-               weights_dir: str | Path | None = None) -> tuple[nn.Module, ModelInfo]:
+               weights_dir: str | Path | None = None, precision: str = "float32") -> tuple[nn.Module, ModelInfo]:
     """Load a registered model in eval mode. With `beats_checkpoint`, the teacher's encoder comes from an
     official BEATs checkpoint (config and weights) and the HAAQI head from our weights - which only works
-    for a head trained on that encoder (same layer count and width)."""
+    for a head trained on that encoder (same layer count and width). `precision` "int8" runs the
+    encoder's linear layers on int8 (models.precision; CPU only, and "auto" means the CPU then)."""
     # lazy: torch only where this path runs (start-up time)
     from haaqicli.models.beats import read_beats_checkpoint
     from haaqicli.models.haaqinet import HAAQINet
+    from haaqicli.models.precision import check_precision, quantize_encoder
 
     wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     info = get_info(name, wd)
-    dev = resolve_device(device)
+    dev = model_device(device, check_precision(precision))
     path = wd / info.file
     if beats_checkpoint is None:
         model = build_model(info.arch, info.config)
@@ -214,7 +216,8 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
         model.load_state_dict({**model.state_dict(), **head_state}, strict=True)
         info = ModelInfo(**{**info.to_dict(), "config": config, "sample_rate": enc_cfg.sample_rate,
                             "name": f"{name}+beats:{Path(beats_checkpoint).name}"})
-    return model.to(dev).eval(), info
+    model = model.to(dev).eval()
+    return (quantize_encoder(model) if precision == "int8" else model), info
 
 
 def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None = None) -> ModelInfo:

@@ -20,6 +20,7 @@ class ScoreOptions:
     model: str = "distilled"
     device: str = "auto"
     batch_size: int = 16
+    precision: str = "float32"  # "int8": the encoder's linear layers on int8 (models.precision; CPU only)
     workers: int | None = None  # None: 1 decoding process for the model; one per core for exact HAAQI pairs
     spl: float = DEFAULT_SPL
     mix: str = "stereo"  # "stereo": channel i scored with ear i; "mono": downmix first

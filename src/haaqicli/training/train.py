@@ -35,13 +35,14 @@ from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.musicnn import load_converted
+from haaqicli.models.precision import model_label
 from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
 from haaqicli.models.student import StudentNet, distillation_loss
 from haaqicli.reference.formula import TERMS
 from haaqicli.training.objectives import Objective, label_objective
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.constants import DEFAULT_SPL
-from haaqicli.util.devices import resolve_device
+from haaqicli.util.devices import model_device, resolve_device
 from haaqicli.util.errors import HaaqiError
 from haaqicli.util.hashing import content_hash
 
@@ -684,11 +685,13 @@ def evaluate_model(
     device: str = "auto",
     batch_size: int = 32,
     exclude_packages: Sequence[str] = (),
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Metrics of a registered model against true labels (see `evaluation_metrics`), leaving out the
-    items of `exclude_packages` (e.g. the package that chose the checkpoints)."""
-    dev = resolve_device(device)
-    model, info = load_model(name, device=dev, weights_dir=weights_dir)
+    items of `exclude_packages` (e.g. the package that chose the checkpoints); `precision` as in
+    `haaqi score --precision`."""
+    dev = model_device(device, precision)
+    model, info = load_model(name, device=dev, weights_dir=weights_dir, precision=precision)
     data = load_split(manifest, split, log=None)
     if exclude_packages:
         data = data.subset(~data.meta["package"].isin(list(exclude_packages)).to_numpy())
@@ -696,7 +699,7 @@ def evaluate_model(
             raise HaaqiError(f"{manifest}: split {split!r} has no labelled items outside {', '.join(exclude_packages)}")
     predicted, terms = predict_with_terms(model, data, batch_size, dev)
     meta = data.meta.assign(predicted=predicted, label=data.labels.numpy())
-    result = {"model": name, "sha256": info.sha256, "split": split,
+    result = {"model": model_label(name, precision), "sha256": info.sha256, "split": split,
               "packages": sorted(meta["package"].unique().tolist()), "paper": PAPER_FIGURES.get(name),
               **evaluation_metrics(meta)}
     if terms is not None and data.terms is not None:

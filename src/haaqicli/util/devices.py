@@ -46,3 +46,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
         return torch.device(f"cuda:{idx}")
     raise ModelError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+
+
+def model_device(device: str | torch.device = "auto", precision: str = "float32") -> torch.device:
+    """The device a model runs on at `precision`: int8 kernels are CPU only, so there "auto" is the CPU
+    and a CUDA device is a one-line error."""
+    if precision != "int8":
+        return resolve_device(device)
+    if str(device).strip().lower() in ("auto", "cpu"):
+        return resolve_device("cpu")
+    raise ModelError(f"--device {device}: --precision int8 runs on the CPU only (use --device cpu or auto)")
