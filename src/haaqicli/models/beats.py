@@ -178,7 +178,13 @@ class WeightNormConv1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
-        return F.conv1d(x, w, self.bias, padding=self.padding, groups=self.groups)
+        # The same convolution as a channels-last conv2d over a height of 1: oneDNN's grouped conv1d
+        # kernel is about 2x slower for these wide kernels (measured: the teacher's 64-tap, 16-group
+        # conv, 36 ms of a 16-window batch). The input, a transposed (B, T, C) tensor, is channels-last
+        # already, so no copy is made; results agree to float rounding.
+        x2 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(x2, w.unsqueeze(2), self.bias, padding=(0, self.padding), groups=self.groups)
+        return out.squeeze(2)
 
 
 class _SamePad(nn.Module):
