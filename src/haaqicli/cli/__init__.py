@@ -10,7 +10,7 @@ import importlib
 import click
 
 from haaqicli import __version__
-from haaqicli.util import interrupts
+from haaqicli.util import allocator, interrupts
 
 # command name -> ("module:attribute" relative to haaqicli.cli, one-line help shown by `haaqi --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,3 +62,5 @@ def main(ctx: click.Context) -> None:
     """Predict HAAQI music quality for listeners with hearing loss."""
     # SIGTERM and SIGHUP stop a run like Ctrl-C: finished rows kept, exit 128 + signal number
     ctx.with_resource(interrupts.handled())
+    # large tensors reused batch after batch stay on the heap, not faulted in again (util.allocator)
+    allocator.keep_freed_memory()

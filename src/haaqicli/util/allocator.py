@@ -1,0 +1,45 @@
+"""Keep freed memory for reuse instead of handing it back to the kernel (glibc only).
+
+glibc serves blocks above its mmap threshold (at most 32 MB, adjusted as blocks are freed) with a
+fresh mmap, and returns them on free; every reuse then faults its pages in again, zero-filled by the
+kernel. Scoring allocates the same large tensors batch after batch (spectra, encoder activations,
+windows), so on 8 stereo 3-minute files this cost 470,000 page faults and 1.2-2.2 s of system time
+(`perf stat -e minor-faults`). A fixed threshold of 64 MB and a large trim threshold keep those
+blocks on the heap. Peak memory stays bounded by the batch, as before, plus the freed blocks kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 1 << 30
+
+# the same settings for child processes (joblib workers), which read them from the environment at start
+_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Apply the settings to this process and its future children; False where the C library is
+    not glibc (nothing changes there). A user's own MALLOC_* environment settings win."""
+    if any(name in os.environ for name in _ENVIRONMENT):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if applied:
+        os.environ.update(_ENVIRONMENT)
+    return applied
