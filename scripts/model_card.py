@@ -262,7 +262,25 @@ def speed_section(bench: dict) -> list[str]:
     if teacher and student:
         lines += ["", f"Model only (one batch of 6-s windows, fbank included): the student runs "
                   f"{student['x_realtime'] / teacher['x_realtime']:.1f}x the teacher's throughput."]
-    return lines
+    return lines + int8_paragraph(load("int8.json") or {})
+
+
+def int8_paragraph(check: dict) -> list[str]:
+    """What `--precision int8` changes (scripts/int8-check.py); empty without its results."""
+    if not check.get("models"):
+        return []
+    parts = []
+    for name, m in check["models"].items():
+        f32, i8 = m["float32"], m["int8"]
+        parts.append(f"`{name}` mean {m['mean_abs']:.4f}, 99th percentile {m['p99_abs']:.4f}, largest "
+                     f"{m['max_abs']:.4f} (LCC {f32['overall']['lcc']:.3f} -> {i8['overall']['lcc']:.3f}, "
+                     f"SRCC {f32['overall']['srcc']:.3f} -> {i8['overall']['srcc']:.3f}, MSE "
+                     f"{f32['overall']['mse']:.4f} -> {i8['overall']['mse']:.4f}, within-profile LCC "
+                     f"{f32['within_profile']['lcc']:.3f} -> {i8['within_profile']['lcc']:.3f})")
+    excluded = ", ".join(check.get("excluded", [])) or "none"
+    return ["", f"`--precision int8` (the encoder's linear layers on int8, CPU only; the rows marked int8 above) "
+            f"moves scores from float32 by, on the {check['n']:,} items of {check['split']} (left out: {excluded}; "
+            "`.venv/bin/python scripts/int8-check.py`): " + "; ".join(parts) + "."]
 
 
 INTERVALS_HEADING = "## Intervals of predicted scores"

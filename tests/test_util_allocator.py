@@ -55,3 +55,13 @@ def test_cli_applies_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert out.returncode == 0, out.stderr
     expected = str(allocator.MMAP_THRESHOLD) if platform.libc_ver()[0] == "glibc" else "None"
     assert f"MMAP={expected}" in out.stderr
+
+
+def test_children_with_default_allocator(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # our values are removed inside the block and restored after; anything else is left alone
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(allocator.MMAP_THRESHOLD))
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    with allocator.children_with_default_allocator():
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+        assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(allocator.MMAP_THRESHOLD)

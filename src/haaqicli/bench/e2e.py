@@ -33,6 +33,7 @@ import soundfile as sf
 
 from haaqicli.audio import synth
 from haaqicli.audiogram import resolve_profiles
+from haaqicli.util import allocator
 
 PROFILE = "mild"  # one symmetric profile (the label convention's listener)
 # Command lines that mean a heavy job shares the machine (searched in /proc/*/cmdline). Training is
@@ -233,7 +234,9 @@ def pyclarity_seconds(pairs_csv: Path, workers: int) -> float | None:
                  for row in csv.DictReader(handle)]
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(workers + 1)
-    with context.Pool(workers, initializer=_pyclarity_worker_start, initargs=(barrier, pairs[0])) as pool:
+    with allocator.children_with_default_allocator():  # pyclarity as its users run it
+        pool = context.Pool(workers, initializer=_pyclarity_worker_start, initargs=(barrier, pairs[0]))
+    with pool:
         barrier.wait(timeout=3600)  # every worker imported pyclarity and made its warm-up call
         start = time.perf_counter()
         pool.map(_pyclarity_pair, pairs, chunksize=1)

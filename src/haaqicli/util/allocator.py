@@ -10,10 +10,12 @@ blocks on the heap. Peak memory stays bounded by the batch, as before, plus the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Iterator
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -43,3 +45,14 @@ def keep_freed_memory() -> bool:
     if applied:
         os.environ.update(_ENVIRONMENT)
     return applied
+
+
+@contextlib.contextmanager
+def children_with_default_allocator() -> Iterator[None]:
+    """Processes started inside get glibc's default settings, not ours: baselines (pyclarity in
+    `haaqi bench`) run as their users run them."""
+    ours = {name: os.environ.pop(name) for name in _ENVIRONMENT if os.environ.get(name) == _ENVIRONMENT[name]}
+    try:
+        yield
+    finally:
+        os.environ.update(ours)
