@@ -12,6 +12,7 @@ stream, so memory does not grow with a file's length: only window scores and fra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -470,6 +471,22 @@ def _prepared_stream(
     yield from parallel(delayed(prepare_file)(item, options, sample_rate) for item in items)
 
 
+@contextlib.contextmanager
+def network_threads(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Torch's CPU threads while files are scored: one fewer than usual for a model that leaves a core
+    to the decoding beside it (`HAAQIModel.LEAVES_CORE_FOR_DECODING`); fixed per model and machine, so
+    the same input, model and device still give the same scores."""
+    old = torch.get_num_threads()
+    lighter = getattr(model, "LEAVES_CORE_FOR_DECODING", False) and torch.device(device).type == "cpu" and old > 1
+    if lighter:
+        torch.set_num_threads(old - 1)
+    try:
+        yield
+    finally:
+        if lighter:
+            torch.set_num_threads(old)
+
+
 def score_inputs(
     inputs: Sequence[str | Path],
     profiles: Sequence[Profile],
@@ -548,34 +565,35 @@ def score_inputs(
             duration = file.prepared.duration_s
             bar.advance(max(0.0, duration - file.covered_s) if np.isfinite(duration) else 0.0, files=1)
 
-    try:
-        for prepared in _prepared_stream(todo, options, info.sample_rate):
-            file = _FileScores(prepared, profiles, _row_base(prepared, info, options))
-            files.append(file)
-            if not prepared.error:
-                try:
-                    for windows, starts, ends in window_chunks(prepared, options, scorer.batch_size,
-                                                               info.sample_rate):
-                        queue.add(file, windows, starts, ends)
-                        if queue.full:
-                            score_queue()
-                except HaaqiError as error:  # a streamed file that fails on its second pass
-                    prepared.error = str(error)
-                file.complete = True
-            if queue.full or (files and files[0].done):
-                score_queue()
-        score_queue()
-    except KeyboardInterrupt:
-        interrupted = True
-        try:  # files already decoded are one batch at most: score them, so their rows are kept
-            files[:] = [file for file in files if file.complete]
+    with network_threads(model, device):
+        try:
+            for prepared in _prepared_stream(todo, options, info.sample_rate):
+                file = _FileScores(prepared, profiles, _row_base(prepared, info, options))
+                files.append(file)
+                if not prepared.error:
+                    try:
+                        for windows, starts, ends in window_chunks(prepared, options, scorer.batch_size,
+                                                                   info.sample_rate):
+                            queue.add(file, windows, starts, ends)
+                            if queue.full:
+                                score_queue()
+                    except HaaqiError as error:  # a streamed file that fails on its second pass
+                        prepared.error = str(error)
+                    file.complete = True
+                if queue.full or (files and files[0].done):
+                    score_queue()
             score_queue()
         except KeyboardInterrupt:
-            pass
-    finally:
-        if table is not None:
-            table.close()
-        bar.close()
+            interrupted = True
+            try:  # files already decoded are one batch at most: score them, so their rows are kept
+                files[:] = [file for file in files if file.complete]
+                score_queue()
+            except KeyboardInterrupt:
+                pass
+        finally:
+            if table is not None:
+                table.close()
+            bar.close()
 
     frame = table.frame() if isinstance(table, IncrementalTable) else pd.DataFrame(rows, columns=SCORE_COLUMNS)
     if isinstance(table, PartitionedTable):  # the rows are in the dataset; the failures are returned

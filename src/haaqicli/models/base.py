@@ -38,6 +38,9 @@ class HAAQIModel(nn.Module):
 
     arch: ClassVar[str] = ""
     DEFAULT_CONFIG: ClassVar[Mapping[str, Any]] = {}
+    # On the CPU, leave one core to the decoding that runs beside the network (`haaqi score`): true for
+    # a network cheap enough that decoding, not the network, bounds a folder.
+    LEAVES_CORE_FOR_DECODING: ClassVar[bool] = False
     encoder: nn.Module  # with `num_layers`: encode() gives num_layers + 1 hidden states
     head: nn.Module  # `output(hidden, features, audiogram)` -> HAAQINetOutput (haaqinet.HAAQIHead)
 

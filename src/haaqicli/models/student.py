@@ -149,6 +149,9 @@ class StudentNet(HAAQIModel):
 
     arch = "haaqinet-student"
     DEFAULT_CONFIG = STUDENT_CONFIG
+    # 8 stereo 3-minute FLACs on 2 cores: 4.17-4.28 s with one torch thread against 4.42-4.66 s with
+    # two (a decoding thread runs beside it), identical scores; the teacher needs both (24.5 s vs 16.0 s)
+    LEAVES_CORE_FOR_DECODING = True
 
     def __init__(self, encoder_cfg: StudentEncoderConfig | Mapping[str, Any],
                  head_cfg: HeadConfig | Mapping[str, Any],
