@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from haaqicli.models.registry import load_model
-from haaqicli.training.train import evaluation_metrics, load_split, predict_with_terms
+from haaqicli.training.train import evaluation_metrics, evaluation_split, predict_with_terms
 from haaqicli.util.atomic import atomic_write
 
 
@@ -30,8 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     excluded = args.exclude_package if args.exclude_package is not None else ["ufoai-music"]
 
-    data = load_split(args.manifest, args.split, log=None)
-    data = data.subset(~data.meta["package"].isin(excluded).to_numpy())
+    data = evaluation_split(args.manifest, args.split, excluded)
+    labels = data.labels.numpy()
     result: dict = {"split": args.split, "excluded": excluded, "n": len(data), "models": {}}
     for name in args.model or ["distilled", "teacher"]:
         predicted = {}
@@ -39,7 +39,6 @@ def main() -> None:
             model, info = load_model(name, device="cpu", precision=precision)
             predicted[precision], _ = predict_with_terms(model, data, 32)
         delta = np.abs(predicted["int8"] - predicted["float32"])
-        labels = data.labels.numpy()
         result["models"][name] = {
             "sha256": info.sha256,
             "mean_abs": float(delta.mean()), "p99_abs": float(np.quantile(delta, 0.99)), "max_abs": float(delta.max()),

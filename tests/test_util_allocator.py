@@ -46,7 +46,7 @@ def test_user_setting_wins() -> None:
     assert result["env"]["MALLOC_TRIM_THRESHOLD_"] is None
 
 
-def test_cli_applies_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_applies_it() -> None:
     # `haaqi profiles` runs through the group callback: the variables reach its environment
     script = ("import os, sys\nfrom haaqicli.cli import main\n"
               "try:\n    main(['profiles'], standalone_mode=False)\nfinally:\n"

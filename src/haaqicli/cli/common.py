@@ -189,7 +189,7 @@ def model_options(func):  # type: ignore[no-untyped-def]
             click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True),
             click.option("--precision", type=click.Choice(["float32", "int8"]), default="float32",
                          show_default=True,
-                         help="int8: the encoder's linear layers on int8, CPU only (the teacher about 1.2x faster end to end; "
+                         help="int8: the encoder's linear layers on int8, CPU only (the teacher about 1.15x faster end to end; "
                               "scores 0.001 from float32 on average, at most 0.02: README). Rows name the model "
                               "'teacher:int8'."),
             click.option(

@@ -677,6 +677,17 @@ def evaluation_metrics(meta: pd.DataFrame) -> dict[str, Any]:
     return result
 
 
+def evaluation_split(manifest: str | Path, split: str, exclude_packages: Sequence[str] = ()) -> Split:
+    """The labelled items of `split` without those of `exclude_packages` (e.g. the package that chose
+    the checkpoints)."""
+    data = load_split(manifest, split, log=None)
+    if exclude_packages:
+        data = data.subset(~data.meta["package"].isin(list(exclude_packages)).to_numpy())
+        if not len(data):
+            raise HaaqiError(f"{manifest}: split {split!r} has no labelled items outside {', '.join(exclude_packages)}")
+    return data
+
+
 def evaluate_model(
     name: str,
     manifest: str | Path,
@@ -692,11 +703,7 @@ def evaluate_model(
     `haaqi score --precision`."""
     dev = model_device(device, precision)
     model, info = load_model(name, device=dev, weights_dir=weights_dir, precision=precision)
-    data = load_split(manifest, split, log=None)
-    if exclude_packages:
-        data = data.subset(~data.meta["package"].isin(list(exclude_packages)).to_numpy())
-        if not len(data):
-            raise HaaqiError(f"{manifest}: split {split!r} has no labelled items outside {', '.join(exclude_packages)}")
+    data = evaluation_split(manifest, split, exclude_packages)
     predicted, terms = predict_with_terms(model, data, batch_size, dev)
     meta = data.meta.assign(predicted=predicted, label=data.labels.numpy())
     result = {"model": model_label(name, precision), "sha256": info.sha256, "split": split,
