@@ -90,6 +90,19 @@ def test_split_subsets_index_one_shared_array():
     assert torch.equal(inner.labels, data.labels[[1, 4, 5]])
 
 
+def test_epoch_order_draws_clean_items_more_often_only_when_asked():
+    data = synthetic_split(40)
+    data.meta.loc[:9, "degradation"] = "identity"  # 10 of 40 items clean
+    plain = train.epoch_order(data, 1.0, torch.Generator().manual_seed(0))
+    assert sorted(plain.tolist()) == list(range(40))  # a shuffle: every item once
+    draws = torch.cat([train.epoch_order(data, 6.0, torch.Generator().manual_seed(seed)) for seed in range(50)])
+    share = float((draws < 10).float().mean())
+    assert len(draws) == 50 * 40
+    assert abs(share - 60 / 90) < 0.03  # 10 x 6 of 10 x 6 + 30 x 1
+    with pytest.raises(HaaqiError, match="--clean-weight"):
+        train.epoch_order(data, 0.0, torch.Generator())
+
+
 def test_frame_loss_produces_gradients():
     from haaqicli.models.haaqinet import haaqinet_loss
     from haaqicli.models.registry import build_model

@@ -59,6 +59,10 @@ def run_options(default_name: str, default_epochs: int, default_lr: float,  # ty
                          help="Weight of an in-batch ranking loss beside MSE (0 = off)."),
             click.option("--rank-loss", type=click.Choice(["pairwise", "correlation"]), default="pairwise",
                          show_default=True, help="pairwise: RankNet on label-ordered pairs; correlation: 1 - LCC."),
+            click.option("--clean-weight", type=click.FloatRange(0.0, min_open=True), default=1.0,
+                         show_default=True,
+                         help="Draw clean (undegraded) training items this many times as often as the rest "
+                              "(the training mix is ~4% clean; what users score, far more)."),
             click.option("--selection", default="dev", show_default=True,
                          help="Items that choose the checkpoint: dev (held-out training tracks) or "
                               "validation-real:ufoai-music (reporting packages never choose)."),

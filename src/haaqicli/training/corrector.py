@@ -24,6 +24,7 @@ from haaqicli.training.train import (
     Split,
     TrainConfig,
     _label_levels,
+    clean_items,
     load_train_selection,
     metrics,
     selection_key,
@@ -75,7 +76,7 @@ def corrector_inputs(model: torch.nn.Module, data: Split, batch_size: int = 32) 
         scores = model.head.network_scores(features[:-1], data.audiograms[index])
         logits.append(scores.clip_logit.float())
         signals.append(features[-1].float())
-    clean = torch.tensor((data.meta["degradation"] == "identity").to_numpy(dtype=bool))
+    clean = torch.from_numpy(clean_items(data.meta))
     return Inputs(torch.cat(logits), torch.cat(signals), data.audiograms.float(), data.labels.float(), clean)
 
 
