@@ -11,7 +11,8 @@ Run from the repository root: .venv/bin/python scripts/model_card.py
 `--intervals-only`: just the intervals section, from weights/*.calibration.json after `haaqi calibrate --write`;
 `--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json;
 `--data-only`: just the training-data section, from data/results/dataset.json;
-`--validation-only`: just the validation section, from data/results/evaluate.json)
+`--validation-only`: just the validation section, from data/results/evaluate.json;
+`--release-only`: the sections new weights change (models, recipe, validation, against the previous release))
 """
 
 from __future__ import annotations
@@ -481,6 +482,74 @@ def rewrite_data_section() -> None:
     rewrite_section(DATA_HEADING, training_data_section(load("dataset.json") or {}), before="## Recipe")
 
 
+MODELS_HEADING = "## Models"
+RECIPE_HEADING = "## Recipe"
+
+
+def models_section(manifest: dict) -> list[str]:
+    """The shipped models: architecture, parameters, file and sha256 (weights/manifest.json)."""
+    lines = [MODELS_HEADING, "", "| model | architecture | parameters | file | sha256 |", "|---|---|---|---|---|"]
+    for name, info in manifest.items():
+        size = (WEIGHTS / info["file"]).stat().st_size / 1e6
+        enc = info["config"]["encoder"]
+        desc = (f"BEATs {enc['encoder_layers']} layers x {enc['encoder_embed_dim']}"
+                if info["arch"] == "haaqinet" else
+                f"conv front end + {enc['encoder_layers']} layers x {enc['encoder_embed_dim']}")
+        lines.append(f"| `{name}` | {info['arch']}: {desc} | {info['n_params']:,} | "
+                     f"{info['file']} ({size:.1f} MB) | `{info['sha256'][:16]}…` |")
+    if "teacher" in manifest and "distilled" in manifest:
+        ratio = manifest["distilled"]["n_params"] / manifest["teacher"]["n_params"]
+        lines += ["", f"The student has {ratio:.0%} of the teacher's parameters."]
+    return lines
+
+
+def recipe_section(manifest: dict) -> list[str]:
+    """Each shipped model's recorded recipe: where it started, what it saw, the command behind it."""
+    lines = [
+        RECIPE_HEADING,
+        "",
+        "Each model's line gives the command its recorded recipe stands for, then what it did; "
+        "`bash scripts/train-models.sh` chains training, distillation and `haaqi evaluate` for a full rebuild."
+        + snapshot_note(manifest),
+        "",
+    ]
+    for name, info in manifest.items():
+        recipe = info.get("training", {}).get("recipe", {})
+        start = (f"warm-started from `{recipe['init']}` (the previous release, matching tensors copied)"
+                 if recipe.get("init") else "from scratch")
+        training = info["training"]
+        if "steps_run" in training:  # a time-limited run may stop inside its first epoch
+            passes = training["steps_run"] * recipe.get("batch_size", 0) / max(training.get("items", 1), 1)
+            length = f"{training['steps_run']} steps ({passes:.1f} passes over the data)"
+        else:
+            epochs = training.get("epochs_run", "–")
+            length = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+        dropout = f", dropout {recipe['dropout']}" if recipe.get("dropout") is not None else ""
+        lines.append(f"- `{name}`: {start}; {training.get('items', '–')} training clips, "
+                     f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
+                     f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on "
+                     f"{recipe.get('threads') or 2} CPU thread(s){design_note(info)}; {selection_text(info)}. "
+                     f"Command: {train_command(info)}.")
+    lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label), "
+              "plus the options in its line above.", student_loss_line(manifest.get("distilled", {}))]
+    return lines
+
+
+def rewrite_release_sections() -> None:
+    """The sections new weights change (models, recipe, validation, against the previous release), from
+    weights/manifest.json, evaluate.json and evaluate-previous.json; the others stay as their own
+    commands made them."""
+    missing = [name for name in ("evaluate.json", "evaluate-previous.json") if load(name) is None]
+    if missing:
+        raise SystemExit(f"--release-only needs {RESULTS}/{' and '.join(missing)} (haaqi evaluate --json)")
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
+    rewrite_section(MODELS_HEADING, models_section(manifest), before=DATA_HEADING)
+    rewrite_section(RECIPE_HEADING, recipe_section(manifest), before=VALIDATION_HEADING)
+    rewrite_validation_section()
+    rewrite_section("## Against the previous release", previous_release_section()[1:],
+                    before="## Ablation and learning curve")
+
+
 def level_paragraph(manifest: dict) -> str:
     """The level definition (haaqicli.util.levels) and the levels the models were trained at (their metadata)."""
     from haaqicli.util.levels import trained_spl_range
@@ -556,50 +625,8 @@ def main() -> None:
         "",
         level_paragraph(manifest),
         "",
-        "## Models",
-        "",
-        "| model | architecture | parameters | file | sha256 |",
-        "|---|---|---|---|---|",
     ]
-    for name, info in manifest.items():
-        size = (WEIGHTS / info["file"]).stat().st_size / 1e6
-        enc = info["config"]["encoder"]
-        desc = (f"BEATs {enc['encoder_layers']} layers x {enc['encoder_embed_dim']}"
-                if info["arch"] == "haaqinet" else
-                f"conv front end + {enc['encoder_layers']} layers x {enc['encoder_embed_dim']}")
-        lines.append(f"| `{name}` | {info['arch']}: {desc} | {info['n_params']:,} | "
-                     f"{info['file']} ({size:.1f} MB) | `{info['sha256'][:16]}…` |")
-    if "teacher" in manifest and "distilled" in manifest:
-        ratio = manifest["distilled"]["n_params"] / manifest["teacher"]["n_params"]
-        lines += ["", f"The student has {ratio:.0%} of the teacher's parameters."]
-
-    lines += [""] + training_data_section(dataset) + [
-        "",
-        "## Recipe",
-        "",
-        "Each model's line gives the command its recorded recipe stands for, then what it did; "
-        "`bash scripts/train-models.sh` chains training, distillation and `haaqi evaluate` for a full rebuild."
-        + snapshot_note(manifest),
-        "",
-    ]
-    for name, info in manifest.items():
-        recipe = info.get("training", {}).get("recipe", {})
-        start = (f"warm-started from `{recipe['init']}` (the previous release, matching tensors copied)"
-                 if recipe.get("init") else "from scratch")
-        training = info["training"]
-        if "steps_run" in training:  # a time-limited run may stop inside its first epoch
-            passes = training["steps_run"] * recipe.get("batch_size", 0) / max(training.get("items", 1), 1)
-            length = f"{training['steps_run']} steps ({passes:.1f} passes over the data)"
-        else:
-            epochs = training.get("epochs_run", "–")
-            length = f"{epochs} epoch{'' if epochs == 1 else 's'}"
-        dropout = f", dropout {recipe['dropout']}" if recipe.get("dropout") is not None else ""
-        lines.append(f"- `{name}`: {start}; {training.get('items', '–')} training clips, "
-                     f"{length}{dropout}, AdamW lr {recipe.get('lr')}, batch "
-                     f"{recipe.get('batch_size')}, time budget {recipe.get('max_minutes')} min on {recipe.get('threads') or 2} CPU thread(s)"
-                     f"{design_note(info)}; {selection_text(info)}. Command: {train_command(info)}.")
-    lines += ["- Teacher loss: clip MSE + 0.5 x frame MSE (every frame score is pulled to the clip label), "
-              "plus the options in its line above.", student_loss_line(manifest.get("distilled", {})), ""]
+    lines += models_section(manifest) + [""] + training_data_section(dataset) + [""] + recipe_section(manifest) + [""]
 
     lines += validation_section(by_split)
 
@@ -658,6 +685,8 @@ if __name__ == "__main__":
         rewrite_data_section()
     elif "--baseline-only" in sys.argv[1:]:
         rewrite_baseline_section()
+    elif "--release-only" in sys.argv[1:]:
+        rewrite_release_sections()
     elif "--prior-only" in sys.argv[1:]:
         rewrite_section(PRIOR_HEADING, content_prior_section(), before="## Known limits")
     else:
