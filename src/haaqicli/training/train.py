@@ -298,7 +298,7 @@ def clean_items(meta: pd.DataFrame) -> np.ndarray:
     of it included)."""
     if "degradation" not in meta:
         return np.zeros(len(meta), dtype=bool)
-    return meta["degradation"].eq("identity").to_numpy(dtype=bool)
+    return meta["degradation"].eq("identity").to_numpy(dtype=bool, copy=True)
 
 
 def epoch_order(train: Split, clean_weight: float, generator: torch.Generator) -> torch.Tensor:
