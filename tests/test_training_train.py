@@ -211,9 +211,11 @@ def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tm
     torch.manual_seed(1)
     small = build_model("haaqinet", one_layer)
     messages: list[str] = []
-    copied = train.warm_start(small, "teacher", weights, messages.append)
+    record = train.warm_start(small, "teacher", weights, messages.append)
     ours, theirs = small.state_dict(), trained.state_dict()
+    copied = record["tensors_copied"]
     assert 0 < copied < len(ours) and "copied" in messages[0]
+    assert record["sha256"] == get_info("teacher", weights).sha256
     layer0 = [k for k in ours if ".layers.0." in k]
     assert layer0 and all(torch.equal(ours[k], theirs[k]) for k in layer0)
     # the head's layer weights differ in shape (2 vs 3 hidden states): kept fresh, not copied

@@ -479,10 +479,12 @@ def setup_run(config: TrainConfig) -> torch.device:
     return resolve_device(config.device)
 
 
-def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Callable[[str], None]) -> int:
+def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Copy every tensor of `source` (a registered model, loaded with its sha256 checked, or a
     .safetensors file) whose name and shape match the model's; the rest keep their fresh values.
-    This lets a smaller variant (fewer layers) start from a trained model. Returns the count copied."""
+    This lets a smaller variant (fewer layers) start from a trained model. Returns the provenance for
+    the exported training record: the source, its sha256 (read now: a path such as
+    weights/distilled.safetensors names other bytes once a release replaces them) and the count copied."""
     path = Path(source)
     if path.suffix == ".safetensors":
         if not path.is_file():
@@ -491,15 +493,17 @@ def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Call
         from safetensors.torch import load_file
 
         state = load_file(str(path))
+        sha256 = content_hash(path)
     else:
-        state = load_model(source, weights_dir=weights_dir)[0].state_dict()
+        loaded, info = load_model(source, weights_dir=weights_dir)
+        state, sha256 = loaded.state_dict(), info.sha256
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise HaaqiError(f"--init {source}: no tensor matches this model's names and shapes")
     model.load_state_dict(matched, strict=False)
     log(f"warm start from {source}: {len(matched)} of {len(own)} tensors copied")
-    return len(matched)
+    return {"source": source, "sha256": sha256, "tensors_copied": len(matched), "tensors": len(own)}
 
 
 def _label_levels(meta: pd.DataFrame) -> list[float]:
@@ -545,7 +549,7 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     default = architectures().get(config.arch, HAAQINet).default_config()
     model, prior_record = build_for_run(config.arch, model_config(config, default), config, device, log)
     if config.init:
-        warm_start(model, config.init, config.init_registry, log)
+        prior_record["warm_start"] = warm_start(model, config.init, config.init_registry, log)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
@@ -639,7 +643,7 @@ def distill_student(config: TrainConfig, log: Callable[[str], None] = print) -> 
     student_config["distill"] = {**student_config.get("distill", {}), "teacher_dim": teacher_dim}
     model, prior_record = build_for_run("haaqinet-student", student_config, config, device, log)
     if config.init:
-        warm_start(model, config.init, config.init_registry, log)
+        prior_record["warm_start"] = warm_start(model, config.init, config.init_registry, log)
     log(f"distil: {len(train)} clips, {len(dev)} dev clips")
 
     layers = [t for _, t in model.distill_cfg.targets]
