@@ -103,6 +103,26 @@ def test_epoch_order_draws_clean_items_more_often_only_when_asked():
         train.epoch_order(data, 0.0, torch.Generator())
 
 
+def test_clip_groups_keep_every_drawn_item_and_put_versions_of_one_clip_together():
+    data = synthetic_split(48)
+    data.meta["clip_id"] = [f"clip{i % 12}" for i in range(48)]  # 12 clips x 4 versions, interleaved
+    clips = data.meta["clip_id"].to_numpy()
+    plain = train.epoch_order(data, 1.0, torch.Generator().manual_seed(0))
+    grouped = train.epoch_order(data, 1.0, torch.Generator().manual_seed(0), clip_group=4)
+    assert sorted(grouped.tolist()) == sorted(plain.tolist()) == list(range(48))
+
+    def runs_of_one_clip(order: torch.Tensor) -> int:
+        return sum(len(set(clips[run.numpy()])) == 1 for run in order.split(4))
+
+    assert runs_of_one_clip(grouped) == 12 and runs_of_one_clip(plain) < 4
+    other_epoch = train.epoch_order(data, 1.0, torch.Generator().manual_seed(1), clip_group=4)
+    assert not torch.equal(other_epoch, grouped)
+    # with clean draws (replacement) every drawn item stays, in runs of the same clip where it can
+    drawn = train.epoch_order(data, 3.0, torch.Generator().manual_seed(2))
+    regrouped = train.epoch_order(data, 3.0, torch.Generator().manual_seed(2), clip_group=4)
+    assert sorted(regrouped.tolist()) == sorted(drawn.tolist())
+
+
 def test_frame_loss_produces_gradients():
     from haaqicli.models.haaqinet import haaqinet_loss
     from haaqicli.models.registry import build_model

@@ -63,6 +63,9 @@ def run_options(default_name: str, default_epochs: int, default_lr: float,  # ty
                          show_default=True,
                          help="Draw clean (undegraded) training items this many times as often as the rest "
                               "(the training mix is ~4% clean; what users score, far more)."),
+            click.option("--clip-group", type=click.IntRange(1), default=1, show_default=True,
+                         help="Fill batches with runs of this many versions of one clip (other damage and "
+                              "hearing, the same music), so the ranking term compares damage, not pieces."),
             click.option("--selection", default="dev", show_default=True,
                          help="Items that choose the checkpoint: dev (held-out training tracks) or "
                               "validation-real:ufoai-music (reporting packages never choose)."),

@@ -84,6 +84,7 @@ class TrainConfig:
     rank_weight: float = 0.0  # weight of the ranking loss beside MSE (0 = off)
     rank_loss: str = "pairwise"  # "pairwise" (RankNet on label-ordered pairs) or "correlation" (1 - LCC)
     clean_weight: float = 1.0  # a clean training item is drawn this many times as often as another (`epoch_order`)
+    clip_group: int = 1  # batches made of runs of this many versions of one clip (`group_by_clip`)
     selection: str = "dev"  # checkpoints chosen on: "dev" (held-out training tracks) or "SPLIT:PACKAGE"
     train_items: int | None = None  # learning curves: the first N items of a fixed shuffle of the training items
     select_metric: str = "mse"  # the selection items' figure that picks the checkpoint: mse, lcc or srcc
@@ -301,16 +302,34 @@ def clean_items(meta: pd.DataFrame) -> np.ndarray:
     return meta["degradation"].eq("identity").to_numpy(dtype=bool, copy=True)
 
 
-def epoch_order(train: Split, clean_weight: float, generator: torch.Generator) -> torch.Tensor:
+def epoch_order(train: Split, clean_weight: float, generator: torch.Generator, clip_group: int = 1) -> torch.Tensor:
     """The items of one epoch: a shuffle; with `clean_weight` != 1, as many draws with replacement in
     which a clean item is `clean_weight` times as likely as another. The training mix is ~4% clean,
-    validation-real 25%, and what users score mostly clean: a model fed the mix leans degraded."""
-    if clean_weight == 1.0:
-        return torch.randperm(len(train), generator=generator)
+    validation-real 25%, and what users score mostly clean: a model fed the mix leans degraded.
+    With `clip_group` > 1 the drawn items come in runs of that many versions of one clip (`group_by_clip`)."""
     if clean_weight <= 0:
         raise HaaqiError(f"--clean-weight {clean_weight}: must be > 0")
-    weights = torch.where(torch.from_numpy(clean_items(train.meta)), float(clean_weight), 1.0)
-    return torch.multinomial(weights, len(train), replacement=True, generator=generator)
+    if clean_weight == 1.0:
+        order = torch.randperm(len(train), generator=generator)
+    else:
+        weights = torch.where(torch.from_numpy(clean_items(train.meta)), float(clean_weight), 1.0)
+        order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
+    if clip_group > 1:
+        clips = torch.from_numpy(pd.factorize(train.meta["clip_id"])[0].astype(np.int64))
+        order = group_by_clip(order, clips, clip_group, generator)
+    return order
+
+
+def group_by_clip(order: torch.Tensor, clips: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`order` rearranged into runs of `size` items of one clip (the last run of a clip may take the next
+    clip's first items), the runs shuffled: a batch then holds versions of the same music with different
+    damage and hearing, so the ranking term compares damage with the music held fixed instead of
+    comparing pieces. Clips are visited in a fresh random order, and the items within a clip keep
+    `order`'s random order, so run boundaries differ between epochs; every drawn item stays, once."""
+    clip_rank = torch.randperm(int(clips.max()) + 1, generator=generator)[clips[order]]
+    grouped = order[torch.sort(clip_rank, stable=True).indices]
+    runs = grouped.split(size)
+    return torch.cat([runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()])
 
 
 def fit(
@@ -351,7 +370,7 @@ def fit(
     out_of_time = False
     while state["epoch"] < config.epochs and not out_of_time:
         model.train()
-        order = epoch_order(train, config.clean_weight, generator)
+        order = epoch_order(train, config.clean_weight, generator, config.clip_group)
         running, count = 0.0, 0
         for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
             index = order[batch_start : batch_start + config.batch_size]
