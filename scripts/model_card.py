@@ -127,21 +127,31 @@ def train_command(info: dict) -> str:
         flags.append(f"--init {recipe['init']}")
     if recipe.get("terms"):
         flags.append("--terms")
-    for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "selection", "select_metric"):
+    if info.get("config", {}).get("head", {}).get("signal_corrector") and not info.get("training", {}).get("corrector"):
+        flags.append("--config C")  # a corrector trained with the network: only a config file asks for one
+    for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "train_items", "selection",
+                "select_metric"):
         if recipe.get(key) not in (None, 0, 0.0, ""):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
-    command = "haaqi train " + " ".join(flags)
+    for key in ("clean_weight", "clip_group"):  # both default to 1
+        if recipe.get(key) not in (None, 1, 1.0):
+            flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
+    text = "`haaqi train " + " ".join(flags) + "`"
+    if "--config C" in flags:
+        text += " (C: the model's `config` in weights/manifest.json)"
+    return text + promotion_text(info, recipe) + corrector_command(info)
+
+
+def promotion_text(info: dict, recipe: dict) -> str:
+    """How a model trained into an experiment's registry became the release name ("" when it was not)."""
     corrected = info.get("training", {}).get("corrector")
     # a corrected model's own promotion is the corrector's step; the network's is recorded with its base
     origin = (corrected["base"].get("promoted_from") if corrected else info.get("training", {}).get("promoted_from"))
-    if origin:
-        folder = recipe.get("weights_dir", "...")
-        via = " (an `haaqi ablate` row)" if origin["name"].startswith("ablation-") else ""
-        text = (f"`{command}`{via}, into `{folder}`, then `scripts/promote-model.py {folder} {origin['name']} "
-                f"{info['name']}`")
-    else:
-        text = f"`{command}`"
-    return text + corrector_command(info)
+    if not origin:
+        return ""
+    folder = recipe.get("weights_dir", "...")
+    via = " (an `haaqi ablate` row)" if origin["name"].startswith("ablation-") else ""
+    return f"{via}, into `{folder}`, then `scripts/promote-model.py {folder} {origin['name']} {info['name']}`"
 
 
 def corrector_command(info: dict) -> str:
@@ -424,7 +434,11 @@ def rewrite_section(heading: str, lines: list[str], before: str) -> None:
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
     section = "\n".join(lines).strip("\n")
     start = card.find("\n" + heading + "\n")
-    end = card.index("\n## ", start + 1) if start >= 0 else card.index("\n" + before + "\n")
+    if start >= 0:  # up to the next section, or the end of the card
+        end = card.find("\n## ", start + 1)
+        end = len(card) if end < 0 else end
+    else:
+        end = card.index("\n" + before + "\n")
     write_card(card[: start if start >= 0 else end].rstrip("\n") + "\n\n" + section + "\n" + card[end:])
     print(section)
 
@@ -521,8 +535,13 @@ def recipe_section(manifest: dict) -> list[str]:
     ]
     for name, info in manifest.items():
         recipe = info.get("training", {}).get("recipe", {})
-        start = (f"warm-started from `{recipe['init']}` (the previous release, matching tensors copied)"
-                 if recipe.get("init") else "from scratch")
+        warm = info.get("training", {}).get("warm_start")
+        if warm:  # recorded since the warm start's sha256 was: a path names other bytes after a release
+            start = (f"warm-started from `{warm['source']}` (sha256 `{warm['sha256'][:12]}…`, the previous release; "
+                     f"{warm['tensors_copied']} of {warm['tensors']} tensors copied)")
+        else:
+            start = (f"warm-started from `{recipe['init']}` (the previous release, matching tensors copied)"
+                     if recipe.get("init") else "from scratch")
         training = info["training"]
         if "steps_run" in training:  # a time-limited run may stop inside its first epoch
             passes = training["steps_run"] * recipe.get("batch_size", 0) / max(training.get("items", 1), 1)
@@ -554,6 +573,9 @@ def rewrite_release_sections() -> None:
     rewrite_validation_section()
     rewrite_section("## Against the previous release", previous_release_section()[1:],
                     before="## Ablation and learning curve")
+    evaluation = by_split_results(load("evaluate.json") or [])
+    rewrite_section(LIMITS_HEADING, limits_section(manifest, evaluation.get("validation-real")
+                                                   or evaluation.get("validation") or {}), before="")
 
 
 def level_paragraph(manifest: dict) -> str:
@@ -609,6 +631,45 @@ def content_prior_section() -> list[str]:
     ]
 
 
+LIMITS_HEADING = "## Known limits"
+
+
+def limits_section(manifest: dict, evaluation: dict) -> list[str]:
+    """What the shipped models cannot do, with the biases and clean/normal figures of `evaluation`."""
+    items = max((info.get("training", {}).get("items", 0) for info in manifest.values()), default=0)
+    return [
+        LIMITS_HEADING, "",
+        f"- Trained on 2 CPU cores, each run within the time budget above, on at most {items:,} labelled "
+        "clips: far less data and compute than HAAQI-Net had. Compare the validation table with the "
+        "project's targets (teacher LCC/SRCC >= 0.95, MSE <= 0.005; distilled >= 0.93, <= 0.008) and the "
+        "paper's figures (measured on their own data).",
+        "- The BEATs teacher costs many times more per training step than the student (see the recipe's "
+        "epochs), so on this CPU it sees far fewer epochs; this is why the student can score above its teacher.",
+        *biased_families(evaluation),
+        *clean_normal_limit(evaluation),
+        "- What no split covers: sung vocals (the corpus is instrumental: game soundtracks, rendered "
+        "MIDI, tracker modules and scores, real drum and loop recordings), speech, live concert "
+        "recordings, and hearing-aid processing beyond linear NAL-R. Judge the model on such material "
+        "with `haaqi reference` (exact HAAQI) before trusting it for decisions.",
+        "- HAAQI itself (equalisation=1) scores an *unamplified* signal low for a listener with hearing "
+        "loss, because its reference is NAL-R amplified: predictions follow that convention.",
+        "- Scores of a window shorter than 6 s (short files) are extrapolated from training on 6-s clips.",
+        "- Clean music scores below 1 with hearing loss: HAAQI compares with a normal-hearing listener, so "
+        "each profile has a ceiling, the exact HAAQI of clean music against itself (`haaqi profiles`: "
+        "normal 0.97, mild 0.64, moderate 0.46; README, \"The scale\"). The models predict on that scale; "
+        "gates must sit below the ceiling (`examples/policy.toml` passes clean music with `distilled` and "
+        "with the exact HAAQI: `tests/test_policy_examples.py`).",
+        "- Across x86-64 CPUs the scores differ in the fourth decimal: for these weights up to 6.9e-5 (teacher; "
+        "distilled 3.1e-6) between the ATen instruction sets on one AMD EPYC "
+        "(`ATEN_CPU_CAPABILITY=default|avx2|avx512`); for "
+        "the previous ones 2.9e-4 between an AMD and an Intel machine. `tests/test_shipped_models.py` pins "
+        "scores to 1e-3 and the fbank front end to 1e-4; the weights' sha256 catches any change to them.",
+        "- An installed wheel carries these files as the package data `haaqicli/weights/` "
+        "(`HAAQI_WEIGHTS=DIR` selects others).",
+        "",
+    ]
+
+
 def main() -> None:
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
     dataset = load("dataset.json") or {}
@@ -644,36 +705,7 @@ def main() -> None:
     lines += speed_section(bench)
     lines += content_prior_section()
 
-    lines += [
-        "", "## Known limits", "",
-        f"- Trained on 2 CPU cores, each run within the time budget above, on {dataset.get('labelled', '–')} "
-        "labels: far less data and compute than HAAQI-Net had. Compare the validation table with the "
-        "project's targets (teacher LCC/SRCC >= 0.95, MSE <= 0.005; distilled >= 0.93, <= 0.008) and the "
-        "paper's figures (measured on their own data).",
-        "- The BEATs teacher costs many times more per training step than the student (see the recipe's "
-        "epochs), so on this CPU it sees far fewer epochs; this is why the student can score above its teacher.",
-        *biased_families(evaluation),
-        *clean_normal_limit(evaluation),
-        "- What no split covers: sung vocals (the corpus is instrumental: game soundtracks, rendered "
-        "MIDI, tracker modules and scores, real drum and loop recordings), speech, live concert "
-        "recordings, and hearing-aid processing beyond linear NAL-R. Judge the model on such material "
-        "with `haaqi reference` (exact HAAQI) before trusting it for decisions.",
-        "- HAAQI itself (equalisation=1) scores an *unamplified* signal low for a listener with hearing "
-        "loss, because its reference is NAL-R amplified: predictions follow that convention.",
-        "- Scores of a window shorter than 6 s (short files) are extrapolated from training on 6-s clips.",
-        "- Clean music scores below 1 with hearing loss: HAAQI compares with a normal-hearing listener, so "
-        "each profile has a ceiling, the exact HAAQI of clean music against itself (`haaqi profiles`: "
-        "normal 0.97, mild 0.64, moderate 0.46; README, \"The scale\"). The models predict on that scale; "
-        "gates must sit below the ceiling (`examples/policy.toml` passes clean music with `distilled` and "
-        "with the exact HAAQI: `tests/test_policy_examples.py`).",
-        "- Across x86-64 CPUs the scores differ in the fourth decimal: for these weights up to 6.9e-5 "
-        "between the ATen instruction sets on one AMD EPYC (`ATEN_CPU_CAPABILITY=default|avx2|avx512`); for "
-        "the previous ones 2.9e-4 between an AMD and an Intel machine. `tests/test_shipped_models.py` pins "
-        "scores to 1e-3 and the fbank front end to 1e-4; the weights' sha256 catches any change to them.",
-        "- An installed wheel carries these files as the package data `haaqicli/weights/` "
-        "(`HAAQI_WEIGHTS=DIR` selects others).",
-        "",
-    ]
+    lines += [""] + limits_section(manifest, evaluation)
     write_card("\n".join(lines))
     print("\n".join(lines))
 
