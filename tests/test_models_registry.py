@@ -10,6 +10,7 @@ import torch
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.registry import (
     ModelInfo,
+    average_models,
     get_info,
     list_models,
     load_model,
@@ -127,6 +128,29 @@ def test_saving_the_same_weights_gives_the_same_bytes(tmp_path) -> None:
         info = ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors")
         digests.add(save_model(model, info, tmp_path / str(attempt)).sha256)
     assert len(digests) == 1
+
+
+def test_average_registers_the_mean_of_two_models_with_their_provenance(tmp_path) -> None:
+    _, first = _save_teacher(tmp_path / "a")
+    torch.manual_seed(1)
+    other = HAAQINet(ENC, HEAD).eval()
+    second = save_model(other, ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors",
+                                         training={"items": 7}), tmp_path / "b")
+    info = average_models([(tmp_path / "a", "teacher"), (tmp_path / "b", "teacher")], "soup", tmp_path / "out")
+    mean, _ = load_model("soup", weights_dir=tmp_path / "out")
+    a = load_model("teacher", weights_dir=tmp_path / "a")[0].state_dict()
+    b = other.state_dict()
+    for key, value in mean.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[key] + b[key]) / 2)
+    assert [s["sha256"] for s in info.training["average_of"]] == [first.sha256, second.sha256]
+    assert info.training["items"] == 7
+    student = StudentNet(S_ENC, HEAD, {"teacher_dim": 32, "targets": [[1, 1], [2, 2]]})
+    save_model(student, ModelInfo(name="teacher", arch="", config={}, file="teacher.safetensors"), tmp_path / "c")
+    with pytest.raises(ModelError, match="another architecture"):
+        average_models([(tmp_path / "a", "teacher"), (tmp_path / "c", "teacher")], "bad", tmp_path / "out")
+    with pytest.raises(ModelError, match="two or more"):
+        average_models([(tmp_path / "a", "teacher")], "one", tmp_path / "out")
 
 
 def test_promote_registers_an_experiment_model_under_a_release_name(tmp_path) -> None:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,6 +261,36 @@ def promote_model(source: str, source_dir: str | Path, name: str, weights_dir: s
     return save_model(model, ModelInfo(name=name, arch=info.arch, config=info.config, file=f"{name}.safetensors",
                                        training=training, metrics=dict(info.metrics), created=info.created),
                       weights_dir)
+
+
+def average_models(sources: Sequence[tuple[str | Path, str]], name: str, weights_dir: str | Path) -> ModelInfo:
+    """Register as `name` in `weights_dir` the mean of the weights of `sources` ((registry folder, name)
+    pairs, each loaded with its sha256 checked): a uniform "model soup" (Wortsman et al. 2022). Only
+    models fine-tuned from one start belong together (they sit in one basin of the loss, where the mean
+    of their weights is a model too); all must share an architecture and config. The training record
+    keeps each source's sha256, training record and metrics."""
+    if len(sources) < 2:
+        raise ModelError("averaging needs two or more models")
+    # lazy: torch only where this path runs (start-up time)
+    import torch
+
+    loaded = [(folder, source, *load_model(source, weights_dir=folder)) for folder, source in sources]
+    _, _, model, first = loaded[0]
+    for folder, source, _, info in loaded[1:]:
+        if info.arch != first.arch or info.config != first.config:
+            raise ModelError(f"{folder}/{source}: another architecture or config than {sources[0][0]}/{sources[0][1]}")
+    states = [m.state_dict() for _, _, m, _ in loaded]
+    model.load_state_dict({key: torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+                           if value.is_floating_point() else value for key, value in states[0].items()})
+    training = {
+        "average_of": [{"source": f"{folder}/{source}", "sha256": info.sha256, "training": info.training,
+                        "metrics": info.metrics} for folder, source, _, info in loaded],
+        "items": max(info.training.get("items", 0) for *_, info in loaded),
+        "packages": sorted({p for *_, info in loaded for p in info.training.get("packages", [])}),
+        "spl_range": first.training.get("spl_range"),  # read by haaqicli.util.levels.trained_spl_range
+    }
+    return save_model(model, ModelInfo(name=name, arch=first.arch, config=first.config, file=f"{name}.safetensors",
+                                       training=training), weights_dir)
 
 
 def _write_manifest(weights_dir: Path, data: dict[str, Any]) -> None:
