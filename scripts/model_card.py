@@ -127,8 +127,11 @@ def train_command(info: dict) -> str:
         flags.append(f"--init {recipe['init']}")
     if recipe.get("terms"):
         flags.append("--terms")
-    if info.get("config", {}).get("head", {}).get("signal_corrector") and not info.get("training", {}).get("corrector"):
-        flags.append("--config C")  # a corrector trained with the network: only a config file asks for one
+    # a corrector trained with the network: only a config file asks for one
+    needs_config = bool(info.get("config", {}).get("head", {}).get("signal_corrector")
+                        and not info.get("training", {}).get("corrector"))
+    if needs_config:
+        flags.append("--config C")
     for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "train_items", "selection",
                 "select_metric"):
         if recipe.get(key) not in (None, 0, 0.0, ""):
@@ -137,7 +140,7 @@ def train_command(info: dict) -> str:
         if recipe.get(key) not in (None, 1, 1.0):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
     text = "`haaqi train " + " ".join(flags) + "`"
-    if "--config C" in flags:
+    if needs_config:
         text += " (C: the model's `config` in weights/manifest.json)"
     return text + promotion_text(info, recipe) + corrector_command(info)
 
@@ -428,7 +431,7 @@ def validation_section(by_split: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-def rewrite_section(heading: str, lines: list[str], before: str) -> None:
+def rewrite_section(heading: str, lines: list[str], before: str | None) -> None:
     """Replace the card's section under `heading` (or insert it before the section `before`); the other
     sections stay as their own commands made them. One blank line separates it from its neighbours."""
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
@@ -437,8 +440,8 @@ def rewrite_section(heading: str, lines: list[str], before: str) -> None:
     if start >= 0:  # up to the next section, or the end of the card
         end = card.find("\n## ", start + 1)
         end = len(card) if end < 0 else end
-    else:
-        end = card.index("\n" + before + "\n")
+    else:  # a new section goes before `before`, or last where None
+        end = len(card) if before is None else card.index("\n" + before + "\n")
     write_card(card[: start if start >= 0 else end].rstrip("\n") + "\n\n" + section + "\n" + card[end:])
     print(section)
 
@@ -575,7 +578,7 @@ def rewrite_release_sections() -> None:
                     before="## Ablation and learning curve")
     evaluation = by_split_results(load("evaluate.json") or [])
     rewrite_section(LIMITS_HEADING, limits_section(manifest, evaluation.get("validation-real")
-                                                   or evaluation.get("validation") or {}), before="")
+                                                   or evaluation.get("validation") or {}), before=None)
 
 
 def level_paragraph(manifest: dict) -> str:
