@@ -166,3 +166,26 @@ def test_promote_registers_an_experiment_model_under_a_release_name(tmp_path) ->
     (tmp_path / "experiment" / "teacher.safetensors").write_bytes(b"tampered")
     with pytest.raises(ModelError):
         promote_model("teacher", tmp_path / "experiment", "again", tmp_path / "weights")
+
+
+def test_graft_takes_the_prefixed_tensors_from_the_donor_and_keeps_the_rest(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from haaqicli.models.registry import graft_tensors
+
+    base, _ = _save_teacher(tmp_path / "a")
+    torch.manual_seed(1)
+    donor = HAAQINet(ENC, HEAD).eval()
+    save_model(donor, ModelInfo(name="teacher", arch="haaqinet", config={}, file="teacher.safetensors"), tmp_path / "b")
+    counts = graft_tensors((tmp_path / "a", "teacher"), (tmp_path / "b", "teacher"), "head.", tmp_path / "init.safetensors")
+    written = load_file(str(tmp_path / "init.safetensors"))
+    ours, theirs = base.state_dict(), donor.state_dict()
+    assert counts == {"tensors": len(ours), "grafted": sum(k.startswith("head.") for k in ours)} and counts["grafted"]
+    for key, value in written.items():
+        torch.testing.assert_close(value, (theirs if key.startswith("head.") else ours)[key], rtol=0, atol=0)
+    with pytest.raises(ModelError, match="no tensor under"):
+        graft_tensors((tmp_path / "a", "teacher"), (tmp_path / "b", "teacher"), "nothing.", tmp_path / "x.safetensors")
+    student = StudentNet(S_ENC, HEAD, {"teacher_dim": 32, "targets": [[1, 1], [2, 2]]})
+    save_model(student, ModelInfo(name="teacher", arch="", config={}, file="teacher.safetensors"), tmp_path / "c")
+    with pytest.raises(ModelError, match="another shape"):
+        graft_tensors((tmp_path / "a", "teacher"), (tmp_path / "c", "teacher"), "encoder.", tmp_path / "y.safetensors")

@@ -293,6 +293,31 @@ def average_models(sources: Sequence[tuple[str | Path, str]], name: str, weights
                                        training=training), weights_dir)
 
 
+def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], prefix: str,
+                  out: str | Path) -> dict[str, int]:
+    """Write to `out` (a .safetensors warm start for `haaqi train --init`) the tensors of `base` with
+    those under `prefix` taken from `donor` ((registry folder, name) pairs, loaded with their sha256
+    checked): e.g. the teacher with the distilled model's trained signal corrector, whose inputs (the
+    network's logit, the window's descriptors, the audiogram) mean the same for both networks.
+    Returns the counts {"tensors", "grafted"}."""
+    # lazy: torch and safetensors only where this path runs (start-up time)
+    from safetensors.torch import save_file
+
+    state = load_model(base[1], weights_dir=base[0])[0].state_dict()
+    grafted = {k: v for k, v in load_model(donor[1], weights_dir=donor[0])[0].state_dict().items()
+               if k.startswith(prefix)}
+    if not grafted:
+        raise ModelError(f"{donor[0]}/{donor[1]}: no tensor under {prefix!r}")
+    mismatched = sorted(k for k, v in grafted.items() if k in state and state[k].shape != v.shape)
+    if mismatched:
+        raise ModelError(f"{donor[0]}/{donor[1]}: {mismatched[0]} has another shape than in {base[0]}/{base[1]}")
+    state.update(grafted)
+    # clones: the teacher's layers share one relative-position table, which safetensors refuses to write
+    atomic_write(Path(out), lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+                                                  str(tmp)))
+    return {"tensors": len(state), "grafted": len(grafted)}
+
+
 def _write_manifest(weights_dir: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     atomic_write(weights_dir / MANIFEST, lambda tmp: tmp.write_text(text), durable=True)
