@@ -183,6 +183,9 @@ def test_graft_takes_the_prefixed_tensors_from_the_donor_and_keeps_the_rest(tmp_
     assert counts == {"tensors": len(ours), "grafted": sum(k.startswith("head.") for k in ours)} and counts["grafted"]
     for key, value in written.items():
         torch.testing.assert_close(value, (theirs if key.startswith("head.") else ours)[key], rtol=0, atol=0)
+    record = json.loads((tmp_path / "init.safetensors.json").read_text())
+    assert record["prefix"] == "head." and record["sha256"] == sha256_file(tmp_path / "init.safetensors")
+    assert record["base"]["sha256"] == sha256_file(tmp_path / "a" / "teacher.safetensors")
     with pytest.raises(ModelError, match="no tensor under"):
         graft_tensors((tmp_path / "a", "teacher"), (tmp_path / "b", "teacher"), "nothing.", tmp_path / "x.safetensors")
     student = StudentNet(S_ENC, HEAD, {"teacher_dim": 32, "targets": [[1, 1], [2, 2]]})

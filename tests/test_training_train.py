@@ -244,3 +244,22 @@ def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tm
 
     with pytest.raises(HaaqiError, match="no such file"):
         train.warm_start(small, str(tmp_path / "missing.safetensors"), weights, messages.append)
+
+
+def test_warm_start_from_a_grafted_file_records_what_it_was_made_of(fake_data, tmp_path):
+    from haaqicli.models.registry import build_model, graft_tensors
+
+    weights = str(tmp_path / "w")
+    config = train.TrainConfig(run_dir=str(tmp_path / "t"), weights_dir=weights, epochs=1, batch_size=4,
+                               config=copy.deepcopy(TINY_TEACHER), device="cpu")
+    train.train_teacher(config, log=lambda _: None)
+    init = tmp_path / "init.safetensors"
+    graft_tensors((weights, "teacher"), (weights, "teacher"), "head.", init)
+    model = build_model("haaqinet", copy.deepcopy(TINY_TEACHER))
+    record = train.warm_start(model, str(init), None, lambda _: None)
+    assert record["graft"]["prefix"] == "head." and record["graft"]["sha256"] == record["sha256"]
+    assert record["graft"]["base"]["sha256"] == get_info("teacher", weights).sha256
+    init.write_bytes(init.read_bytes())  # same bytes: the record still holds
+    assert "graft" in train.warm_start(model, str(init), None, lambda _: None)
+    (tmp_path / "init.safetensors.json").write_text(json.dumps({"sha256": "0" * 64, "prefix": "x"}))
+    assert "graft" not in train.warm_start(model, str(init), None, lambda _: None)  # stale: not its file

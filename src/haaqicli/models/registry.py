@@ -299,13 +299,15 @@ def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], p
     those under `prefix` taken from `donor` ((registry folder, name) pairs, loaded with their sha256
     checked): e.g. the teacher with the distilled model's trained signal corrector, whose inputs (the
     network's logit, the window's descriptors, the audiogram) mean the same for both networks.
-    Returns the counts {"tensors", "grafted"}."""
+    Beside it, `out` + ".json" records both sources' sha256 and the prefix (`training.warm_start.graft`
+    of a model trained from it). Returns the counts {"tensors", "grafted"}."""
     # lazy: torch and safetensors only where this path runs (start-up time)
     from safetensors.torch import save_file
 
-    state = load_model(base[1], weights_dir=base[0])[0].state_dict()
-    grafted = {k: v for k, v in load_model(donor[1], weights_dir=donor[0])[0].state_dict().items()
-               if k.startswith(prefix)}
+    base_model, base_info = load_model(base[1], weights_dir=base[0])
+    donor_model, donor_info = load_model(donor[1], weights_dir=donor[0])
+    state = base_model.state_dict()
+    grafted = {k: v for k, v in donor_model.state_dict().items() if k.startswith(prefix)}
     if not grafted:
         raise ModelError(f"{donor[0]}/{donor[1]}: no tensor under {prefix!r}")
     mismatched = sorted(k for k, v in grafted.items() if k in state and state[k].shape != v.shape)
@@ -315,6 +317,10 @@ def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], p
     # clones: the teacher's layers share one relative-position table, which safetensors refuses to write
     atomic_write(Path(out), lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
                                                   str(tmp)))
+    record = {"base": {"source": f"{base[0]}/{base[1]}", "sha256": base_info.sha256},
+              "donor": {"source": f"{donor[0]}/{donor[1]}", "sha256": donor_info.sha256}, "prefix": prefix,
+              "sha256": sha256_file(Path(out))}  # of the file it describes: a stale record is ignored
+    atomic_write(Path(f"{out}.json"), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
     return {"tensors": len(state), "grafted": len(grafted)}
 
 

@@ -513,16 +513,21 @@ def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Call
 
         state = load_file(str(path))
         sha256 = content_hash(path)
+        # a file made by registry.graft_tensors says beside it which models it was made of
+        made_of = path.with_name(path.name + ".json")
+        graft = json.loads(made_of.read_text()) if made_of.is_file() else None
+        graft = graft if graft and graft.get("sha256") == sha256 else None
     else:
         loaded, info = load_model(source, weights_dir=weights_dir)
-        state, sha256 = loaded.state_dict(), info.sha256
+        state, sha256, graft = loaded.state_dict(), info.sha256, None
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise HaaqiError(f"--init {source}: no tensor matches this model's names and shapes")
     model.load_state_dict(matched, strict=False)
     log(f"warm start from {source}: {len(matched)} of {len(own)} tensors copied")
-    return {"source": source, "sha256": sha256, "tensors_copied": len(matched), "tensors": len(own)}
+    provenance = {"source": source, "sha256": sha256, "tensors_copied": len(matched), "tensors": len(own)}
+    return {**provenance, "graft": graft} if graft else provenance
 
 
 def _label_levels(meta: pd.DataFrame) -> list[float]:
