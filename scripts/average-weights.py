@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from haaqicli.models.registry import average_models
+from haaqicli.models.registry import average_models, registry_source
 from haaqicli.util.errors import HaaqiError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("sources", nargs="+", help="REGISTRY:NAME of each model to average (two or more)")
+    parser.add_argument("sources", nargs="+", type=registry_source, help="REGISTRY:NAME of each model to average (two or more)")
     parser.add_argument("--out", required=True, help="registry folder the average is written to")
     parser.add_argument("--name", required=True, help="its name there")
     args = parser.parse_args(argv)
-    pairs = [tuple(source.rsplit(":", 1)) for source in args.sources]
-    if any(len(pair) != 2 or not all(pair) for pair in pairs):
-        parser.error("each source is REGISTRY:NAME")
+    pairs = args.sources
     try:
         info = average_models(pairs, args.name, args.out)
     except HaaqiError as error:

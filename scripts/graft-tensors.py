@@ -15,25 +15,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from haaqicli.models.registry import graft_tensors
+from haaqicli.models.registry import graft_tensors, registry_source
 from haaqicli.util.errors import HaaqiError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="REGISTRY:NAME whose tensors are kept")
-    parser.add_argument("--donor", required=True, help="REGISTRY:NAME whose tensors under --prefix replace them")
+    parser.add_argument("--base", required=True, type=registry_source, help="REGISTRY:NAME whose tensors are kept")
+    parser.add_argument("--donor", required=True, type=registry_source, help="REGISTRY:NAME whose tensors under --prefix replace them")
     parser.add_argument("--prefix", required=True, help="tensor-name prefix taken from the donor")
     parser.add_argument("--out", required=True, help=".safetensors file written")
     args = parser.parse_args(argv)
-    pairs = [tuple(source.rsplit(":", 1)) for source in (args.base, args.donor)]
-    if any(len(pair) != 2 or not all(pair) for pair in pairs):
-        parser.error("--base and --donor are REGISTRY:NAME")
     try:
-        counts = graft_tensors(pairs[0], pairs[1], args.prefix, args.out)
+        counts = graft_tensors(args.base, args.donor, args.prefix, args.out)
     except HaaqiError as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"{args.out}: {counts['tensors']} tensors, {counts['grafted']} of them from {args.donor} ({args.prefix}*)")
+    print(f"{args.out}: {counts['tensors']} tensors, {counts['grafted']} of them from {':'.join(args.donor)} ({args.prefix}*)")
     return 0
 
 

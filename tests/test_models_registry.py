@@ -192,3 +192,12 @@ def test_graft_takes_the_prefixed_tensors_from_the_donor_and_keeps_the_rest(tmp_
     save_model(student, ModelInfo(name="teacher", arch="", config={}, file="teacher.safetensors"), tmp_path / "c")
     with pytest.raises(ModelError, match="another shape"):
         graft_tensors((tmp_path / "a", "teacher"), (tmp_path / "c", "teacher"), "encoder.", tmp_path / "y.safetensors")
+
+
+def test_registry_source_splits_folder_and_name_at_the_last_colon() -> None:
+    from haaqicli.models.registry import registry_source
+
+    assert registry_source("data/exp/s60w:distilled") == ("data/exp/s60w", "distilled")
+    for bad in ("weights", "weights:", ":teacher"):
+        with pytest.raises(ValueError, match="REGISTRY:NAME"):
+            registry_source(bad)

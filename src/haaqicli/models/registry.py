@@ -293,6 +293,15 @@ def average_models(sources: Sequence[tuple[str | Path, str]], name: str, weights
                                        training=training), weights_dir)
 
 
+def registry_source(text: str) -> tuple[str, str]:
+    """REGISTRY:NAME (a weights folder and a model's name there) as a pair; ValueError otherwise (so an
+    argparse `type=` reports it as a usage error)."""
+    folder, _, name = text.rpartition(":")
+    if not folder or not name:
+        raise ValueError(f"{text!r} is not REGISTRY:NAME")
+    return folder, name
+
+
 def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], prefix: str,
                   out: str | Path) -> dict[str, int]:
     """Write to `out` (a .safetensors warm start for `haaqi train --init`) the tensors of `base` with
