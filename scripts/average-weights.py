@@ -23,12 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="registry folder the average is written to")
     parser.add_argument("--name", required=True, help="its name there")
     args = parser.parse_args(argv)
-    pairs = args.sources
     try:
-        info = average_models(pairs, args.name, args.out)
+        info = average_models(args.sources, args.name, args.out)
     except HaaqiError as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"{args.out}/{info.name}: mean of {len(pairs)} models ({info.n_params:,} parameters, sha256 {info.sha256[:12]})")
+    print(f"{args.out}/{info.name}: mean of {len(args.sources)} models ({info.n_params:,} parameters, sha256 {info.sha256[:12]})")
     return 0
 
 

@@ -729,12 +729,12 @@ def main() -> None:
     print("\n".join(lines))
 
 
-PARTS = {"--speed-only": lambda: rewrite_speed_section(),
-         "--intervals-only": lambda: rewrite_intervals_section(),
-         "--validation-only": lambda: rewrite_validation_section(),
-         "--data-only": lambda: rewrite_data_section(),
-         "--baseline-only": lambda: rewrite_baseline_section(),
-         "--release-only": lambda: rewrite_release_sections(),
+PARTS = {"--speed-only": rewrite_speed_section,
+         "--intervals-only": rewrite_intervals_section,
+         "--validation-only": rewrite_validation_section,
+         "--data-only": rewrite_data_section,
+         "--baseline-only": rewrite_baseline_section,
+         "--release-only": rewrite_release_sections,
          "--prior-only": lambda: rewrite_section(PRIOR_HEADING, content_prior_section(), before="## Known limits")}
 
 

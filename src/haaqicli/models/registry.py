@@ -220,6 +220,12 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
     return (quantize_encoder(model) if precision == "int8" else model), info
 
 
+def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors accepts: cloned, so shared tensors (BEATs' relative bias table, one per
+    layer) become separate entries, on the CPU and contiguous."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
 def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None = None) -> ModelInfo:
     """Write `<weights_dir>/<info.file>` (safetensors) and upsert the manifest entry atomically; returns the
     completed info (sha256, n_params, created, config and arch filled from the model)."""
@@ -230,8 +236,7 @@ def save_model(model: nn.Module, info: ModelInfo, weights_dir: str | Path | None
     wd.mkdir(parents=True, exist_ok=True)
     if not info.file.endswith(".safetensors") or Path(info.file).name != info.file:
         raise ModelError(f"model file {info.file!r}: must be a plain *.safetensors file name")
-    # Clone so shared tensors (BEATs' relative bias table) become separate entries safetensors accepts.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    state = _unshared(model.state_dict())
     # One metadata key holding sorted JSON: safetensors writes a metadata map in no fixed order, so two
     # keys would give identical weights different bytes (and sha256) from one process to the next.
     identity = json.dumps({"arch": getattr(model, "arch", info.arch), "name": info.name}, sort_keys=True)
@@ -311,7 +316,7 @@ def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], p
     Beside it, `out` + ".json" records both sources' sha256 and the prefix (`training.warm_start.graft`
     of a model trained from it). Returns the counts {"tensors", "grafted"}."""
     # lazy: torch and safetensors only where this path runs (start-up time)
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     base_model, base_info = load_model(base[1], weights_dir=base[0])
     donor_model, donor_info = load_model(donor[1], weights_dir=donor[0])
@@ -323,12 +328,11 @@ def graft_tensors(base: tuple[str | Path, str], donor: tuple[str | Path, str], p
     if mismatched:
         raise ModelError(f"{donor[0]}/{donor[1]}: {mismatched[0]} has another shape than in {base[0]}/{base[1]}")
     state.update(grafted)
-    # clones: the teacher's layers share one relative-position table, which safetensors refuses to write
-    atomic_write(Path(out), lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
-                                                  str(tmp)))
+    blob = save(_unshared(state))
+    atomic_write(Path(out), lambda tmp: tmp.write_bytes(blob))
     record = {"base": {"source": f"{base[0]}/{base[1]}", "sha256": base_info.sha256},
               "donor": {"source": f"{donor[0]}/{donor[1]}", "sha256": donor_info.sha256}, "prefix": prefix,
-              "sha256": sha256_file(Path(out))}  # of the file it describes: a stale record is ignored
+              "sha256": hashlib.sha256(blob).hexdigest()}  # of the file it describes: a stale record is ignored
     atomic_write(Path(f"{out}.json"), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
     return {"tensors": len(state), "grafted": len(grafted)}
 
