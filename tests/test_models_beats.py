@@ -193,3 +193,21 @@ def test_malicious_pickle_refused(tmp_path, capsys) -> None:
         load_beats_checkpoint(path)
     assert "\n" not in str(e.value) and "weights-only" in str(e.value)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_time_patches_give_one_token_per_time_step_and_keep_official_loading(tmp_path) -> None:
+    torch.manual_seed(3)
+    wide = BEATs(tiny_cfg(sample_rate=24000, input_patch_freq=128)).eval()
+    assert wide.freq_patches == 1 and wide.patch_embedding.kernel_size == (16, 128)
+    x = _music(24000 * 2, 24000)
+    with torch.no_grad():
+        out, hidden, _ = wide.extract_features(x)
+    assert out.shape == (2, (1 + (48000 - 600) // 240) // 16, 32) and len(hidden) == 3
+    # an official cfg has no input_patch_freq: square patches, as before
+    square = BEATs(tiny_cfg()).eval()
+    cfg = {k: v for k, v in square.cfg.to_dict().items() if k != "input_patch_freq"}
+    torch.save({"cfg": cfg, "model": square.state_dict()}, tmp_path / "b.pt")
+    loaded = load_beats_checkpoint(tmp_path / "b.pt")
+    assert loaded.cfg.patch_shape == (16, 16) and loaded.freq_patches == 8
+    with pytest.raises(ModelError, match="mel bins"):
+        BEATs(tiny_cfg(input_patch_freq=48))

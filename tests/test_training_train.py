@@ -246,6 +246,31 @@ def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tm
         train.warm_start(small, str(tmp_path / "missing.safetensors"), weights, messages.append)
 
 
+def test_warm_start_widens_square_patches_to_time_patches(tmp_path):
+    from safetensors.torch import save_file
+
+    from haaqicli.models.registry import build_model
+
+    torch.manual_seed(0)
+    square = build_model("haaqinet", copy.deepcopy(TINY_TEACHER))
+    init = tmp_path / "square.safetensors"
+    save_file({k: v.clone() for k, v in square.state_dict().items()}, str(init))
+    wide_config = copy.deepcopy(TINY_TEACHER)
+    wide_config["encoder"]["input_patch_freq"] = wide_config["encoder"].get("num_mel_bins", 128)
+    wide = build_model("haaqinet", wide_config)
+    messages: list[str] = []
+    record = train.warm_start(wide, str(init), None, messages.append)
+    assert record["tensors_copied"] == record["tensors"] and "widened" in messages[0]
+    kernel = square.encoder.patch_embedding.weight.detach()
+    k = wide.encoder.cfg.num_mel_bins // kernel.shape[-1]
+    fbank = torch.randn(2, 1, 16, wide.encoder.cfg.num_mel_bins)
+    with torch.no_grad():  # a wide token is the mean of the square tokens it spans
+        squares = torch.nn.functional.conv2d(fbank, kernel, stride=kernel.shape[-2:]).mean(-1)
+        widened = wide.encoder.patch_embedding(fbank).squeeze(-1)
+    assert k > 1
+    torch.testing.assert_close(widened, squares)
+
+
 def test_warm_start_from_a_grafted_file_records_what_it_was_made_of(fake_data, tmp_path):
     from haaqicli.models.registry import build_model, graft_tensors
 

@@ -8,6 +8,8 @@ transformer layers with bucketed relative position bias shared by all layers and
 (`gru_rel_pos`, "grep"). Differences that do not change the function: attention runs through
 `F.scaled_dot_product_attention` (the official alpha=32 stabilisation is a softmax-invariant shift), the
 fbank is computed for a whole batch at once, and the input sample rate is a config field (official: 16 kHz).
+One addition: `input_patch_freq` lets a patch span more mel bins than frames (official: square 16x16); our
+teacher's 16 x 128 patches make one token per 160 ms, 37 per 6-s window instead of 296.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from haaqicli.util.errors import ModelError
 class BEATsConfig:
     """Field names and defaults follow the official `BEATsConfig`, so `BEATsConfig.from_dict(ckpt['cfg'])`
     rebuilds an official model. Extra fields (ours): sample_rate, num_mel_bins, frame_length_ms,
-    frame_shift_ms, fbank_mean, fbank_std."""
+    frame_shift_ms, fbank_mean, fbank_std, input_patch_freq."""
 
     input_patch_size: int = 16
     embed_dim: int = 512
@@ -73,6 +75,14 @@ class BEATsConfig:
     frame_shift_ms: float = 10.0
     fbank_mean: float = 15.41663
     fbank_std: float = 6.55582
+    # Mel bins per patch; 0 = input_patch_size (official square patches). num_mel_bins gives one token per
+    # time step (a sequence 8x shorter than square patches: the cost that decides a CPU teacher's training).
+    input_patch_freq: int = 0
+
+    @property
+    def patch_shape(self) -> tuple[int, int]:
+        """(fbank frames, mel bins) of one patch."""
+        return self.input_patch_size, self.input_patch_freq or self.input_patch_size
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> BEATsConfig:
@@ -416,17 +426,17 @@ class BEATs(nn.Module):
             cfg = BEATsConfig.from_dict(cfg)
         if cfg.deep_norm and cfg.layer_norm_first:
             raise ModelError("BEATs config: deep_norm and layer_norm_first cannot both be true")
-        if cfg.num_mel_bins % cfg.input_patch_size:
-            raise ModelError(f"BEATs config: num_mel_bins {cfg.num_mel_bins} not a multiple of "
-                             f"input_patch_size {cfg.input_patch_size}")
+        if cfg.num_mel_bins % cfg.patch_shape[1]:
+            raise ModelError(f"BEATs config: num_mel_bins {cfg.num_mel_bins} not a multiple of the patch's "
+                             f"{cfg.patch_shape[1]} mel bins")
         self.cfg = cfg
         self.fbank = KaldiFbank(cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms)
         self.embed = cfg.embed_dim
         self.post_extract_proj = (nn.Linear(cfg.embed_dim, cfg.encoder_embed_dim)
                                   if cfg.embed_dim != cfg.encoder_embed_dim else None)
         self.input_patch_size = cfg.input_patch_size
-        self.patch_embedding = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.input_patch_size,
-                                         stride=cfg.input_patch_size, bias=cfg.conv_bias)
+        self.patch_embedding = nn.Conv2d(1, cfg.embed_dim, kernel_size=cfg.patch_shape,
+                                         stride=cfg.patch_shape, bias=cfg.conv_bias)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.encoder = TransformerEncoder(cfg)
         self.layer_norm = nn.LayerNorm(cfg.embed_dim)
@@ -440,7 +450,7 @@ class BEATs(nn.Module):
     # step average the `freq_patches` tokens of each step.
     @property
     def freq_patches(self) -> int:
-        return self.cfg.num_mel_bins // self.cfg.input_patch_size
+        return self.cfg.num_mel_bins // self.cfg.patch_shape[1]
 
     @property
     def num_layers(self) -> int:

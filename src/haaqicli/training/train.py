@@ -498,6 +498,23 @@ def setup_run(config: TrainConfig) -> torch.device:
     return resolve_device(config.device)
 
 
+def widened_patch_embeddings(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                              log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """BEATs patch embeddings of `state` made fit a model whose patches span k times the mel bins
+    (`input_patch_freq`): the square kernel is repeated over the k bands and divided by k, so a wide
+    patch's token starts as the mean of the k square tokens it replaces (before the LayerNorm)."""
+    widened = {}
+    for name, kernel in state.items():
+        target = own.get(name)
+        if not name.endswith("patch_embedding.weight") or target is None or target.shape == kernel.shape:
+            continue
+        k = target.shape[-1] // kernel.shape[-1]
+        if target.shape[:-1] == kernel.shape[:-1] and k > 1 and target.shape[-1] == k * kernel.shape[-1]:
+            widened[name] = kernel.repeat(1, 1, 1, k) / k
+            log(f"warm start: {name} widened from {kernel.shape[-1]} to {target.shape[-1]} mel bins")
+    return widened
+
+
 def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Copy every tensor of `source` (a registered model, loaded with its sha256 checked, or a
     .safetensors file) whose name and shape match the model's; the rest keep their fresh values.
@@ -521,6 +538,7 @@ def warm_start(model: nn.Module, source: str, weights_dir: str | None, log: Call
         loaded, info = load_model(source, weights_dir=weights_dir)
         state, sha256, graft = loaded.state_dict(), info.sha256, None
     own = model.state_dict()
+    state = {**state, **widened_patch_embeddings(state, own, log)}
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise HaaqiError(f"--init {source}: no tensor matches this model's names and shapes")
