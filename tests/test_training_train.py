@@ -215,6 +215,37 @@ def test_distil_and_evaluate(fake_data, tmp_path):
     assert get_info("distilled", weights).sha256 == info["sha256"]  # weights untouched
 
 
+def test_soft_targets_distil_the_mean_of_an_ensemble_into_the_trained_model(fake_data, tmp_path, monkeypatch):
+    weights = tmp_path / "w"
+    for seed, name in ((0, "a"), (1, "b")):
+        train.train_teacher(train.TrainConfig(name=name, run_dir=str(tmp_path / name), weights_dir=str(weights),
+                                              epochs=1, batch_size=4, config=TINY_TEACHER, device="cpu", seed=seed),
+                            log=lambda _: None)
+    data = fake_data["train"].subset(~train.dev_mask(fake_data["train"].meta))
+    specs = (str(weights / "a"), str(weights / "b"))
+    mean, record = train.ensemble_scores(specs, data, torch.device("cpu"), log=lambda _: None)
+    each = [train.predict(load_model(n, weights_dir=weights)[0], data) for n in ("a", "b")]
+    np.testing.assert_allclose(mean.numpy(), (each[0] + each[1]) / 2, atol=1e-6)
+    assert [r["sha256"] for r in record] == [get_info(n, weights).sha256 for n in ("a", "b")]
+    assert not np.allclose(each[0], each[1])  # two different models: the mean is not either one
+
+    seen: list[torch.Tensor] = []
+    objective = train.label_objective
+    monkeypatch.setattr(train, "label_objective", lambda out, labels, *rest: (seen.append(labels), objective(
+        out, labels, *rest))[1])
+    config = train.TrainConfig(name="mixed", run_dir=str(tmp_path / "m"), weights_dir=str(weights), epochs=1,
+                               batch_size=len(data), config=TINY_TEACHER, device="cpu", soft_targets=specs,
+                               soft_weight=0.25)
+    info = train.train_teacher(config, log=lambda _: None)
+    expected = 0.75 * data.labels + 0.25 * mean
+    # one batch of every item, shuffled: the targets it trained on are the mix, not the labels
+    torch.testing.assert_close(seen[0].sort().values, expected.sort().values)
+    assert not torch.allclose(seen[0].sort().values, data.labels.sort().values)
+    assert [r["model"] for r in info["training"]["soft_targets"]] == list(specs)
+    with pytest.raises(HaaqiError, match="--soft-weight"):
+        train.train_teacher(dataclasses.replace(config, soft_weight=1.5), log=lambda _: None)
+
+
 def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tmp_path):
     weights = str(tmp_path / "w")
     two_layers = copy.deepcopy(TINY_TEACHER)

@@ -91,6 +91,8 @@ class TrainConfig:
     content_prior: str | None = None  # "musicnn" or "" (off); None = the model config's
     content_prior_weights: str | None = None  # converted prior weights; None = data/musicnn/MSD_musicnn.safetensors
     content_prior_sha256: str | None = None  # their expected sha256; None = the pinned one of that file name
+    soft_targets: tuple[str, ...] = ()  # train_teacher: models whose mean clip score is mixed into the labels
+    soft_weight: float = 0.5  # the mix: target = (1 - w) * label + w * that mean
 
     @property
     def init_registry(self) -> str | None:
@@ -593,14 +595,38 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     if config.init:
         prior_record["warm_start"] = warm_start(model, config.init, config.init_registry, log)
 
+    targets = train.labels
+    if config.soft_targets:
+        if not 0.0 <= config.soft_weight <= 1.0:
+            raise HaaqiError(f"--soft-weight {config.soft_weight}: must be in [0, 1]")
+        scores, prior_record["soft_targets"] = ensemble_scores(config.soft_targets, train, device, log)
+        targets = torch.lerp(train.labels, scores, config.soft_weight)
+
     def step_loss(model, index):  # type: ignore[no-untyped-def]
         out = model(train.wave_batch(index).to(device), train.audiograms[index].to(device))
-        return label_objective(out, train.labels[index].to(device), _device_terms(train, index, device), objective)
+        return label_objective(out, targets[index].to(device), _device_terms(train, index, device), objective)
 
     state = fit(model, train, dev, config, step_loss, log)
     return _export(model, config, config.arch, train, state["best"],
                    {"epochs_run": state["epoch"], "steps_run": state["step"], "selection": config.selection,
                     **prior_record})
+
+
+def ensemble_scores(models: Sequence[str], data: Split, device: torch.device, log: Callable[[str], None]
+                    ) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """The mean clip score (N,) of registered models on every item of `data`, and their provenance.
+    A model is NAME (in weights/) or REGISTRY_DIR/NAME. Each model's scores go through the
+    teacher-targets cache, so a second run from the same models on the same items skips the passes.
+    Training on a mix of these and the labels distils an ensemble into the model being trained."""
+    scores, record = [], []
+    for spec in models:
+        registry, name = (str(Path(spec).parent), Path(spec).name) if "/" in spec else (None, spec)
+        model, info = load_model(name, device=device, weights_dir=registry)
+        model.eval().requires_grad_(False)
+        cache = _targets_cache_path(info.sha256, [], data)
+        scores.append(teacher_targets(model, data, [], device, log, cache=cache).clip.float())
+        record.append({"model": spec, "sha256": info.sha256})
+    return torch.stack(scores).mean(0), record
 
 
 @dataclass
