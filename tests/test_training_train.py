@@ -222,7 +222,7 @@ def test_soft_targets_distil_the_mean_of_an_ensemble_into_the_trained_model(fake
                                               epochs=1, batch_size=4, config=TINY_TEACHER, device="cpu", seed=seed),
                             log=lambda _: None)
     data = fake_data["train"].subset(~train.dev_mask(fake_data["train"].meta))
-    specs = (str(weights / "a"), str(weights / "b"))
+    specs = (f"{weights}:a", f"{weights}:b")
     mean, record = train.ensemble_scores(specs, data, torch.device("cpu"), log=lambda _: None)
     each = [train.predict(load_model(n, weights_dir=weights)[0], data) for n in ("a", "b")]
     np.testing.assert_allclose(mean.numpy(), (each[0] + each[1]) / 2, atol=1e-6)

@@ -128,7 +128,7 @@ def _model_config(config_json: str | None) -> dict:
 @click.option("--arch", type=click.Choice(["haaqinet", "haaqinet-student"]), default="haaqinet", show_default=True,
               help="Architecture trained on the labels (haaqinet-student: the small model, without a teacher).")
 @click.option("--soft-target", "soft_targets", multiple=True,
-              help="A model (NAME in weights/, or REGISTRY_DIR/NAME) whose clip scores are mixed into the labels; "
+              help="A model (NAME in weights/, or REGISTRY:NAME) whose clip scores are mixed into the labels; "
                    "repeat for an ensemble (their mean): distils them into the model trained.")
 @click.option("--soft-weight", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Training target = (1 - w) * label + w * the soft targets' mean.")

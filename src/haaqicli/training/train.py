@@ -36,7 +36,14 @@ from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.musicnn import load_converted
 from haaqicli.models.precision import model_label
-from haaqicli.models.registry import ModelInfo, architectures, build_model, load_model, save_model
+from haaqicli.models.registry import (
+    ModelInfo,
+    architectures,
+    build_model,
+    load_model,
+    registry_source,
+    save_model,
+)
 from haaqicli.models.student import StudentNet, distillation_loss
 from haaqicli.reference.formula import TERMS
 from haaqicli.training.objectives import Objective, label_objective
@@ -615,12 +622,12 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
 def ensemble_scores(models: Sequence[str], data: Split, device: torch.device, log: Callable[[str], None]
                     ) -> tuple[torch.Tensor, list[dict[str, str]]]:
     """The mean clip score (N,) of registered models on every item of `data`, and their provenance.
-    A model is NAME (in weights/) or REGISTRY_DIR/NAME. Each model's scores go through the
+    A model is NAME (in weights/) or REGISTRY:NAME (`registry_source`). Each model's scores go through the
     teacher-targets cache, so a second run from the same models on the same items skips the passes.
     Training on a mix of these and the labels distils an ensemble into the model being trained."""
     scores, record = [], []
     for spec in models:
-        registry, name = (str(Path(spec).parent), Path(spec).name) if "/" in spec else (None, spec)
+        registry, name = registry_source(spec) if ":" in spec else (None, spec)
         model, info = load_model(name, device=device, weights_dir=registry)
         model.eval().requires_grad_(False)
         cache = _targets_cache_path(info.sha256, [], data)
