@@ -16,6 +16,7 @@ import torch
 
 from haaqicli.models.registry import load_model, registry_source
 from haaqicli.training.train import evaluation_metrics, evaluation_split, predict
+from haaqicli.util.errors import HaaqiError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = evaluation_split(args.manifest, args.split, args.exclude_package)
-    scores = {f"{folder}:{name}": predict(load_model(name, weights_dir=folder)[0], data) for folder, name in args.models}
+    try:
+        data = evaluation_split(args.manifest, args.split, args.exclude_package)
+        scores = {f"{folder}:{name}": predict(load_model(name, weights_dir=folder)[0], data)
+                  for folder, name in args.models}
+    except HaaqiError as error:
+        parser.exit(2, f"error: {error}\n")
     scores["mean"] = sum(scores.values()) / len(args.models)
     for label, predicted in scores.items():
         m = evaluation_metrics(data.meta.assign(predicted=predicted, label=data.labels.numpy()))
