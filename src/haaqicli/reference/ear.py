@@ -9,6 +9,7 @@ compensation. All 32 bands are processed at once; only the truly sequential recu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -28,6 +29,7 @@ from haaqicli.reference.parallel import map_rows, run_all
 
 FS = 24_000.0  # the model's internal sample rate (Hz)
 SMALL = 1e-30
+DB_PER_NEPER = 20.0 / math.log(10.0)  # 20 log10(x) = DB_PER_NEPER ln(x)
 
 
 @dataclass
@@ -342,7 +344,7 @@ def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, d
     """Per band: time shift (envelope alignment), BM rescaled to the dB SL envelope, IHC rapid (2 ms)
     and short-term (60 ms) adaptation with overshoot 2 (RC-circuit recursion), threshold noise
     (noise: (2, bands, samples), reference then processed), then the group-delay compensation delay.
-    Envelopes come in as log10 (see `_log_env`); dB SL = max(20 log10 + offset, 0), offset being
+    Envelopes come in as natural logs (see `_log_env`); dB SL = max(DB_PER_NEPER ln + offset, 0), offset being
     level1 minus the IHC attenuation ((2, bands): reference, processed).
     The reference (x) is not shifted; a positive processed shift advances a band (envelope and BM
     motion may be aligned by different lags, exactly as in the reference code).
@@ -360,14 +362,14 @@ def _post(x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, d
         y_bm_out[k, :d] = 0.0
         xv1 = xv2 = yv1 = yv2 = 0.0
         for i in range(n - d):
-            v0 = max(x_log[k, i] * 20.0 + offset[0, k], 0.0)
+            v0 = max(x_log[k, i] * DB_PER_NEPER + offset[0, k], 0.0)
             o, b, xv1, xv2 = _ihc_step(v0, x_env[k, i], x_bm[k, i], xv1, xv2)
             x_out[k, i + d] = o
             x_bm_out[k, i + d] = b + noise_gain * noise[0, k, i]
             se = i + shift_env[k]
             sb = i + shift_bm[k]
             if 0 <= se < n:
-                v0 = max(y_log[k, se] * 20.0 + offset[1, k], 0.0)
+                v0 = max(y_log[k, se] * DB_PER_NEPER + offset[1, k], 0.0)
                 e = y_env[k, se]
             else:
                 v0 = 0.0
@@ -500,10 +502,20 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
 
 
 def _log_env(env: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """log10 of the envelope (+1e-30) into `out`; `_post` turns it into dB SL (x20, + level1 - IHC
-    attenuation, clipped at 0) on the fly, saving three passes over the array."""
+    """Natural log of the envelope (+1e-30) into `out`; `_post` turns it into dB SL (x DB_PER_NEPER,
+    + level1 - IHC attenuation, clipped at 0) on the fly, saving three passes over the array. numpy's
+    float64 ln is about 2x faster than its log10 (measured 45 vs 83 ms on 32 bands x 6 s)."""
     np.add(env, SMALL, out=out)
-    return np.log10(out, out=out)
+    return np.log(out, out=out)
+
+
+def _power_in_place(gain: np.ndarray, exponent: np.ndarray) -> None:
+    """gain ** exponent (float32, per band), as exp(exponent ln gain): numpy's float32 exp and log are
+    vectorised and its float32 power is not (measured 39 vs 66 ms on 6 s x 32 bands). The gain is
+    clipped to the compression range, so it is positive."""
+    np.log(gain, out=gain)
+    gain *= exponent
+    np.exp(gain, out=gain)
 
 
 def _group_delay_samples(rel_bw: np.ndarray, cf: np.ndarray) -> np.ndarray:
@@ -706,7 +718,7 @@ def ear_model(
     # Main path with OHC compression; the gain is smoothed by an 800 Hz one-pole low-pass.
     (lp_b0, lp_b1), (_, lp_a1) = butter(1, 800 / (0.5 * FS))
     p_x32, p_y32 = p_x.astype(np.float32), p_y.astype(np.float32)
-    run_all(partial(np.power, x_gain, p_x32, out=x_gain), partial(np.power, y_gain, p_y32, out=y_gain))
+    run_all(partial(_power_in_place, x_gain, p_x32), partial(_power_in_place, y_gain, p_y32))
     x_env, x_bm, y_env, y_bm = (np.empty((N_BANDS, n)) for _ in range(4))
     x_ms, y_ms = run_all(
         partial(_gammatone_main, x, _gammatone_state(bw_x, cf, scale=scale_x), x_gain, lp_b0, lp_b1, lp_a1,
