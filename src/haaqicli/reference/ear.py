@@ -502,10 +502,12 @@ def _best_lags(ref: np.ndarray, out: np.ndarray, max_lag_ms: float = 100.0) -> n
 
 
 def _log_env(env: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Natural log of the envelope (+1e-30) into `out`; `_post` turns it into dB SL (x DB_PER_NEPER,
-    + level1 - IHC attenuation, clipped at 0) on the fly, saving three passes over the array. numpy's
-    float64 ln is about 2x faster than its log10 (measured 45 vs 83 ms on 32 bands x 6 s)."""
-    np.add(env, SMALL, out=out)
+    """Natural log of the envelope (+1e-30) into the float32 `out`; `_post` turns it into dB SL
+    (x DB_PER_NEPER, + level1 - IHC attenuation, clipped at 0) on the fly, saving three passes over the
+    array. numpy's float32 log is vectorised and its float64 log is not (libm per sample): 32 bands x
+    6 s take ~9 ms instead of 45 (83 with log10). The dB SL it gives differ by < 1e-4 dB."""
+    np.copyto(out, env, casting="same_kind")
+    out += np.float32(SMALL)
     return np.log(out, out=out)
 
 
@@ -741,7 +743,7 @@ def ear_model(
 
     noise_gain, noise_xy = threshold_noise(x_env.shape, level1, seed, noise)
     offset = np.stack((level1 - attn_ihc_x, level1 - attn_ihc_y))
-    x_log, y_log = np.empty_like(x_env), np.empty_like(y_env)
+    x_log, y_log = np.empty(x_env.shape, np.float32), np.empty(y_env.shape, np.float32)
     run_all(partial(_log_env, x_env, x_log), partial(_log_env, y_env, y_log))
     x_db, x_bm, y_db, y_bm = _post_bands(
         x_env, x_log, x_bm, y_env, y_log, y_bm, offset, shift_env, shift_bm, correct,
