@@ -475,8 +475,10 @@ def _xcorr_blocked(ref: np.ndarray, out: np.ndarray, lags: int) -> np.ndarray:
     )
     spec = sfft.rfft(xs, size, axis=-1)
     del xp
-    spec *= np.conj(sfft.rfft(yp, axis=-1))
+    out_spec = sfft.rfft(yp, axis=-1)
     del yp
+    spec *= np.conjugate(out_spec, out=out_spec)  # in place: no third spectrum-sized array
+    del out_spec
     corr = sfft.irfft(spec.sum(axis=1), size, axis=-1)
     return corr[:, 1 : 2 * lags + 1]
 
@@ -506,18 +508,23 @@ def _log_env(env: np.ndarray, out: np.ndarray) -> np.ndarray:
     (x DB_PER_NEPER, + level1 - IHC attenuation, clipped at 0) on the fly, saving three passes over the
     array. numpy's float32 log is vectorised and its float64 log is not (libm per sample): 32 bands x
     6 s take ~9 ms instead of 45 (83 with log10). The dB SL it gives differ by < 1e-4 dB."""
-    np.copyto(out, env, casting="same_kind")
-    out += np.float32(SMALL)
-    return np.log(out, out=out)
+    for band, band_out in zip(env, out, strict=True):  # band by band: the three passes stay in cache
+        np.copyto(band_out, band, casting="same_kind")
+        band_out += np.float32(SMALL)
+        np.log(band_out, out=band_out)
+    return out
 
 
-def _power_in_place(gain: np.ndarray, exponent: np.ndarray) -> None:
+def _power_in_place(gain: np.ndarray, exponent: np.ndarray, rows: int = 4096) -> None:
     """gain ** exponent (float32, per band), as exp(exponent ln gain): numpy's float32 exp and log are
-    vectorised and its float32 power is not (measured 39 vs 66 ms on 6 s x 32 bands). The gain is
-    clipped to the compression range, so it is positive."""
-    np.log(gain, out=gain)
-    gain *= exponent
-    np.exp(gain, out=gain)
+    vectorised and its float32 power is not. Done `rows` time steps at a time, so the three passes
+    stay in cache (6 s x 32 bands: 19 ms, against 29 ms in whole-array passes and 66 ms for power).
+    The gain is clipped to the compression range, so it is positive."""
+    for start in range(0, gain.shape[0], rows):
+        part = gain[start : start + rows]
+        np.log(part, out=part)
+        part *= exponent
+        np.exp(part, out=part)
 
 
 def _group_delay_samples(rel_bw: np.ndarray, cf: np.ndarray) -> np.ndarray:
