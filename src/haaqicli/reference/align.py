@@ -10,7 +10,10 @@ from haaqicli.util.errors import AudioError
 def _xcorr_peak(a: np.ndarray, b: np.ndarray, max_lag: int) -> int:
     """Lag d in [-max_lag, max_lag] maximising sum a[m] b[m + d] (b delayed by d => d > 0)."""
     import scipy.fft as sfft  # here: `haaqicli.reference` binds `align` at import, and stays light
-    size = sfft.next_fast_len(len(a) + len(b) + 1, real=True)
+    # circular correlation of this size equals the linear one at every lag within +-max_lag (no
+    # other lag of the signals' support wraps onto them): far smaller than len(a) + len(b) when
+    # max_lag is (the bench's 6-s pairs at 44.1 kHz: 311,040 points instead of 531,441, 2-4x faster)
+    size = sfft.next_fast_len(max(len(a), len(b)) + max_lag + 1, real=True)
     c = sfft.irfft(np.conj(sfft.rfft(a, size)) * sfft.rfft(b, size), size)
     lags = np.concatenate((np.arange(0, max_lag + 1), np.arange(-max_lag, 0)))
     values = np.concatenate((c[: max_lag + 1], c[size - max_lag :]))
