@@ -12,7 +12,7 @@ from conftest import interrupt_after, write_music
 
 from haaqicli.audio import synth
 from haaqicli.reference import compute_haaqi, compute_haaqi_batch, haaqi_loss
-from haaqicli.reference.align import align
+from haaqicli.reference.align import _xcorr_peak, align
 from haaqicli.reference.haaqi import env_smooth, haaqi_terms
 from haaqicli.util.errors import AudioError, ProfileError
 
@@ -104,6 +104,17 @@ def test_align_recovers_delay(ref: np.ndarray, delay: int) -> None:
     assert found == delay
     assert len(r) == len(p)
     assert np.corrcoef(r, p)[0, 1] > 0.98
+
+
+@pytest.mark.parametrize(("n_ref", "n_proc", "max_lag"), [(400, 400, 50), (300, 520, 37), (520, 300, 37), (90, 60, 148)])
+def test_align_correlation_equals_the_direct_sum_at_every_searched_lag(n_ref: int, n_proc: int, max_lag: int) -> None:
+    # the transform is only max(len) + max_lag + 1 long: no lag of the signals' support may wrap onto a searched one
+    rng = np.random.default_rng(n_ref + n_proc)
+    for _ in range(20):
+        a, b = rng.standard_normal(n_ref), rng.standard_normal(n_proc)
+        lags = np.arange(-max_lag, max_lag + 1)
+        direct = [sum(a[m] * b[m + d] for m in range(max(0, -d), min(n_ref, n_proc - d))) for d in lags]
+        assert _xcorr_peak(a, b, max_lag) == lags[int(np.argmax(direct))]
 
 
 def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
