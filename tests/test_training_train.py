@@ -223,7 +223,8 @@ def test_soft_targets_distil_the_mean_of_an_ensemble_into_the_trained_model(fake
                             log=lambda _: None)
     data = fake_data["train"].subset(~train.dev_mask(fake_data["train"].meta))
     specs = (f"{weights}:a", f"{weights}:b")
-    mean, record = train.ensemble_scores(specs, data, torch.device("cpu"), log=lambda _: None)
+    mean, record = train.ensemble_scores(train.soft_target_models(specs, torch.device("cpu")), data, torch.device("cpu"),
+                                         log=lambda _: None)
     each = [train.predict(load_model(n, weights_dir=weights)[0], data) for n in ("a", "b")]
     np.testing.assert_allclose(mean.numpy(), (each[0] + each[1]) / 2, atol=1e-6)
     assert [r["sha256"] for r in record] == [get_info(n, weights).sha256 for n in ("a", "b")]
@@ -244,6 +245,8 @@ def test_soft_targets_distil_the_mean_of_an_ensemble_into_the_trained_model(fake
     assert [r["model"] for r in info["training"]["soft_targets"]] == list(specs)
     with pytest.raises(HaaqiError, match="--soft-weight"):
         train.train_teacher(dataclasses.replace(config, soft_weight=1.5), log=lambda _: None)
+    with pytest.raises(HaaqiError, match="--soft-target .* is not REGISTRY:NAME"):
+        train.train_teacher(dataclasses.replace(config, soft_targets=(f"{weights}:",)), log=lambda _: None)
 
 
 def test_warm_start_copies_matching_tensors_into_a_smaller_variant(fake_data, tmp_path):

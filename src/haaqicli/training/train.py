@@ -595,6 +595,9 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
     labelled training split and export it to the registry."""
     device = setup_run(config)
     objective = objective_of(config)
+    if config.soft_targets and not 0.0 <= config.soft_weight <= 1.0:
+        raise HaaqiError(f"--soft-weight {config.soft_weight}: must be in [0, 1]")
+    soft_models = soft_target_models(config.soft_targets, device)  # before the data: a wrong name fails at once
     train, dev = load_train_selection(config, log)
     log(f"{config.arch}: {len(train)} training clips, {len(dev)} clips choose checkpoints ({config.selection})")
     default = architectures().get(config.arch, HAAQINet).default_config()
@@ -603,10 +606,8 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
         prior_record["warm_start"] = warm_start(model, config.init, config.init_registry, log)
 
     targets = train.labels
-    if config.soft_targets:
-        if not 0.0 <= config.soft_weight <= 1.0:
-            raise HaaqiError(f"--soft-weight {config.soft_weight}: must be in [0, 1]")
-        scores, prior_record["soft_targets"] = ensemble_scores(config.soft_targets, train, device, log)
+    if soft_models:
+        scores, prior_record["soft_targets"] = ensemble_scores(soft_models, train, device, log)
         targets = torch.lerp(train.labels, scores, config.soft_weight)
 
     def step_loss(model, index):  # type: ignore[no-untyped-def]
@@ -619,17 +620,28 @@ def train_teacher(config: TrainConfig, log: Callable[[str], None] = print) -> di
                     **prior_record})
 
 
-def ensemble_scores(models: Sequence[str], data: Split, device: torch.device, log: Callable[[str], None]
-                    ) -> tuple[torch.Tensor, list[dict[str, str]]]:
-    """The mean clip score (N,) of registered models on every item of `data`, and their provenance.
-    A model is NAME (in weights/) or REGISTRY:NAME (`registry_source`). Each model's scores go through the
-    teacher-targets cache, so a second run from the same models on the same items skips the passes.
-    Training on a mix of these and the labels distils an ensemble into the model being trained."""
-    scores, record = [], []
-    for spec in models:
-        registry, name = registry_source(spec) if ":" in spec else (None, spec)
+def soft_target_models(specs: Sequence[str], device: torch.device) -> list[tuple[str, nn.Module, ModelInfo]]:
+    """(spec, frozen model, info) of each soft-target model, loaded with its sha256 checked. A model is
+    NAME (in weights/) or REGISTRY:NAME (`registry_source`); a malformed one is a HaaqiError."""
+    loaded = []
+    for spec in specs:
+        try:
+            registry, name = registry_source(spec) if ":" in spec else (None, spec)
+        except ValueError as error:
+            raise HaaqiError(f"--soft-target {error}") from None
         model, info = load_model(name, device=device, weights_dir=registry)
-        model.eval().requires_grad_(False)
+        loaded.append((spec, model.eval().requires_grad_(False), info))
+    return loaded
+
+
+def ensemble_scores(models: Sequence[tuple[str, nn.Module, ModelInfo]], data: Split, device: torch.device,
+                    log: Callable[[str], None]) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """The mean clip score (N,) of models (`soft_target_models`) on every item of `data`, and their
+    provenance. Each model's scores go through the teacher-targets cache, so a second run from the
+    same models on the same items skips the passes. Training on a mix of these and the labels distils
+    an ensemble into the model being trained."""
+    scores, record = [], []
+    for spec, model, info in models:
         cache = _targets_cache_path(info.sha256, [], data)
         scores.append(teacher_targets(model, data, [], device, log, cache=cache).clip.float())
         record.append({"model": spec, "sha256": info.sha256})
