@@ -12,6 +12,7 @@ Run from the repository root: .venv/bin/python scripts/model_card.py
 `--baseline-only`: just the validation-real baseline section, from data/results/baseline-*.json;
 `--data-only`: just the training-data section, from data/results/dataset.json;
 `--validation-only`: just the validation section, from data/results/evaluate.json;
+`--limits-only`: just the known-limits section, from data/results/evaluate.json and weights/manifest.json;
 `--release-only`: the sections new weights change (models, recipe, validation, against the previous release))
 """
 
@@ -103,6 +104,36 @@ def clean_normal_limit(evaluation: dict) -> list[str]:
             f"{low[0][1]['label']:.2f} (the validation table's clean/normal column). The models compress the top "
             "of the scale, so read a high score against the others, not against 1; gates for normal hearing "
             "sit lower than the ceiling suggests (`examples/policy.toml`)."]
+
+
+def _pooled(groups: list[dict]) -> tuple[int, float]:
+    """(n, mean of predicted - true) over some clean-by-bandwidth groups, weighted by their sizes."""
+    n = sum(g["n"] for g in groups)
+    return n, (sum(g["n"] * (g["predicted"] - g["label"]) for g in groups) / n if n else float("nan"))
+
+
+def band_limited_limit(evaluation: dict, narrow_below_khz: float = 10.0, margin: float = 0.05) -> list[str]:
+    """A known-limit bullet when clean music whose content ends below `narrow_below_khz` is predicted
+    lower than full-band clean music, by more than `margin` (`haaqi evaluate`'s clean_by_bandwidth)."""
+    from haaqicli.audio.bandwidth import BANDWIDTH_EDGES, BANDWIDTH_GROUPS
+
+    narrow_names = BANDWIDTH_GROUPS[: BANDWIDTH_EDGES.index(narrow_below_khz * 1000) + 1]
+    cases = []
+    for name, result in evaluation.items():
+        groups = result.get("clean_by_bandwidth", {})
+        narrow = _pooled([m for g, m in groups.items() if g in narrow_names])
+        full = _pooled([m for g, m in groups.items() if g not in narrow_names and g != "unknown"])
+        if narrow[0] and full[0] and narrow[1] < full[1] - margin:
+            cases.append(f"`{name}` {narrow[1]:+.2f} on {narrow[0]} such items against {full[1]:+.2f} on {full[0]} "
+                         "full-band ones")
+    if not cases:
+        return []
+    return [f"- Clean music whose content ends below {narrow_below_khz:g} kHz (an old or low-rate encode, a dull "
+            "synthesiser) sounds like low-pass damage to a model that has no original: mean of predicted - true "
+            f"on the validation table's clean items, all profiles: {'; '.join(cases)} (`haaqi evaluate`, "
+            "\"clean, content ... kHz\" lines; `audio.bandwidth`: where the spectrum falls 50 dB below its peak). "
+            "Such a file's low score may be its source, not damage: check with `haaqi reference` where the "
+            "original exists."]
 
 
 def snapshot_note(manifest: dict) -> str:
@@ -592,6 +623,12 @@ def rewrite_release_sections() -> None:
     rewrite_validation_section()
     rewrite_section("## Against the previous release", previous_release_section()[1:],
                     before="## Ablation and learning curve")
+    rewrite_limits_section()
+
+
+def rewrite_limits_section() -> None:
+    """Only the known-limits section (its biases and clean-music figures come from evaluate.json)."""
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text())["models"]
     evaluation = by_split_results(load("evaluate.json") or [])
     rewrite_section(LIMITS_HEADING, limits_section(manifest, evaluation.get("validation-real")
                                                    or evaluation.get("validation") or {}), before=None)
@@ -666,6 +703,7 @@ def limits_section(manifest: dict, evaluation: dict) -> list[str]:
         "epochs), so on this CPU it sees far fewer epochs; this is why the student can score above its teacher.",
         *biased_families(evaluation),
         *clean_normal_limit(evaluation),
+        *band_limited_limit(evaluation),
         "- What no split covers: sung vocals (the corpus is instrumental: game soundtracks, rendered "
         "MIDI, tracker modules and scores, real drum and loop recordings), speech, live concert "
         "recordings, and hearing-aid processing beyond linear NAL-R. Judge the model on such material "
@@ -735,6 +773,7 @@ PARTS = {"--speed-only": rewrite_speed_section,
          "--data-only": rewrite_data_section,
          "--baseline-only": rewrite_baseline_section,
          "--release-only": rewrite_release_sections,
+         "--limits-only": rewrite_limits_section,
          "--prior-only": lambda: rewrite_section(PRIOR_HEADING, content_prior_section(), before="## Known limits")}
 
 

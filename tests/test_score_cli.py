@@ -207,3 +207,26 @@ def test_codec_degraded_versions_score_and_decode(tmp_path: Path):
     assert code == 0, output
     table = read_table(out)
     assert len(table["file"].unique()) == 5 and (table["status"] == "ok").all()
+
+
+def test_rows_give_each_channels_content_bandwidth_and_a_note_names_band_limited_files(tmp_path: Path):
+    """`bandwidth_hz`: where the scored channel's spectrum ends at the model's rate (audio.bandwidth).
+    A stereo file whose right channel is low-passed at 6 kHz gets that in its right row only, and the
+    run ends with one note naming one band-limited file; a full-band file raises none."""
+    from haaqicli.audio import synth
+
+    rng = np.random.default_rng(0)
+    noise = 0.05 * rng.standard_normal(48000 * 3)
+    root = tmp_path / "in"
+    root.mkdir()
+    sf.write(root / "half.wav", np.stack([noise, synth.lowpass(noise, 48000, 6000.0)], axis=1), 48000)
+    sf.write(root / "full.wav", noise, 48000)
+    out = tmp_path / "s.csv"
+    result = CliRunner().invoke(main, ["score", str(root), "--profile", "normal", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = read_table(out).set_index(["file", "ear"])["bandwidth_hz"]
+    assert 6000.0 <= table[("half.wav", "right")] <= 6100.0
+    assert table[("half.wav", "left")] > 11000.0 and table[("full.wav", "both")] > 11000.0
+    assert result.stderr.count("note: 1 file's content ends below 10 kHz") == 1
+    full = CliRunner().invoke(main, ["score", str(root / "full.wav"), "--profile", "normal"])
+    assert full.exit_code == 0 and "content ends below" not in full.stderr

@@ -322,3 +322,53 @@ def test_warm_start_from_a_grafted_file_records_what_it_was_made_of(fake_data, t
     assert "graft" in train.warm_start(model, str(init), None, lambda _: None)
     (tmp_path / "init.safetensors.json").write_text(json.dumps({"sha256": "0" * 64, "prefix": "x"}))
     assert "graft" not in train.warm_start(model, str(init), None, lambda _: None)  # stale: not its file
+
+
+def test_evaluation_reports_clean_music_by_content_bandwidth():
+    """Clean items grouped by where their content ends: each group's mean prediction and label, over all
+    profiles and for normal hearing; degraded items stay out of it."""
+    rows = [
+        {"profile": "normal", "degradation": "identity", "augmentation": "none", "content_bandwidth": 6000.0,
+         "label": 0.97, "predicted": 0.40},
+        {"profile": "N3", "degradation": "identity", "augmentation": "none", "content_bandwidth": 7000.0,
+         "label": 0.60, "predicted": 0.30},
+        {"profile": "normal", "degradation": "identity", "augmentation": "none", "content_bandwidth": 11900.0,
+         "label": 0.98, "predicted": 0.90},
+        {"profile": "normal", "degradation": "lowpass", "augmentation": "none", "content_bandwidth": 5000.0,
+         "label": 0.50, "predicted": 0.10},
+        {"profile": "normal", "degradation": "noise", "augmentation": "none", "content_bandwidth": 11900.0,
+         "label": 0.30, "predicted": 0.35},
+    ]
+    result = train.evaluation_metrics(pd.DataFrame(rows))
+    groups = result["clean_by_bandwidth"]
+    assert list(groups) == ["< 8 kHz", ">= 11 kHz"]
+    narrow = groups["< 8 kHz"]
+    assert narrow["n"] == 2 and narrow["predicted"] == pytest.approx(0.35) and narrow["label"] == pytest.approx(0.785)
+    assert narrow["normal"] == {"n": 1, "predicted": pytest.approx(0.40), "label": pytest.approx(0.97)}
+    assert groups[">= 11 kHz"]["normal"]["predicted"] == pytest.approx(0.90)
+    text = train.format_evaluation({"model": "m", "sha256": "0" * 12, "split": "validation-real",
+                                    "packages": ["p"], "paper": None, **result})
+    assert "clean, content < 8 kHz" in text and "normal hearing (1) 0.400" in text
+    assert "clean_by_bandwidth" not in train.evaluation_metrics(pd.DataFrame(rows).drop(columns="content_bandwidth"))
+
+
+def test_model_card_names_the_band_limited_clean_bias_only_where_it_exists():
+    """scripts/model_card.py's known-limit bullet: pooled over the narrow bandwidth groups against the
+    full-band ones, per model, from haaqi evaluate's clean_by_bandwidth."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("model_card", Path(__file__).parents[1] / "scripts" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+
+    def group(n: int, predicted: float, label: float) -> dict:
+        return {"n": n, "predicted": predicted, "label": label, "normal": {"n": 0}}
+
+    biased = {"clean_by_bandwidth": {"< 8 kHz": group(10, 0.4, 0.6), "8-10 kHz": group(30, 0.5, 0.6),
+                                     ">= 11 kHz": group(60, 0.58, 0.6)}}
+    fair = {"clean_by_bandwidth": {"< 8 kHz": group(10, 0.57, 0.6), ">= 11 kHz": group(60, 0.58, 0.6)}}
+    bullet = card.band_limited_limit({"distilled": biased, "teacher": fair})
+    assert len(bullet) == 1 and "`distilled` -0.12 on 40 such items against -0.02 on 60" in bullet[0]
+    assert "teacher" not in bullet[0]
+    assert card.band_limited_limit({"teacher": fair}) == [] and card.band_limited_limit({"m": {}}) == []

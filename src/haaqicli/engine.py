@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from haaqicli import audio
+from haaqicli.audio.bandwidth import LongTermSpectrum, frame_stride
 from haaqicli.audiogram import Profile
 from haaqicli.models.calibration import Calibration, CalibrationWarning, load_calibration
 from haaqicli.models.precision import model_label
@@ -314,13 +315,15 @@ def score_intervals(
 def _file_rows(
     prepared: PreparedFile, profiles: Sequence[Profile], base: dict,
     results: Sequence[tuple[np.ndarray, np.ndarray]], calibration: Calibration | None = None,
+    bandwidths: Sequence[float] | None = None,
 ) -> tuple[list[dict], dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]]:
-    """Rows and timelines of one file from its channels' scores."""
+    """Rows and timelines of one file from its channels' scores (and content bandwidths, Hz)."""
     if prepared.error or prepared.starts_s is None:
         return _error_rows(prepared, profiles, base), {}
     rows, timelines = [], {}
     n = len(profiles)
-    for ear, (clip, frames) in zip(prepared.ears, results, strict=True):
+    bandwidths = [math.nan] * len(prepared.ears) if bandwidths is None else bandwidths
+    for ear, (clip, frames), bandwidth in zip(prepared.ears, results, bandwidths, strict=True):
         lo, hi = score_intervals(calibration, clip, ear, profiles, prepared.starts_s, prepared.ends_s)
         if ear == "both":  # average the two ears' scores
             clip, frames = (clip[:n] + clip[n:]) / 2, (frames[:n] + frames[n:]) / 2
@@ -328,7 +331,7 @@ def _file_rows(
             stats = aggregate(clip[index], prepared.starts_s, prepared.ends_s)
             rows.append({**base, "profile": profile.name, "ear": ear, "status": "ok", "error": "",
                          "audiogram_hash": profile.values_hash(), **stats,
-                         "score_lo": float(lo[index]), "score_hi": float(hi[index])})
+                         "score_lo": float(lo[index]), "score_hi": float(hi[index]), "bandwidth_hz": float(bandwidth)})
             timelines[(prepared.input.relative, profile.name, ear)] = stitch_timeline(
                 frames[index], prepared.starts_s, prepared.ends_s
             )
@@ -340,8 +343,9 @@ def _file_rows(
 class _FileScores:
     """One file's window scores, gathered chunk by chunk (its windows are not kept), then its rows."""
 
-    def __init__(self, prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> None:
-        self.prepared, self.base = prepared, base
+    def __init__(self, prepared: PreparedFile, profiles: Sequence[Profile], base: dict,
+                 sample_rate: int = MODEL_SAMPLE_RATE) -> None:
+        self.prepared, self.base, self.sample_rate = prepared, base, sample_rate
         self.audiograms = [] if prepared.error else _channel_audiograms(prepared, profiles)
         self.clips: list[list[np.ndarray]] = [[] for _ in self.audiograms]
         self.frames: list[list[np.ndarray]] = [[] for _ in self.audiograms]
@@ -350,6 +354,9 @@ class _FileScores:
         self.waiting = 0  # chunks queued for the scorer and not scored yet
         self.complete = bool(prepared.error)  # every chunk queued
         self.covered_s = 0.0  # audio scored so far, for the progress
+        # each scored channel's long-term spectrum, from a fixed budget of frames (`bandwidth_hz`)
+        duration = prepared.duration_s if math.isfinite(prepared.duration_s) else 0.0
+        self.spectrum = LongTermSpectrum(stride=frame_stride(duration * sample_rate))
 
     @property
     def done(self) -> bool:
@@ -363,7 +370,8 @@ class _FileScores:
             prepared.starts_s, prepared.ends_s = np.concatenate(self.starts), np.concatenate(self.ends)
             results = [(np.concatenate(c, axis=1), np.concatenate(f, axis=1))
                        for c, f in zip(self.clips, self.frames, strict=True)]
-        return _file_rows(prepared, profiles, self.base, [] if prepared.error else results, calibration)
+        return _file_rows(prepared, profiles, self.base, [] if prepared.error else results, calibration,
+                          self.spectrum.bandwidth(self.sample_rate))
 
 
 class _BatchQueue:
@@ -377,6 +385,7 @@ class _BatchQueue:
 
     def add(self, file: _FileScores, windows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         self.chunks.append((file, windows, starts, ends))
+        file.spectrum.add(windows)
         file.waiting += 1
         self.n_windows += windows.shape[0] * windows.shape[1]
 
@@ -416,7 +425,7 @@ def score_prepared(
     its interval."""
     options = options or ScoreOptions()
     queue = _BatchQueue(scorer)
-    files = [_FileScores(item, profiles, base) for item, base in zip(prepared, bases, strict=True)]
+    files = [_FileScores(item, profiles, base, model_sample_rate) for item, base in zip(prepared, bases, strict=True)]
     for file in files:
         if not file.prepared.error:
             for windows, starts, ends in window_chunks(file.prepared, options, scorer.batch_size, model_sample_rate):
@@ -568,7 +577,7 @@ def score_inputs(
     with network_threads(model, device):
         try:
             for prepared in _prepared_stream(todo, options, info.sample_rate):
-                file = _FileScores(prepared, profiles, _row_base(prepared, info, options))
+                file = _FileScores(prepared, profiles, _row_base(prepared, info, options), info.sample_rate)
                 files.append(file)
                 if not prepared.error:
                     try:

@@ -21,7 +21,7 @@ from haaqicli.util.errors import HaaqiError
 
 SCORE_COLUMNS: list[str] = [
     "file", "profile", "ear", "model", "model_sha256", "score", "score_lo", "score_hi", "score_min", "score_p10",
-    "worst_start_s", "worst_end_s", "duration_s", "sample_rate", "channels", "status", "error",
+    "worst_start_s", "worst_end_s", "duration_s", "sample_rate", "channels", "bandwidth_hz", "status", "error",
     "content_hash", "path", "spl", "audiogram_hash",
 ]
 EXACT_MODEL = "reference"  # the `model` column of rows scored with the exact HAAQI against a reference

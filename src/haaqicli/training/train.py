@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from haaqicli.audio.bandwidth import BANDWIDTH_GROUPS, bandwidth_group, content_bandwidth
 from haaqicli.data.packages import REPORTING_ONLY_PACKAGES, VALIDATION_REAL
 from haaqicli.models.base import HAAQINetOutput
 from haaqicli.models.haaqinet import HAAQINet
@@ -48,7 +49,7 @@ from haaqicli.models.student import StudentNet, distillation_loss
 from haaqicli.reference.formula import TERMS
 from haaqicli.training.objectives import Objective, label_objective
 from haaqicli.util.atomic import atomic_write
-from haaqicli.util.constants import DEFAULT_SPL
+from haaqicli.util.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.util.devices import model_device, resolve_device
 from haaqicli.util.errors import HaaqiError
 from haaqicli.util.hashing import content_hash
@@ -783,10 +784,26 @@ def evaluation_metrics(meta: pd.DataFrame) -> dict[str, Any]:
     normal = (meta["profile"].eq("normal") if "profile" in meta and meta["profile"].astype(str).ne("").any()
               else meta.get("audiogram_family", pd.Series("", index=meta.index)).eq("normal"))
     chosen = meta[clean & normal]
-    result["clean_normal"] = {"n": int(len(chosen)),
-                              "predicted": float(chosen["predicted"].mean()) if len(chosen) else float("nan"),
-                              "label": float(chosen["label"].mean()) if len(chosen) else float("nan")}
+    result["clean_normal"] = _mean_of(chosen)
+    if "content_bandwidth" in meta:  # clean music by where its content ends (see audio.bandwidth)
+        groups = meta["content_bandwidth"].map(bandwidth_group)
+        result["clean_by_bandwidth"] = {
+            str(group): {**_mean_of(meta[clean & groups.eq(group)]), "normal": _mean_of(meta[clean & normal & groups.eq(group)])}
+            for group in BANDWIDTH_GROUPS if (clean & groups.eq(group)).any()}
     return result
+
+
+def _mean_of(items: pd.DataFrame) -> dict[str, Any]:
+    """n, mean prediction and mean label of some items (NaN means where there are none)."""
+    n = len(items)
+    return {"n": int(n), "predicted": float(items["predicted"].mean()) if n else float("nan"),
+            "label": float(items["label"].mean()) if n else float("nan")}
+
+
+def split_bandwidths(data: Split, batch_size: int = 64) -> np.ndarray:
+    """Content bandwidth (Hz, `audio.bandwidth`) of each item's wave as the model hears it."""
+    return np.concatenate([content_bandwidth(wave.numpy(), MODEL_SAMPLE_RATE) for wave, _ in data.batches(batch_size)]
+                          ) if len(data) else np.zeros(0)
 
 
 def evaluation_split(manifest: str | Path, split: str, exclude_packages: Sequence[str] = ()) -> Split:
@@ -817,7 +834,7 @@ def evaluate_model(
     model, info = load_model(name, device=dev, weights_dir=weights_dir, precision=precision)
     data = evaluation_split(manifest, split, exclude_packages)
     predicted, terms = predict_with_terms(model, data, batch_size, dev)
-    meta = data.meta.assign(predicted=predicted, label=data.labels.numpy())
+    meta = data.meta.assign(predicted=predicted, label=data.labels.numpy(), content_bandwidth=split_bandwidths(data))
     result = {"model": model_label(name, precision), "sha256": info.sha256, "split": split,
               "packages": sorted(meta["package"].unique().tolist()), "paper": PAPER_FIGURES.get(name),
               **evaluation_metrics(meta)}
@@ -842,6 +859,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if clean and clean["n"]:
         lines.append(f"{'clean, normal hearing: mean':34s} {clean['n']:6d} predicted {clean['predicted']:.3f}, "
                      f"exact HAAQI {clean['label']:.3f}")
+    for group, m in result.get("clean_by_bandwidth", {}).items():
+        normal = m["normal"]
+        lines.append(f"{'  clean, content ' + group + ': mean':34s} {m['n']:6d} predicted {m['predicted']:.3f}, "
+                     f"exact {m['label']:.3f}; normal hearing ({normal['n']}) {normal['predicted']:.3f}, "
+                     f"exact {normal['label']:.3f}")
     if result.get("paper"):
         paper = result["paper"]
         lines.append(f"{'paper (HAAQI-Net, own data)':34s} {'':6s} {paper['lcc']:7.4f} {paper['srcc']:7.4f} "
