@@ -183,6 +183,34 @@ def test_noise_modes(ref: np.ndarray) -> None:
         compute_haaqi(proc, ref, SR, SR, LOSS, noise="gaussian")
 
 
+def test_seeded_threshold_noise_is_kept_for_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held noise of a seed serves later calls with that seed: the same stream as drawing anew,
+    a shorter length its prefix, a longer one drawn again; each call's array is its own."""
+    from haaqicli.reference import ear
+
+    monkeypatch.setattr(ear, "_noise_held", {})
+
+    def drawn(n: int, seed: int | None = 7) -> np.ndarray:
+        ear._noise_held.clear()
+        return ear.threshold_noise((4, n), 65.0, seed)[1]
+
+    first = ear.threshold_noise((4, 1000), 65.0, 7)[1]
+    assert list(ear._noise_held) == [(8, 7)]
+    again = ear.threshold_noise((4, 1000), 65.0, 7)[1]
+    shorter = ear.threshold_noise((4, 600), 65.0, 7)[1]
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(shorter, drawn(600))
+    np.testing.assert_array_equal(shorter, first[:, :, :600])
+    again[:] = 0  # the caller's own copy: the held stream is untouched
+    longer = ear.threshold_noise((4, 1500), 65.0, 7)[1]
+    np.testing.assert_array_equal(longer[:, :, :1000], first)
+    np.testing.assert_array_equal(ear.threshold_noise((4, 1000), 65.0, 7)[1], first)
+    assert not np.array_equal(ear.threshold_noise((4, 1000), 65.0, 8)[1], first)
+    ear._noise_held.clear()
+    ear.threshold_noise((4, 1000), 65.0, None)
+    assert ear._noise_held == {}  # an unseeded draw is never reused
+
+
 @pytest.mark.parametrize("max_lag_ms", [5.0, 100.0])
 def test_best_lags_match_exact_search(max_lag_ms: float) -> None:
     from haaqicli.reference.ear import _best_lags, _block_plan
