@@ -3,6 +3,7 @@ synthetic corpus (written by the test; the real corpus is never read)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,35 @@ def test_more_variants_per_clip_keep_the_items_and_ids_of_the_smaller_manifest(c
     assert set(small["clip_id"]) == set(large["clip_id"])
     kept = large.set_index("item_id").loc[small["item_id"], ["recipe", "offset_s", "split"]].reset_index(drop=True)
     assert kept.equals(small[["recipe", "offset_s", "split"]].reset_index(drop=True))
+
+
+def test_band_limited_items_come_on_top_and_their_references_end_at_the_cutoff(corpus: Path) -> None:
+    """`--band-items` adds training items whose reference is band-limited, leaving every other item as it was."""
+    plain, banded = _build(corpus), _build(corpus, band_items=9)
+    assert len(banded) == len(plain) + 9
+    assert set(plain["item_id"]) < set(banded["item_id"])
+    extra = banded[~banded["item_id"].isin(plain["item_id"])]
+    assert (extra["split"] == "train").all() and extra["augmentation"].str.contains("band").all()
+    assert not plain["augmentation"].str.contains("band").any()
+    pd.testing.assert_frame_equal(extra.reset_index(drop=True),
+                                  _build(corpus, band_items=9)[lambda d: ~d["item_id"].isin(plain["item_id"])]
+                                  .reset_index(drop=True))
+    # A sixth of the band-limited items or more are clean (a third drawn): the clean narrow release.
+    assert (extra["degradation"] == "identity").sum() >= 1
+    from haaqicli.data.corpus import json_field, read_reference
+
+    for item in extra.head(3).to_dict(orient="records"):
+        band = json_field(item["augment"])["band"]
+        reference, sr = read_reference(item, corpus)
+        source = read_reference({**item, "augment": json.dumps({k: v for k, v in json_field(item["augment"]).items()
+                                                                 if k != "band"})}, corpus)[0]
+        freqs = np.fft.rfftfreq(len(reference), 1 / sr)
+        above = freqs > min(1.5 * band["cutoff_hz"], 0.49 * sr)
+        spectrum, source_spectrum = np.abs(np.fft.rfft(reference)), np.abs(np.fft.rfft(source))
+        if source_spectrum[above].sum() > 0:  # where the source has content there, the band removes it
+            assert spectrum[above].sum() < 0.01 * source_spectrum[above].sum()
+        below = freqs < 0.5 * band["cutoff_hz"]
+        assert np.allclose(spectrum[below].sum(), source_spectrum[below].sum(), rtol=0.05)
 
 
 def test_reserved_guard_refuses_evaluation_packages(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ def sample_rows(n: int = 3) -> list[dict]:
             "model_sha256": "ab" * 32, "score": 0.5 + 0.1 * i if ok else None, "score_min": 0.3 if ok else None,
             "score_p10": 0.35 if ok else None, "worst_start_s": 1.5 if ok else None,
             "worst_end_s": 7.5 if ok else None, "duration_s": 12.25, "sample_rate": 44100, "channels": 2,
+            "bandwidth_hz": 15800.0 if ok else None,
             "status": "ok" if ok else "error", "error": None if ok else "x.flac: silent (RMS -inf dBFS)",
             "content_hash": "0123", "path": f"/music/album/{i:02d}.flac",
         })
@@ -33,7 +34,8 @@ def sample_rows(n: int = 3) -> list[dict]:
 
 def test_schema() -> None:
     assert SCORE_COLUMNS[:6] == ["file", "profile", "ear", "model", "model_sha256", "score"]
-    assert len(SCORE_COLUMNS) == 21 and len(set(SCORE_COLUMNS)) == 21
+    assert len(SCORE_COLUMNS) == 22 and len(set(SCORE_COLUMNS)) == 22
+    assert SCORE_COLUMNS[SCORE_COLUMNS.index("channels") + 1] == "bandwidth_hz"  # where the content ends
     assert SCORE_COLUMNS[-2:] == ["spl", "audiogram_hash"]  # what a score was made with (resume, baselines)
 
 

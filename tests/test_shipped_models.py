@@ -15,12 +15,13 @@ plus `ONEDNN_MAX_CPU_ISA`, `MKL_CBWR=COMPATIBLE`, and 1, 2, 8 and 16 threads): t
 from the pins was 4.3e-5 (teacher, clean-normal, under `default`: 0.646750 against 0.646711); the
 distilled model moved by 2.4e-6 at most. A fresh Intel machine gave 0.64700 for the same case (2.9e-4 off
 the pin: Intel's MKL kernels differ from the ones MKL picks on AMD, which no setting reproduces here).
-SCORE_TOLERANCE = 1e-3 is 3.4x that Intel difference. The weights of 2026-12-03 (term heads and band
+SCORE_TOLERANCE was then 1e-3, 3.4x that Intel difference. The weights of 2026-12-03 (term heads and band
 conditioning) were re-measured on a 2-core AMD EPYC: 6.9e-5 at most from the pins under `default`, 7.4e-6
 under `avx2`. The teacher of 2026-12-06 (sha256 ff886e4ea0d9, with a signal corrector): 2.4e-4 under
 `default`, 1.5e-5 under `avx2` (distilled c6a2efb89c9a: 3.1e-6 and 3e-8), the same at 1 and 2 threads.
-These weights were not run on Intel; with the 2.9e-4 AMD-Intel difference of the earlier weights added,
-the estimate is 5.3e-4, under SCORE_TOLERANCE. Scores move little with small preprocessing
+On a fresh Intel Xeon with AVX-512 (2026-12-07), that teacher differed from its AMD pins by up to 1.06e-3
+(clean-normal; 9.2e-4 under `default`, 1.06e-3 under `avx2`, 1.03e-3 under `avx512`), past the 1e-3 of the
+time, and the distilled model by 3.3e-5 at most: SCORE_TOLERANCE = 3e-3 is 2.8x that Intel difference. Scores move little with small preprocessing
 changes (0.1 dB of level moves them by ~1e-3, one sample of delay by 4e-3), so the front end has its
 own, tight pin: over the bands with real energy (log power above FRONTEND_FLOOR) the capabilities above
 differ by 3.4e-7 at most, while 0.01 dB of level moves every band by 2.3e-3 and one sample of delay by up
@@ -43,7 +44,7 @@ from haaqicli.models.registry import default_weights_dir, list_models, load_mode
 
 PINS = Path(__file__).with_name("shipped_scores.json")
 SAMPLE_RATE = 24000
-SCORE_TOLERANCE = 1e-3
+SCORE_TOLERANCE = 3e-3
 FRONTEND_TOLERANCE = 1e-4
 FRONTEND_FLOOR = 5.0  # natural-log mel power; below it a band holds rounding noise, not signal
 

@@ -13,7 +13,11 @@ Keys, applied in this order (a recording is made in a room, then mixed, equalise
 - ``room``: moderate room reverb on the reference (``rt60_s``, ``drr_db``, ``seed``),
 - ``eq``: peaking bands (``peaks``: [freq_hz, gain_db, q]) and a gentle ``db_per_octave`` tilt,
 - ``master``: compression (``threshold_db``, ``ratio``, ``time_ms``) then limiting (``drive_db``,
-  ``release_ms``), as loud masters are made.
+  ``release_ms``), as loud masters are made,
+- ``band``: the content ends at ``cutoff_hz`` (a steep Butterworth low-pass of ``order``), as in music
+  released at a low sample rate or through a lossy encoder's low-pass. Never drawn with the others:
+  only the manifest's band-limited items carry it (`sample_band`), so that clean music whose top
+  octaves are missing is not read as low-pass damage (`haaqi evaluate`'s clean_by_bandwidth).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ Augmentation = dict[str, Any]
 # Probability of each augmentation on a training item (independent draws): about a quarter of the
 # items keep the clip as it is.
 AUGMENT_PROBABILITY: dict[str, float] = {"downmix": 0.3, "mix": 0.2, "room": 0.15, "eq": 0.3, "master": 0.25}
+
+# Band-limited references: cutoffs log-uniform over where narrow releases end (16-24 kHz sample rates,
+# Vorbis and MP3 low-passes at low bitrates); steeper than the damage family `lowpass` (order 8).
+BAND_CUTOFF_RANGE_HZ = (5000.0, 12000.0)
+BAND_ORDERS = (16, 24)
 
 
 def sample_augmentation(rng: np.random.Generator, stereo: bool,
@@ -59,9 +68,15 @@ def sample_augmentation(rng: np.random.Generator, stereo: bool,
     return out
 
 
+def sample_band(rng: np.random.Generator) -> dict[str, Any]:
+    """Draw the ``band`` augmentation: where the reference's content ends and how steeply."""
+    low, high = np.log(BAND_CUTOFF_RANGE_HZ[0]), np.log(BAND_CUTOFF_RANGE_HZ[1])
+    return {"cutoff_hz": round(float(np.exp(rng.uniform(low, high))), -1), "order": int(rng.choice(BAND_ORDERS))}
+
+
 def augmentation_kind(augment: Mapping[str, Any]) -> str:
     """Short label for stats: 'none' or the keys, e.g. 'mix+master'."""
-    keys = [k for k in ("downmix", "mix", "room", "eq", "master") if k in augment]
+    keys = [k for k in ("downmix", "mix", "room", "eq", "master", "band") if k in augment]
     return "+".join(keys) if keys else "none"
 
 
@@ -83,4 +98,6 @@ def apply_augmentation(clip: np.ndarray, sr: int, augment: Mapping[str, Any],
         master = augment["master"]
         x = degrade.compressor(x, sr, master)
         x = degrade.limiter(x, sr, master)
+    if "band" in augment:  # last: a narrow release of the finished master
+        x = degrade.lowpass(x, sr, augment["band"])
     return x

@@ -111,6 +111,7 @@ class BuildConfig:
     validation_variants: int = 4  # per validation clip: the clean clip + this many - 1 degradations
     validation_clips_per_track: int = 4
     augment: bool = True  # content augmentation of training references
+    band_items: int = 0  # training items beyond `items` whose reference is band-limited (`make_band_items`)
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -388,6 +389,32 @@ def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_f
     return rows
 
 
+# Share of band-limited items left clean: the clean narrow release is what the models misread.
+BAND_CLEAN_SHARE = 1 / 3
+
+
+def make_band_items(clip: Clip, sha: str, config: BuildConfig, indices: Sequence[int], has_ffmpeg: bool | None = None,
+                    partners: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Band-limited training items of one clip (`augment.sample_band` on top of the usual draws), from
+    seeds of (build seed, "band", clip, index): their own stream, so adding them leaves every other
+    item as it was."""
+    clip_id = _clip_id(sha, clip.offset_s)
+    rows = []
+    for index in indices:
+        seed = _stable_seed(config.seed, "band", clip_id, index) & (2**31 - 1)
+        rng = np.random.default_rng(seed)
+        recipe = ({"type": "identity"} if rng.random() < BAND_CLEAN_SHARE else
+                  degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
+                                        sample_rate=clip.track.sample_rate))
+        gram = ag.sample_audiogram(rng)
+        spl = _spl(rng)
+        partner = partners[int(rng.integers(len(partners)))] if partners else None
+        others = aug.sample_augmentation(rng, clip.track.channels == 2, partner) if config.augment else {}
+        augment = {**others, "band": aug.sample_band(rng)}
+        rows.append(_row(clip, sha, config, augment, recipe, gram, spl, seed))
+    return rows
+
+
 def profile_audiogram(name: str) -> ag.SampledAudiogram:
     """A built-in profile as a validation listener (left ear; the built-ins are symmetric)."""
     levels = tuple(float(v) for v in BUILTIN_PROFILES[name].left.levels)
@@ -470,6 +497,14 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
         train_rows.extend(make_items(clip, sha(clip), config, variants, partners=partners))
     if len(train_rows) > n_train:
         train_rows = [train_rows[i] for i in np.sort(rng.choice(len(train_rows), size=n_train, replace=False))]
+    if config.band_items and train_clips:
+        # Own stream: the band-limited items come on top, every other item stays as it was.
+        picks = np.random.default_rng(_stable_seed(config.seed, "band-select")).choice(
+            len(train_clips), size=config.band_items, replace=len(train_clips) < config.band_items)
+        for i, count in zip(*np.unique(picks, return_counts=True), strict=True):
+            clip = train_clips[int(i)]
+            partners = [p for p in by_rate[clip.track.sample_rate] if p["source"] != clip.track.source]
+            train_rows.extend(make_band_items(clip, sha(clip), config, range(int(count)), partners=partners))
     df = pd.DataFrame(rows + train_rows, columns=MANIFEST_COLUMNS)
     return df.drop_duplicates("item_id").reset_index(drop=True)
 
