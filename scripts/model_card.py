@@ -163,8 +163,8 @@ def train_command(info: dict) -> str:
                         and not info.get("training", {}).get("corrector"))
     if needs_config:
         flags.append("--config C")
-    for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "train_items", "selection",
-                "select_metric"):
+    for key in ("bands", "rank_weight", "lr", "epochs", "max_minutes", "threads", "train_items",
+                "plus_augmentation", "selection", "select_metric"):
         if recipe.get(key) not in (None, 0, 0.0, ""):
             flags.append(f"--{key.replace('_', '-')} {recipe[key]}")
     for key in ("clean_weight", "clip_group"):  # both default to 1

@@ -372,3 +372,22 @@ def test_model_card_names_the_band_limited_clean_bias_only_where_it_exists():
     assert len(bullet) == 1 and "`distilled` -0.12 on 40 such items against -0.02 on 60" in bullet[0]
     assert "teacher" not in bullet[0]
     assert card.band_limited_limit({"teacher": fair}) == [] and card.band_limited_limit({"m": {}}) == []
+
+
+def test_plus_augmentation_adds_every_item_with_the_key_on_top_of_a_fixed_sample() -> None:
+    from haaqicli.data.arrays import chosen_items, first_of_shuffle
+
+    kinds = ["none", "mix+band", "eq", "band", "master", "eq+master", "none", "room+band", "downmix", "none"]
+    meta = pd.DataFrame({"augmentation": kinds * 3})
+    plus = meta["augmentation"].str.contains("band").to_numpy()
+    chosen = chosen_items(meta, 5, seed=3, plus_augmentation="band")
+    assert chosen[plus].all() and chosen[~plus].sum() == 5
+    # The others are the same sample whether or not the key's items are there.
+    others = np.flatnonzero(~plus)
+    np.testing.assert_array_equal(np.flatnonzero(chosen & ~plus), others[first_of_shuffle(len(others), 5, 3)])
+    # Without the key it is the plain shuffle; "band" does not match "bandpass"-like substrings of other keys.
+    np.testing.assert_array_equal(chosen_items(meta, 5, seed=3), first_of_shuffle(len(meta), 5, 3))
+    assert chosen_items(pd.DataFrame({"augmentation": ["bands", "x"]}), 1, 0, "band").sum() == 1
+    with pytest.raises(HaaqiError, match="needs --train-items"):
+        train.load_train_selection(train.TrainConfig(manifest="none.parquet", plus_augmentation="band",
+                                                     selection="validation-real:ufoai-music"), log=None)

@@ -74,6 +74,9 @@ def run_options(default_name: str, default_epochs: int, default_lr: float,  # ty
             click.option("--train-items", type=click.IntRange(1), default=None,
                          help="Train on the first N items of a fixed shuffle of the training items "
                               "(learning curves)."),
+            click.option("--plus-augmentation", default=None,
+                         help="With --train-items: also every labelled training item whose content augmentation "
+                              "has this key (e.g. band), the N drawn from the others."),
         ]
         for option in reversed(options):
             if keep is None or _parameter_name(option) in keep:

@@ -26,6 +26,23 @@ def first_of_shuffle(total: int, count: int, seed: int = 0) -> np.ndarray:
     return mask
 
 
+def with_augmentation(meta: pd.DataFrame, key: str | None) -> np.ndarray:
+    """Mask of the items whose content augmentation has `key` (e.g. "band"); none when `key` is None."""
+    if not key:
+        return np.zeros(len(meta), dtype=bool)
+    return meta["augmentation"].astype(str).str.split("+").map(lambda keys: key in keys).to_numpy(dtype=bool)
+
+
+def chosen_items(meta: pd.DataFrame, items: int, seed: int = 0, plus_augmentation: str | None = None) -> np.ndarray:
+    """Mask of a run's training items: the first `items` of a fixed seeded shuffle of those without
+    `plus_augmentation`, and every item with it (a targeted set on top of a fixed sample)."""
+    plus = with_augmentation(meta, plus_augmentation)
+    base = np.flatnonzero(~plus)
+    chosen = plus.copy()
+    chosen[base[first_of_shuffle(len(base), items, seed)]] = True
+    return chosen
+
+
 def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
     return [(row["item_id"], *item_input(row, corpus, sample_rate, length)) for row in rows]
 
@@ -40,11 +57,13 @@ def load_split_arrays(
     log: object = None,
     items: int | None = None,
     seed: int = 0,
+    plus_augmentation: str | None = None,
 ) -> tuple[Int16Waves, np.ndarray, np.ndarray, pd.DataFrame]:
     """(waves (N, T) float32 on read, audiograms (N, 8) float32, labels (N,) float32, meta) of a split's
     labelled items. Rows the labeller did not write are regenerated (in `workers` processes) into the
     split cache first. `log(text)` (e.g. print) hears the cache's disk use. `items`: only that many
-    labelled items (`first_of_shuffle`), chosen before any is regenerated."""
+    labelled items (`first_of_shuffle`), chosen before any is regenerated; with `plus_augmentation`,
+    that many of the others and every item with that augmentation (`chosen_items`)."""
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
     cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
@@ -54,7 +73,7 @@ def load_split_arrays(
     if meta.empty:
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
     if items is not None:
-        meta = meta[first_of_shuffle(len(meta), items, seed)].reset_index(drop=True)
+        meta = meta[chosen_items(meta, items, seed, plus_augmentation)].reset_index(drop=True)
     store = SplitCache.of_manifest(cache, manifest, split, sample_rate)
     scales = store.scales()
     rows = meta.to_dict(orient="records")

@@ -95,6 +95,7 @@ class TrainConfig:
     clip_group: int = 1  # batches made of runs of this many versions of one clip (`group_by_clip`)
     selection: str = "dev"  # checkpoints chosen on: "dev" (held-out training tracks) or "SPLIT:PACKAGE"
     train_items: int | None = None  # learning curves: the first N items of a fixed shuffle of the training items
+    plus_augmentation: str | None = None  # with train_items: also every item with this content augmentation
     select_metric: str = "mse"  # the selection items' figure that picks the checkpoint: mse, lcc or srcc
     content_prior: str | None = None  # "musicnn" or "" (off); None = the model config's
     content_prior_weights: str | None = None  # converted prior weights; None = data/musicnn/MSD_musicnn.safetensors
@@ -177,14 +178,15 @@ class Split:
 
 
 def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print,
-               items: int | None = None, seed: int = 0) -> Split:
+               items: int | None = None, seed: int = 0, plus_augmentation: str | None = None) -> Split:
     """The labelled items of a manifest split, each presented at its level; the waves stay an int16
     memory map on disk (see `load_split_arrays`), whose disk use is logged. `items`: the first that
     many of a seeded shuffle (as `first_items`), the others never regenerated."""
     # lazy: scipy, pandas, joblib only where this path runs (start-up time)
     from haaqicli.data.arrays import load_split_arrays
 
-    waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log, items=items, seed=seed)
+    waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log, items=items, seed=seed,
+                                                        plus_augmentation=plus_augmentation)
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
@@ -237,12 +239,18 @@ def first_items(data: Split, count: int, seed: int = 0) -> Split:
 def load_train_selection(config: TrainConfig, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
     """(training items, checkpoint-selection items) of a run: with selection "dev" the held-out
     tracks of the training packages, else `selection_split`; `train_items` limits the training items."""
+    if config.plus_augmentation and config.train_items is None:
+        raise HaaqiError(f"--plus-augmentation {config.plus_augmentation}: needs --train-items (without it every "
+                         "training item is used)")
     if config.selection == "dev":
+        if config.plus_augmentation:
+            raise HaaqiError("--plus-augmentation: needs --selection validation-real:PACKAGE")
         train, select = load_train_dev(config.manifest, log)
         if config.train_items is not None:
             train = first_items(train, config.train_items, config.seed)
     else:  # only the chosen training items are regenerated into the cache
-        train = load_split(config.manifest, "train", log, items=config.train_items, seed=config.seed)
+        train = load_split(config.manifest, "train", log, items=config.train_items, seed=config.seed,
+                           plus_augmentation=config.plus_augmentation)
         select = selection_split(config.manifest, config.selection, log)
     return train, select
 
