@@ -25,21 +25,12 @@ from haaqicli.util.interrupts import RunInterrupted
 
 
 def note_band_limited(table) -> None:  # type: ignore[no-untyped-def]
-    """One line on stderr when scored files' content ends below BAND_LIMITED_HZ: without the original,
-    the models read such a source as low-pass damage (weights/MODEL_CARD.md, Known limits)."""
-    from haaqicli.audio.bandwidth import BAND_LIMITED_HZ
+    """One line on stderr when scored files' content ends below 10 kHz (`output.tables.band_limited_note`)."""
+    from haaqicli.output.tables import band_limited_note
 
-    if "bandwidth_hz" not in table:
-        return
-    narrow = table[(table["status"] == "ok") & (table["bandwidth_hz"] < BAND_LIMITED_HZ)]
-    if narrow.empty:
-        return
-    files = narrow["file"].nunique()
-    whose = "1 file's" if files == 1 else f"{files} files'"
-    click.echo(f"note: {whose} content ends below {BAND_LIMITED_HZ / 1000:g} kHz "
-               "(bandwidth_hz): without the original, a model cannot tell such a source from low-pass damage "
-               "and scores clean music like it low (weights/MODEL_CARD.md, Known limits); where the original "
-               "exists, `haaqi reference` gives the exact HAAQI.", err=True)
+    note = band_limited_note(table)
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 @click.command()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from haaqicli.audio.bandwidth import BAND_LIMITED_HZ
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.errors import HaaqiError
 
@@ -356,3 +357,21 @@ class PartitionedTable:
 
     def __len__(self) -> int:
         return self.rows_written + len(self._rows)
+
+
+def band_limited_note(table: pd.DataFrame) -> str:
+    """One line naming how many scored files' content ends below BAND_LIMITED_HZ (`bandwidth_hz`), or
+    '': without the original, the models read such a source as low-pass damage (weights/MODEL_CARD.md,
+    Known limits). `haaqi score` prints it; `haaqi check` adds it to its report's notes."""
+    if "bandwidth_hz" not in table or "status" not in table:
+        return ""
+    narrow = table[(table["status"] == "ok") & (pd.to_numeric(table["bandwidth_hz"], errors="coerce") < BAND_LIMITED_HZ)]
+    if narrow.empty:
+        return ""
+    files = narrow["file"].nunique()
+    whose = "1 file's" if files == 1 else f"{files} files'"
+    return (f"{whose} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without the original, a "
+            "model cannot tell such a source from low-pass damage and scores clean music like it low "
+            "(weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi reference` gives the exact "
+            "HAAQI.")
+
