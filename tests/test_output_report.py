@@ -81,6 +81,10 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG_MAGIC) for i in images)
     assert "Invalid data | bad" in text and "<script" not in text
     assert "Presentation level: not recorded" in text
+    assert "content ends below" not in text  # no bandwidth_hz recorded: no note
+    narrow = table.assign(bandwidth_hz=np.where(table["file"] == "d.wav", 7800.0, 16000.0))
+    write_report(narrow, path, timelines)
+    assert re.search(r"Note: 1 file(&#x27;|')s content ends below 10 kHz", path.read_text())
     assert not (tmp_path / "report_files").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
