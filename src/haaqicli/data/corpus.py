@@ -367,52 +367,46 @@ def _spl(rng: np.random.Generator) -> float:
     return round(float(rng.uniform(*SPL_RANGE)), 1)
 
 
+# Share of band-limited items left clean: the clean narrow release is what the models misread.
+BAND_CLEAN_SHARE = 1 / 3
+
+
+def _draw_item(clip: Clip, sha: str, config: BuildConfig, seed: int, has_ffmpeg: bool | None,
+               partners: Sequence[Mapping[str, Any]], band: bool = False) -> dict[str, Any]:
+    """One training item's row from its seed: recipe, audiogram, level, then the content augmentation;
+    a band-limited item (`band`) is clean with BAND_CLEAN_SHARE and adds `augment.sample_band` last."""
+    rng = np.random.default_rng(seed)
+    recipe = ({"type": "identity"} if band and rng.random() < BAND_CLEAN_SHARE else
+              degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
+                                    sample_rate=clip.track.sample_rate))
+    gram = ag.sample_audiogram(rng)
+    spl = _spl(rng)
+    augment: dict[str, Any] = {}
+    if config.augment:
+        partner = partners[int(rng.integers(len(partners)))] if partners else None
+        augment = aug.sample_augmentation(rng, clip.track.channels == 2, partner)
+    if band:
+        augment["band"] = aug.sample_band(rng)
+    return _row(clip, sha, config, augment, recipe, gram, spl, seed)
+
+
 def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_ffmpeg: bool | None = None,
                partners: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Manifest rows of one training clip: each variant draws its own augmentation, recipe, audiogram
     and level from a seed of (build seed, clip, variant), so more variants keep the earlier ones.
     ``partners``: clips of the same split and rate a mix may add (the clip itself excluded)."""
     clip_id = _clip_id(sha, clip.offset_s)
-    rows = []
-    for variant in range(n_variants):
-        seed = _stable_seed(config.seed, "item", clip_id, variant) & (2**31 - 1)
-        rng = np.random.default_rng(seed)
-        recipe = degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
-                                       sample_rate=clip.track.sample_rate)
-        gram = ag.sample_audiogram(rng)
-        spl = _spl(rng)
-        augment: dict[str, Any] = {}
-        if config.augment:
-            partner = partners[int(rng.integers(len(partners)))] if partners else None
-            augment = aug.sample_augmentation(rng, clip.track.channels == 2, partner)
-        rows.append(_row(clip, sha, config, augment, recipe, gram, spl, seed))
-    return rows
-
-
-# Share of band-limited items left clean: the clean narrow release is what the models misread.
-BAND_CLEAN_SHARE = 1 / 3
+    return [_draw_item(clip, sha, config, _stable_seed(config.seed, "item", clip_id, variant) & (2**31 - 1),
+                       has_ffmpeg, partners) for variant in range(n_variants)]
 
 
 def make_band_items(clip: Clip, sha: str, config: BuildConfig, indices: Sequence[int], has_ffmpeg: bool | None = None,
                     partners: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Band-limited training items of one clip (`augment.sample_band` on top of the usual draws), from
-    seeds of (build seed, "band", clip, index): their own stream, so adding them leaves every other
-    item as it was."""
+    """Band-limited training items of one clip, from seeds of (build seed, "band", clip, index): their
+    own stream, so adding them leaves every other item as it was."""
     clip_id = _clip_id(sha, clip.offset_s)
-    rows = []
-    for index in indices:
-        seed = _stable_seed(config.seed, "band", clip_id, index) & (2**31 - 1)
-        rng = np.random.default_rng(seed)
-        recipe = ({"type": "identity"} if rng.random() < BAND_CLEAN_SHARE else
-                  degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
-                                        sample_rate=clip.track.sample_rate))
-        gram = ag.sample_audiogram(rng)
-        spl = _spl(rng)
-        partner = partners[int(rng.integers(len(partners)))] if partners else None
-        others = aug.sample_augmentation(rng, clip.track.channels == 2, partner) if config.augment else {}
-        augment = {**others, "band": aug.sample_band(rng)}
-        rows.append(_row(clip, sha, config, augment, recipe, gram, spl, seed))
-    return rows
+    return [_draw_item(clip, sha, config, _stable_seed(config.seed, "band", clip_id, index) & (2**31 - 1),
+                       has_ffmpeg, partners, band=True) for index in indices]
 
 
 def profile_audiogram(name: str) -> ag.SampledAudiogram:

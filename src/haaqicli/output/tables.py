@@ -374,4 +374,3 @@ def band_limited_note(table: pd.DataFrame) -> str:
             "model cannot tell such a source from low-pass damage and scores clean music like it low "
             "(weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi reference` gives the exact "
             "HAAQI.")
-
