@@ -48,9 +48,10 @@ corpus:
 	CORPUS_DIR="$(CORPUS_DIR)" WORKERS="$(WORKERS)" VENV="$(VENV)" bash scripts/install-corpus.sh
 
 # Every validation clip x 7 profiles x 4 variants (clean + 3 degradations), then training items up to 125,000,
-# then 6,000 training items with band-limited references (their own seeds: the others stay as they were).
+# then 6,000 training items with band-limited references and 4,000 whose references went through a
+# low-bitrate encoder (their own seeds: the others stay as they were).
 dataset:
-	$(BIN)/haaqi dataset build --manifest $(BUILT) --items 125000 --variants 12 --band-items 6000 --frozen $(MANIFEST)
+	$(BIN)/haaqi dataset build --manifest $(BUILT) --items 125000 --variants 12 --band-items 6000 --coded-band-items 4000 --frozen $(MANIFEST)
 
 freeze:
 	$(BIN)/haaqi dataset freeze --manifest $(BUILT) --out $(MANIFEST)

@@ -4,6 +4,7 @@ synthetic corpus (written by the test; the real corpus is never read)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,31 @@ def test_band_limited_items_come_on_top_and_their_references_end_at_the_cutoff(c
             assert spectrum[above].sum() < 0.01 * source_spectrum[above].sum()
         below = freqs < 0.5 * band["cutoff_hz"]
         assert np.allclose(spectrum[below].sum(), source_spectrum[below].sum(), rtol=0.05)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="coded band-limited references need ffmpeg")
+def test_coded_band_items_come_on_top_and_their_references_went_through_the_encoder(corpus: Path) -> None:
+    """`--coded-band-items` adds training items whose reference went through a real low-bitrate encoder
+    at a low sample rate: every other item, the Butterworth band-limited ones included, stays as it was."""
+    from haaqicli.data.augment import CODED_BAND_CODECS
+    from haaqicli.data.corpus import json_field, read_reference
+
+    banded, coded = _build(corpus, band_items=4), _build(corpus, band_items=4, coded_band_items=6)
+    assert len(coded) == len(banded) + 6 and set(banded["item_id"]) < set(coded["item_id"])
+    extra = coded[~coded["item_id"].isin(banded["item_id"])]
+    bands = [json_field(a)["band"] for a in extra["augment"]]
+    assert all(band["codec"] in CODED_BAND_CODECS and band["rate_hz"] <= 24000 for band in bands)
+    item = extra.iloc[0].to_dict()
+    reference, sr = read_reference(item, corpus)
+    source = read_reference({**item, "augment": json.dumps({k: v for k, v in json_field(item["augment"]).items()
+                                                             if k != "band"})}, corpus)[0]
+    freqs = np.fft.rfftfreq(len(reference), 1 / sr)
+    spectrum, source_spectrum = np.abs(np.fft.rfft(reference)), np.abs(np.fft.rfft(source))
+    # the music below the band edge survives the encoder, and the encoder did change the reference
+    below = freqs < 2000
+    assert np.allclose(spectrum[below].sum(), source_spectrum[below].sum(), rtol=0.2)
+    assert not np.allclose(reference, source, atol=1e-4)
+    assert np.corrcoef(reference, source)[0, 1] > 0.9
 
 
 def test_reserved_guard_refuses_evaluation_packages(tmp_path: Path) -> None:

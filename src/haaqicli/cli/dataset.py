@@ -71,6 +71,9 @@ def dataset() -> None:
 @click.option("--no-augment", is_flag=True, help="No content augmentation of training references.")
 @click.option("--band-items", type=click.IntRange(0), default=0, show_default=True,
               help="Training items beyond --items whose reference is band-limited (content ending at 5-12 kHz).")
+@click.option("--coded-band-items", type=click.IntRange(0), default=0, show_default=True,
+              help="More beyond those, whose reference went through a low-bitrate Vorbis or MP3 encoder at "
+                   "16-24 kHz (its band edge and artefacts kept; needs ffmpeg).")
 @click.option("--seed", type=int, default=2026, show_default=True)
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Recipe-kind weights JSON (from `haaqi dataset fit-weights`).")
@@ -81,16 +84,16 @@ def dataset() -> None:
 @quiet_option
 def build(manifest: str | None, corpus: str | None, items: int, variants: int, clips_per_track: int,
           max_package_share: float, validation_variants: int, validation_clips_per_track: int, no_augment: bool,
-          band_items: int, seed: int, weights: str | None, packages: tuple[str, ...], frozen: str, force: bool, quiet: bool) -> None:
+          band_items: int, coded_band_items: int, seed: int, weights: str | None, packages: tuple[str, ...], frozen: str, force: bool, quiet: bool) -> None:
     """Cut loud 6 s clips from the corpus and draw augmentations, degradations, audiograms and levels."""
     _build(manifest, corpus, items, variants, clips_per_track, max_package_share, validation_variants,
-           validation_clips_per_track, no_augment, band_items, seed, weights, packages, frozen, force, quiet)
+           validation_clips_per_track, no_augment, band_items, coded_band_items, seed, weights, packages, frozen, force, quiet)
 
 
 @one_line_errors
 def _build(manifest: str | None, corpus: str | None, items: int, variants: int, clips_per_track: int,
            max_package_share: float, validation_variants: int, validation_clips_per_track: int, no_augment: bool,
-           band_items: int, seed: int, weights: str | None, packages: tuple[str, ...], frozen: str, force: bool, quiet: bool) -> None:
+           band_items: int, coded_band_items: int, seed: int, weights: str | None, packages: tuple[str, ...], frozen: str, force: bool, quiet: bool) -> None:
     from haaqicli.data import degrade
     from haaqicli.data.corpus import (
         RENDER_RMS_TOLERANCE_DB,
@@ -121,7 +124,7 @@ def _build(manifest: str | None, corpus: str | None, items: int, variants: int, 
                          max_package_share=max_package_share, seed=seed, recipe_weights=recipe_weights,
                          packages=packages or None, validation_variants=validation_variants,
                          validation_clips_per_track=validation_clips_per_track, augment=not no_augment,
-                         band_items=band_items)
+                         band_items=band_items, coded_band_items=coded_band_items)
     frozen_path = Path(frozen)
     compare = frozen_path.is_file() and frozen_path.resolve() != manifest_path.resolve()
     frozen_df = read_manifest(frozen_path) if compare else None

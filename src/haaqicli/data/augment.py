@@ -15,9 +15,12 @@ Keys, applied in this order (a recording is made in a room, then mixed, equalise
 - ``master``: compression (``threshold_db``, ``ratio``, ``time_ms``) then limiting (``drive_db``,
   ``release_ms``), as loud masters are made,
 - ``band``: the content ends at ``cutoff_hz`` (a steep Butterworth low-pass of ``order``), as in music
-  released at a low sample rate or through a lossy encoder's low-pass. Never drawn with the others:
-  only the manifest's band-limited items carry it (`sample_band`), so that clean music whose top
-  octaves are missing is not read as low-pass damage (`haaqi evaluate`'s clean_by_bandwidth).
+  released at a low sample rate or through a lossy encoder's low-pass; or, coded (``codec``,
+  ``bitrate``, ``rate_hz``), the master went through a real low-bitrate encoder at a low sample rate,
+  whose own band edge and artefacts stay in the reference, as in old Vorbis and MP3 releases. Never
+  drawn with the others: only the manifest's band-limited items carry it (`sample_band`,
+  `sample_coded_band`), so that clean music whose top octaves are missing is not read as damage
+  (`haaqi evaluate`'s clean_by_bandwidth).
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ AUGMENT_PROBABILITY: dict[str, float] = {"downmix": 0.3, "mix": 0.2, "room": 0.1
 # Band-limited references: cutoffs log-uniform over where narrow releases end (16-24 kHz sample rates,
 # Vorbis and MP3 low-passes at low bitrates); steeper than the damage family `lowpass` (order 8).
 BAND_CUTOFF_RANGE_HZ = (5000.0, 12000.0)
+# Coded band-limited references: every (codec, rate, bitrate) here encodes with this ffmpeg (libvorbis
+# refuses 96 kb/s mono at 22.05 and 24 kHz) and leaves content ending at 7.3-13 kHz, as the narrow
+# Vorbis files of the real-music validation packages do (measured with `audio.bandwidth`).
+CODED_BAND_CODECS = ("vorbis", "mp3")
+CODED_BAND_RATES_HZ = (16000, 22050, 24000)
+CODED_BAND_BITRATES = (32, 48, 64)
 BAND_ORDERS = (16, 24)
 
 
@@ -74,6 +83,12 @@ def sample_band(rng: np.random.Generator) -> dict[str, Any]:
     return {"cutoff_hz": round(float(np.exp(rng.uniform(low, high))), -1), "order": int(rng.choice(BAND_ORDERS))}
 
 
+def sample_coded_band(rng: np.random.Generator) -> dict[str, Any]:
+    """Draw a coded ``band`` augmentation: the encoder, the sample rate it codes at and its bitrate."""
+    return {"codec": str(rng.choice(CODED_BAND_CODECS)), "rate_hz": int(rng.choice(CODED_BAND_RATES_HZ)),
+            "bitrate": int(rng.choice(CODED_BAND_BITRATES))}
+
+
 def augmentation_kind(augment: Mapping[str, Any]) -> str:
     """Short label for stats: 'none' or the keys, e.g. 'mix+master'."""
     keys = [k for k in ("downmix", "mix", "room", "eq", "master", "band") if k in augment]
@@ -99,5 +114,9 @@ def apply_augmentation(clip: np.ndarray, sr: int, augment: Mapping[str, Any],
         x = degrade.compressor(x, sr, master)
         x = degrade.limiter(x, sr, master)
     if "band" in augment:  # last: a narrow release of the finished master
-        x = degrade.lowpass(x, sr, augment["band"])
+        band = augment["band"]
+        if "codec" in band:  # coded at its rate, or the clip's own where that is lower
+            x = degrade.codec(x, sr, {**band, "rate_hz": min(int(band["rate_hz"]), sr)})
+        else:
+            x = degrade.lowpass(x, sr, band)
     return x

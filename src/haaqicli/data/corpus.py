@@ -112,6 +112,7 @@ class BuildConfig:
     validation_clips_per_track: int = 4
     augment: bool = True  # content augmentation of training references
     band_items: int = 0  # training items beyond `items` whose reference is band-limited (`make_band_items`)
+    coded_band_items: int = 0  # more beyond those, band-limited by a real encoder (`make_band_items(coded=True)`)
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -372,9 +373,10 @@ BAND_CLEAN_SHARE = 1 / 3
 
 
 def _draw_item(clip: Clip, sha: str, config: BuildConfig, seed: int, has_ffmpeg: bool | None,
-               partners: Sequence[Mapping[str, Any]], band: bool = False) -> dict[str, Any]:
+               partners: Sequence[Mapping[str, Any]], band: bool = False, coded: bool = False) -> dict[str, Any]:
     """One training item's row from its seed: recipe, audiogram, level, then the content augmentation;
-    a band-limited item (`band`) is clean with BAND_CLEAN_SHARE and adds `augment.sample_band` last."""
+    a band-limited item (`band`) is clean with BAND_CLEAN_SHARE and adds `augment.sample_band` last
+    (`augment.sample_coded_band` where `coded`)."""
     rng = np.random.default_rng(seed)
     recipe = ({"type": "identity"} if band and rng.random() < BAND_CLEAN_SHARE else
               degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
@@ -386,7 +388,7 @@ def _draw_item(clip: Clip, sha: str, config: BuildConfig, seed: int, has_ffmpeg:
         partner = partners[int(rng.integers(len(partners)))] if partners else None
         augment = aug.sample_augmentation(rng, clip.track.channels == 2, partner)
     if band:
-        augment["band"] = aug.sample_band(rng)
+        augment["band"] = aug.sample_coded_band(rng) if coded else aug.sample_band(rng)
     return _row(clip, sha, config, augment, recipe, gram, spl, seed)
 
 
@@ -401,12 +403,13 @@ def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_f
 
 
 def make_band_items(clip: Clip, sha: str, config: BuildConfig, indices: Sequence[int], has_ffmpeg: bool | None = None,
-                    partners: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Band-limited training items of one clip, from seeds of (build seed, "band", clip, index): their
-    own stream, so adding them leaves every other item as it was."""
+                    partners: Sequence[Mapping[str, Any]] = (), coded: bool = False) -> list[dict[str, Any]]:
+    """Band-limited training items of one clip, from seeds of (build seed, "band" or "coded-band", clip,
+    index): their own stream, so adding them leaves every other item as it was."""
     clip_id = _clip_id(sha, clip.offset_s)
-    return [_draw_item(clip, sha, config, _stable_seed(config.seed, "band", clip_id, index) & (2**31 - 1),
-                       has_ffmpeg, partners, band=True) for index in indices]
+    stream = "coded-band" if coded else "band"
+    return [_draw_item(clip, sha, config, _stable_seed(config.seed, stream, clip_id, index) & (2**31 - 1),
+                       has_ffmpeg, partners, band=True, coded=coded) for index in indices]
 
 
 def profile_audiogram(name: str) -> ag.SampledAudiogram:
@@ -491,14 +494,17 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
         train_rows.extend(make_items(clip, sha(clip), config, variants, partners=partners))
     if len(train_rows) > n_train:
         train_rows = [train_rows[i] for i in np.sort(rng.choice(len(train_rows), size=n_train, replace=False))]
-    if config.band_items and train_clips:
-        # Own stream: the band-limited items come on top, every other item stays as it was.
-        picks = np.random.default_rng(_stable_seed(config.seed, "band-select")).choice(
-            len(train_clips), size=config.band_items, replace=len(train_clips) < config.band_items)
+    for stream, n_items in (("band", config.band_items), ("coded-band", config.coded_band_items)):
+        if not (n_items and train_clips):
+            continue
+        # Own streams: the band-limited items come on top, every other item stays as it was.
+        picks = np.random.default_rng(_stable_seed(config.seed, f"{stream}-select")).choice(
+            len(train_clips), size=n_items, replace=len(train_clips) < n_items)
         for i, count in zip(*np.unique(picks, return_counts=True), strict=True):
             clip = train_clips[int(i)]
             partners = [p for p in by_rate[clip.track.sample_rate] if p["source"] != clip.track.source]
-            train_rows.extend(make_band_items(clip, sha(clip), config, range(int(count)), partners=partners))
+            train_rows.extend(make_band_items(clip, sha(clip), config, range(int(count)), partners=partners,
+                                              coded=stream == "coded-band"))
     df = pd.DataFrame(rows + train_rows, columns=MANIFEST_COLUMNS)
     return df.drop_duplicates("item_id").reset_index(drop=True)
 
