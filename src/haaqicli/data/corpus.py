@@ -27,7 +27,7 @@ import logging
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class BuildConfig:
     validation_clips_per_track: int = 4
     augment: bool = True  # content augmentation of training references
     band_items: int = 0  # training items beyond `items` whose reference is band-limited (`make_band_items`)
-    coded_band_items: int = 0  # more beyond those, band-limited by a real encoder (`make_band_items(coded=True)`)
+    coded_band_items: int = 0  # more beyond those, band-limited by a real encoder (stream "coded-band")
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -370,15 +370,19 @@ def _spl(rng: np.random.Generator) -> float:
 
 # Share of band-limited items left clean: the clean narrow release is what the models misread.
 BAND_CLEAN_SHARE = 1 / 3
+# Band-limited items' seed streams and what each adds as the ``band`` augmentation.
+BAND_STREAMS: dict[str, Callable[[np.random.Generator], dict[str, Any]]] = {
+    "band": aug.sample_band, "coded-band": aug.sample_coded_band}
 
 
 def _draw_item(clip: Clip, sha: str, config: BuildConfig, seed: int, has_ffmpeg: bool | None,
-               partners: Sequence[Mapping[str, Any]], band: bool = False, coded: bool = False) -> dict[str, Any]:
+               partners: Sequence[Mapping[str, Any]],
+               band: Callable[[np.random.Generator], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One training item's row from its seed: recipe, audiogram, level, then the content augmentation;
-    a band-limited item (`band`) is clean with BAND_CLEAN_SHARE and adds `augment.sample_band` last
-    (`augment.sample_coded_band` where `coded`)."""
+    a band-limited item (`band`: one of BAND_STREAMS' samplers) is clean with BAND_CLEAN_SHARE and adds
+    what `band` draws last."""
     rng = np.random.default_rng(seed)
-    recipe = ({"type": "identity"} if band and rng.random() < BAND_CLEAN_SHARE else
+    recipe = ({"type": "identity"} if band is not None and rng.random() < BAND_CLEAN_SHARE else
               degrade.sample_recipe(rng, config.recipe_weights, has_ffmpeg=has_ffmpeg,
                                     sample_rate=clip.track.sample_rate))
     gram = ag.sample_audiogram(rng)
@@ -387,8 +391,8 @@ def _draw_item(clip: Clip, sha: str, config: BuildConfig, seed: int, has_ffmpeg:
     if config.augment:
         partner = partners[int(rng.integers(len(partners)))] if partners else None
         augment = aug.sample_augmentation(rng, clip.track.channels == 2, partner)
-    if band:
-        augment["band"] = aug.sample_coded_band(rng) if coded else aug.sample_band(rng)
+    if band is not None:
+        augment["band"] = band(rng)
     return _row(clip, sha, config, augment, recipe, gram, spl, seed)
 
 
@@ -403,13 +407,12 @@ def make_items(clip: Clip, sha: str, config: BuildConfig, n_variants: int, has_f
 
 
 def make_band_items(clip: Clip, sha: str, config: BuildConfig, indices: Sequence[int], has_ffmpeg: bool | None = None,
-                    partners: Sequence[Mapping[str, Any]] = (), coded: bool = False) -> list[dict[str, Any]]:
-    """Band-limited training items of one clip, from seeds of (build seed, "band" or "coded-band", clip,
-    index): their own stream, so adding them leaves every other item as it was."""
+                    partners: Sequence[Mapping[str, Any]] = (), stream: str = "band") -> list[dict[str, Any]]:
+    """Band-limited training items of one clip, from seeds of (build seed, `stream` (a key of
+    BAND_STREAMS), clip, index): their own stream, so adding them leaves every other item as it was."""
     clip_id = _clip_id(sha, clip.offset_s)
-    stream = "coded-band" if coded else "band"
     return [_draw_item(clip, sha, config, _stable_seed(config.seed, stream, clip_id, index) & (2**31 - 1),
-                       has_ffmpeg, partners, band=True, coded=coded) for index in indices]
+                       has_ffmpeg, partners, band=BAND_STREAMS[stream]) for index in indices]
 
 
 def profile_audiogram(name: str) -> ag.SampledAudiogram:
@@ -504,7 +507,7 @@ def build_manifest(corpus_dir: Path, config: BuildConfig, progress: bool = False
             clip = train_clips[int(i)]
             partners = [p for p in by_rate[clip.track.sample_rate] if p["source"] != clip.track.source]
             train_rows.extend(make_band_items(clip, sha(clip), config, range(int(count)), partners=partners,
-                                              coded=stream == "coded-band"))
+                                              stream=stream))
     df = pd.DataFrame(rows + train_rows, columns=MANIFEST_COLUMNS)
     return df.drop_duplicates("item_id").reset_index(drop=True)
 
