@@ -19,8 +19,9 @@ import torch
 
 from haaqicli import audio
 from haaqicli.audiogram import BUILTIN_PROFILES
-from haaqicli.engine import WindowScorer, prepare_file, window_chunks
+from haaqicli.engine import prepare_file, window_chunks
 from haaqicli.models.registry import load_model
+from haaqicli.scoring.network import WindowScorer
 from haaqicli.scoring.options import ScoreOptions
 
 

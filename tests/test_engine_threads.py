@@ -1,12 +1,12 @@
-"""engine.network_threads: a light model leaves one CPU core to decoding while a folder is scored."""
+"""scoring.network.network_threads: a light model leaves one CPU core to decoding while a folder is scored."""
 
 from __future__ import annotations
 
 import torch
 
-from haaqicli.engine import network_threads
 from haaqicli.models.haaqinet import HAAQINet
 from haaqicli.models.student import StudentNet
+from haaqicli.scoring.network import network_threads
 
 
 class _Light(torch.nn.Module):

@@ -125,8 +125,8 @@ def test_one_head_pass_per_batch_gives_each_audiogram_its_own_scores(use_tiny_we
     equals the model run on that pair alone."""
     import torch
 
-    from haaqicli.engine import WindowScorer
     from haaqicli.models.registry import load_model
+    from haaqicli.scoring.network import WindowScorer
 
     model, _ = load_model("distilled", device="cpu", weights_dir=use_tiny_weights)
     rng = np.random.default_rng(0)
@@ -150,8 +150,8 @@ def test_fixed_shape_batches_give_the_scores_of_unpadded_ones(use_tiny_weights):
     window's scores as they are: checked on the CPU, where both forms run."""
     import torch
 
-    from haaqicli.engine import WindowScorer
     from haaqicli.models.registry import load_model
+    from haaqicli.scoring.network import WindowScorer
 
     model, _ = load_model("distilled", device="cpu", weights_dir=use_tiny_weights)
     rng = np.random.default_rng(1)
@@ -254,24 +254,24 @@ def test_files_decoded_ahead_come_in_input_order_and_stop_on_interrupt(monkeypat
     does not let the next overtake it), and after Ctrl-C no queued file starts decoding."""
     import time
 
-    import haaqicli.engine as engine
+    import haaqicli.scoring.prepare as prepare
     from haaqicli.audio import InputFile
 
     started: list[str] = []
 
-    def prepare(item, options, sample_rate):
+    def slow_prepare(item, options, sample_rate):
         started.append(item.path)
         time.sleep(0.2 if item.path == "a" else 0.0)
         if item.path == "c":
             raise KeyboardInterrupt
-        return engine.PreparedFile(input=item)
+        return prepare.PreparedFile(input=item)
 
-    monkeypatch.setattr(engine, "prepare_file", prepare)
+    monkeypatch.setattr(prepare, "prepare_file", slow_prepare)
     items = [InputFile(path=name, root=".", relative=name) for name in "abcdef"]
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        for prepared in engine._decoded_ahead(items, ScoreOptions(), 16000):
+        for prepared in prepare._decoded_ahead(items, ScoreOptions(), 16000):
             seen.append(prepared.input.path)
     assert seen == ["a", "b"]
-    assert len(started) <= 2 + engine.DECODE_AHEAD  # c raised; at most the look-ahead beyond it started
+    assert len(started) <= 2 + prepare.DECODE_AHEAD  # c raised; at most the look-ahead beyond it started
     assert "f" not in started

@@ -59,7 +59,7 @@ def test_shipped_configs_keep_the_plain_head():
 
 @pytest.mark.parametrize("arch", ["haaqinet", "haaqinet-student"])
 def test_term_head_scores_are_the_formula_of_its_terms_and_the_engine_path_agrees(arch, tmp_path):
-    from haaqicli.engine import WindowScorer
+    from haaqicli.scoring.network import WindowScorer
 
     base = TINY_TEACHER if arch == "haaqinet" else tiny_student_config()
     torch.manual_seed(0)

@@ -127,9 +127,10 @@ def test_resume_skips_done_rows_and_keeps_them(music_folder: Path, tmp_path: Pat
     first = read_table(out)
     write_music(music_folder / "new.wav", seconds=2.0, seed=9)
     import haaqicli.engine as engine
+    import haaqicli.scoring.prepare as prepare
 
     prepared = []
-    original = engine.prepare_file
+    original = prepare.prepare_file
 
     def spy(item, *args, **kwargs):
         prepared.append(item.relative)
@@ -142,7 +143,7 @@ def test_resume_skips_done_rows_and_keeps_them(music_folder: Path, tmp_path: Pat
         hashed.append(Path(path).name)
         return original_hash(path)
 
-    monkeypatch.setattr(engine, "prepare_file", spy)
+    monkeypatch.setattr(prepare, "prepare_file", spy)
     monkeypatch.setattr(engine, "content_hash", hash_spy)
     assert run("score", str(music_folder), "--out", str(out), "--resume", "-q")[0] == 0
     assert prepared == ["new.wav"]
@@ -155,10 +156,10 @@ def test_resume_skips_done_rows_and_keeps_them(music_folder: Path, tmp_path: Pat
 
 
 def test_interrupt_keeps_finished_rows(music_folder: Path, tmp_path: Path, monkeypatch):
-    import haaqicli.engine as engine
+    import haaqicli.scoring.prepare as prepare
 
     out = tmp_path / "scores.csv"
-    original = engine.prepare_file
+    original = prepare.prepare_file
     calls = []
 
     def interrupt_on_second(item, *args, **kwargs):
@@ -167,7 +168,7 @@ def test_interrupt_keeps_finished_rows(music_folder: Path, tmp_path: Path, monke
             raise KeyboardInterrupt
         return original(item, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "prepare_file", interrupt_on_second)
+    monkeypatch.setattr(prepare, "prepare_file", interrupt_on_second)
     code, _ = run("score", str(music_folder), "--out", str(out), "-q")
     assert code == 130
     table = read_table(out)

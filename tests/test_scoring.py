@@ -33,14 +33,15 @@ def test_the_shared_options_arrive_as_one_score_options() -> None:
                                           "--mix", "mono"])
     assert result.exit_code == 0, result.output
     assert seen == [ScoreOptions(profiles=("mild", "N3"), spl=70.0, model="teacher", device="cpu", batch_size=4,
-                                 workers=3, mix="mono")]
+                                 workers=3, mix="mono", decode_process=True)]
 
 
 def test_command_line_defaults_are_the_library_defaults() -> None:
-    """No second copy of a default (the level, the model, the batch size) can drift from ScoreOptions."""
+    """No second copy of a default (the level, the model, the batch size) can drift from ScoreOptions. The
+    command line only adds that files may decode in a process (its main module is a guarded script)."""
     command, seen = _command()
     assert CliRunner().invoke(command, []).exit_code == 0
-    assert seen == [ScoreOptions()]
+    assert seen == [ScoreOptions(decode_process=True)]
     assert set(SCORING_PARAMETERS) <= {f.name for f in fields(ScoreOptions)}
 
 

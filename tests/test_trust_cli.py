@@ -171,7 +171,7 @@ def test_signal_keeps_rows_finished_before_the_first_flush(signum: int, code: in
 
 def test_resume_rescores_an_edited_profile_and_another_level(use_tiny_weights: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import haaqicli.engine as engine
+    import haaqicli.scoring.prepare as prepare
 
     write_music(tmp_path / "in" / "a.wav", seconds=1.5)
     profile = tmp_path / "clinic.csv"
@@ -182,13 +182,13 @@ def test_resume_rescores_an_edited_profile_and_another_level(use_tiny_weights: P
     assert first["spl"].tolist() == [65.0] and len(first["audiogram_hash"].iloc[0]) == 16
 
     prepared: list[str] = []
-    original = engine.prepare_file
+    original = prepare.prepare_file
 
     def spy(item, *args, **kwargs):  # type: ignore[no-untyped-def]
         prepared.append(item.relative)
         return original(item, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "prepare_file", spy)
+    monkeypatch.setattr(prepare, "prepare_file", spy)
     assert run("score", str(tmp_path / "in"), "--profile", str(profile), "--out", str(out), "--resume", "-q")[0] == 0
     assert prepared == []  # same file, profile values, level and model: reused
     # the same name with other values: rescored, and the row records the new values

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from haaqicli.audio import InputFile, plan_windows, resample, target_rms
 from haaqicli.audiogram import Audiogram, Profile
+from haaqicli.engine import prepare_file, score_prepared
 from haaqicli.models.calibration import Calibration, load_calibration
 from haaqicli.models.registry import ModelInfo, load_model
+from haaqicli.scoring.network import WindowScorer
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HOP_SECONDS, WINDOW_SECONDS
 from haaqicli.util.errors import AudioError, ModelError
@@ -147,9 +149,6 @@ class HAAQIPredictor(nn.Module):
         (left, right). Returns ``{ear: score}`` like the score table's rows: ``{"both": s}`` for a mono
         file or ``mix="mono"`` (the mean of the two ears' scores), else ``{"left": s, "right": s}``.
         A file that cannot be scored raises `AudioError` naming it."""
-        # the engine (and pandas with it) is needed for files only, never by the tensor path
-        from haaqicli.engine import WindowScorer, prepare_file, score_prepared
-
         if mix not in ("stereo", "mono"):
             raise ModelError(f"predict_file: mix must be stereo or mono, not {mix!r}")
         profile = _as_profile(audiogram)

@@ -12,47 +12,52 @@ stream, so memory does not grow with a file's length: only window scores and fra
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import math
 import os
 import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from haaqicli import audio
 from haaqicli.audio.bandwidth import LongTermSpectrum, frame_stride
 from haaqicli.audiogram import Profile
 from haaqicli.models.calibration import Calibration, CalibrationWarning, load_calibration
-from haaqicli.models.precision import model_label
 from haaqicli.models.registry import get_info, load_model
-from haaqicli.output.tables import (
-    SCORE_COLUMNS,
-    IncrementalTable,
-    PartitionedTable,
-    open_table,
-    previous_rows,
-    resumable_rows,
-)
 from haaqicli.scoring.options import ScoreOptions
+from haaqicli.scoring.prepare import (
+    DecodingProcess,
+    PreparedFile,
+    close_stream,
+    ears_for,
+    prepare_file,
+    prepared_stream,
+    window_chunks,
+)
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
-from haaqicli.util.devices import model_device
+from haaqicli.util.devices import model_device, model_label
 from haaqicli.util.errors import HaaqiError, ModelError
 from haaqicli.util.executor import TaskProgress, open_executor, unreadable, worker_name
 from haaqicli.util.hashing import content_hash
 from haaqicli.util.levels import warn_untrained_level
 from haaqicli.util.progress import AudioProgress, ProgressCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from haaqicli.output.tables import IncrementalTable, PartitionedTable
+    from haaqicli.scoring.network import WindowScorer
+
+# torch loads with the model (`load_model`, `scoring.network`) and pandas with the table
+# (`output.tables`), both after a folder's decoding has started
+__all__ = ["PreparedFile", "ScoreRun", "aggregate", "ears_for", "prepare_file", "score_file", "score_inputs",
+           "score_prepared", "stitch_timeline", "window_chunks"]
 
 # Timelines kept for reports are thinned to at most this many points per row.
 MAX_TIMELINE_POINTS = 2000
@@ -69,91 +74,6 @@ class ScoreRun:
     @property
     def n_failed(self) -> int:
         return int((self.table["status"] != "ok").sum()) if len(self.table) else 0
-
-
-@dataclass
-class PreparedFile:
-    """One file decoded into model-ready windows (or the error that stopped it)."""
-
-    input: audio.InputFile
-    ears: list[str] = field(default_factory=list)  # one entry per scored channel
-    windows: np.ndarray | None = None  # (channels, n_windows, window_samples) at 24 kHz, calibrated
-    starts_s: np.ndarray | None = None
-    ends_s: np.ndarray | None = None
-    streamed: bool = False  # windows not held: `window_chunks` decodes them again, with `gain`
-    gain: float = 1.0  # presentation gain (applied to held windows already)
-    duration_s: float = float("nan")
-    sample_rate: int = 0
-    channels: int = 0
-    content_hash: str = ""
-    error: str = ""
-
-
-def ears_for(channels: int, mix: str) -> list[str]:
-    """Which ear each scored channel is heard by."""
-    if mix == "mono" or channels == 1:
-        return ["both"]
-    return ["left", "right"]
-
-
-def prepare_file(
-    item: audio.InputFile, options: ScoreOptions, model_sample_rate: int = MODEL_SAMPLE_RATE
-) -> PreparedFile:
-    """Decode, calibrate, window and resample one file. Errors become the row's reason."""
-    prepared = PreparedFile(input=item)
-    # hashlib releases the GIL, so the file is hashed on another core while it is decoded
-    hashing = None if item.content_hash else _hash_pool().submit(content_hash, item.path)
-    prepared.content_hash = item.content_hash
-    try:
-        source = audio.open_audio(item.path)
-        info = source.info
-        prepared.duration_s = info.duration_s
-        prepared.sample_rate = info.sample_rate
-        prepared.channels = info.file_channels  # the file's own count, also when downmixed to stereo
-        prepared.ears = ears_for(info.channels, options.mix)
-        audio.require_duration(item.path, info.duration_s)
-        if info.duration_s > options.hold_seconds:
-            # A long file: one pass for its level now; its windows stream later (`window_chunks`).
-            prepared.gain = audio.file_gain(source, options.spl)
-            prepared.streamed = True
-        else:
-            # One decoding pass: the level is metered while the stream is resampled to the model rate
-            # and cut into windows there; the presentation gain is applied afterwards (all linear).
-            (held,) = audio.calibrated_windows(source, options.spl, options.window_s, options.hop_s,
-                                               model_sample_rate, downmix=len(prepared.ears) == 1)
-            prepared.gain, prepared.windows = held.gain, held.windows
-            prepared.starts_s, prepared.ends_s = held.starts_s, held.ends_s
-        if hashing is not None:
-            prepared.content_hash = hashing.result()
-    except HaaqiError as error:
-        prepared.error = str(error)
-    except Exception as error:  # a batch never dies because of one file
-        prepared.error = f"{item.path}: {type(error).__name__}: {error}"
-    if hashing is not None and not prepared.content_hash:
-        try:
-            prepared.content_hash = hashing.result()
-        except OSError:
-            pass  # the decoding error already names the file
-    return prepared
-
-
-def window_chunks(prepared: PreparedFile, options: ScoreOptions, chunk_windows: int,
-                  model_sample_rate: int = MODEL_SAMPLE_RATE) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """A prepared file's windows (channels, n, samples), start and end times, in chunks: held windows
-    as one chunk; a streamed file's decoded again, `chunk_windows` windows at a time, calibrated with
-    the gain of its first pass (the same samples as held windows: same decoder, resampler, gain)."""
-    if not prepared.streamed:
-        yield prepared.windows, prepared.starts_s, prepared.ends_s  # type: ignore[misc]
-        return
-    for chunk in audio.calibrated_windows(audio.open_audio(prepared.input.path), options.spl, options.window_s,
-                                          options.hop_s, model_sample_rate, downmix=len(prepared.ears) == 1,
-                                          gain=prepared.gain, chunk_windows=chunk_windows):
-        yield chunk.windows, chunk.starts_s, chunk.ends_s
-
-
-@functools.lru_cache(maxsize=1)
-def _hash_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="haaqi-hash")
 
 
 def _window_weights(starts_s: np.ndarray, ends_s: np.ndarray) -> np.ndarray:
@@ -193,89 +113,6 @@ def stitch_timeline(
         step = math.ceil(len(t_all) / MAX_TIMELINE_POINTS)
         t_all, v_all = t_all[::step], v_all[::step]
     return t_all.astype(np.float32), v_all.astype(np.float32)
-
-
-class WindowScorer:
-    """Runs the model over windows: encoder once per window, head once per audiogram.
-
-    Windows of several files (and channels) share encoder batches, so short files do not run the
-    network on small batches."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> None:
-        self.model = model.eval().to(device)
-        self.device = device
-        self.batch_size = max(1, batch_size)
-        # CUDA libraries choose kernels by tensor shape, so a window's scores moved by up to 5e-5 with the
-        # number of its batch neighbours (measured on an H200). There every encoder batch and head chunk is
-        # padded to batch_size rows: one shape, so a file scores the same alone as in a folder. The CPU
-        # kernels agree within 1e-6 across batch shapes (tests), and padding would cost CPU time there.
-        self.fixed_shapes = torch.device(device).type == "cuda"
-
-    def _padded(self, rows: torch.Tensor) -> torch.Tensor:
-        """`rows` padded with zeros to batch_size rows where fixed_shapes holds (callers keep the first
-        len(rows) results)."""
-        missing = self.batch_size - len(rows)
-        if not self.fixed_shapes or missing <= 0:
-            return rows
-        return torch.cat([rows, rows.new_zeros((missing, *rows.shape[1:]))])
-
-    def _head(self, features: Sequence[torch.Tensor], index: torch.Tensor,
-              gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sigmoid clip and frame scores of head rows (encoder row `index`, audiogram `gram`): one pass,
-        or, with fixed shapes, chunks of batch_size rows."""
-        step = self.batch_size if self.fixed_shapes else max(1, len(index))
-        clips, frames = [], []
-        for start in range(0, len(index), step):
-            rows = index[start : start + step]
-            clip_logit, frame_logits = self.model.head(
-                [self._padded(f.index_select(0, rows)) for f in features], self._padded(gram[start : start + step]))
-            clips.append(torch.sigmoid(clip_logit[: len(rows)]))
-            frames.append(torch.sigmoid(frame_logits[: len(rows)]))
-        return torch.cat(clips), torch.cat(frames)
-
-    def __call__(self, windows: np.ndarray, audiograms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """windows (N, T), audiograms (P, 8) -> clip scores (P, N) and frame scores (P, N, F)."""
-        return self.score_units([(windows, audiograms)])[0]
-
-    @torch.inference_mode()
-    def score_units(
-        self, units: Sequence[tuple[np.ndarray, np.ndarray]]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each unit (windows (N_i, T_i), audiograms (P_i, 8)): clip (P_i, N_i), frames (P_i, N_i, F)."""
-        clips: list[list[np.ndarray]] = [[] for _ in units]
-        frames: list[list[np.ndarray]] = [[] for _ in units]
-        by_length: dict[int, list[int]] = {}
-        for index, (windows, _) in enumerate(units):
-            by_length.setdefault(windows.shape[-1], []).append(index)
-        for members in by_length.values():  # only equal-length windows can share a batch
-            windows = np.concatenate([units[i][0] for i in members])
-            owner = np.repeat(members, [len(units[i][0]) for i in members])  # unit of each window
-            for start in range(0, len(windows), self.batch_size):
-                stop = min(start + self.batch_size, len(windows))
-                wave = self._padded(torch.from_numpy(windows[start:stop]).to(self.device))
-                features = self.model.encode(wave)
-                # One head pass for the whole batch: a row per (window, distinct audiogram of its
-                # unit). Profiles with equal ears, and a mono signal heard by both, cost one row.
-                rows, grams, parts = [], [], []
-                for unit in np.unique(owner[start:stop]):
-                    mine = np.flatnonzero(owner[start:stop] == unit)
-                    distinct, inverse = np.unique(units[unit][1], axis=0, return_inverse=True)
-                    parts.append((unit, sum(len(r) for r in rows), len(mine), len(distinct), inverse.ravel()))
-                    for gram in distinct:
-                        rows.append(mine)
-                        grams.append(np.broadcast_to(gram, (len(mine), gram.shape[0])))
-                index = torch.from_numpy(np.concatenate(rows)).to(self.device)
-                gram = torch.from_numpy(np.concatenate(grams).astype(np.float32)).to(self.device)
-                clip_scores, frame_scores = self._head(features, index, gram)
-                clip = clip_scores.float().cpu().numpy()
-                frame = frame_scores.float().cpu().numpy()
-                for unit, first, n, n_distinct, inverse in parts:
-                    # (distinct audiograms, windows) -> one row per audiogram of the unit
-                    unit_clip = clip[first : first + n * n_distinct].reshape(n_distinct, n)
-                    unit_frame = frame[first : first + n * n_distinct].reshape(n_distinct, n, -1)
-                    clips[unit].append(unit_clip[inverse])
-                    frames[unit].append(unit_frame[inverse])
-        return [(np.concatenate(c, axis=1), np.concatenate(f, axis=1)) for c, f in zip(clips, frames, strict=True)]
 
 
 def _error_rows(prepared: PreparedFile, profiles: Sequence[Profile], base: dict) -> list[dict]:
@@ -438,64 +275,6 @@ def score_prepared(
     return [file.rows(profiles, calibration) for file in files]
 
 
-# Files a decoding thread prepares while the model scores the one before (each held file is a few MB).
-DECODE_AHEAD = 2
-
-
-def _decoded_ahead(
-    items: Sequence[audio.InputFile], options: ScoreOptions, sample_rate: int
-) -> Iterator[PreparedFile]:
-    """Prepared files in input order, decoded on a thread ahead of the caller: decoding (libsndfile,
-    ffmpeg), resampling and the network all release the GIL, so decoding the next file overlaps
-    scoring this one. Files are prepared independently, so scores do not change."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="haaqi-decode")
-    pending = iter(items)
-    ahead: deque = deque()
-    try:
-        for item in itertools.islice(pending, DECODE_AHEAD):
-            ahead.append(pool.submit(prepare_file, item, options, sample_rate))
-        while ahead:
-            prepared = ahead.popleft().result()
-            following = next(pending, None)
-            if following is not None:
-                ahead.append(pool.submit(prepare_file, following, options, sample_rate))
-            yield prepared
-    finally:  # on Ctrl-C: the file being decoded finishes, the queued ones never start
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _prepared_stream(
-    items: Sequence[audio.InputFile], options: ScoreOptions, sample_rate: int
-) -> Iterator[PreparedFile]:
-    """Prepared files in input order; joblib workers decode ahead when asked for (a long file's
-    windows stream later in this process: `window_chunks`)."""
-    workers = options.workers or 1
-    if workers <= 1:
-        yield from _decoded_ahead(items, options, sample_rate)
-        return
-    # lazy: joblib only where this path runs (start-up time)
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=workers, return_as="generator", prefer="processes")
-    yield from parallel(delayed(prepare_file)(item, options, sample_rate) for item in items)
-
-
-@contextlib.contextmanager
-def network_threads(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """Torch's CPU threads while files are scored: one fewer than usual for a model that leaves a core
-    to the decoding beside it (`HAAQIModel.LEAVES_CORE_FOR_DECODING`); fixed per model and machine, so
-    the same input, model and device still give the same scores."""
-    old = torch.get_num_threads()
-    lighter = getattr(model, "LEAVES_CORE_FOR_DECODING", False) and torch.device(device).type == "cpu" and old > 1
-    if lighter:
-        torch.set_num_threads(old - 1)
-    try:
-        yield
-    finally:
-        if lighter:
-            torch.set_num_threads(old)
-
-
 def score_inputs(
     inputs: Sequence[str | Path],
     profiles: Sequence[Profile],
@@ -523,24 +302,45 @@ def score_inputs(
     if scheduler:  # the workers load the model; here only its identity is needed
         options = replace(options, weights_dir=options.weights_dir or os.environ.get("HAAQI_WEIGHTS"))
         info = get_info(options.model, options.weights_dir)
-    else:
+        table, todo = _open_todo(items, out, resume, profiles, options, info)
+        warn_untrained_level(options.spl, info.name, info.training)
+        return _score_on_cluster(todo, profiles, options, info, table, progress, scheduler, keep_timelines,
+                                 model_calibration(info, options))
+
+    # The files start decoding before the model loads (torch's import is most of a short run): the
+    # registry's manifest gives the model's rate and identity. An official BEATs checkpoint sets its
+    # own rate, so there the decoding waits for the model.
+    stream = None
+    if options.beats_checkpoint is None:
+        try:
+            info = get_info(options.model, options.weights_dir)
+        except ModelError:
+            pass  # load_model below says why
+        else:
+            if not resume:  # every file is scored: the decoding starts before the table (and pandas) loads
+                stream = prepared_stream(items, options, info.sample_rate)
+            table, todo = _open_todo(items, out, resume, profiles, options, info)
+            if stream is None:
+                stream = prepared_stream(todo, options, info.sample_rate)
+    try:
+        # lazy: torch loads here, while the files decode
+        from haaqicli.scoring.network import WindowScorer, network_threads
+
         device = model_device(options.device, options.precision)
         model, info = load_model(
             options.model, device=device, beats_checkpoint=options.beats_checkpoint,
             weights_dir=options.weights_dir, precision=options.precision
         )
-        scorer = WindowScorer(model, device, options.batch_size)
+    except BaseException:
+        if stream is not None:
+            close_stream(stream)
+        raise
+    if stream is None:
+        table, todo = _open_todo(items, out, resume, profiles, options, info)
+        stream = prepared_stream(todo, options, info.sample_rate)
+    scorer = WindowScorer(model, device, options.batch_size)
     warn_untrained_level(options.spl, info.name, info.training)
     calibration = model_calibration(info, options)
-
-    table, done_hashes = _open_table(out, resume, profiles, options.spl, _model_identity(info, options))
-    todo = items
-    if done_hashes:  # each file is hashed once: the hash travels with the item into prepare_file
-        hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
-        todo = [item for item in hashed if item.content_hash not in done_hashes]
-    if scheduler:
-        return _score_on_cluster(todo, profiles, options, info, table, progress, scheduler, keep_timelines,
-                                 calibration)
 
     rows: list[dict] = []
     timelines: dict = {}
@@ -574,9 +374,9 @@ def score_inputs(
             duration = file.prepared.duration_s
             bar.advance(max(0.0, duration - file.covered_s) if np.isfinite(duration) else 0.0, files=1)
 
-    with network_threads(model, device):
+    with network_threads(model, device, decoding_beside=not isinstance(stream, DecodingProcess)):
         try:
-            for prepared in _prepared_stream(todo, options, info.sample_rate):
+            for prepared in stream:
                 file = _FileScores(prepared, profiles, _row_base(prepared, info, options), info.sample_rate)
                 files.append(file)
                 if not prepared.error:
@@ -600,9 +400,15 @@ def score_inputs(
             except KeyboardInterrupt:
                 pass
         finally:
+            close_stream(stream)
             if table is not None:
                 table.close()
             bar.close()
+
+    # lazy: pandas loads after the decoding has started (start-up time)
+    import pandas as pd
+
+    from haaqicli.output.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable  # lazy: pandas
 
     frame = table.frame() if isinstance(table, IncrementalTable) else pd.DataFrame(rows, columns=SCORE_COLUMNS)
     if isinstance(table, PartitionedTable):  # the rows are in the dataset; the failures are returned
@@ -614,6 +420,17 @@ def score_inputs(
         audio_seconds=audio_seconds,
         interrupted=interrupted,
     )
+
+
+def _open_todo(items: Sequence[audio.InputFile], out: str | Path | None, resume: bool, profiles: Sequence[Profile],
+               options: ScoreOptions, info: Any) -> tuple[IncrementalTable | PartitionedTable | None, list[audio.InputFile]]:
+    """The output table (with the rows a resumed run keeps) and the files still to score."""
+    table, done_hashes = _open_table(out, resume, profiles, options.spl, _model_identity(info, options))
+    if not done_hashes:
+        return table, list(items)
+    # each file is hashed once: the hash travels with the item into prepare_file
+    hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
+    return table, [item for item in hashed if item.content_hash not in done_hashes]
 
 
 def model_calibration(info: Any, options: ScoreOptions) -> Calibration | None:
@@ -679,6 +496,9 @@ def _kept_mask(previous: pd.DataFrame, done: set[str] | None, profiles: Sequence
                model: tuple[str, str]) -> np.ndarray:
     """Rows to keep on resume: the resumable ones (tables.resumable_rows) of the same model, its
     (model column, sha256) (and a finished file, given ``done``)."""
+    # lazy: pandas loads after the decoding has started (start-up time)
+    from haaqicli.output.tables import resumable_rows
+
     same_model = (previous["model"] == model[0]) & (previous["model_sha256"] == model[1])
     mask = resumable_rows(previous, profiles, spl) & same_model.to_numpy(dtype=bool)
     return mask & previous["content_hash"].isin(done).to_numpy(dtype=bool) if done is not None else mask
@@ -689,6 +509,9 @@ def _open_table(out: str | Path | None, resume: bool, profiles: Sequence[Profile
     """The output table, holding the rows a resumed run keeps, and the content hashes of finished files.
     Tables written before rows recorded the audiogram hash and level are rescored; from a dataset folder
     only the key columns are read (its kept rows stay in their part files)."""
+    # lazy: pandas only once the decoding has started (start-up time)
+    from haaqicli.output.tables import SCORE_COLUMNS, open_table, previous_rows  # (pandas)
+
     previous = previous_rows(out, RESUME_KEY_COLUMNS) if resume else None
     done = _finished_files(previous, profiles, spl, model) if previous is not None else set()
     if not out:
@@ -727,6 +550,8 @@ def worker_scorer(options: ScoreOptions, model_sha256: str) -> tuple[WindowScore
 @functools.lru_cache(maxsize=2)
 def _load_scorer(model: str, device: str, batch_size: int, beats_checkpoint: str | None,
                  weights_dir: str | None, precision: str = "float32") -> tuple[WindowScorer, Any]:
+    # lazy: torch only where a model runs (start-up time)
+    from haaqicli.scoring.network import WindowScorer
 
     torch_device = model_device(device, precision)
     network, info = load_model(model, device=torch_device, beats_checkpoint=beats_checkpoint,
@@ -746,6 +571,11 @@ def _score_on_cluster(
 ) -> ScoreRun:
     """Each file one task on a Dask cluster; rows stream into ``table`` as tasks finish. Without a
     dataset table every row is returned; with one, only the failed files' rows (bounded memory)."""
+    # lazy: pandas loads after the decoding has started (start-up time)
+    import pandas as pd
+
+    from haaqicli.output.tables import SCORE_COLUMNS, IncrementalTable, PartitionedTable  # lazy: pandas
+
     held: list[dict] = []
     timelines: dict = {}
     started = time.perf_counter()

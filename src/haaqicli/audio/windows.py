@@ -44,7 +44,8 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
                  block_frames: int = DEFAULT_BLOCK_FRAMES, meter: LevelMeter | None = None,
                  downmix: bool = False, sample_rate: int | None = None) -> Iterator[Window]:
     """The windows of :func:`plan_windows`, streamed: at most one window plus one block is held,
-    so a 2-hour file needs no more memory than a short one. With ``meter``, every decoded block is
+    so a 2-hour file needs no more memory than a short one. Windows are read-only views of the decoded
+    stream, not copies: a consumer that keeps a window keeps the block under it. With ``meter``, every decoded block is
     also metered (before any downmix), so the level and the windows come from one decoding pass;
     ``downmix`` averages the channels of each block, so windows are mono.
 
@@ -78,7 +79,9 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
         buffer = np.concatenate([buffer, block], axis=1) if buffer.shape[1] else block
         while index < len(plan) and plan[index][1] <= buffer_start + buffer.shape[1]:
             start, end = plan[index]
-            last = Window(start / sr, end / sr, buffer[:, start - buffer_start : end - buffer_start].copy(), sr)
+            samples = buffer[:, start - buffer_start : end - buffer_start]
+            samples.flags.writeable = False  # a view: `buffer` is replaced, never written, so it stays valid
+            last = Window(start / sr, end / sr, samples, sr)
             last_span = (start, end)
             yield last
             index += 1
@@ -148,8 +151,10 @@ def calibrated_windows(source: BlockSource, spl: float, window_s: float, hop_s: 
     ends: list[float] = []
 
     def chunk(scale: float) -> CalibratedWindows:
-        stacked = np.stack(windows, axis=1)
-        stacked *= np.float32(scale)
+        # one pass: each window (a view of the decoded stream) is scaled straight into the chunk
+        stacked = np.empty((windows[0].shape[0], len(windows), windows[0].shape[1]), dtype=np.float32)
+        for index, samples in enumerate(windows):
+            np.multiply(samples, np.float32(scale), out=stacked[:, index])
         out = CalibratedWindows(stacked, np.array(starts, dtype=np.float64), np.array(ends, dtype=np.float64), scale)
         windows.clear()
         starts.clear()

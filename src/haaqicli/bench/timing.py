@@ -15,6 +15,7 @@ import torch
 
 from haaqicli.audio import synth
 from haaqicli.audiogram import BUILTIN_PROFILES
+from haaqicli.engine import score_inputs
 from haaqicli.models.registry import load_model, measure_throughput
 from haaqicli.reference.parallel import thread_count
 from haaqicli.scoring import ScoreOptions
@@ -48,9 +49,6 @@ def make_bench_folder(folder: Path, n_files: int = 8, seconds: float = 30.0, sam
 
 def time_model(folder: Path, model: str, device: str, batch_size: int, workers: int, repeats: int) -> BenchRow:
     """Best of `repeats` end-to-end scoring runs of a folder (decode + resample + model)."""
-    # lazy: torch, pandas, soundfile only where this path runs (start-up time)
-    from haaqicli.engine import score_inputs
-
     options = ScoreOptions(model=model, device=device, batch_size=batch_size, workers=workers, mix="mono")
     profiles = [BUILTIN_PROFILES["mild"]]
     score_inputs([folder], profiles, options, progress=False)  # warm-up: model load, caches
@@ -160,9 +158,6 @@ def run_cluster_bench(folder: Path, scheduler: str, n_files: int = 8, seconds: f
     for ``local:N`` (and their ratio), or with every worker of a running cluster for an address. Each
     row is the best of ``repeats`` runs after a warm-up that loads the model on every worker; the
     workers score on the CPU, one thread each."""
-    # lazy: torch, pandas, soundfile only where this path runs (start-up time)
-    from haaqicli.engine import score_inputs
-
     audio_seconds = make_bench_folder(folder, n_files, seconds)
     options = ScoreOptions(model=model, device="cpu", batch_size=batch_size, mix="mono")
     profiles = [BUILTIN_PROFILES["mild"]]

@@ -230,7 +230,9 @@ def scoring_options(func: F) -> F:
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in SCORING_PARAMETERS}
-        kwargs["options"] = ScoreOptions(**{**given, "profiles": tuple(given["profiles"])})
+        # `haaqi` runs from a console script (its main module is guarded), so files may decode in a
+        # spawned process while torch loads
+        kwargs["options"] = ScoreOptions(**{**given, "profiles": tuple(given["profiles"])}, decode_process=True)
         return func(*args, **kwargs)
 
     return profile_option(spl_option(model_options(command)))  # type: ignore[return-value]

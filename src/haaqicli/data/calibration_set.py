@@ -209,8 +209,8 @@ def build_package_set(corpus: Path, package: str, out: Path, model_names: Sequen
     """Label and predict every planned clip of one package into ``out`` (Parquet), clip by clip;
     clips already in ``out`` are kept, so an interrupted build continues where it stopped."""
     # lazy: torch, numba, scipy only where this path runs (start-up time)
-    from haaqicli.engine import WindowScorer
     from haaqicli.reference import compute_haaqi_batch
+    from haaqicli.scoring.network import WindowScorer
 
     scorers = {}
     for name in model_names:

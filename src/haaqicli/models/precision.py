@@ -14,22 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+# the precision names are torch-free (the engine labels rows before torch loads); re-exported here
+from haaqicli.util.devices import DEFAULT_PRECISION, PRECISIONS, check_precision, model_label  # noqa: F401
 from haaqicli.util.errors import ModelError
-
-PRECISIONS = ("float32", "int8")
-DEFAULT_PRECISION = "float32"
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ModelError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def model_label(name: str, precision: str = DEFAULT_PRECISION) -> str:
-    """The name score tables give a model run at `precision` ("teacher", "teacher:int8"): rows of
-    another precision are other scores (--resume does not mix them; gates see a model change)."""
-    return name if check_precision(precision) == DEFAULT_PRECISION else f"{name}:{precision}"
 
 
 class Int8Linear(nn.Module):

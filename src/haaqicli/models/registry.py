@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.constants import MODEL_SAMPLE_RATE, WINDOW_SECONDS
-from haaqicli.util.devices import model_device, resolve_device
+from haaqicli.util.devices import check_precision, model_device, resolve_device
 from haaqicli.util.errors import ModelError
 from haaqicli.util.hashing import content_hash as sha256_file  # one streamed sha256 for the project
 
@@ -180,7 +180,7 @@ def load_model(name: str, device: str | torch.device = "cpu", beats_checkpoint: 
     # lazy: torch only where this path runs (start-up time)
     from haaqicli.models.beats import read_beats_checkpoint
     from haaqicli.models.haaqinet import HAAQINet
-    from haaqicli.models.precision import check_precision, quantize_encoder
+    from haaqicli.models.precision import quantize_encoder
 
     wd = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     info = get_info(name, wd)

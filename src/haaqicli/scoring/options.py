@@ -36,6 +36,10 @@ class ScoreOptions:
     pairs: str | None = None  # CSV with columns processed, reference
     segment_seconds: float | None = None  # exact HAAQI of long pairs in segments
     scheduler: str | None = None  # Dask scheduler address or local:N: files / pairs as cluster tasks
+    # Prepare files in a spawned process that starts before the model loads, so decoding overlaps
+    # torch's import (`scoring.prepare.DecodingProcess`). The command line sets it; a library caller
+    # may, from a script guarded by `if __name__ == "__main__":` (spawn imports the main module again).
+    decode_process: bool = False
 
 
 class Scorer(Protocol):

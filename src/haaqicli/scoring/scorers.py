@@ -11,6 +11,7 @@ import pandas as pd
 
 from haaqicli.audio import AUDIO_EXTENSIONS, discover
 from haaqicli.audiogram import resolve_profiles
+from haaqicli.engine import score_inputs
 from haaqicli.output.tables import EXACT_MODEL, SCORE_COLUMNS
 from haaqicli.reference import score_pairs
 from haaqicli.reference.pairs import read_pairs_csv
@@ -21,9 +22,6 @@ from haaqicli.util.interrupts import RunInterrupted
 
 def model_scorer(inputs: Sequence[str], options: ScoreOptions) -> pd.DataFrame:
     """Non-intrusive HAAQI-Net (the engine)."""
-    # lazy: the engine imports torch, which the exact HAAQI never needs
-    from haaqicli.engine import score_inputs
-
     run = score_inputs(list(inputs), resolve_profiles(options.profiles), options, progress=options.progress,
                        scheduler=options.scheduler, keep_timelines=False)
     if run.interrupted:  # the caller decides where the finished rows go

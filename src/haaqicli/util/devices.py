@@ -1,5 +1,7 @@
 """Which device a `--device` names. For the exact HAAQI, "auto" and "cpu" are the numba engine, decided
-without importing torch (seconds); the models' "auto" is CUDA where torch finds it.
+without importing torch (seconds); the models' "auto" is CUDA where torch finds it. And the names of
+the precisions a model runs at (`models.precision` runs them), here because score tables label rows
+with them before torch loads.
 """
 
 from __future__ import annotations
@@ -56,3 +58,19 @@ def model_device(device: str | torch.device = "auto", precision: str = "float32"
     if str(device).strip().lower() in ("auto", "cpu"):
         return resolve_device("cpu")
     raise ModelError(f"--device {device}: --precision int8 runs on the CPU only (use --device cpu or auto)")
+
+
+PRECISIONS = ("float32", "int8")
+DEFAULT_PRECISION = "float32"
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ModelError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def model_label(name: str, precision: str = DEFAULT_PRECISION) -> str:
+    """The name score tables give a model run at `precision` ("teacher", "teacher:int8"): rows of
+    another precision are other scores (--resume does not mix them; gates see a model change)."""
+    return name if check_precision(precision) == DEFAULT_PRECISION else f"{name}:{precision}"
