@@ -54,3 +54,27 @@ def test_stream_resampler_short_input() -> None:
     stream = StreamResampler(44100, 24000, channels=1)
     y = np.concatenate([stream.push(x), stream.finish()], axis=1)
     np.testing.assert_allclose(y, resample(x, 44100, 24000), atol=1e-6)
+
+
+@pytest.mark.parametrize("orig,new", [(44100, 24000), (48000, 24000), (22050, 24000), (8000, 24000)])
+def test_filter_bank_is_torchaudio_s_kaiser_sinc(orig: int, new: int) -> None:
+    """`sinc_kernel` (NumPy, float64, rounded once) against torchaudio's own bank (float32 arithmetic)."""
+    import torchaudio.transforms as tat
+
+    from haaqicli.audio.resample import sinc_kernel
+
+    kernel, width = sinc_kernel(orig, new)
+    theirs = tat.Resample(orig, new, lowpass_filter_width=16, rolloff=0.95, resampling_method="sinc_interp_kaiser",
+                          beta=8.555, dtype=torch.float32)
+    assert width == theirs.width and kernel.dtype == np.float32
+    np.testing.assert_allclose(kernel, theirs.kernel[:, 0, :].T.numpy(), atol=1e-5)  # their float32 rounding
+
+
+def test_resampling_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom haaqicli.audio import StreamResampler, resample\n"
+            "s = StreamResampler(44100, 24000, 2); s.push(np.zeros((2, 99999), np.float32)); s.finish()\n"
+            "resample(np.zeros((1, 4410), np.float32), 44100, 24000)\nprint('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
