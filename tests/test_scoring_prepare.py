@@ -68,6 +68,17 @@ def test_a_file_that_kills_the_decoding_process_gets_an_error_row_and_the_rest_i
     assert not prepared[0].error and not prepared[2].error and prepared[2].windows is not None
 
 
+def test_windows_come_through_the_pipe_where_their_file_cannot_be_written(tmp_path: Path) -> None:
+    import shutil
+
+    items = _folder(tmp_path / "in")
+    in_thread = list(prepared_stream(items, ScoreOptions(), 24000, in_process=False))
+    stream = DecodingProcess(items, ScoreOptions(), 24000)
+    shutil.rmtree(stream.folder)  # as a full /dev/shm would: every write fails
+    for a, b in zip(in_thread, stream, strict=True):
+        _same(a, b)
+
+
 def test_closing_a_stream_that_was_never_read_stops_its_process(tmp_path: Path) -> None:
     stream = prepared_stream(_folder(tmp_path / "in"), ScoreOptions(), 24000, in_process=True)
     process = stream.process  # type: ignore[attr-defined]

@@ -247,7 +247,8 @@ def _decoding_loop(connection: Connection, items: Sequence[audio.InputFile], fir
                    sample_rate: int, folder: Path, ahead_files: int, ahead_bytes: int) -> None:
     """The decoding process: prepares files in order while there is room, and hands each over when asked
     (by index, in order; None ends it). Windows go through a file in ``folder`` that the parent maps:
-    through the pipe, a 3-minute stereo file's 46 MB cost about 0.1 s of copying on each side."""
+    through the pipe (where the file cannot be written), a 3-minute stereo file's 46 MB cost about 0.1 s
+    of copying on each side."""
     for handled in (signal.SIGINT, getattr(signal, "SIGHUP", None)):  # the parent stops this process
         if handled is not None:
             signal.signal(handled, signal.SIG_IGN)
@@ -277,8 +278,11 @@ def _decoding_loop(connection: Connection, items: Sequence[audio.InputFile], fir
             windows = None
             if prepared.windows is not None:
                 path = folder / f"{wanted}.f32"
-                np.ascontiguousarray(prepared.windows, dtype=np.float32).tofile(path)
-                windows, prepared.windows = (str(path), prepared.windows.shape), None
+                try:
+                    np.ascontiguousarray(prepared.windows, dtype=np.float32).tofile(path)
+                    windows, prepared.windows = (str(path), prepared.windows.shape), None
+                except OSError:  # no room (a full /dev/shm) or no folder: through the pipe, slower
+                    path.unlink(missing_ok=True)
             connection.send((prepared, windows))
         except (EOFError, OSError):  # the parent stopped (Ctrl-C, a signal) or is gone: nothing to say
             return
