@@ -153,9 +153,10 @@ class DecodingProcess:
     and runs its BLAS on one thread. Prepared files wait in the process (up to `AHEAD_FILES` files and
     `AHEAD_BYTES` of windows) until this one asks for them: a transfer needs this process's
     interpreter, which the import of torch holds for seconds at a time, so pushing them would stall the
-    decoding. Their windows come through a file in shared memory that this process maps (`_decoding_loop`). It ignores Ctrl-C: this process stops it (the file being prepared finishes). A file that
-    kills it (a crashing decoder) is tried once more in a new process, then gets an error row, and a new
-    process prepares the rest. Files are prepared independently, so scores do not change."""
+    decoding. Their windows come through a file in shared memory that this process maps
+    (`_decoding_loop`). It ignores Ctrl-C: this process stops it (the file being prepared finishes). A
+    file that kills it (a crashing decoder) is tried once more in a new process, then gets an error row,
+    and a new process prepares the rest. Files are prepared independently, so scores do not change."""
 
     AHEAD_FILES = 256  # the bytes bound memory; this bounds the bookkeeping of many tiny files
     AHEAD_BYTES = 256 << 20
@@ -317,8 +318,9 @@ def prepared_stream(
 ) -> Iterable[PreparedFile]:
     """Prepared files in input order, started at once (before the caller asks for the first):
     joblib workers where `options.workers` asks for them, else a `DecodingProcess` (``in_process``, by
-    default `decode_in_process(options)`), else a thread (`_decoded_ahead`). A long file's windows stream later
-    in the caller's process (`window_chunks`). Iterate it once; `close_stream` stops it, iterated or not."""
+    default `decode_in_process(options)`), else a thread (`_decoded_ahead`). A long file's windows
+    stream later in the caller's process (`window_chunks`). Iterate it once; `close_stream` stops it,
+    iterated or not."""
     workers = options.workers or 1
     if workers > 1:
         # lazy: joblib only where this path runs (start-up time)
