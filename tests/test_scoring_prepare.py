@@ -79,6 +79,34 @@ def test_windows_come_through_the_pipe_where_their_file_cannot_be_written(tmp_pa
         _same(a, b)
 
 
+def test_where_no_process_can_start_this_one_prepares_the_files(tmp_path: Path, monkeypatch) -> None:
+    """A process limit: the stream is a thread from the start, and a process that dies when no other
+    can start leaves its files to this process; either way every file is prepared as a thread would."""
+    from multiprocessing.context import SpawnProcess
+
+    import haaqicli.scoring.prepare as prepare
+
+    (tmp_path / "shm").mkdir()
+    monkeypatch.setattr(prepare, "_window_folder", lambda ahead_bytes: str(tmp_path / "shm"))
+    items = _folder(tmp_path / "in")
+    in_thread = list(prepared_stream(items, ScoreOptions(), 24000, in_process=False))
+    stream = DecodingProcess(items, ScoreOptions(), 24000)
+    stream.process.kill()  # type: ignore[union-attr]
+
+    def refuse(self) -> None:  # type: ignore[no-untyped-def]
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(SpawnProcess, "start", refuse)
+    for a, b in zip(in_thread, stream, strict=True):
+        _same(a, b)
+    assert not stream.folder.exists()
+    fallback = prepared_stream(items, ScoreOptions(), 24000, in_process=True)
+    assert not isinstance(fallback, DecodingProcess)
+    for a, b in zip(in_thread, fallback, strict=True):
+        _same(a, b)
+    assert not list((tmp_path / "shm").iterdir())  # no folder left by the process that never started
+
+
 def test_closing_a_stream_that_was_never_read_stops_its_process(tmp_path: Path) -> None:
     stream = prepared_stream(_folder(tmp_path / "in"), ScoreOptions(), 24000, in_process=True)
     process = stream.process  # type: ignore[attr-defined]

@@ -166,7 +166,11 @@ class DecodingProcess:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.connection: Connection | None = None
         self.folder = Path(tempfile.mkdtemp(prefix="haaqi-decode-", dir=_window_folder(self.AHEAD_BYTES)))
-        self._start(0)
+        try:
+            self._start(0)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     def _start(self, first: int) -> None:
         """A new process preparing the files from index ``first`` on."""
@@ -178,15 +182,23 @@ class DecodingProcess:
         process = context.Process(target=_decoding_loop, name="haaqi-decode", daemon=True,
                                   args=(theirs, self.items[first:], first, self.options, self.sample_rate,
                                         self.folder, self.AHEAD_FILES, self.AHEAD_BYTES))
-        with _single_threaded_children():
-            process.start()
-        theirs.close()
+        try:
+            with _single_threaded_children():
+                process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.process, self.connection = process, ours
 
     def _fetch(self, index: int) -> PreparedFile | None:
         """File ``index`` from the process, or None where the process died first."""
         if self.connection is None:
-            self._start(index)
+            try:
+                self._start(index)
+            except OSError:  # no process can start (a process limit): this one prepares the file
+                return prepare_file(self.items[index], self.options, self.sample_rate)
         try:
             self.connection.send(index)  # type: ignore[union-attr]
             prepared, windows = self.connection.recv()  # type: ignore[union-attr]
@@ -329,7 +341,10 @@ def prepared_stream(
         parallel = Parallel(n_jobs=workers, return_as="generator", prefer="processes")
         return parallel(delayed(prepare_file)(item, options, sample_rate) for item in items)
     if decode_in_process(options) if in_process is None else in_process:
-        return DecodingProcess(items, options, sample_rate)
+        try:
+            return DecodingProcess(items, options, sample_rate)
+        except OSError:  # no process can start (a process limit, no temporary folder): a thread decodes
+            pass
     return _decoded_ahead(items, options, sample_rate)
 
 
