@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from haaqicli import audio
-from haaqicli.audio.bandwidth import LongTermSpectrum, frame_stride
 from haaqicli.audiogram import Profile
 from haaqicli.models.calibration import Calibration, CalibrationWarning, load_calibration
 from haaqicli.models.registry import get_info, load_model
@@ -34,6 +33,7 @@ from haaqicli.scoring.options import ScoreOptions
 from haaqicli.scoring.prepare import (
     DecodingProcess,
     PreparedFile,
+    channel_spectrum,
     close_stream,
     ears_for,
     prepare_file,
@@ -191,9 +191,10 @@ class _FileScores:
         self.waiting = 0  # chunks queued for the scorer and not scored yet
         self.complete = bool(prepared.error)  # every chunk queued
         self.covered_s = 0.0  # audio scored so far, for the progress
-        # each scored channel's long-term spectrum, from a fixed budget of frames (`bandwidth_hz`)
-        duration = prepared.duration_s if math.isfinite(prepared.duration_s) else 0.0
-        self.spectrum = LongTermSpectrum(stride=frame_stride(duration * sample_rate))
+        # each scored channel's long-term spectrum (`bandwidth_hz`): a held file's comes gathered with its
+        # windows (`prepare_file`, off the network's thread), a streamed file's is gathered chunk by chunk
+        self.spectrum = prepared.spectrum or channel_spectrum(prepared.duration_s, sample_rate)
+        self.spectrum_ready = prepared.spectrum is not None
 
     @property
     def done(self) -> bool:
@@ -222,7 +223,8 @@ class _BatchQueue:
 
     def add(self, file: _FileScores, windows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         self.chunks.append((file, windows, starts, ends))
-        file.spectrum.add(windows)
+        if not file.spectrum_ready:
+            file.spectrum.add(windows)
         file.waiting += 1
         self.n_windows += windows.shape[0] * windows.shape[1]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import multiprocessing
 import os
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from haaqicli import audio
+from haaqicli.audio.bandwidth import LongTermSpectrum, frame_stride
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
 from haaqicli.util.errors import HaaqiError
@@ -50,6 +52,7 @@ class PreparedFile:
     channels: int = 0
     content_hash: str = ""
     error: str = ""
+    spectrum: LongTermSpectrum | None = None  # a held file's channels' long-term spectrum (`bandwidth_hz`)
 
 
 def ears_for(channels: int, mix: str) -> list[str]:
@@ -86,6 +89,8 @@ def prepare_file(
                                                model_sample_rate, downmix=len(prepared.ears) == 1)
             prepared.gain, prepared.windows = held.gain, held.windows
             prepared.starts_s, prepared.ends_s = held.starts_s, held.ends_s
+            prepared.spectrum = channel_spectrum(info.duration_s, model_sample_rate)
+            prepared.spectrum.add(held.windows)
         if hashing is not None:
             prepared.content_hash = hashing.result()
     except HaaqiError as error:
@@ -112,6 +117,12 @@ def window_chunks(prepared: PreparedFile, options: ScoreOptions, chunk_windows: 
                                           options.hop_s, model_sample_rate, downmix=len(prepared.ears) == 1,
                                           gain=prepared.gain, chunk_windows=chunk_windows):
         yield chunk.windows, chunk.starts_s, chunk.ends_s
+
+
+def channel_spectrum(duration_s: float, sample_rate: int) -> LongTermSpectrum:
+    """An empty long-term spectrum for a file's scored channels, taking a fixed budget of frames."""
+    duration = duration_s if math.isfinite(duration_s) else 0.0
+    return LongTermSpectrum(stride=frame_stride(duration * sample_rate))
 
 
 @functools.lru_cache(maxsize=1)
