@@ -73,13 +73,18 @@ def resample(x: ArrayLike, orig_sr: int, new_sr: int) -> ArrayLike:
     return _resample_tensor(x, orig_sr, new_sr)
 
 
-def _resample_array(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """`resample` of an array, in float32."""
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+def _whole_signal_plan(n_frames: int, orig_sr: int, new_sr: int) -> tuple[np.ndarray, int, int, int]:
+    """For a whole signal of ``n_frames``: the filter bank, its zero padding (``width`` on the left,
+    ``width + orig`` on the right, torchaudio's), the input step ``orig`` and the number of steps."""
     kernel, width = sinc_kernel(orig_sr, new_sr)
     orig = orig_sr // math.gcd(orig_sr, new_sr)
-    padded = np.pad(flat, ((0, 0), (width, width + orig)))
-    steps = (padded.shape[-1] - kernel.shape[0]) // orig + 1
+    return kernel, width, orig, (n_frames + 2 * width + orig - kernel.shape[0]) // orig + 1
+
+
+def _resample_array(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """`resample` of an array, in float32."""
+    kernel, width, orig, steps = _whole_signal_plan(x.shape[-1], orig_sr, new_sr)
+    padded = np.pad(np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1]), ((0, 0), (width, width + orig)))
     out = _polyphase_numpy(padded, kernel, orig, steps)[:, : resampled_length(x.shape[-1], orig_sr, new_sr)]
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -93,12 +98,10 @@ def _resample_tensor(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor
     dtype = x.dtype
     if not x.is_floating_point():
         x = x.float()
-    kernel_np, width = sinc_kernel(orig_sr, new_sr)
-    kernel = torch.from_numpy(kernel_np).to(device=x.device, dtype=x.dtype)
-    orig = orig_sr // math.gcd(orig_sr, new_sr)
-    flat = torch.nn.functional.pad(x.reshape(-1, x.shape[-1]), (width, width + orig))
-    steps = (flat.shape[-1] - kernel.shape[0]) // orig + 1
-    out = _polyphase_torch(flat, kernel, orig, steps)[:, : resampled_length(x.shape[-1], orig_sr, new_sr)]
+    kernel, width, orig, steps = _whole_signal_plan(x.shape[-1], orig_sr, new_sr)
+    padded = torch.nn.functional.pad(x.reshape(-1, x.shape[-1]), (width, width + orig))
+    out = _polyphase_torch(padded, torch.from_numpy(kernel).to(device=x.device, dtype=x.dtype), orig,
+                           steps)[:, : resampled_length(x.shape[-1], orig_sr, new_sr)]
     out = out.reshape(*x.shape[:-1], out.shape[-1])
     return out.to(dtype) if dtype.is_floating_point else out
 

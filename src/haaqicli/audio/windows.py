@@ -45,9 +45,9 @@ def iter_windows(source: BlockSource | str | Path, window_s: float, hop_s: float
                  downmix: bool = False, sample_rate: int | None = None) -> Iterator[Window]:
     """The windows of :func:`plan_windows`, streamed: at most one window plus one block is held,
     so a 2-hour file needs no more memory than a short one. Windows are read-only views of the decoded
-    stream, not copies: a consumer that keeps a window keeps the block under it. With ``meter``, every decoded block is
-    also metered (before any downmix), so the level and the windows come from one decoding pass;
-    ``downmix`` averages the channels of each block, so windows are mono.
+    stream, not copies: a consumer that keeps a window keeps the block under it. With ``meter``, every
+    decoded block is also metered (before any downmix), so the level and the windows come from one
+    decoding pass; ``downmix`` averages the channels of each block, so windows are mono.
 
     With ``sample_rate``, the stream is resampled to that rate as it is decoded (`StreamResampler`:
     the same samples as `resample` of the whole file, so windows have real context at their edges)
