@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import write_music
 
 from haaqicli import audio
@@ -133,3 +134,23 @@ def test_the_command_line_scores_as_the_library_does(tmp_path: Path, use_tiny_we
     ok = cli["status"] == "ok"
     np.testing.assert_allclose(cli.loc[ok, "score"], library.loc[ok.to_numpy(), "score"], atol=1e-6)
     assert not list(Path(tmp_path).glob("**/haaqi-decode-*"))
+
+
+def test_a_run_that_fails_before_scoring_stops_its_decoding_process(tmp_path: Path, use_tiny_weights: Path,
+                                                                     monkeypatch) -> None:
+    """The decoding starts before the table opens; a table that cannot open leaves no process or windows."""
+    import multiprocessing
+
+    import haaqicli.scoring.prepare as prepare
+    from haaqicli.audiogram import BUILTIN_PROFILES
+    from haaqicli.engine import score_inputs
+    from haaqicli.util.errors import HaaqiError
+
+    (tmp_path / "shm").mkdir()
+    monkeypatch.setattr(prepare, "_window_folder", lambda ahead_bytes: str(tmp_path / "shm"))
+    monkeypatch.setattr(prepare, "decode_in_process", lambda options: True)
+    _folder(tmp_path / "in")
+    with pytest.raises(HaaqiError, match="unsupported table format"):
+        score_inputs([tmp_path / "in"], [BUILTIN_PROFILES["mild"]], ScoreOptions(), out=tmp_path / "s.xyz",
+                     progress=False)
+    assert not multiprocessing.active_children() and not list((tmp_path / "shm").iterdir())

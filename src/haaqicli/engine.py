@@ -194,7 +194,6 @@ class _FileScores:
         # each scored channel's long-term spectrum (`bandwidth_hz`): a held file's comes gathered with its
         # windows (`prepare_file`, off the network's thread), a streamed file's is gathered chunk by chunk
         self.spectrum = prepared.spectrum or channel_spectrum(prepared.duration_s, sample_rate)
-        self.spectrum_ready = prepared.spectrum is not None
 
     @property
     def done(self) -> bool:
@@ -223,7 +222,7 @@ class _BatchQueue:
 
     def add(self, file: _FileScores, windows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         self.chunks.append((file, windows, starts, ends))
-        if not file.spectrum_ready:
+        if file.prepared.spectrum is None:  # a streamed file's: gathered chunk by chunk
             file.spectrum.add(windows)
         file.waiting += 1
         self.n_windows += windows.shape[0] * windows.shape[1]
@@ -312,19 +311,15 @@ def score_inputs(
     # The files start decoding before the model loads (torch's import is most of a short run): the
     # registry's manifest gives the model's rate and identity. An official BEATs checkpoint sets its
     # own rate, so there the decoding waits for the model.
-    stream = None
-    if options.beats_checkpoint is None:
-        try:
-            info = get_info(options.model, options.weights_dir)
-        except ModelError:
-            pass  # load_model below says why
-        else:
-            if not resume:  # every file is scored: the decoding starts before the table (and pandas) loads
-                stream = prepared_stream(items, options, info.sample_rate)
-            table, todo = _open_todo(items, out, resume, profiles, options, info)
-            if stream is None:
-                stream = prepared_stream(todo, options, info.sample_rate)
+    opened = None  # (table, files to score, their prepared stream)
     try:
+        if options.beats_checkpoint is None:
+            try:
+                info = get_info(options.model, options.weights_dir)
+            except ModelError:
+                pass  # load_model below says why
+            else:
+                opened = _open_and_stream(items, out, resume, profiles, options, info)
         # lazy: torch loads here, while the files decode
         from haaqicli.scoring.network import WindowScorer, network_threads
 
@@ -333,16 +328,16 @@ def score_inputs(
             options.model, device=device, beats_checkpoint=options.beats_checkpoint,
             weights_dir=options.weights_dir, precision=options.precision
         )
-    except BaseException:
-        if stream is not None:
-            close_stream(stream)
+        if opened is None:
+            opened = _open_and_stream(items, out, resume, profiles, options, info)
+        scorer = WindowScorer(model, device, options.batch_size)
+        warn_untrained_level(options.spl, info.name, info.training)
+        calibration = model_calibration(info, options)
+    except BaseException:  # the decoding process stops, its windows go
+        if opened is not None:
+            close_stream(opened[2])
         raise
-    if stream is None:
-        table, todo = _open_todo(items, out, resume, profiles, options, info)
-        stream = prepared_stream(todo, options, info.sample_rate)
-    scorer = WindowScorer(model, device, options.batch_size)
-    warn_untrained_level(options.spl, info.name, info.training)
-    calibration = model_calibration(info, options)
+    table, todo, stream = opened
 
     rows: list[dict] = []
     timelines: dict = {}
@@ -433,6 +428,20 @@ def _open_todo(items: Sequence[audio.InputFile], out: str | Path | None, resume:
     # each file is hashed once: the hash travels with the item into prepare_file
     hashed = [replace(item, content_hash=content_hash(item.path)) for item in items]
     return table, [item for item in hashed if item.content_hash not in done_hashes]
+
+
+def _open_and_stream(items: Sequence[audio.InputFile], out: str | Path | None, resume: bool,
+                     profiles: Sequence[Profile], options: ScoreOptions, info: Any) -> tuple[Any, list, Any]:
+    """`_open_todo`, and the prepared stream of the files to score, started as early as it can be:
+    before the table (and pandas) loads where every file is scored."""
+    stream = None if resume else prepared_stream(items, options, info.sample_rate)
+    try:
+        table, todo = _open_todo(items, out, resume, profiles, options, info)
+    except BaseException:
+        if stream is not None:
+            close_stream(stream)
+        raise
+    return table, todo, prepared_stream(todo, options, info.sample_rate) if stream is None else stream
 
 
 def model_calibration(info: Any, options: ScoreOptions) -> Calibration | None:
