@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -43,15 +44,19 @@ def test_help_and_models_import_nothing_heavy() -> None:
     assert _heavy_after(RUN_CLI.format(heavy=HEAVY), "profiles") == []
 
 
-def test_reference_main_process_leaves_the_engine_to_its_workers(tmp_path) -> None:
-    """`haaqi reference` with worker processes imports neither torch (no GPU to ask about) nor the
-    compiled engine (numba, scipy.signal) in the main process: the workers do."""
+def _two_pairs(folder) -> None:  # type: ignore[no-untyped-def]
     from haaqicli.audio import synth, write_audio
 
     ref = synth.music(1.0, 24000, seed=2)[0]
     for name, signal in (("r", ref), ("p", 0.5 * ref)):
-        write_audio(tmp_path / f"{name}.wav", signal.astype(np.float32), 24000)
-    (tmp_path / "pairs.csv").write_text("reference,processed\nr.wav,p.wav\nr.wav,r.wav\n")
+        write_audio(folder / f"{name}.wav", signal.astype(np.float32), 24000)
+    (folder / "pairs.csv").write_text("reference,processed\nr.wav,p.wav\nr.wav,r.wav\n")
+
+
+def test_reference_main_process_leaves_the_engine_to_its_workers(tmp_path) -> None:
+    """`haaqi reference` with worker processes imports neither torch (no GPU to ask about) nor the
+    compiled engine (numba, scipy.signal) in the main process: the workers do."""
+    _two_pairs(tmp_path)
     heavy = _heavy_after(RUN_CLI.format(heavy=HEAVY), "reference", "--pairs", str(tmp_path / "pairs.csv"),
                          "--workers", "2", "-q", "--out", str(tmp_path / "out.csv"),
                          env={"CUDA_VISIBLE_DEVICES": ""})
@@ -79,3 +84,18 @@ def test_numba_kernels_are_cached_on_disk() -> None:
     _heavy_after(code)  # fills the cache where it was empty
     hits, misses = _heavy_after(code)
     assert hits > 0 and misses == 0
+
+
+def test_the_console_script_ends_when_its_worker_processes_are_idle(tmp_path) -> None:
+    """The installed `haaqi` (`cli.entry`, which skips the interpreter's teardown) stops joblib's worker
+    processes on the way out: it once waited on them, idle, until their 300-s timeout."""
+    _two_pairs(tmp_path)
+    args = ["reference", "--pairs", str(tmp_path / "pairs.csv"), "--workers", "2", "-q", "--out", str(tmp_path / "out.csv")]
+    for _ in range(2):  # the second run: the compiled engine cached on disk, the exit is what is left
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", "from haaqicli.cli import entry; entry()", *args],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.csv").read_text().count(",ok,") == 2
+    assert seconds < 120  # about 5 s on 2 cores; the hang took 300 s more

@@ -136,8 +136,9 @@ def machine_load(sample_s: float = 1.0) -> dict[str, Any]:
 
 
 def haaqi_command() -> list[str]:
-    """This interpreter running the `haaqi` entry point (the same code as the installed script)."""
-    return [sys.executable, "-c", "import sys; from haaqicli.cli import main; sys.exit(main())"]
+    """This interpreter running the `haaqi` console script's entry point (`cli.entry`: the same code as
+    the installed script, which ends without Python's module teardown)."""
+    return [sys.executable, "-c", "from haaqicli.cli import entry; entry()"]
 
 
 def timed(args: Sequence[str], cwd: Path | None = None) -> float:

@@ -9,6 +9,7 @@ import atexit
 import importlib
 import os
 import sys
+import threading
 
 import click
 
@@ -74,12 +75,19 @@ def entry() -> None:
 
     Tearing down torch's modules took 0.5-0.7 s of every run that loaded a model (`python -c "import
     torch"` against the same with `os._exit`), after the work was done: every table is written and
-    closed by then. The exit handlers still run (child processes, logging) and the streams are flushed."""
+    closed by then. The exit handlers still run (threads, child processes, logging) and the streams are
+    flushed."""
     try:
         main()  # standalone mode: always ends in SystemExit
         code: int | str | None = 0
     except SystemExit as finished:
         code = finished.code
+    # What the interpreter's own exit does first: threading's exit callbacks (joblib's loky executor
+    # tells its worker processes to stop there) and the join of non-daemon threads. Without it,
+    # multiprocessing's exit handler below waited on the idle loky workers until their 300-s timeout.
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is not None:
+        shutdown_threads()
     atexit._run_exitfuncs()
     if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
         print(code, file=sys.stderr)
