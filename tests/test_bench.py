@@ -91,6 +91,10 @@ def test_marginal_rate_takes_the_first_rows_process_out() -> None:
     ("python -m pytest -q tests", {"tests"}),
     ("python -c from haaqicli.bench.e2e import x; haaqi train", set()),
     ("haaqi score music/ --profile mild", set()),
+    (".venv/bin/python3 .venv/bin/haaqi corpus --corpus data/corpus --workers 2", {"rendering"}),
+    (".venv/bin/python3 .venv/bin/haaqi dataset export --split validation", {"data preparation"}),
+    ("haaqi dataset build --manifest data/manifest.parquet --items 125000", {"data preparation"}),
+    ("haaqi dataset stats --json", set()),
 ])
 def test_heavy_jobs_are_named_by_their_command_line(cmdline: str, jobs: set[str]) -> None:
     from haaqicli.bench.e2e import heavy_jobs_in

@@ -41,7 +41,8 @@ PROFILE = "mild"  # one symmetric profile (the label convention's listener)
 HEAVY_JOBS = {
     "labelling": re.compile(r"dataset label"),
     "training": re.compile(r"(haaqi|haaqicli\.cli)\s+(train|distill|evaluate|ablate)\b|haaqicli\.train"),
-    "rendering": re.compile(r"fluidsynth|install-corpus"),
+    "rendering": re.compile(r"fluidsynth|install-corpus|(haaqi|haaqicli\.cli)\s+corpus\b"),
+    "data preparation": re.compile(r"dataset\s+(build|export|verify)\b"),
     "tests": re.compile(r"pytest"),
     "bench": re.compile(r"haaqi bench"),
 }
