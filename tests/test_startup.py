@@ -90,6 +90,7 @@ def test_the_console_script_ends_when_its_worker_processes_are_idle(tmp_path) ->
     """The installed `haaqi` (`cli.entry`, which skips the interpreter's teardown) stops joblib's worker
     processes on the way out: it once waited on them, idle, until their 300-s timeout."""
     _two_pairs(tmp_path)
+    workers_before = _orphaned_workers()
     args = ["reference", "--pairs", str(tmp_path / "pairs.csv"), "--workers", "2", "-q", "--out", str(tmp_path / "out.csv")]
     for _ in range(2):  # the second run: the compiled engine cached on disk, the exit is what is left
         start = time.perf_counter()
@@ -99,3 +100,27 @@ def test_the_console_script_ends_when_its_worker_processes_are_idle(tmp_path) ->
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.csv").read_text().count(",ok,") == 2
     assert seconds < 120  # about 5 s on 2 cores; the hang took 300 s more
+    assert _orphaned_workers() <= workers_before  # its workers were stopped, not left to their timeout
+
+
+def _orphaned_workers() -> set[int]:
+    """Loky worker processes that are not descended from this test process (other tests may keep a pool)."""
+    parent: dict[int, int] = {}
+    workers = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                parent[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+                if b"popen_loky_posix" in cmdline.read():
+                    workers.add(int(entry))
+        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
+            continue
+
+    def mine(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return {pid for pid in workers if not mine(pid)}

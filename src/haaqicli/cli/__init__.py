@@ -82,6 +82,7 @@ def entry() -> None:
         code: int | str | None = 0
     except SystemExit as finished:
         code = finished.code
+    _stop_idle_worker_processes()
     # What the interpreter's own exit does first: threading's exit callbacks (joblib's loky executor
     # tells its worker processes to stop there) and the join of non-daemon threads. Without it,
     # multiprocessing's exit handler below waited on the idle loky workers until their 300-s timeout.
@@ -98,3 +99,19 @@ def entry() -> None:
         except (OSError, ValueError):  # a closed pipe (haaqi ... | head): nothing more to say
             pass
     os._exit(code or 0)
+
+
+def _stop_idle_worker_processes() -> None:
+    """Stop the worker processes of joblib's reusable executor, if this run started one, without waiting
+    for each to tear down its interpreter: every result is in by now, and that wait (their exit once
+    told to stop) added 0.3-0.6 s to each run with workers. Uses loky's module-level executor; where a
+    joblib release names it otherwise, nothing happens here and the exit below stops them as before."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    shutdown = getattr(executor, "shutdown", None)
+    if shutdown is None:
+        return
+    try:
+        shutdown(wait=False, kill_workers=True)
+    except Exception:  # noqa: BLE001 - an exit path: the interpreter's own shutdown still stops them
+        pass
