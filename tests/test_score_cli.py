@@ -231,3 +231,23 @@ def test_rows_give_each_channels_content_bandwidth_and_a_note_names_band_limited
     assert result.stderr.count("note: 1 file's content ends below 10 kHz") == 1
     full = CliRunner().invoke(main, ["score", str(root / "full.wav"), "--profile", "normal"])
     assert full.exit_code == 0 and "content ends below" not in full.stderr
+
+
+def test_a_note_names_files_shorter_than_the_models_training_clips(tmp_path: Path) -> None:
+    """A file shorter than the 6-s training clips is scored, and the run says once that its score is an
+    extrapolation; a longer file raises no such note, and exact-HAAQI rows (which have the original) never."""
+    from haaqicli.output.tables import EXACT_MODEL, prediction_notes
+
+    write_music(tmp_path / "in" / "short.wav", seconds=2.0)
+    write_music(tmp_path / "in" / "long.wav", seconds=7.0, seed=1)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "in"), "--profile", "normal"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("note: 1 file is shorter than the 6-s clips the models were trained on") == 1
+    longer = CliRunner().invoke(main, ["score", str(tmp_path / "in" / "long.wav"), "--profile", "normal"])
+    assert longer.exit_code == 0 and "shorter than" not in longer.stderr
+    rows = pd.DataFrame({"file": ["a.wav", "b.wav", "c.wav"], "status": ["ok", "ok", "error"],
+                         "model": ["distilled", EXACT_MODEL, "distilled"], "duration_s": [2.0, 2.0, 1.0],
+                         "bandwidth_hz": [4000.0, 4000.0, 4000.0]})
+    notes = prediction_notes(rows)
+    assert len(notes) == 2 and all(note.startswith("1 file") for note in notes)  # a.wav only
+    assert prediction_notes(rows[rows["file"] != "a.wav"]) == []

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from haaqicli.ci.policy import Policy, Thresholds
-from haaqicli.output.tables import EXACT_MODEL, band_limited_note
+from haaqicli.output.tables import EXACT_MODEL, prediction_notes
 from haaqicli.util.errors import HaaqiError
 
 EXIT_PASS = 0
@@ -363,9 +363,7 @@ def evaluate(
         report.warnings.append(f"{n_skipped_errors} file x profile entries could not be scored and were skipped")
     if any(case.interval is not None for case in report.cases):
         report.notes.append(PREDICTED_NOTE)
-        band_limited = band_limited_note(table)  # predicted scores only: the exact HAAQI has the original
-        if band_limited:
-            report.notes.append(band_limited)
+        report.notes.extend(prediction_notes(table))  # predicted scores only: the exact HAAQI has the original
     if not scores.empty and not policy.active(cli):
         report.notes.append("no gate configured (use --min-score, --min-mean, --min-p10, --max-drop or --policy)")
     return report

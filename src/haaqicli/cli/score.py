@@ -24,12 +24,12 @@ from haaqicli.util.constants import HOP_SECONDS, WINDOW_SECONDS
 from haaqicli.util.interrupts import RunInterrupted
 
 
-def note_band_limited(table) -> None:  # type: ignore[no-untyped-def]
-    """One line on stderr when scored files' content ends below 10 kHz (`output.tables.band_limited_note`)."""
-    from haaqicli.output.tables import band_limited_note
+def print_notes(table) -> None:  # type: ignore[no-untyped-def]
+    """One line on stderr per known limit of predicted scores that the scored files run into
+    (`output.tables.prediction_notes`)."""
+    from haaqicli.output.tables import prediction_notes
 
-    note = band_limited_note(table)
-    if note:
+    for note in prediction_notes(table):
         click.echo(f"note: {note}", err=True)
 
 
@@ -91,7 +91,7 @@ def score(
     if (not quiet or not out) and not dataset:
         print_scores(run.table)
     if not quiet:
-        note_band_limited(run.table)
+        print_notes(run.table)
     if run.interrupted:
         raise RunInterrupted(f"{kept} finished rows kept" + (f" in {out}" if out else ""))
     if run.n_failed:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from haaqicli.audiogram import Profile, builtin_profile
 from haaqicli.output.ceiling import stored_ceiling
-from haaqicli.output.tables import band_limited_note
+from haaqicli.output.tables import prediction_notes
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.constants import AUDIOGRAM_FREQUENCIES, DEFAULT_SPL, HL_MAX, HL_MIN
 from haaqicli.util.errors import HaaqiError
@@ -337,9 +337,8 @@ def _build(table: pd.DataFrame, timelines: Timelines | None, title: str, worst_n
         "ears."
         + (" Predicted scores carry an interval (score_lo–score_hi) in brackets." if INTERVAL[0] in df.columns
            else "")))
-    band_limited = band_limited_note(table) if models else ""  # the exact HAAQI has the original
-    if band_limited:
-        blocks.append(_Paragraph(f"Note: {band_limited}"))
+    for note in prediction_notes(table) if models else ():  # the exact HAAQI has the original
+        blocks.append(_Paragraph(f"Note: {note}"))
 
     blocks.append(_Heading("Per profile"))
     blocks.append(_profile_table(df, files, order, known, ceilings))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from haaqicli.audio.bandwidth import BAND_LIMITED_HZ
 from haaqicli.util.atomic import atomic_write
+from haaqicli.util.constants import WINDOW_SECONDS
 from haaqicli.util.errors import HaaqiError
 
 SCORE_COLUMNS: list[str] = [
@@ -359,18 +360,38 @@ class PartitionedTable:
         return self.rows_written + len(self._rows)
 
 
-def band_limited_note(table: pd.DataFrame) -> str:
-    """One line naming how many scored files' content ends below BAND_LIMITED_HZ (`bandwidth_hz`), or
-    '': without the original, the models read such a source as low-pass damage (weights/MODEL_CARD.md,
-    Known limits). `haaqi score` prints it; `haaqi check` adds it to its report's notes."""
-    if "bandwidth_hz" not in table or "status" not in table:
-        return ""
-    narrow = table[(table["status"] == "ok") & (pd.to_numeric(table["bandwidth_hz"], errors="coerce") < BAND_LIMITED_HZ)]
-    if narrow.empty:
-        return ""
-    files = narrow["file"].nunique()
-    whose = "1 file's" if files == 1 else f"{files} files'"
-    return (f"{whose} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without the original, a "
-            "model cannot tell such a source from low-pass damage and scores clean music like it low "
-            "(weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi reference` gives the exact "
-            "HAAQI.")
+def prediction_notes(table: pd.DataFrame) -> list[str]:
+    """One line for each known limit of predicted scores that some scored file runs into (the exact
+    HAAQI, which has the original, has none of them): content ending below BAND_LIMITED_HZ
+    (`bandwidth_hz`), which the models read as low-pass damage, and files shorter than the models'
+    WINDOW_SECONDS training clips (weights/MODEL_CARD.md, Known limits). `haaqi score` prints them;
+    `haaqi check` and the reports add them to their notes."""
+    if "status" not in table:
+        return []
+    scored = table[table["status"] == "ok"]
+    if "model" in scored:
+        scored = scored[scored["model"] != EXACT_MODEL]
+    notes = []
+    if "bandwidth_hz" in scored:
+        narrow = scored[pd.to_numeric(scored["bandwidth_hz"], errors="coerce") < BAND_LIMITED_HZ]
+        if not narrow.empty:
+            notes.append(f"{_files(narrow)} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without "
+                         "the original, a model cannot tell such a source from low-pass damage and scores clean "
+                         "music like it low (weights/MODEL_CARD.md, Known limits); where the original exists, "
+                         "`haaqi reference` gives the exact HAAQI.")
+    if "duration_s" in scored:
+        short = scored[pd.to_numeric(scored["duration_s"], errors="coerce") < WINDOW_SECONDS]
+        if not short.empty:
+            notes.append(f"{_files(short, possessive=False)} shorter than the {WINDOW_SECONDS:g}-s clips the models "
+                         "were trained on (duration_s): their scores, and the intervals fitted on such clips, are "
+                         "extrapolations (weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi "
+                         "reference` gives the exact HAAQI.")
+    return notes
+
+
+def _files(rows: pd.DataFrame, possessive: bool = True) -> str:
+    """"1 file's" / "3 files'" ("1 file is" / "3 files are" without `possessive`) for the rows' files."""
+    count = rows["file"].nunique()
+    if possessive:
+        return "1 file's" if count == 1 else f"{count} files'"
+    return "1 file is" if count == 1 else f"{count} files are"
