@@ -371,21 +371,23 @@ def prediction_notes(table: pd.DataFrame) -> list[str]:
     scored = table[table["status"] == "ok"]
     if "model" in scored:
         scored = scored[scored["model"] != EXACT_MODEL]
+    # (column, the value below which the limit applies, the note given the files' phrase)
+    limits = (
+        ("bandwidth_hz", BAND_LIMITED_HZ, lambda files: (
+            f"{files} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without the original, a model "
+            "cannot tell such a source from low-pass damage and scores clean music like it low")),
+        ("duration_s", WINDOW_SECONDS, lambda files: (
+            f"{files} shorter than the {WINDOW_SECONDS:g}-s clips the models were trained on (duration_s): their "
+            "scores, and the intervals fitted on such clips, are extrapolations")),
+    )
     notes = []
-    if "bandwidth_hz" in scored:
-        narrow = scored[pd.to_numeric(scored["bandwidth_hz"], errors="coerce") < BAND_LIMITED_HZ]
-        if not narrow.empty:
-            notes.append(f"{_files(narrow)} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without "
-                         "the original, a model cannot tell such a source from low-pass damage and scores clean "
-                         "music like it low (weights/MODEL_CARD.md, Known limits); where the original exists, "
-                         "`haaqi reference` gives the exact HAAQI.")
-    if "duration_s" in scored:
-        short = scored[pd.to_numeric(scored["duration_s"], errors="coerce") < WINDOW_SECONDS]
-        if not short.empty:
-            notes.append(f"{_files(short, possessive=False)} shorter than the {WINDOW_SECONDS:g}-s clips the models "
-                         "were trained on (duration_s): their scores, and the intervals fitted on such clips, are "
-                         "extrapolations (weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi "
-                         "reference` gives the exact HAAQI.")
+    for column, limit, note in limits:
+        if column in scored:
+            rows = scored[pd.to_numeric(scored[column], errors="coerce") < limit]
+            if not rows.empty:
+                notes.append(note(_files(rows, possessive=column == "bandwidth_hz"))
+                             + " (weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi reference` "
+                             "gives the exact HAAQI.")
     return notes
 
 
