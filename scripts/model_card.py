@@ -414,7 +414,7 @@ def training_data_section(dataset: dict) -> list[str]:
         lines += ["", f"CPU time per label: {dataset['cpu_seconds_per_label']:.2f} s (6-s clip)."]
     lines += [
         "",
-        "Music comes only from the Debian packages DEVELOPERS.md allows (game soundtracks, recorded and "
+        "Music comes only from the Debian packages the project allows (`haaqicli.data.packages`) (game soundtracks, recorded and "
         "produced music, tracker modules, MIDI and music21 scores rendered with fluidsynth and three "
         "soundfonts, real drum and loop recordings); the reserved evaluation packages are refused in code. The split is "
         "by package. Content augmentation of the clean reference (two-track mixes, EQ and tilt, mastering "
@@ -751,7 +751,7 @@ def main() -> None:
         "weights were available); the recipe below says which run started from which weights.",
         "",
         "**Predicts**: pyclarity-compatible HAAQI (`equalisation=1`, the reference presented at L dB SPL, "
-        "65 dB SPL by default, `--spl`; see DEVELOPERS.md) of 6-s windows of mono music at 24 kHz, calibrated so RMS 0.1 is 65 dB SPL, "
+        "65 dB SPL by default, `--spl`; see README.md, Levels) of 6-s windows of mono music at 24 kHz, calibrated so RMS 0.1 is 65 dB SPL, "
         "for one ear's audiogram (8 values, dB HL at 250, 500, 1k, 2k, 3k, 4k, 6k, 8k Hz). "
         "`haaqi score` windows, calibrates and aggregates files.",
         "",

@@ -10,7 +10,7 @@ HL_MAX: float = 120.0
 # HAAQI's ear model runs at 24 kHz, so the models see exactly the band the label sees.
 MODEL_SAMPLE_RATE: int = 24_000
 
-# Label convention (DEVELOPERS.md): the reference is presented at 65 dB SPL, i.e.
+# Label convention (README.md, Levels): the reference is presented at 65 dB SPL, i.e.
 # compute_haaqi(..., level1 = 65 - 20*log10(rms(reference))).
 DEFAULT_SPL: float = 65.0
 
