@@ -371,29 +371,26 @@ def prediction_notes(table: pd.DataFrame) -> list[str]:
     scored = table[table["status"] == "ok"]
     if "model" in scored:
         scored = scored[scored["model"] != EXACT_MODEL]
-    # (column, the value below which the limit applies, the note given the files' phrase)
+    # (column, the value below which the limit applies, the note given how many files it applies to)
     limits = (
-        ("bandwidth_hz", BAND_LIMITED_HZ, lambda files: (
-            f"{files} content ends below {BAND_LIMITED_HZ / 1000:g} kHz (bandwidth_hz): without the original, a model "
-            "cannot tell such a source from low-pass damage and scores clean music like it low")),
-        ("duration_s", WINDOW_SECONDS, lambda files: (
-            f"{files} shorter than the {WINDOW_SECONDS:g}-s clips the models were trained on (duration_s): their "
-            "scores, and the intervals fitted on such clips, are extrapolations")),
+        ("bandwidth_hz", BAND_LIMITED_HZ, lambda n: (
+            _counted(n, "1 file's", "{} files'") + f" content ends below {BAND_LIMITED_HZ / 1000:g} kHz "
+            "(bandwidth_hz): without the original, a model cannot tell such a source from low-pass damage and "
+            "scores clean music like it low")),
+        ("duration_s", WINDOW_SECONDS, lambda n: (
+            _counted(n, "1 file is", "{} files are") + f" shorter than the {WINDOW_SECONDS:g}-s clips the models "
+            "were trained on (duration_s): their scores, and the intervals fitted on such clips, are extrapolations")),
     )
     notes = []
     for column, limit, note in limits:
         if column in scored:
-            rows = scored[pd.to_numeric(scored[column], errors="coerce") < limit]
-            if not rows.empty:
-                notes.append(note(_files(rows, possessive=column == "bandwidth_hz"))
-                             + " (weights/MODEL_CARD.md, Known limits); where the original exists, `haaqi reference` "
-                             "gives the exact HAAQI.")
+            files = scored.loc[pd.to_numeric(scored[column], errors="coerce") < limit, "file"].nunique()
+            if files:
+                notes.append(note(files) + " (weights/MODEL_CARD.md, Known limits); where the original exists, "
+                             "`haaqi reference` gives the exact HAAQI.")
     return notes
 
 
-def _files(rows: pd.DataFrame, possessive: bool = True) -> str:
-    """"1 file's" / "3 files'" ("1 file is" / "3 files are" without `possessive`) for the rows' files."""
-    count = rows["file"].nunique()
-    if possessive:
-        return "1 file's" if count == 1 else f"{count} files'"
-    return "1 file is" if count == 1 else f"{count} files are"
+def _counted(count: int, one: str, many: str) -> str:
+    """`one` for a single item, else `many` with the count in its braces."""
+    return one if count == 1 else many.format(count)
