@@ -284,8 +284,11 @@ def speed_section(bench: dict) -> list[str]:
     lines = ["", "## Speed", ""]
     end_to_end = bench.get("end_to_end", {}).get("rows", [])
     if end_to_end:
+        warm_runs = bench["end_to_end"].get("warm_runs", 1)
+        timed = ("the second invocation" if warm_runs == 1
+                 else f"the median of {warm_runs} invocations after the first")
         lines += ["Whole `haaqi` processes, start-up included (`make bench`'s end-to-end rows; each stereo file "
-                  "is scored for both ears; the second invocation, the cold first one in brackets):", "",
+                  f"is scored for both ears; {timed}, the cold first one in brackets):", "",
                   "| what | audio s | wall s | x real time | x pyclarity | machine |", "|---|---|---|---|---|---|"]
         for row in end_to_end:
             cold = f" ({row['cold_seconds']:.2f})" if row.get("cold_seconds") else ""

@@ -8,8 +8,9 @@ Rows:
 - `haaqi reference --pairs` on generated pairs of 6-s clips at 44.1 kHz against pyclarity's
   `compute_haaqi` on the same pairs in as many worker processes, one call per pair and audiogram, after
   one warm-up call per worker, imports not counted.
-Our rows are timed on a second invocation (numba's on-disk cache and the OS file cache warm); the first,
-cold invocation is reported beside it. Every row says whether another heavy job (labelling, training,
+Our rows are timed after a first, cold invocation (reported beside them) as the median of `warm_runs`
+more (numba's on-disk cache and the OS file cache warm): one process's wall time varies by a few tenths
+of a second from run to run, as much as the marginal rate's difference of two rows. Every row says whether another heavy job (labelling, training,
 rendering, another test run) was running, and the load average, since this often runs on shared machines.
 """
 
@@ -60,7 +61,7 @@ class Row:
     name: str
     command: str
     audio_seconds: float
-    wall_seconds: float  # the second invocation
+    wall_seconds: float  # the median of the warm invocations (after the first)
     cold_seconds: float | None = None  # the first invocation
     baseline_seconds: float | None = None  # pyclarity on the same work, where there is one
     load: dict[str, Any] = field(default_factory=dict)
@@ -153,9 +154,10 @@ def timed(args: Sequence[str], cwd: Path | None = None) -> float:
     return seconds
 
 
-def cold_and_warm(args: Sequence[str]) -> tuple[float, float]:
-    """(first invocation, second invocation) wall times."""
-    return timed(args), timed(args)
+def cold_and_warm(args: Sequence[str], warm_runs: int = 1) -> tuple[float, float]:
+    """(first invocation, median of the `warm_runs` invocations after it) wall times."""
+    cold = timed(args)
+    return cold, float(np.median([timed(args) for _ in range(max(1, warm_runs))]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,14 +262,16 @@ def marginal_row(folder_row: Row, first_row: Row, model: str) -> Row:
 
 def run_e2e(folder: Path, short_files: int = 64, short_seconds: float = 10.0, long_files: int = 8,
             long_seconds: float = 180.0, pairs: int = 72, pair_seconds: float = 6.0, workers: int = 2,
-            models: Sequence[str] = ("distilled", "teacher"), int8: bool = True) -> dict[str, Any]:
+            models: Sequence[str] = ("distilled", "teacher"), int8: bool = True,
+            warm_runs: int = 3) -> dict[str, Any]:
     """Every end-to-end row (see the module docstring); inputs are generated under `folder`. `int8`:
-    also each model's folder rows with `--precision int8`."""
+    also each model's folder rows with `--precision int8`; `warm_runs`: timed invocations per row after
+    the cold one (their median is the row's time)."""
     rows: list[Row] = []
 
     def row(name: str, args: list[str], audio_seconds: float, baseline: float | None = None) -> None:
         load = machine_load()
-        cold, warm = cold_and_warm(args)
+        cold, warm = cold_and_warm(args, warm_runs)
         rows.append(Row(name, "haaqi " + " ".join(args), audio_seconds, warm, cold, baseline, load))
 
     one = folder / "one"
@@ -302,14 +306,15 @@ def run_e2e(folder: Path, short_files: int = 64, short_seconds: float = 10.0, lo
     baseline = pyclarity_seconds(pairs_csv, workers)
     args = ["reference", "--pairs", str(pairs_csv), "--profile", PROFILE, "--workers", str(workers), "-q",
             "--out", str(folder / "r.csv")]
-    cold, warm = cold_and_warm(args)
+    cold, warm = cold_and_warm(args, warm_runs)
     rows.append(Row(f"reference {pairs} pairs of {pair_seconds:g} s, 44.1 kHz ({workers} workers)",
                     "haaqi " + " ".join(args), pairs * pair_seconds, warm, cold, baseline, machine_load()))
     if baseline is not None:
         rows.append(Row(f"pyclarity compute_haaqi, same {pairs} pairs ({workers} processes)",
                         "(process pool; imports and one warm-up call per worker not counted)",
                         pairs * pair_seconds, baseline, None, baseline, load))
-    return {"rows": [r.to_dict() for r in rows], "python": sys.version.split()[0], "cores": os.cpu_count()}
+    return {"rows": [r.to_dict() for r in rows], "python": sys.version.split()[0], "cores": os.cpu_count(),
+            "warm_runs": warm_runs}
 
 
 def format_e2e(result: dict[str, Any]) -> str:

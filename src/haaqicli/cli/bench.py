@@ -34,6 +34,8 @@ from haaqicli.cli.common import one_line_errors
               help="End to end: reference pairs (44.1 kHz mono) for `haaqi reference` and pyclarity.")
 @click.option("--e2e-workers", type=click.IntRange(1, 256), default=2, show_default=True,
               help="End to end: worker processes for `haaqi reference` and for pyclarity alike.")
+@click.option("--e2e-warm-runs", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="End to end: timed invocations per row after the cold one; a row's time is their median.")
 @one_line_errors
 def bench(
     n_files: int,
@@ -51,6 +53,7 @@ def bench(
     e2e_long: tuple[int, float],
     e2e_pairs: tuple[int, float],
     e2e_workers: int,
+    e2e_warm_runs: int,
 ) -> None:
     """Time scoring of a synthetic folder and pyclarity's HAAQI, in one run; with --end-to-end, first
     the whole `haaqi` processes a user runs (start-up included), beside pyclarity."""
@@ -61,7 +64,7 @@ def bench(
         from haaqicli.bench.e2e import format_e2e, run_e2e
 
         result["end_to_end"] = run_e2e(Path(e2e_dir), *e2e_short, *e2e_long, *e2e_pairs, workers=e2e_workers,
-                                       models=models)
+                                       models=models, warm_runs=e2e_warm_runs)
         click.echo(format_e2e(result["end_to_end"]))
     with tempfile.TemporaryDirectory(prefix="haaqi-bench-") as folder:
         if scheduler:
