@@ -154,7 +154,7 @@ def timed(args: Sequence[str], cwd: Path | None = None) -> float:
     return seconds
 
 
-def cold_and_warm(args: Sequence[str], warm_runs: int = 1) -> tuple[float, float]:
+def cold_and_warm(args: Sequence[str], warm_runs: int) -> tuple[float, float]:
     """(first invocation, median of the `warm_runs` invocations after it) wall times."""
     cold = timed(args)
     return cold, float(np.median([timed(args) for _ in range(max(1, warm_runs))]))
