@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -408,6 +409,12 @@ def test_pretrain_learns_the_damage_pretext_and_a_teacher_starts_from_it(data_di
     assert again.exit_code != 0 and "best.pt" in again.output and "Traceback" not in again.output
     wrong = CliRunner().invoke(main, ["pretrain", *common, "--out", str(tmp_path / "e.pt")])
     assert wrong.exit_code != 0 and ".safetensors" in wrong.output
+    # --train-items: only those items are loaded (and regenerated), the held-out tracks' clips among them
+    few = CliRunner().invoke(main, ["pretrain", *common, "--epochs", "1", "--train-items", "8",
+                                    "--run-dir", str(tmp_path / "few"), "--out", str(tmp_path / "few.safetensors")])
+    assert few.exit_code == 0, few.output
+    counts = re.search(r"pretext: (\d+) training clips, (\d+) held-out clips", few.output)
+    assert counts and int(counts[1]) + int(counts[2]) == 8 and int(counts[1]) > 0
 
 
 def test_the_pretraining_row_starts_from_the_pretrained_encoder(tmp_path: Path) -> None:
@@ -422,6 +429,11 @@ def test_the_pretraining_row_starts_from_the_pretrained_encoder(tmp_path: Path) 
     assert _train_config(config, "p", settings["pretraining"]).init == "enc.safetensors"
     assert _train_config(config, "b", settings["baseline"]).init == "teacher"  # the rows before it: --init's
     assert settings["pretraining"]["init"] == "enc.safetensors"  # the settings are not consumed
+    # --train-items limits every row; a learning-curve point trains on its own count
+    limited = AblationConfig(manifest="m.parquet", out_dir=str(tmp_path), train_items=500)
+    assert _train_config(limited, "r", settings["ranking"]).train_items == 500
+    assert _train_config(limited, "c", settings["ranking"], train_items=80).train_items == 80
+    assert _train_config(config, "r", settings["ranking"]).train_items is None
     with pytest.raises(HaaqiError, match="--pretrained"):
         row_settings(["pretraining"])
 

@@ -14,6 +14,11 @@ INIT_OPTION = click.option(
     "--init", default=None,
     help="Warm start: a registered model name or a .safetensors file; every tensor whose "
          "name and shape match is copied before training.")
+# one definition: train, distill, correct and ablate limit their training items the same way
+TRAIN_ITEMS_OPTION = click.option(
+    "--train-items", type=click.IntRange(1), default=None,
+    help="Train on the first N items of a fixed shuffle of the training items (learning curves); only "
+         "those are regenerated into the training cache.")
 
 
 def run_options(default_name: str, default_epochs: int, default_lr: float,  # type: ignore[no-untyped-def]
@@ -71,9 +76,7 @@ def run_options(default_name: str, default_epochs: int, default_lr: float,  # ty
                               "validation-real:ufoai-music (reporting packages never choose)."),
             click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="mse",
                          show_default=True, help="The selection items' figure that picks the checkpoint."),
-            click.option("--train-items", type=click.IntRange(1), default=None,
-                         help="Train on the first N items of a fixed shuffle of the training items "
-                              "(learning curves)."),
+            TRAIN_ITEMS_OPTION,
             click.option("--plus-augmentation", default=None,
                          help="With --train-items: also every labelled training item whose content augmentation "
                               "has this key (e.g. band), the N drawn from the others."),
@@ -194,7 +197,7 @@ def pretrain(run_dir: str | None, config_json: str | None, out: str, **kwargs) -
 @click.option("--selection", default="validation-real:ufoai-music", show_default=True,
               help="Items that choose the epoch (SPLIT:PACKAGE or dev); reporting packages never choose.")
 @click.option("--select-metric", type=click.Choice(["mse", "lcc", "srcc"]), default="lcc", show_default=True)
-@click.option("--train-items", type=click.IntRange(1), default=None, help="Only the first N training items.")
+@TRAIN_ITEMS_OPTION
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @one_line_errors
@@ -298,6 +301,7 @@ def evaluate(names: tuple[str, ...], manifest: str | None, splits: tuple[str, ..
               help="The musicnn row's converted prior weights [default: data/musicnn/MSD_musicnn.safetensors].")
 @click.option("--content-prior-sha256", default=None, help="Their expected sha256 [default: the pinned one].")
 @click.option("--release", multiple=True, help="Registered model evaluated beside the rows (repeatable).")
+@TRAIN_ITEMS_OPTION
 @INIT_OPTION
 @click.option("--pretrained", default=None, type=click.Path(dir_okay=False),
               help="The pretraining row's encoder (`haaqi pretrain --out`; rows from pretraining on start from it; "

@@ -75,6 +75,7 @@ class AblationConfig:
     resume: bool = False
     init: str | None = None  # every row (and curve point) warm-starts from this model: one start for all
     pretrained: str | None = None  # the pretraining row's encoder (`haaqi pretrain --out`)
+    train_items: int | None = None  # every row trains on the first N items of the fixed shuffle (None: all)
 
 
 def row_settings(rows: Sequence[str], bands: int = 32, rank_weight: float = 0.5,
@@ -126,6 +127,8 @@ def _train_config(config: AblationConfig, name: str, settings: dict[str, Any], *
                        init_weights_dir=_portable(Path(config.weights_dir or default_weights_dir())),
                        content_prior_weights=config.content_prior_weights,
                        content_prior_sha256=config.content_prior_sha256,
+                       # a learning-curve point names its own count
+                       train_items=extra.pop("train_items", config.train_items),
                        **settings, **extra)
 
 
