@@ -259,10 +259,15 @@ def ablation_section() -> list[str]:
     result = load("ablation/ablation.json")
     if not result:
         return []
-    from haaqicli.training.ablation import format_ablation
+    from haaqicli.training.ablation import DEFAULT_ROWS, format_ablation
 
     c = result["config"]
     flags = [f"--manifest {c['manifest']}", "--out data/results/ablation"]
+    if list(c.get("rows", DEFAULT_ROWS)) != list(DEFAULT_ROWS):
+        flags += [f"--rows {','.join(c['rows'])}"]
+    flags += [f"--arch {c['arch']}"] if c.get("arch", "haaqinet-student") != "haaqinet-student" else []
+    flags += [f"--pretrained {c['pretrained']}"] if c.get("pretrained") else []
+    flags += [f"--train-items {c['train_items']}"] if c.get("train_items") else []
     flags += [f"--init {c['init']}"] if c.get("init") else []
     flags += [f"--lr {c['lr']}", f"--max-minutes {c['max_minutes']}" if c.get("max_minutes") else f"--epochs {c['epochs']}"]
     flags += [f"--threads {c['threads']}"] if c.get("threads") else []

@@ -164,6 +164,13 @@ def test_ablate_writes_one_table_and_a_learning_curve(data_dir: Path, tmp_path: 
     card.RESULTS = out.parent
     section = "\n".join(card.ablation_section())
     assert "## Ablation and learning curve" in section and "| conditioning |" in section
+    assert "--rows" not in section and "--arch" not in section  # the defaults are not spelled out
+    # the command the card quotes names every setting that changes the rows
+    teacher_rows = {**saved, "config": {**saved["config"], "rows": ["ranking", "pretraining"], "arch": "haaqinet",
+                                        "pretrained": "enc.safetensors", "train_items": 500}}
+    card.load = lambda name: teacher_rows
+    command = "\n".join(card.ablation_section())
+    assert "--rows ranking,pretraining --arch haaqinet --pretrained enc.safetensors --train-items 500" in command
     note = card.design_note(weights["ablation-ranking"])
     assert "term heads" in note and "8 auditory bands" in note and "pairwise ranking loss (weight 0.5)" in note
     assert card.design_note(weights["ablation-baseline"]) == ""
