@@ -41,7 +41,8 @@ PROFILE = "mild"  # one symmetric profile (the label convention's listener)
 # matched as a haaqi subcommand, so a labelling run's `--split train` is not taken for training.
 HEAVY_JOBS = {
     "labelling": re.compile(r"dataset label"),
-    "training": re.compile(r"(haaqi|haaqicli\.cli)\s+(train|distill|evaluate|ablate)\b|haaqicli\.train"),
+    "training": re.compile(r"(haaqi|haaqicli\.cli)\s+(train|pretrain|distill|correct|evaluate|ablate)\b"
+                           r"|haaqicli\.train|train-models\.sh"),
     "rendering": re.compile(r"fluidsynth|install-corpus|(haaqi|haaqicli\.cli)\s+corpus\b"),
     "data preparation": re.compile(r"dataset\s+(build|export|verify)\b"),
     "tests": re.compile(r"pytest"),
