@@ -90,6 +90,7 @@ def test_marginal_rate_takes_the_first_rows_process_out() -> None:
     (".venv/bin/python .venv/bin/haaqi pretrain --train-items 20000 --max-minutes 50", {"training"}),
     (".venv/bin/haaqi correct --model distilled --train-items 8000", {"training"}),
     ("bash scripts/train-models.sh", {"training"}),
+    (".venv/bin/python scripts/calibration-set.py --package ufoai-music", {"labelling"}),
     ("/usr/bin/make ablation", set()),
     ("python -m pytest -q tests", {"tests"}),
     ("python -c from haaqicli.bench.e2e import x; haaqi train", set()),

@@ -40,7 +40,7 @@ PROFILE = "mild"  # one symmetric profile (the label convention's listener)
 # Command lines that mean a heavy job shares the machine (searched in /proc/*/cmdline). Training is
 # matched as a haaqi subcommand, so a labelling run's `--split train` is not taken for training.
 HEAVY_JOBS = {
-    "labelling": re.compile(r"dataset label"),
+    "labelling": re.compile(r"dataset label|calibration-set\.py"),  # the latter labels its clips too
     "training": re.compile(r"(haaqi|haaqicli\.cli)\s+(train|pretrain|distill|correct|evaluate|ablate)\b"
                            r"|haaqicli\.train|train-models\.sh"),
     "rendering": re.compile(r"fluidsynth|install-corpus|(haaqi|haaqicli\.cli)\s+corpus\b"),
