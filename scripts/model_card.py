@@ -669,13 +669,15 @@ PRIOR_HEADING = "## Content prior: musicnn (not shipped)"
 
 def content_prior_section() -> list[str]:
     """What the optional musicnn content prior is, where it comes from and its licence (static text:
-    its ablation row is pending labels, and no shipped model uses it)."""
+    its ablation row has not been run, and no shipped model uses it)."""
     return [
         "", PRIOR_HEADING, "",
         "`haaqi train`/`distill --content-prior musicnn` (and `haaqi ablate --rows ...,musicnn`) add a frozen "
         "pretrained music encoder beside the model's own full-band front end: its 200-d penultimate "
         "embedding of each 3-s patch joins the HAAQI head's BLSTM input (LayerNorm, linear, GELU). No shipped "
-        "model uses it; its ablation row is pending labels, and its weights enter `weights/` only if that row "
+        "model uses it; its ablation row has not been run (the frozen prior's forward pass, about 13x the "
+        "student's, would take most of a row's time budget on 2 cores), and its weights enter `weights/` only "
+        "if that row "
         "shows it helps on validation-real.",
         "",
         "- Source: musicnn 0.1.0 (PyPI wheel, sha256 `f38a4890c648c1dd…`), checkpoint `MSD_musicnn` (Pons & "
