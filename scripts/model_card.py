@@ -259,13 +259,14 @@ def ablation_section() -> list[str]:
     result = load("ablation/ablation.json")
     if not result:
         return []
-    from haaqicli.training.ablation import DEFAULT_ROWS, format_ablation
+    from haaqicli.training.ablation import AblationConfig, format_ablation
 
     c = result["config"]
+    default = AblationConfig(manifest="")  # flags left at their defaults are not spelled out
     flags = [f"--manifest {c['manifest']}", "--out data/results/ablation"]
-    if list(c.get("rows", DEFAULT_ROWS)) != list(DEFAULT_ROWS):
+    if list(c.get("rows", default.rows)) != list(default.rows):
         flags += [f"--rows {','.join(c['rows'])}"]
-    flags += [f"--arch {c['arch']}"] if c.get("arch", "haaqinet-student") != "haaqinet-student" else []
+    flags += [f"--arch {c['arch']}"] if c.get("arch", default.arch) != default.arch else []
     flags += [f"--pretrained {c['pretrained']}"] if c.get("pretrained") else []
     flags += [f"--train-items {c['train_items']}"] if c.get("train_items") else []
     flags += [f"--init {c['init']}"] if c.get("init") else []
@@ -677,8 +678,7 @@ def content_prior_section() -> list[str]:
         "embedding of each 3-s patch joins the HAAQI head's BLSTM input (LayerNorm, linear, GELU). No shipped "
         "model uses it; its ablation row has not been run (the frozen prior's forward pass, about 13x the "
         "student's, would take most of a row's time budget on 2 cores), and its weights enter `weights/` only "
-        "if that row "
-        "shows it helps on validation-real.",
+        "if that row shows it helps on validation-real.",
         "",
         "- Source: musicnn 0.1.0 (PyPI wheel, sha256 `f38a4890c648c1dd…`), checkpoint `MSD_musicnn` (Pons & "
         "Serra 2019, trained on the Million Song Dataset's 50 tags), converted by `make musicnn` "
