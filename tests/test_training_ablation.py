@@ -106,6 +106,23 @@ def test_selection_never_uses_reporting_packages(data_dir: Path) -> None:
         train.first_items(data, len(data) + 1)
 
 
+def test_dev_selection_with_train_items_loads_only_those_and_the_dev_tracks(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fixture's few tracks: hold out the first (always among what is loaded, so the same after loading)
+    monkeypatch.setattr(train, "dev_mask", lambda meta: (meta["source"] == meta["source"].min()).to_numpy())
+    whole_train, whole_dev = train.load_train_dev(data_dir, log=None)
+    assert len(whole_dev) and len(whole_train) > 6
+    config = train.TrainConfig(name="m", manifest=str(data_dir), selection="dev", train_items=6, seed=3)
+    part_train, part_dev = train.load_train_selection(config, log=None)
+    # the same items as drawing from the whole split, and the dev tracks whole
+    expected = train.first_items(whole_train, 6, seed=3)
+    assert list(part_train.meta["item_id"]) == list(expected.meta["item_id"])
+    assert list(part_dev.meta["item_id"]) == list(whole_dev.meta["item_id"])
+    torch.testing.assert_close(part_train.wave_batch(range(6)), expected.wave_batch(range(6)))
+    loaded = train.load_split(data_dir, "train", log=None, items=6, seed=3, always=train.dev_mask)
+    assert len(loaded) == 6 + len(whole_dev) < len(whole_train) + len(whole_dev)
+
+
 def test_term_head_model_trains_and_reports_sub_term_errors(data_dir: Path, tmp_path: Path) -> None:
     config = train.TrainConfig(name="m", manifest=str(data_dir), run_dir=str(tmp_path / "run"),
                                weights_dir=str(tmp_path / "w"), epochs=1, batch_size=4, lr=3e-3, warmup_steps=1,

@@ -18,7 +18,7 @@ INIT_OPTION = click.option(
 TRAIN_ITEMS_OPTION = click.option(
     "--train-items", type=click.IntRange(1), default=None,
     help="Train on the first N items of a fixed shuffle of the training items (learning curves); only "
-         "those are regenerated into the training cache (with --selection dev, the whole split).")
+         "those (and, with --selection dev, the held-out dev tracks) are regenerated into the training cache.")
 
 
 def run_options(default_name: str, default_epochs: int, default_lr: float,  # type: ignore[no-untyped-def]

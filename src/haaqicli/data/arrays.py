@@ -3,6 +3,7 @@ cache (`haaqicli.data.export`), rows the labeller did not write regenerated into
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,14 @@ def with_augmentation(meta: pd.DataFrame, key: str | None) -> np.ndarray:
     return meta["augmentation"].astype(str).str.split("+").map(lambda keys: key in keys).to_numpy(dtype=bool)
 
 
-def chosen_items(meta: pd.DataFrame, items: int, seed: int = 0, plus_augmentation: str | None = None) -> np.ndarray:
-    """Mask of a run's training items: the first `items` of a fixed seeded shuffle of those without
-    `plus_augmentation`, and every item with it (a targeted set on top of a fixed sample)."""
+def chosen_items(meta: pd.DataFrame, items: int, seed: int = 0, plus_augmentation: str | None = None,
+                 always: np.ndarray | None = None) -> np.ndarray:
+    """Mask of a run's items: the first `items` of a fixed seeded shuffle of those without
+    `plus_augmentation`, and every item with it (a targeted set on top of a fixed sample); `always`
+    (a mask) marks more items kept whole and left out of the shuffle (held-out dev tracks)."""
     plus = with_augmentation(meta, plus_augmentation)
+    if always is not None:
+        plus = plus | always
     base = np.flatnonzero(~plus)
     chosen = plus.copy()
     chosen[base[first_of_shuffle(len(base), items, seed)]] = True
@@ -58,12 +63,14 @@ def load_split_arrays(
     items: int | None = None,
     seed: int = 0,
     plus_augmentation: str | None = None,
+    always: Callable[[pd.DataFrame], np.ndarray] | None = None,
 ) -> tuple[Int16Waves, np.ndarray, np.ndarray, pd.DataFrame]:
     """(waves (N, T) float32 on read, audiograms (N, 8) float32, labels (N,) float32, meta) of a split's
     labelled items. Rows the labeller did not write are regenerated (in `workers` processes) into the
     split cache first. `log(text)` (e.g. print) hears the cache's disk use. `items`: only that many
     labelled items (`first_of_shuffle`), chosen before any is regenerated; with `plus_augmentation`,
-    that many of the others and every item with that augmentation (`chosen_items`)."""
+    that many of the others and every item with that augmentation (`chosen_items`); `always(meta)`, a
+    mask over the labelled items, keeps those too, outside the `items` drawn."""
     data_dir = default_data_dir()
     corpus = Path(corpus_dir) if corpus_dir is not None else data_dir / "corpus"
     cache = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
@@ -73,7 +80,8 @@ def load_split_arrays(
     if meta.empty:
         raise DatasetError(f"{manifest_path}: no labelled items in split {split!r}")
     if items is not None:
-        meta = meta[chosen_items(meta, items, seed, plus_augmentation)].reset_index(drop=True)
+        kept = None if always is None else always(meta)
+        meta = meta[chosen_items(meta, items, seed, plus_augmentation, kept)].reset_index(drop=True)
     store = SplitCache.of_manifest(cache, manifest, split, sample_rate)
     scales = store.scales()
     rows = meta.to_dict(orient="records")

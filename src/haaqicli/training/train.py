@@ -178,15 +178,17 @@ class Split:
 
 
 def load_split(manifest: str | Path, split: str, log: Callable[[str], None] | None = print,
-               items: int | None = None, seed: int = 0, plus_augmentation: str | None = None) -> Split:
+               items: int | None = None, seed: int = 0, plus_augmentation: str | None = None,
+               always: Callable[[pd.DataFrame], np.ndarray] | None = None) -> Split:
     """The labelled items of a manifest split, each presented at its level; the waves stay an int16
     memory map on disk (see `load_split_arrays`), whose disk use is logged. `items`: the first that
-    many of a seeded shuffle (as `first_items`), the others never regenerated."""
+    many of a seeded shuffle (as `first_items`) of those outside `always(meta)`'s mask, and those
+    inside it; the others never regenerated."""
     # lazy: scipy, pandas, joblib only where this path runs (start-up time)
     from haaqicli.data.arrays import load_split_arrays
 
     waves, audiograms, labels, meta = load_split_arrays(manifest, split, log=log, items=items, seed=seed,
-                                                        plus_augmentation=plus_augmentation)
+                                                        plus_augmentation=plus_augmentation, always=always)
     if len(labels) == 0:
         raise HaaqiError(f"{manifest}: no labelled items in split {split!r}")
     return Split(waves, torch.from_numpy(np.asarray(audiograms, dtype=np.float32)),
@@ -201,9 +203,13 @@ def term_labels(meta: pd.DataFrame) -> torch.Tensor | None:
     return torch.from_numpy(np.array(meta[list(TERMS)].apply(pd.to_numeric, errors="coerce"), dtype=np.float32))
 
 
-def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
-    """The labelled training split, divided into training items and dev tracks (views of one array)."""
-    data = load_split(manifest, "train", log)
+def load_train_dev(manifest: str | Path, log: Callable[[str], None] | None = print, items: int | None = None,
+                   seed: int = 0) -> tuple[Split, Split]:
+    """The labelled training split, divided into training items and dev tracks (views of one array).
+    `items`: only the first that many training items of a seeded shuffle of those outside the dev
+    tracks (as `first_items` on the training part), which with the dev tracks are all that is
+    regenerated into the cache."""
+    data = load_split(manifest, "train", log, items=items, seed=seed, always=dev_mask)
     mask = dev_mask(data.meta)
     return data.subset(~mask), data.subset(mask)
 
@@ -238,17 +244,16 @@ def first_items(data: Split, count: int, seed: int = 0) -> Split:
 
 def load_train_selection(config: TrainConfig, log: Callable[[str], None] | None = print) -> tuple[Split, Split]:
     """(training items, checkpoint-selection items) of a run: with selection "dev" the held-out
-    tracks of the training packages, else `selection_split`; `train_items` limits the training items."""
+    tracks of the training packages, else `selection_split`; `train_items` limits the training items
+    (only the chosen training items, and the dev tracks, are regenerated into the cache)."""
     if config.plus_augmentation and config.train_items is None:
         raise HaaqiError(f"--plus-augmentation {config.plus_augmentation}: needs --train-items (without it every "
                          "training item is used)")
     if config.selection == "dev":
         if config.plus_augmentation:
             raise HaaqiError("--plus-augmentation: needs --selection validation-real:PACKAGE")
-        train, select = load_train_dev(config.manifest, log)
-        if config.train_items is not None:
-            train = first_items(train, config.train_items, config.seed)
-    else:  # only the chosen training items are regenerated into the cache
+        train, select = load_train_dev(config.manifest, log, config.train_items, config.seed)
+    else:
         train = load_split(config.manifest, "train", log, items=config.train_items, seed=config.seed,
                            plus_augmentation=config.plus_augmentation)
         select = selection_split(config.manifest, config.selection, log)
