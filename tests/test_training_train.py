@@ -41,7 +41,12 @@ def synthetic_split(n: int = 24, seconds: float = 1.0, seed: int = 0) -> train.S
 def fake_data(monkeypatch, tmp_path):
     monkeypatch.setenv("HAAQI_DATA_DIR", str(tmp_path / "data"))  # caches stay in the test's folder
     data = {"train": synthetic_split(24), "validation": synthetic_split(12, seed=1)}
-    monkeypatch.setattr(train, "load_split", lambda manifest, split, log=None: data[split])
+
+    def load_split(manifest, split, log=None, items=None, **options):
+        assert items is None  # these tests train on every item of the fake split
+        return data[split]
+
+    monkeypatch.setattr(train, "load_split", load_split)
     monkeypatch.setattr(train, "dev_mask", lambda meta, fraction=0.06: (meta["source"] == "track0").to_numpy())
     return data
 
