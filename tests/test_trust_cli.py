@@ -130,6 +130,23 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path: Path, music_fo
 
 
 @needs_ffmpeg
+def test_reference_prints_the_downmix_warning_as_one_line(tmp_path: Path) -> None:
+    """A real process (pytest replaces how warnings are shown in this one): every command, not only
+    `score`, prints a library warning as one `warning: ...` line, without Python's source line."""
+    for folder in ("ref", "proc"):
+        write_surround(tmp_path / folder / "surround.wav")
+    env = {"PYTHONPATH": str(Path(haaqicli.__file__).parents[1]), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", "from haaqicli.cli import main; main()", "reference", "--reference",
+           str(tmp_path / "ref"), str(tmp_path / "proc"), "--profile", "normal", "--workers", "1", "-q",
+           "--out", str(tmp_path / "r.csv")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"warning: {tmp_path / 'proc' / 'surround.wav'}: 6 channels downmixed to stereo (ffmpeg's "
+                     "standard matrix) for scoring; its rows keep channels=6"], done.stderr
+
+
+@needs_ffmpeg
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_signal_keeps_rows_finished_before_the_first_flush(signum: int, code: int, tiny_weights: Path,
                                                            tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 import threading
+import warnings
 
 import click
 
@@ -59,6 +60,13 @@ class LazyGroup(click.Group):
         return getattr(module, attribute)
 
 
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """Library warnings (a downmixed file, interpolated audiogram frequencies) as one line each, without
+    the source line Python prints: what a user reads is the message."""
+    return f"warning: {message}\n"
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="haaqi")
 @click.pass_context
@@ -68,6 +76,8 @@ def main(ctx: click.Context) -> None:
     ctx.with_resource(interrupts.handled())
     # large tensors reused batch after batch stay on the heap, not faulted in again (util.allocator)
     allocator.keep_freed_memory()
+    # every command's library warnings as one line each (the library's own callers keep Python's format)
+    warnings.formatwarning = format_warning
 
 
 def entry() -> None:

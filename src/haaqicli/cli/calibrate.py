@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from haaqicli.cli.common import one_line_errors, show_warnings
+from haaqicli.cli.common import one_line_errors
 
 
 @click.command()
@@ -21,7 +21,6 @@ from haaqicli.cli.common import one_line_errors, show_warnings
               help="Nominal coverage of the interval.")
 @click.option("--write", is_flag=True, help="Store the calibration with the weights (and in the manifest).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
-@show_warnings
 @one_line_errors
 def calibrate(models: tuple[str, ...], fit_table: str, check_table: str, coverage: float, write: bool,
               json_out: str | None) -> None:

@@ -23,7 +23,6 @@ from haaqicli.cli.common import (
     scoring_options,
     segment_seconds_option,
     segments_note,
-    show_warnings,
 )
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.interrupts import RunInterrupted
@@ -131,7 +130,6 @@ def gate_options(func):  # type: ignore[no-untyped-def]
               help="Append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @scheduler_option
 @quiet_option
-@show_warnings
 @one_line_errors
 def check(
     inputs: tuple[str, ...],
@@ -240,7 +238,6 @@ def check(
 @click.option("--keep-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the decoded rungs in this folder (default: a temp dir, removed).")
 @quiet_option
-@show_warnings
 @one_line_errors
 def sweep(
     inputs: tuple[str, ...],

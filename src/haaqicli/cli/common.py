@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -236,13 +235,3 @@ def scoring_options(func: F) -> F:
         return func(*args, **kwargs)
 
     return profile_option(spl_option(model_options(command)))  # type: ignore[return-value]
-
-
-def show_warnings(func):  # type: ignore[no-untyped-def]
-    """Print library warnings (e.g. interpolated audiogram frequencies) as one line each."""
-
-    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
-        return f"warning: {message}\n"
-
-    warnings.formatwarning = format_warning
-    return func

@@ -17,7 +17,6 @@ from haaqicli.cli.common import (
     resume_option,
     scheduler_option,
     scoring_options,
-    show_warnings,
 )
 from haaqicli.scoring.options import ScoreOptions
 from haaqicli.util.constants import HOP_SECONDS, WINDOW_SECONDS
@@ -42,7 +41,6 @@ def print_notes(table) -> None:  # type: ignore[no-untyped-def]
 @click.option("--window", "window_s", type=click.FloatRange(1.0, 60.0), default=WINDOW_SECONDS, show_default=True)
 @click.option("--hop", "hop_s", type=click.FloatRange(0.5, 60.0), default=HOP_SECONDS, show_default=True)
 @quiet_option
-@show_warnings
 @one_line_errors
 def score(
     inputs: tuple[str, ...],
