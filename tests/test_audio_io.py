@@ -60,6 +60,16 @@ def test_discover_survives_symlink_loops(tmp_path: Path) -> None:
     assert names == ["t1.wav"]
 
 
+def test_discover_lists_a_broken_link_in_a_folder_so_that_it_fails_as_a_row(tmp_path: Path) -> None:
+    root = tmp_path / "music"
+    write_wav(root / "a.wav", tone(sr=8000, seconds=0.1), 8000)
+    os.symlink(tmp_path / "moved.wav", root / "b.wav")  # its target is gone
+    os.mkfifo(root / "c.wav")  # not a file to read: skipped
+    assert [f.relative for f in discover([root])] == ["a.wav", "b.wav"]
+    with pytest.raises(AudioError, match=rf"b\.wav: broken symbolic link \(its target {tmp_path}/moved\.wav does not"):
+        open_audio(root / "b.wav")
+
+
 def test_discover_missing_path_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match=r"nope\.wav: no such file or directory$"):
         discover([tmp_path / "nope.wav"])

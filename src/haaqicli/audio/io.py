@@ -77,7 +77,7 @@ def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
     """Files as given plus audio files found recursively under directories.
 
     Order: inputs in the order given; inside a directory, sorted by relative path. Hidden files and
-    directories are skipped, directory symlinks are followed but each real directory is visited once
+    directories are skipped (so are fifos and devices; a broken symlink is listed, to fail as a row), directory symlinks are followed but each real directory is visited once
     (so symlink loops terminate), and the same real file is listed only once.
     """
     found: list[InputFile] = []
@@ -111,7 +111,9 @@ def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
                 if _hidden(name) or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
                     continue
                 file_path = Path(dirpath) / name
-                if not file_path.is_file():  # broken symlink, fifo...
+                # a fifo or device is skipped; a broken link to an audio file is listed, so that it gets
+                # an error row instead of vanishing from the table unnoticed
+                if not file_path.is_file() and not file_path.is_symlink():
                     continue
                 items.append(InputFile(file_path, path, file_path.relative_to(path).as_posix()))
         for item in sorted(items, key=lambda i: i.relative):
@@ -369,6 +371,8 @@ def open_audio(path: str | Path) -> AudioSource:
     """Open a file for streaming; raises ``AudioError`` for missing, empty, corrupt or non-audio files."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise AudioError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
         raise AudioError(f"{path}: no such file")
     if not path.is_file():
         raise AudioError(f"{path}: not a regular file")
