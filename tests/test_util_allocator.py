@@ -7,7 +7,10 @@ import os
 import platform
 import subprocess
 import sys
+import time
+import warnings
 
+import numpy as np
 import pytest
 
 from haaqicli.util import allocator
@@ -65,3 +68,33 @@ def test_children_with_default_allocator(monkeypatch) -> None:  # type: ignore[n
         assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
         assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
     assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(allocator.MMAP_THRESHOLD)
+
+
+_held: list[np.ndarray] = []
+
+
+def _grow(megabytes: int, disable_check: bool) -> int:
+    """A task that keeps `megabytes` resident in its worker (as the kept heap does), after the leak
+    check's 1-s delay; returns the worker's pid."""
+    if disable_check:
+        allocator.disable_worker_leak_check()
+    _held.append(np.ones(megabytes << 17))  # 8-byte items, all touched
+    time.sleep(1.2)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("disable_check", [False, True])
+def test_a_worker_that_keeps_memory_is_not_restarted(disable_check: bool) -> None:
+    """loky (with psutil) replaces a worker grown by 300 MB since its first task; a task that calls
+    `disable_worker_leak_check` keeps its worker (and its imports) for the next task."""
+    pytest.importorskip("psutil")
+    from joblib.externals.loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=1, reuse=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loky's "A worker stopped" warning where it restarts one
+            pids = [executor.submit(_grow, megabytes, disable_check).result(timeout=120) for megabytes in (0, 400, 0)]
+    finally:
+        executor.shutdown(kill_workers=True)
+    assert (pids[2] == pids[0]) == disable_check, pids

@@ -14,6 +14,7 @@ from haaqicli.data.corpus import default_data_dir
 from haaqicli.data.export import Int16Waves, SplitCache, cache_disk_bytes, item_input
 from haaqicli.data.labels import labelled_manifest
 from haaqicli.data.packages import DatasetError
+from haaqicli.util import allocator
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
 
 
@@ -49,6 +50,7 @@ def chosen_items(meta: pd.DataFrame, items: int, seed: int = 0, plus_augmentatio
 
 
 def _regenerate(rows: list[dict], corpus: Path, sample_rate: int, length: int) -> list[tuple[str, np.ndarray, float]]:
+    allocator.disable_worker_leak_check()  # in a worker process: see there
     return [(row["item_id"], *item_input(row, corpus, sample_rate, length)) for row in rows]
 
 

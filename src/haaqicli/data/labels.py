@@ -33,6 +33,7 @@ from haaqicli.data.corpus import LABEL_COLUMNS, materialise, read_manifest
 from haaqicli.data.export import SplitCache, model_input, to_int16
 from haaqicli.data.packages import DatasetError
 from haaqicli.reference.formula import TERMS
+from haaqicli.util import allocator
 from haaqicli.util.atomic import atomic_write
 from haaqicli.util.constants import DEFAULT_SPL, MODEL_SAMPLE_RATE
 from haaqicli.util.devices import cuda_device
@@ -125,6 +126,7 @@ def label_item(item: Mapping[str, Any], corpus_dir: Path, haaqi_fn: HaaqiFn | No
     """Label one manifest row; CPU seconds cover regeneration (incl. ffmpeg) + HAAQI. With
     ``cache_length`` the row carries the item's model input (``input``: int16 row, scale) too."""
     t0 = _cpu_seconds()
+    allocator.disable_worker_leak_check()  # in a worker process: see there
     row = _nan_row(item["item_id"])
     try:
         args, cached = _materialised_arguments(item, corpus_dir, cache_length)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from haaqicli.reference.haaqi import compute_haaqi
+from haaqicli.util import allocator
 from haaqicli.util.devices import cuda_device
 
 
@@ -17,6 +18,7 @@ def _score_chunk(items: Sequence[dict[str, Any]]) -> list[float]:
     """Worker: score a chunk of items single-threaded (the process pool already uses every core;
     nested BLAS/OpenMP threads would only contend for them)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    allocator.disable_worker_leak_check()
     try:  # lazy and optional: only the worker processes need it
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: joblib's loky workers already cap native threads

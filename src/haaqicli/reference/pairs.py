@@ -23,6 +23,7 @@ from haaqicli.audio import (
 )
 from haaqicli.reference.align import align
 from haaqicli.reference.parallel import thread_count
+from haaqicli.util import allocator
 from haaqicli.util.devices import cuda_device, resolve_device
 from haaqicli.util.errors import AudioError, HaaqiError
 from haaqicli.util.executor import TaskProgress, open_executor, unreadable
@@ -212,6 +213,7 @@ def _score_pair_alone(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
     """score_pair in a worker process, single-threaded: the processes already use every core, and
     threads inside each would only contend for them."""
     os.environ["HAAQI_THREADS"] = "1"  # read by reference.parallel at each call
+    allocator.disable_worker_leak_check()
     try:
         # lazy: threadpoolctl is an optional dependency, needed on this path only
         from threadpoolctl import threadpool_limits

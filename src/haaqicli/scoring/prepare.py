@@ -31,6 +31,7 @@ import numpy as np
 from haaqicli import audio
 from haaqicli.audio.bandwidth import LongTermSpectrum, frame_stride
 from haaqicli.scoring.options import ScoreOptions
+from haaqicli.util import allocator
 from haaqicli.util.constants import MODEL_SAMPLE_RATE
 from haaqicli.util.errors import HaaqiError
 from haaqicli.util.hashing import content_hash
@@ -66,6 +67,7 @@ def prepare_file(
     item: audio.InputFile, options: ScoreOptions, model_sample_rate: int = MODEL_SAMPLE_RATE
 ) -> PreparedFile:
     """Decode, calibrate, window and resample one file. Errors become the row's reason."""
+    allocator.disable_worker_leak_check()  # in a worker process (score --workers): see there
     prepared = PreparedFile(input=item)
     # hashlib releases the GIL, so the file is hashed on another core while it is decoded
     hashing = None if item.content_hash else _hash_pool().submit(content_hash, item.path)

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import sys
 from collections.abc import Iterator
 
 # mallopt parameters (malloc.h)
@@ -56,3 +57,17 @@ def children_with_default_allocator() -> Iterator[None]:
         yield
     finally:
         os.environ.update(ours)
+
+
+def disable_worker_leak_check() -> None:
+    """Called by each task run in a joblib (loky) worker process: turn off loky's memory-leak check there.
+
+    With psutil installed, loky restarts a worker whose resident memory has grown by 300 MB since its first
+    task. The heap kept above grows that much whenever a later task is larger than the first (a long
+    pair after a short or failed one), so the check took it for a leak and replaced the worker: a fresh
+    interpreter, its imports and compiled kernels (about 2 s), and a "A worker stopped" warning printed to
+    the user. Memory is bounded by this tool's own guards (each worker's share of the available memory),
+    not by restarts. Outside a loky worker nothing changes."""
+    executor = sys.modules.get("joblib.externals.loky.process_executor")
+    if executor is not None and getattr(executor, "_USE_PSUTIL", False):
+        executor._USE_PSUTIL = False
