@@ -125,15 +125,25 @@ def test_csv_complete_rows_do_not_warn(tmp_path: Path) -> None:
         (HEADER + "a,-20,10,10,10,10,10,10,10\n", r"^bad\.csv:2: -20 dB HL at 250 Hz is outside"),
         (HEADER + "a,1,1,1,1,1,1,1,1\nb,1,1,1,1,1,1,1,1\na,2,2,2,2,2,2,2,2\n",
          r"^bad\.csv:4: duplicate name 'a' \(first defined on line 2\)$"),
-        ("listener,250,500\na,1,2\n", r"^bad\.csv:1: no 'name' column in the header$"),
+        ("patient,250,500\na,1,2\n", r"^bad\.csv:1: no 'name' column in the header$"),
         ("", r"^bad\.csv:1: empty profile file"),
         (HEADER, r"^bad\.csv:1: no profiles \(header only\)$"),
-        ("name,ear,250,500\nx,left,1,2\n", r"^bad\.csv:2: 'x' has a left-ear row but no right-ear row$"),
+        ("name,ear,250,500\nx,left,1,2\n", r"^bad\.csv:2: 'x' has left-ear levels but no right-ear levels$"),
         ("name,ear,250,500\nx,middle,1,2\n", r"^bad\.csv:2: ear 'middle' is not left, right or both$"),
         ("name,ear,250,500\nx,both,1,2\nx,left,1,2\n", r"^bad\.csv:3: duplicate name 'x'"),
         (HEADER + ",1,1,1,1,1,1,1,1\n", r"^bad\.csv:2: empty name$"),
         (HEADER + "a,,,,,,,,\n", r"^bad\.csv:2: 'a' has no hearing levels$"),
         ("name,notes\na,x\n", r"^bad\.csv:1: no frequency columns"),
+        # one row per frequency
+        ("frequency,left,right\n250,1,2\nabc,1,2\n", r"^bad\.csv:3: frequency 'abc' is not a frequency in Hz"),
+        ("frequency,left,right\n250,1,2\n250,3,4\n", r"^bad\.csv:3: 'bad' has a second value at 250 Hz \(left ear\)$"),
+        ("frequency,left,right\n250,1,x\n", r"^bad\.csv:2: right value 'x' is not a number$"),
+        ("frequency,left\n250,1\n", r"^bad\.csv:2: 'bad' has left-ear levels but no right-ear levels$"),
+        ("frequency,ear,level\n250,both,1\n500,left,1\n", r"^bad\.csv:3: 'bad' mixes rows for both ears with rows"),
+        ("frequency,level,threshold\n250,1,2\n", r"^bad\.csv:1: 'level' and 'threshold' are both level columns$"),
+        ("frequency,ear,left,right\n250,left,1,2\n", r"^bad\.csv:1: an ear column beside left/right columns$"),
+        ("frequency,notes\n250,x\n", r"^bad\.csv:1: one row per frequency needs left and right columns or a level"),
+        ("frequency,left,right\n250,1,130\n", r"^bad\.csv:2: 130 dB HL at 250 Hz is outside"),
         (HEADER + "a,1,1,1,1,1,1,1,1,1,1\n", r"^bad\.csv:2: 11 fields but the header has 9$"),
     ],
 )
@@ -141,6 +151,37 @@ def test_csv_errors_name_file_and_line(tmp_path: Path, text: str, message: str) 
     path = write(tmp_path, "bad.csv", text)
     with pytest.raises(ProfileError, match=message):
         load_profiles(path)
+
+
+def test_csv_one_row_per_frequency(tmp_path: Path) -> None:
+    """The layouts audiometers and spreadsheets export: a column per ear, or an ear column and a level
+    column, units in the headers; without a name column the file is one listener named after it."""
+    left, right = (10, 10, 20, 30, 40, 50, 60, 70), (15, 20, 25, 35, 45, 55, 65, 75)
+    rows = "".join(f"{f},{a},{b}\n" for f, a, b in zip(AUDIOGRAM_FREQUENCIES, left, right, strict=True))
+    (plain,) = load_profiles(write(tmp_path, "anna.csv", "freq,left,right\n" + rows))
+    assert (plain.name, plain.left.levels, plain.right.levels) == ("anna", left, right)
+    units = "Frequency (Hz),Left ear (dB HL),Right ear (dB HL)\n" + rows.replace("1000,", "1 kHz,")
+    (same,) = load_profiles(write(tmp_path, "units.tsv", units.replace(",", "\t")))
+    assert (same.left.levels, same.right.levels) == (left, right)
+    grouped = "name;ear;frequency;threshold\n" + "".join(
+        f"kim;{ear};{f};{level}\n" for ear, levels in (("L", left), ("R", right))
+        for f, level in zip(AUDIOGRAM_FREQUENCIES, levels, strict=True)) + "".join(
+        f"lee;;{f};30\n" for f in AUDIOGRAM_FREQUENCIES)
+    kim, lee = load_profiles(write(tmp_path, "clinic.csv", grouped))
+    assert (kim.left.levels, kim.right.levels) == (left, right) and lee.symmetric and lee.left.levels == (30.0,) * 8
+    with pytest.warns(ProfileWarning, match=r"sparse\.csv:2: 'sparse' has no value at 250, 3000, 6000, 8000 Hz"):
+        (sparse,) = load_profiles(write(tmp_path, "sparse.csv", "frequency,level\n500,20\n1000,30\n2000,40\n4000,60\n"))
+    assert sparse.symmetric and sparse.left.levels[0] == 20.0 and sparse.left.levels[-1] == 60.0
+
+
+def test_csv_without_a_name_column_is_one_listener(tmp_path: Path) -> None:
+    path = write(tmp_path, "me.csv", "ear,250,500,1000,2000,3000,4000,6000,8000\n"
+                 "left,10,10,10,10,10,10,10,10\nright,20,20,20,20,20,20,20,20\n")
+    (profile,) = load_profiles(path)
+    assert (profile.name, profile.left.levels, profile.right.levels) == ("me", (10.0,) * 8, (20.0,) * 8)
+    twice = write(tmp_path, "two.csv", HEADER.replace("name,", "") + "1,1,1,1,1,1,1,1\n2,2,2,2,2,2,2,2\n")
+    with pytest.raises(ProfileError, match=r"^two\.csv:3: a second row for 'two' \(without a name column the file is one listener"):
+        load_profiles(twice)
 
 
 def test_semicolon_csv_and_unsupported_extension(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Audiograms and listener profiles: built-ins, CSV files and Clarity ``listeners.json``.
+"""Audiograms and listener profiles: built-ins, CSV files (a row per listener or ear, or a row per
+frequency) and Clarity ``listeners.json``.
 
 Every profile is reduced to dB HL at ``AUDIOGRAM_FREQUENCIES`` (250 ... 8000 Hz) per ear. Values at
 frequencies a file does not give are interpolated linearly on log frequency (held flat beyond the
@@ -245,11 +246,10 @@ def _load_csv(path: Path) -> list[Profile]:
             break
     if header is None:
         raise ProfileError(f"{label}:1: empty profile file (expected a header like name,250,500,...,8000)")
-    lowered = [h.lower() for h in header]
-    if "name" not in lowered:
-        raise ProfileError(f"{label}:{header_line}: no 'name' column in the header")
-    name_col = lowered.index("name")
-    ear_col = lowered.index("ear") if "ear" in lowered else None
+    roles = [_column_role(cell) for cell in header]
+    _single_columns(label, header_line, header, roles, ("name", "ear"))
+    name_col = roles.index("name") if "name" in roles else None
+    ear_col = roles.index("ear") if "ear" in roles else None
     freq_cols: list[tuple[int, float]] = []
     for index, cell in enumerate(header):
         freq = _parse_frequency(cell)
@@ -258,10 +258,15 @@ def _load_csv(path: Path) -> list[Profile]:
                 raise ProfileError(f"{label}:{header_line}: frequency column {cell!r} appears twice")
             freq_cols.append((index, freq))
     if not freq_cols:
-        raise ProfileError(f"{label}:{header_line}: no frequency columns (expected 250,500,1000,...,8000)")
+        if "frequency" in roles:
+            return _load_long_csv(path, header, header_line, roles, reader)
+        raise ProfileError(f"{label}:{header_line}: no frequency columns (expected name,250,500,1000,...,8000, or "
+                           "one row per frequency: frequency,left,right)")
+    if name_col is None and any(role is None for index, role in enumerate(roles)
+                                if all(index != col for col, _ in freq_cols)):
+        raise ProfileError(f"{label}:{header_line}: no 'name' column in the header")
 
-    # name -> {ear: (levels, line)}
-    rows: dict[str, dict[str, tuple[dict[float, float], int]]] = {}
+    rows: EarPoints = {}
     order: list[str] = []
     for row in reader:
         line = reader.line_num
@@ -271,7 +276,7 @@ def _load_csv(path: Path) -> list[Profile]:
         cells = row + [""] * (len(header) - len(row))
         if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
             raise ProfileError(f"{where}: {len(row)} fields but the header has {len(header)}")
-        name = cells[name_col].strip()
+        name = cells[name_col].strip() if name_col is not None else path.stem  # no name column: one listener
         if not name:
             raise ProfileError(f"{where}: empty name")
         ear_raw = cells[ear_col].strip().lower() if ear_col is not None else ""
@@ -294,27 +299,131 @@ def _load_csv(path: Path) -> list[Profile]:
         clash = "both" in entry or ear in entry or (ear == "both" and entry)
         if clash:
             first_line = min(line_ for _, line_ in entry.values())
+            if name_col is None:
+                raise ProfileError(f"{where}: a second row for '{name}' (without a name column the file is one "
+                                   f"listener, one row per ear; the first is on line {first_line})")
             raise ProfileError(f"{where}: duplicate name '{name}' (first defined on line {first_line})")
         entry[ear] = (points, line)
     if not order:
         raise ProfileError(f"{label}:{header_line}: no profiles (header only)")
+    return _profiles_from_ears(path, order, rows)
 
+
+EarPoints = dict[str, dict[str, tuple[dict[float, float], int]]]  # name -> {ear: ({Hz: dB HL}, line)}
+
+
+def _profiles_from_ears(path: Path, order: list[str], rows: EarPoints) -> list[Profile]:
+    """One profile per name (in file order) from its ears' points: "both", or "left" and "right"."""
     profiles = []
     for name in order:
         entry = rows[name]
         if "both" in entry:
             points, line = entry["both"]
-            levels = Audiogram(_to_ear_levels(points, f"{label}:{line}", name, None)[0])
+            levels = Audiogram(_to_ear_levels(points, f"{path.name}:{line}", name, None)[0])
             profiles.append(Profile(name, levels, levels, str(path)))
             continue
         for needed, other in (("left", "right"), ("right", "left")):
             if needed not in entry:
                 line = entry[other][1]
-                raise ProfileError(f"{label}:{line}: '{name}' has a {other}-ear row but no {needed}-ear row")
-        ears = {ear: Audiogram(_to_ear_levels(points, f"{label}:{line}", name, ear)[0])
+                raise ProfileError(f"{path.name}:{line}: '{name}' has {other}-ear levels but no {needed}-ear levels")
+        ears = {ear: Audiogram(_to_ear_levels(points, f"{path.name}:{line}", name, ear)[0])
                 for ear, (points, line) in entry.items()}
         profiles.append(Profile(name, ears["left"], ears["right"], str(path)))
     return profiles
+
+
+# header words -> role; a header is reduced to its letters and digits with unit words taken off its end
+# ("Left ear (dB HL)" -> "left", "Frequency (Hz)" -> "frequency")
+_ROLE_WORDS = {"name": "name", "listener": "name", "ear": "ear", "side": "ear",
+               "frequency": "frequency", "freq": "frequency", "hz": "frequency",
+               "level": "level", "threshold": "level", "dbhl": "level", "hl": "level", "db": "level",
+               "left": "left", "l": "left", "right": "right", "r": "right"}
+_UNIT_SUFFIXES = ("dbhl", "hl", "db", "hz", "ear", "threshold", "level")
+
+
+def _single_columns(label: str, header_line: int, header: list[str], roles: list[str | None],
+                    used: Sequence[str]) -> None:
+    """Refuse a header with two columns for one role that the layout reads (which would it be?)."""
+    for role in used:
+        where = [index for index, r in enumerate(roles) if r == role]
+        if len(where) > 1:
+            raise ProfileError(f"{label}:{header_line}: {header[where[0]]!r} and {header[where[1]]!r} are both "
+                               f"{role} columns")
+
+
+def _column_role(header: str) -> str | None:
+    word = re.sub(r"[^a-z0-9]", "", header.lower())
+    stripped = True
+    while stripped and word not in _ROLE_WORDS:
+        stripped = False
+        for suffix in _UNIT_SUFFIXES:
+            if word.endswith(suffix) and len(word) > len(suffix):
+                word, stripped = word[: -len(suffix)], True
+                break
+    return _ROLE_WORDS.get(word)
+
+
+def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[str | None],
+                   reader: Any) -> list[Profile]:
+    """One row per frequency: `frequency,left,right` (either ear's column may be left out only with
+    the other ear given elsewhere), `frequency,ear,level`, or `frequency,level` (both ears); an
+    optional name column holds several listeners, else the file is one listener named after it."""
+    label = path.name
+    _single_columns(label, header_line, header, roles, ("name", "ear", "frequency", "level", "left", "right"))
+    column = {role: index for index, role in enumerate(roles) if role is not None}
+    if "level" in column:
+        value_columns = [(column["level"], None)]
+    elif "left" in column or "right" in column:
+        if "ear" in column:
+            raise ProfileError(f"{label}:{header_line}: an ear column beside left/right columns")
+        value_columns = [(column[ear], ear) for ear in EARS if ear in column]
+    else:
+        raise ProfileError(f"{label}:{header_line}: one row per frequency needs left and right columns or a level "
+                           "column (e.g. frequency,left,right)")
+    rows: EarPoints = {}
+    order: list[str] = []
+    for row in reader:
+        line = reader.line_num
+        if not row or not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        where = f"{label}:{line}"
+        cells = row + [""] * (len(header) - len(row))
+        if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+            raise ProfileError(f"{where}: {len(row)} fields but the header has {len(header)}")
+        name = cells[column["name"]].strip() if "name" in column else path.stem
+        if not name:
+            raise ProfileError(f"{where}: empty name")
+        raw_freq = cells[column["frequency"]].strip()
+        freq = _parse_frequency(raw_freq)
+        if freq is None:
+            raise ProfileError(f"{where}: frequency {raw_freq!r} is not a frequency in Hz (20..30000)")
+        row_ear = None
+        if "ear" in column:
+            row_ear = _EAR_VALUES.get(cells[column["ear"]].strip().lower())
+            if row_ear is None:
+                raise ProfileError(f"{where}: ear {cells[column['ear']].strip()!r} is not left, right or both")
+        entry = rows.setdefault(name, {})
+        if name not in order:
+            order.append(name)
+        for index, ear in value_columns:
+            raw = cells[index].strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ProfileError(f"{where}: {header[index]} value {raw!r} is not a number") from None
+            ear = ear or row_ear or "both"
+            if ear == "both" and (set(entry) - {"both"}) or ear != "both" and "both" in entry:
+                raise ProfileError(f"{where}: '{name}' mixes rows for both ears with rows for one ear")
+            points, first = entry.setdefault(ear, ({}, line))
+            if freq in points:
+                raise ProfileError(f"{where}: '{name}' has a second value at {freq:g} Hz"
+                                   + (f" ({ear} ear)" if ear != "both" else ""))
+            points[freq] = _check_level(value, freq, where)
+    if not order:
+        raise ProfileError(f"{label}:{header_line}: no profiles (header only)")
+    return _profiles_from_ears(path, order, rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def profile_option(func: F) -> F:
         multiple=True,
         default=("normal",),
         show_default=True,
-        help="Audiogram profile: a CSV/JSON path or a built-in name (repeatable).",
+        help="Audiogram profile: a built-in name or a file (CSV/TSV, a row per listener or per frequency; "
+        "Clarity listeners.json) (repeatable).",
     )(func)
 
 
