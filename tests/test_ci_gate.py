@@ -303,6 +303,20 @@ def test_summary_markdown_appends(music: Path, tmp_path: Path) -> None:
     assert "`b.wav`" in text and "0.550 < min_score 0.600" in text
 
 
+def test_profile_rows_count_their_failing_files(music: Path, tmp_path: Path) -> None:
+    """A profile row lists min_score among its gates: it fails when a file of the profile does, in the
+    terminal and the Markdown summary alike, while the aggregate gates keep their own JUnit testcase."""
+    summary, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
+    result = run_check([str(music), *PROFILES, "--min-score", "0.6", "--summary", str(summary), "--junit", str(junit)])
+    assert result.exit_code == 1
+    rows = {line.split("|")[1].strip(): line for line in summary.read_text().splitlines() if line.startswith("| ")}
+    assert "❌ 1 of 3 files fail their gates" in rows["mild"] and "✅ pass" in rows["normal"]
+    printed = [line for line in result.output.splitlines() if " mild " in line and "files fail" in line]
+    assert printed and "FAIL" in printed[0], result.output
+    aggregate = ET.parse(junit).getroot().find(".//testcase[@name='[mild mean/p10]']")
+    assert aggregate is not None and aggregate.find("failure") is None  # mean 0.70 and p10 pass: no gate on them
+
+
 def test_scores_table_mode(music: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
     assert run_check([str(music), *PROFILES, "--out", str(out)]).exit_code == 0

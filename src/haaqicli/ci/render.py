@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from haaqicli.ci.evaluate import METHOD_TEXT, GateReport
+from haaqicli.ci.evaluate import METHOD_TEXT, GateReport, ProfileResult
 from haaqicli.ci.policy import THRESHOLD_KEYS, Thresholds
 from haaqicli.util.atomic import atomic_write
 
@@ -20,6 +20,22 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def _threshold_text(t: Thresholds) -> str:
     parts = [f"{k}={getattr(t, k):g}" for k in THRESHOLD_KEYS if getattr(t, k) is not None]
     return ", ".join(parts) if parts else "no gate"
+
+
+def profile_verdict(report: GateReport, result: ProfileResult) -> tuple[str, list[str]]:
+    """A profile's row in the summaries: its aggregate gates (mean, p10, mean drop) and its files' own
+    gates (min_score, max_drop per file) together, so that a row listing min_score never says "pass"
+    while files of the profile fail it. (JUnit keeps the aggregate as its own testcase.)"""
+    cases = [c for c in report.cases if c.profile == result.profile]
+    failing = sum(c.status == "fail" for c in cases)
+    unscored = sum(c.status == "error" for c in cases)
+    messages = list(result.messages)
+    if failing:
+        messages.append(f"{failing} of {sum(c.status in ('pass', 'fail') for c in cases)} files fail their gates")
+    if unscored:
+        messages.append(f"{unscored} file(s) not scored")
+    status = "fail" if result.status == "fail" or failing else "error" if unscored else "pass"
+    return status, messages
 
 
 def junit_xml(report: GateReport, suite_name: str = "haaqi") -> ET.ElementTree:
@@ -128,7 +144,8 @@ def markdown_summary(report: GateReport, title: str = "HAAQI quality gate", max_
             if has_base:
                 delta = (p.current_mean_common - p.baseline_mean) if p.baseline_mean is not None else None
                 row += f" {_fmt(p.baseline_mean)} | {_fmt(delta, 3) if delta is None else f'{delta:+.3f}'} |"
-            verdict = "✅ pass" if p.status == "pass" else "❌ " + _md_escape("; ".join(p.messages))
+            status, messages = profile_verdict(report, p)
+            verdict = "✅ pass" if status == "pass" else ("❌ " if status == "fail" else "⚠️ ") + _md_escape("; ".join(messages))
             row += f" {_threshold_text(p.thresholds)} | {verdict} |"
             lines.append(row)
         lines.append("")
@@ -192,8 +209,9 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
     for column in ("result", "profile", "files", "mean", "p10", "min", "gates", "reason"):
         summary.add_column(column)
     for p in report.profiles:
-        summary.add_row(style[p.status], p.profile, str(p.n), _fmt(p.mean), _fmt(p.p10), _fmt(p.minimum),
-                        _threshold_text(p.thresholds), "; ".join(p.messages))
+        status, messages = profile_verdict(report, p)
+        summary.add_row(style[status], p.profile, str(p.n), _fmt(p.mean), _fmt(p.p10), _fmt(p.minimum),
+                        _threshold_text(p.thresholds), "; ".join(messages))
     console.print(summary)
     if report.method:
         console.print(f"scores: {METHOD_TEXT[report.method]}", markup=False)
