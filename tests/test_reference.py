@@ -146,6 +146,14 @@ def test_pairs_cli_scores_and_reports_errors(tmp_path, ref: np.ndarray) -> None:
     result = CliRunner().invoke(reference, ["--pairs", str(csv), "--mix", "mono", "-q", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert list(pd.read_csv(out).ear) == ["both"]
+    # two files: the one pair, the same score as its folder pairing
+    pair_scores = table[table.status == "ok"].score.to_numpy()
+    files = [str(tmp_path / "ref" / "a.wav"), str(tmp_path / "proc" / "a.wav")]
+    result = CliRunner().invoke(reference, ["--reference", *files, "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(pd.read_csv(out).score.to_numpy(), pair_scores)
+    result = CliRunner().invoke(reference, ["--reference", files[0], str(tmp_path / "proc"), "-q"])
+    assert result.exit_code == 2 and "give two files or two folders, not a file and a folder" in result.output
     result = CliRunner().invoke(reference, ["-q"])
     assert result.exit_code == 2
     if not torch.cuda.is_available():

@@ -25,8 +25,8 @@ from haaqicli.cli.common import (
 @click.command()
 @click.option("--pairs", "pairs_csv", type=click.Path(dir_okay=False), default=None,
               help="CSV with columns reference,processed (paths relative to the CSV).")
-@click.option("--reference", "dirs", nargs=2, type=click.Path(file_okay=False), default=None,
-              metavar="REF_DIR PROCESSED_DIR", help="Pair files of two folders by relative path.")
+@click.option("--reference", "dirs", nargs=2, type=click.Path(), default=None, metavar="REF PROCESSED",
+              help="The reference and the processed file, or two folders whose files pair by relative path.")
 @profile_option
 @reference_spl_option
 @click.option("--mix", type=click.Choice(["stereo", "mono"]), default="stereo", show_default=True,
@@ -56,13 +56,13 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
     Exit status: 0 all pairs scored, 1 some failed, 2 usage errors.
     """
     from haaqicli.audiogram import resolve_profiles
-    from haaqicli.reference.pairs import pair_directories, read_pairs_csv, score_pairs
+    from haaqicli.reference.pairs import pair_paths, read_pairs_csv, score_pairs
 
     if (pairs_csv is None) == (dirs is None):
-        raise click.UsageError("give exactly one of --pairs CSV or --reference REF_DIR PROCESSED_DIR")
+        raise click.UsageError("give exactly one of --pairs CSV or --reference REF PROCESSED")
     dataset = check_table_outputs(out, report, resume)
     loaded = resolve_profiles(profiles)
-    pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_directories(*dirs)  # type: ignore[misc]
+    pairs = read_pairs_csv(pairs_csv) if pairs_csv else pair_paths(*dirs)  # type: ignore[misc]
     from haaqicli.util.interrupts import RunInterrupted
 
     try:  # rows go to --out as pairs finish

@@ -62,6 +62,20 @@ def read_pairs_csv(path: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def pair_paths(reference: str | Path, processed: str | Path) -> list[tuple[Path | None, Path | None]]:
+    """`--reference REF PROCESSED`: two files (one pair) or two folders (`pair_directories`)."""
+    kinds = ["folder" if Path(p).is_dir() else "file" if Path(p).exists() else None for p in (reference, processed)]
+    for path, kind in zip((reference, processed), kinds, strict=True):
+        if kind is None:
+            raise HaaqiError(f"{path}: no such file or directory")
+    if kinds[0] != kinds[1]:
+        raise HaaqiError(f"--reference {reference} {processed}: give two files or two folders, not a {kinds[0]} "
+                         f"and a {kinds[1]}")
+    if kinds[0] == "file":
+        return [(Path(reference), Path(processed))]
+    return pair_directories(reference, processed)
+
+
 def pair_directories(reference_dir: str | Path, processed_dir: str | Path) -> list[tuple[Path | None, Path | None]]:
     """Pair files by relative path (extension ignored); an unmatched file pairs with None."""
     def index(root: str | Path) -> dict[str, Path]:
