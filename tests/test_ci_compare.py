@@ -91,3 +91,18 @@ def test_model_change_warning(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["compare", a, b], catch_exceptions=False)
     assert result.exit_code == 0
     assert "warning: model changed" in result.output and "aaaaaaaaaaaa" in result.output
+
+
+def test_entries_only_in_one_table_are_summarised(tmp_path: Path) -> None:
+    """A profile scored in one run only is named once, not file by file; single entries are capped
+    at --top (the --out table lists every one)."""
+    a = pd.concat([_table(A_SCORES), _table(A_SCORES, profile="mild")])
+    b = _table({f: s for f, s in A_SCORES.items() if f not in ("song00.wav", "song01.wav", "song02.wav")})
+    out = tmp_path / "deltas.csv"
+    result = CliRunner().invoke(main, ["compare", _write(tmp_path, "a.csv", a), _write(tmp_path, "b.csv", b),
+                                       "--top", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("only in")]
+    assert line.endswith("a.csv: profile mild (all 12 files), song00.wav (normal), song01.wav (normal), "
+                         "and 1 more (--out lists them)"), line
+    assert (pd.read_csv(out)["status"] == "only_a").sum() == 15

@@ -349,6 +349,23 @@ def _print_sweep(result, quiet: bool) -> None:  # type: ignore[no-untyped-def]
         console.print("outside encoder range, not tried: " + ", ".join(result.skipped), markup=False)
 
 
+def only_in_one_line(deltas, status: str, top: int) -> str:  # type: ignore[no-untyped-def]
+    """The entries of one table missing from the other, short: a profile missing for every file is
+    named once, and at most `top` single entries are listed (all of them are in --out)."""
+    rows = deltas[deltas["status"] == status]
+    if not len(rows):
+        return ""
+    files_per_profile = deltas.groupby("profile")["file"].nunique()
+    missing_per_profile = rows.groupby("profile")["file"].nunique()
+    whole = [profile for profile, n in missing_per_profile.items() if n == files_per_profile[profile]]
+    parts = [f"profile {profile} (all {files_per_profile[profile]} files)" for profile in whole]
+    single = rows[~rows["profile"].isin(whole)]
+    parts += [f"{r.file} ({r.profile})" for r in single.head(top).itertuples()]
+    if len(single) > top:
+        parts.append(f"and {len(single) - top} more (--out lists them)")
+    return ", ".join(parts)
+
+
 @click.command()
 @click.argument("table_a", type=click.Path(dir_okay=False))
 @click.argument("table_b", type=click.Path(dir_okay=False))
@@ -401,10 +418,9 @@ def compare(table_a: str, table_b: str, max_drop: float | None, tolerance: float
         console.print(f"{p['profile']}: mean delta {p['mean_delta']:+.4f} over {p['n']} files; "
                       f"{significance_note(p)}", markup=False)
     for status, label in (("only_a", table_a), ("only_b", table_b)):
-        rows = result.deltas[result.deltas["status"] == status]
-        if len(rows):
-            console.print(f"only in {label}: " + ", ".join(f"{r.file} ({r.profile})" for r in rows.itertuples()),
-                          markup=False)
+        line = only_in_one_line(result.deltas, status, top)
+        if line:
+            console.print(f"only in {label}: {line}", markup=False)
     for message in result.warnings:
         console.print(f"warning: {message}", markup=False)
     for message in result.failures:
