@@ -215,6 +215,14 @@ def test_clarity_listeners_json(tmp_path: Path) -> None:
     assert second.left.levels == (10, 10, 20, 30, 40, 50, 60, 70)
 
 
+def test_json_single_listener_object(tmp_path: Path) -> None:
+    one = clarity_listeners()["L0001"]
+    (named,) = load_profiles(write(tmp_path, "one.json", json.dumps(one)))
+    assert named.name == "L0001" and named.right.levels == (15, 15, 25, 35, 45, 55, 65, 75)
+    (unnamed,) = load_profiles(write(tmp_path, "pat.json", json.dumps({k: v for k, v in one.items() if k != "name"})))
+    assert unnamed.name == "pat" and unnamed.left.levels == named.left.levels
+
+
 def test_json_missing_frequencies_warn_and_errors_name_line(tmp_path: Path) -> None:
     data = clarity_listeners()
     data["L0001"]["audiogram_cfs"] = [250, 500, 1000, 2000, 4000, 8000]

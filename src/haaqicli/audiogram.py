@@ -443,7 +443,9 @@ def _load_json(path: Path) -> list[Profile]:
     except json.JSONDecodeError as error:
         raise ProfileError(f"{label}:{error.lineno}: invalid JSON ({error.msg})") from None
     entries: list[tuple[str, Any]]
-    if isinstance(data, dict):
+    if isinstance(data, dict) and "audiogram_cfs" in data:  # one listener's object, not a set of them
+        entries = [(str(data.get("name") or path.stem), data)]
+    elif isinstance(data, dict):
         entries = list(data.items())
     elif isinstance(data, list):
         entries = [(str(item.get("name", i)) if isinstance(item, dict) else str(i), item)
