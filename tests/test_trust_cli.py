@@ -51,6 +51,20 @@ def write_surround(path: Path, seconds: float = 1.0, sr: int = 16000) -> Path:
 # ---------------------------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("args, message", [
+    (["score", "x.wav", "--out", "s.json"], "error: Invalid value for --out: s.json: extension must be one of"),
+    (["score", "x.wav", "--spl", "loud"], "error: Invalid value for '--spl': 'loud' is not a valid float range."),
+    (["score"], "error: Missing argument 'INPUTS...'."),
+    (["score", "x.wav", "--bogus"], "error: No such option '--bogus'"),
+    (["scor"], "error: No such command 'scor'."),
+])
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    """Click's usage block is not printed before a usage error: one line, as every other error."""
+    code, output = run(*args)
+    line = one_line(output)
+    assert code == 2 and line.startswith(message) and line.endswith("--help')"), output
+
+
 def test_short_files_get_an_error_row_not_a_score(use_tiny_weights: Path, tmp_path: Path) -> None:
     root = tmp_path / "in"
     write_music(root / "good.wav", seconds=2.0)

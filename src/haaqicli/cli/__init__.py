@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import warnings
+from typing import Any
 
 import click
 
@@ -50,6 +51,30 @@ class LazyGroup(click.Group):
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Click's own main, except that a usage error (a bad option value, a missing argument) is one
+        line, `error: ...` and where to find help, as every other error of the tool, not the usage
+        block Click prints before it. Exit statuses are Click's (2 for usage errors)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            outcome = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # `haaqi` alone: the help, as Click shows it
+            error.show()
+            sys.exit(error.exit_code)
+        except click.UsageError as error:
+            where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+            click.echo(f"error: {error.format_message()}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # a command that returns normally, --help and --version (their exit status) end the process here
+        sys.exit(outcome if isinstance(outcome, int) else 0)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
