@@ -19,7 +19,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -232,6 +232,44 @@ def _read_text(path: Path) -> str:
         raise ProfileError(f"{path}: cannot read ({error.strerror})") from None
 
 
+def _data_rows(reader: Any, path: Path, header: list[str], name_col: int | None) -> Iterator[tuple[int, str, list[str], str]]:
+    """The rows after a profile CSV's header, blank and # lines skipped: (line, "file:line", cells padded
+    to the header, the listener's name; without a name column, the file's)."""
+    for row in reader:
+        line = reader.line_num
+        if not row or not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        where = f"{path.name}:{line}"
+        cells = row + [""] * (len(header) - len(row))
+        if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+            raise ProfileError(f"{where}: {len(row)} fields but the header has {len(header)}")
+        name = cells[name_col].strip() if name_col is not None else path.stem
+        if not name:
+            raise ProfileError(f"{where}: empty name")
+        yield line, where, cells, name
+
+
+def _cell_level(cell: str, column: str, freq: float, where: str) -> float | None:
+    """A cell's hearing level in dB HL, checked; None for an empty cell (interpolated later)."""
+    raw = cell.strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ProfileError(f"{where}: {column} value {raw!r} is not a number") from None
+    return _check_level(value, freq, where)
+
+
+def _ear_of(cells: list[str], ear_col: int | None, where: str) -> str:
+    """A row's ear (left, right or both; both without an ear column or with an empty cell)."""
+    raw = cells[ear_col].strip() if ear_col is not None else ""
+    ear = _EAR_VALUES.get(raw.lower())
+    if ear is None:
+        raise ProfileError(f"{where}: ear {raw!r} is not left, right or both")
+    return ear
+
+
 def _load_csv(path: Path) -> list[Profile]:
     text = _read_text(path)
     label = path.name
@@ -268,31 +306,13 @@ def _load_csv(path: Path) -> list[Profile]:
 
     rows: EarPoints = {}
     order: list[str] = []
-    for row in reader:
-        line = reader.line_num
-        if not row or not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
-            continue
-        where = f"{label}:{line}"
-        cells = row + [""] * (len(header) - len(row))
-        if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
-            raise ProfileError(f"{where}: {len(row)} fields but the header has {len(header)}")
-        name = cells[name_col].strip() if name_col is not None else path.stem  # no name column: one listener
-        if not name:
-            raise ProfileError(f"{where}: empty name")
-        ear_raw = cells[ear_col].strip().lower() if ear_col is not None else ""
-        ear = _EAR_VALUES.get(ear_raw)
-        if ear is None:
-            raise ProfileError(f"{where}: ear {cells[ear_col].strip()!r} is not left, right or both")
+    for line, where, cells, name in _data_rows(reader, path, header, name_col):
+        ear = _ear_of(cells, ear_col, where)
         points: dict[float, float] = {}
         for index, freq in freq_cols:
-            raw = cells[index].strip()
-            if not raw:
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ProfileError(f"{where}: {header[index]} Hz value {raw!r} is not a number") from None
-            points[freq] = _check_level(value, freq, where)
+            value = _cell_level(cells[index], f"{header[index]} Hz", freq, where)
+            if value is not None:
+                points[freq] = value
         entry = rows.setdefault(name, {})
         if name not in order:
             order.append(name)
@@ -382,45 +402,27 @@ def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[
                            "column (e.g. frequency,left,right)")
     rows: EarPoints = {}
     order: list[str] = []
-    for row in reader:
-        line = reader.line_num
-        if not row or not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
-            continue
-        where = f"{label}:{line}"
-        cells = row + [""] * (len(header) - len(row))
-        if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
-            raise ProfileError(f"{where}: {len(row)} fields but the header has {len(header)}")
-        name = cells[column["name"]].strip() if "name" in column else path.stem
-        if not name:
-            raise ProfileError(f"{where}: empty name")
+    for line, where, cells, name in _data_rows(reader, path, header, column.get("name")):
         raw_freq = cells[column["frequency"]].strip()
         freq = _parse_frequency(raw_freq)
         if freq is None:
             raise ProfileError(f"{where}: frequency {raw_freq!r} is not a frequency in Hz (20..30000)")
-        row_ear = None
-        if "ear" in column:
-            row_ear = _EAR_VALUES.get(cells[column["ear"]].strip().lower())
-            if row_ear is None:
-                raise ProfileError(f"{where}: ear {cells[column['ear']].strip()!r} is not left, right or both")
+        row_ear = _ear_of(cells, column.get("ear"), where)
         entry = rows.setdefault(name, {})
         if name not in order:
             order.append(name)
         for index, ear in value_columns:
-            raw = cells[index].strip()
-            if not raw:
+            value = _cell_level(cells[index], header[index], freq, where)
+            if value is None:
                 continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ProfileError(f"{where}: {header[index]} value {raw!r} is not a number") from None
-            ear = ear or row_ear or "both"
+            ear = ear or row_ear
             if ear == "both" and (set(entry) - {"both"}) or ear != "both" and "both" in entry:
                 raise ProfileError(f"{where}: '{name}' mixes rows for both ears with rows for one ear")
             points, first = entry.setdefault(ear, ({}, line))
             if freq in points:
                 raise ProfileError(f"{where}: '{name}' has a second value at {freq:g} Hz"
                                    + (f" ({ear} ear)" if ear != "both" else ""))
-            points[freq] = _check_level(value, freq, where)
+            points[freq] = value
     if not order:
         raise ProfileError(f"{label}:{header_line}: no profiles (header only)")
     return _profiles_from_ears(path, order, rows)
