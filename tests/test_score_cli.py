@@ -251,3 +251,19 @@ def test_a_note_names_files_shorter_than_the_models_training_clips(tmp_path: Pat
     notes = prediction_notes(rows)
     assert len(notes) == 2 and all(note.startswith("1 file") for note in notes)  # a.wav only
     assert prediction_notes(rows[rows["file"] != "a.wav"]) == []
+
+
+def test_models_reports_figures_from_music_that_never_chose_a_checkpoint() -> None:
+    """`haaqi models` prefers recorded music left out of the checkpoint choice, then the game-music
+    validation split, and shows the choosing items' figures last, marked optimistic."""
+    from haaqicli.cli.score import reported_metrics
+
+    chose = {"lcc": 0.84, "n": 7056}
+    game = {"lcc": 0.85, "n": 9744}
+    recorded = {"lcc": 0.82, "n": 2016, "packages": ["nexuiz-music"]}
+    where, metrics = reported_metrics({"dev": chose, "validation": game,
+                                       "validation-real without ufoai-music": recorded})
+    assert metrics is recorded and where == "nexuiz-music, n=2016 (recorded music, never chose)"
+    assert reported_metrics({"dev": chose, "validation": game}) == ("game-music validation packages, n=9744", game)
+    assert reported_metrics({"dev": chose}) == ("checkpoint choice, n=7056 (optimistic)", chose)
+    assert reported_metrics({}) == ("-", {})

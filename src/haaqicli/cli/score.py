@@ -156,11 +156,12 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
         return
-    view = Table(header_style="bold")
-    for column in ("model", "arch", "parameters", "file MB", "LCC", "SRCC", "MSE", "sha256"):
-        view.add_column(column)
+    view = Table(header_style="bold", caption="LCC/SRCC/MSE against the exact HAAQI, on the music named in "
+                 "'measured on' (weights/MODEL_CARD.md has every split and family)")
+    for column in ("model", "arch", "params", "MB", "LCC", "SRCC", "MSE", "measured on", "sha256"):
+        view.add_column(column, overflow="fold")
     for info in infos:
-        metrics = info.metrics.get("validation", info.metrics.get("dev", {}))
+        where, metrics = reported_metrics(info.metrics)
         view.add_row(
             info.name,
             info.arch,
@@ -169,9 +170,27 @@ def models(as_json: bool) -> None:
             _metric(metrics, "lcc"),
             _metric(metrics, "srcc"),
             _metric(metrics, "mse", ".4f"),
+            where,
             info.sha256[:12],
         )
-    Console().print(view)
+    Console(width=max(Console().width, 120)).print(view)
+
+
+def reported_metrics(recorded: dict[str, dict]) -> tuple[str, dict]:
+    """The figures `haaqi models` shows and where they were measured: first recorded music that never
+    chose a checkpoint (`haaqi evaluate --split validation-real --exclude-package P --record`), then the
+    game-music validation split, and last the items that chose the checkpoint (optimistic, and said so)."""
+    for key in sorted(recorded):
+        if key.startswith("validation-real without"):
+            metrics = recorded[key]
+            packages = ", ".join(metrics.get("packages", [])) or key
+            return f"{packages}, n={metrics.get('n', '?')} (recorded music, never chose)", metrics
+    for key, label in (("validation-real", "validation-real"), ("validation", "game-music validation packages")):
+        if key in recorded:
+            return f"{label}, n={recorded[key].get('n', '?')}", recorded[key]
+    if "dev" in recorded:
+        return f"checkpoint choice, n={recorded['dev'].get('n', '?')} (optimistic)", recorded["dev"]
+    return "-", {}
 
 
 def _metric(metrics: dict, key: str, fmt: str = ".3f") -> str:
