@@ -156,12 +156,15 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
         return
-    view = Table(header_style="bold", caption="LCC/SRCC/MSE against the exact HAAQI, on the music named in "
-                 "'measured on' (weights/MODEL_CARD.md has every split and family)")
-    for column in ("model", "arch", "params", "MB", "LCC", "SRCC", "MSE", "measured on", "sha256"):
-        view.add_column(column, overflow="fold")
+    from rich import box
+
+    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for column in ("model", "arch", "params", "MB", "LCC", "SRCC", "MSE", "sha256"):
+        view.add_column(column, no_wrap=True)
+    measured_on: dict[str, str] = {}
     for info in infos:
         where, metrics = reported_metrics(info.metrics)
+        measured_on[info.name] = where
         view.add_row(
             info.name,
             info.arch,
@@ -170,10 +173,14 @@ def models(as_json: bool) -> None:
             _metric(metrics, "lcc"),
             _metric(metrics, "srcc"),
             _metric(metrics, "mse", ".4f"),
-            where,
             info.sha256[:12],
         )
-    Console(width=max(Console().width, 120)).print(view)
+    console = Console()
+    console.print(view)
+    places = set(measured_on.values())
+    where_text = places.pop() if len(places) == 1 else "; ".join(f"{n}: {w}" for n, w in measured_on.items())
+    console.print(f"LCC, SRCC, MSE against the exact HAAQI on {where_text} (weights/MODEL_CARD.md has every "
+                  "split and degradation family).", markup=False)
 
 
 def reported_metrics(recorded: dict[str, dict]) -> tuple[str, dict]:
