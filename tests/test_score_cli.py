@@ -267,3 +267,16 @@ def test_models_reports_figures_from_music_that_never_chose_a_checkpoint() -> No
     assert reported_metrics({"dev": chose, "validation": game}) == ("game-music validation packages, n=9744", game)
     assert reported_metrics({"dev": chose}) == ("checkpoint choice, n=7056 (optimistic)", chose)
     assert reported_metrics({}) == ("-", {})
+
+
+def test_terminal_table_fits_80_columns_with_reasons_below(music_folder: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every figure of a row stays readable in an 80-column terminal (no cut names or scores); a failed
+    file's row says "error" and its reason is printed once below the table, not per profile and ear."""
+    monkeypatch.setenv("COLUMNS", "80")
+    (music_folder / "broken.wav").write_bytes(b"RIFF....not audio")
+    code, output = run("score", str(music_folder), "--profile", "mild", "--profile", "clinic")
+    assert code == 1
+    rows = [line for line in output.splitlines() if line.startswith(("a_mono", "b_stereo", "sub/", "broken"))]
+    assert rows and all(len(line) <= 80 and "…" not in line for line in rows), "\n".join(rows)
+    assert any("P01-presbycusis" in line for line in rows)  # the clinic's longest profile name, whole
+    assert sum(line.startswith("error: ") and "broken.wav" in line for line in output.splitlines()) == 1

@@ -96,20 +96,30 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
     """The pair table on the terminal (stdout) in the style of `haaqi score`: one line per pair x
     profile x ear."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     segmented = bool((table["segments"].fillna(1) > 1).any())
-    view = Table(show_edge=False, header_style="bold")
-    columns = ["processed", "profile", "ear", "score"] + (["min"] if segmented else []) + ["delay", "status"]
+    # as `haaqi score` prints its table: compact, a failed pair's score says "error", its reason below
+    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    columns = ["processed", "profile", "ear", "score"] + (["min"] if segmented else []) + ["delay"]
     for column in columns:
-        view.add_column(column, justify="right" if column in ("score", "min", "delay") else "left")
+        view.add_column(column, justify="right" if column in ("score", "min", "delay") else "left", no_wrap=True)
+    errors: list[str] = []  # one line per reason, in table order
     for row in table.itertuples(index=False):
         if row.status == "ok":
             cells = [row.processed, row.profile, row.ear, f"{row.score:.3f}"]
             cells += [f"{row.score_min:.3f}"] if segmented else []
-            view.add_row(*cells, f"{row.delay_s * 1000:.1f} ms", "ok")
+            view.add_row(*cells, f"{row.delay_s * 1000:.1f} ms")
         else:
-            view.add_row(row.processed, row.profile, row.ear, "", *([""] if segmented else []), "",
-                         f"[red]error[/]: {row.error}")
-    Console(soft_wrap=True).print(view)
+            view.add_row(row.processed, row.profile, row.ear, "[red]error[/]", *([""] if segmented else []), "")
+            message, named = str(row.error), [p for p in (row.processed, row.reference) if p]
+            if not any(path in message for path in named):  # most reasons name their file already
+                message = f"{named[0]}: {message}" if named else message
+            if message not in errors:
+                errors.append(message)
+    console = Console(soft_wrap=True)
+    console.print(view)
+    for message in errors:
+        console.print(f"error: {message}", markup=False)

@@ -106,12 +106,17 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
     score with its calibrated interval."""
     import math
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    view = Table(show_edge=False, header_style="bold")
-    for column in ("file", "profile", "ear", "score", "interval", "min", "p10", "worst at", "status"):
-        view.add_column(column, justify="right" if column in ("score", "interval", "min", "p10", "worst at") else "left")
+    # compact, so that 80 columns show a row whole: a failed file's score says "error" and its reason is
+    # printed below the table, once per file
+    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    for column in ("file", "profile", "ear", "score", "interval", "min", "p10", "worst at"):
+        view.add_column(column, justify="right" if column in ("score", "interval", "min", "p10", "worst at") else "left",
+                        no_wrap=True)
+    errors: dict[str, str] = {}
     for row in table.itertuples(index=False):
         if row.status == "ok":
             lo, hi = getattr(row, "score_lo", math.nan), getattr(row, "score_hi", math.nan)
@@ -124,12 +129,14 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
                 f"{row.score_min:.3f}",
                 f"{row.score_p10:.3f}",
                 f"{row.worst_start_s:.1f}s",
-                "ok",
             )
-        else:
-            view.add_row(row.file, row.profile, row.ear, "", "", "", "", "", f"[red]error[/]: {row.error}")
+        else:  # the reason is printed below the table
+            view.add_row(row.file, row.profile, row.ear, "[red]error[/]", "", "", "", "")
+            errors.setdefault(str(row.file), str(row.error))
     console = Console(soft_wrap=True)
     console.print(view)
+    for file, message in errors.items():  # the message names the file (audio.io's one-line errors)
+        console.print(f"error: {message if file in message else f'{file}: {message}'}", markup=False)
     models = ", ".join(sorted({str(m) for m in table.get("model", []) if isinstance(m, str) and m}))
     if models:
         console.print(f"Predicted by the {models} model (no reference). Interval: where the exact HAAQI lay for "
