@@ -124,3 +124,12 @@ def _orphaned_workers() -> set[int]:
         return False
 
     return {pid for pid in workers if not mine(pid)}
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    """`python -m haaqicli` where the console script is not on PATH: the same command, the same exits."""
+    done = subprocess.run([sys.executable, "-m", "haaqicli", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("haaqi, version"), done.stderr
+    bad = subprocess.run([sys.executable, "-m", "haaqicli", "score", "--bogus"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: No such option '--bogus'"), bad.stderr
