@@ -144,6 +144,8 @@ def test_unreadable_file_is_error_unless_allowed(music: Path, tmp_path: Path) ->
     result = run_check([str(music), *PROFILES, "--min-score", "0.5", "--junit", str(junit)])
     assert result.exit_code == 2, result.output
     assert "could not be scored" in result.output
+    # the reason once, not once per profile
+    assert result.output.count("broken.wav: ") == 1 and "(as above)" in result.output, result.output
     root = ET.parse(junit).getroot()
     assert len(root.findall(".//testcase/error")) >= 2  # broken.wav x 2 profiles (+ run error)
 

@@ -196,11 +196,15 @@ def print_report(report: GateReport, console: Any = None, max_rows: int = 200) -
             + (("baseline", "Δ") if has_base else ()) + ("reason",):
         view.add_column(column, justify="right" if column in ("score", "interval", "baseline", "Δ") else "left")
     style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "error": "[red]ERROR[/]", "skipped": "[yellow]skip[/]"}
-    for c in cases[:max_rows]:
+    said: set[tuple[str, str]] = set()  # (file, reason) already printed: a file that failed to decode
+    for c in cases[:max_rows]:          # fails the same way for every profile
         row = [style[c.status], c.file, c.profile, _fmt(c.score)] + ([c.interval_text] if has_interval else [])
         if has_base:
             row += [_fmt(c.baseline), "" if c.delta is None else f"{c.delta:+.3f}"]
-        row.append("; ".join(c.messages))
+        reason = "; ".join(c.messages)
+        repeated = c.status == "error" and (c.file, reason) in said
+        said.add((c.file, reason))
+        row.append("(as above)" if repeated else reason)
         view.add_row(*row)
     console.print(view)
     if len(cases) > max_rows:
