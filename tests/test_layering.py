@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "haaqicli"
 # Layer of each module, by longest matching prefix; a module may import its own layer or lower ones.
 LAYERS = {"cli": 3, "features": 2, "core": 1, "utilities": 0}
 LAYER_OF = {
-    "haaqicli.cli": "cli",
+    "haaqicli.cli": "cli", "haaqicli.__main__": "cli",  # `python -m haaqicli`: the command line
     # features: what is built on scoring (the Python API, CI, benchmarks, training and its data, reports)
     "haaqicli.api": "features", "haaqicli.ci": "features", "haaqicli.bench": "features",
     "haaqicli.training": "features", "haaqicli.data": "features", "haaqicli.output": "features",
