@@ -236,3 +236,22 @@ def scoring_options(func: F) -> F:
         return func(*args, **kwargs)
 
     return profile_option(spl_option(model_options(command)))  # type: ignore[return-value]
+
+
+def compact_table() -> Any:
+    """A rich Table for result rows on the terminal: no borders and one space between columns, so that
+    a row of names and figures fits 80 columns whole (`score`, `reference`, `models`)."""
+    # lazy: rich only where a table is printed (start-up time)
+    from rich import box
+    from rich.table import Table
+
+    return Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+
+
+def failure_line(message: str, *paths: str) -> str:
+    """A failed row's reason as printed below a table: as it is where it names one of its files (the
+    audio layer's errors do), else after the first file given."""
+    named = [path for path in paths if path]
+    if not named or any(path in message for path in named):
+        return message
+    return f"{named[0]}: {message}"

@@ -10,6 +10,8 @@ from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     check_table_outputs,
+    compact_table,
+    failure_line,
     one_line_errors,
     output_options,
     profile_option,
@@ -96,13 +98,11 @@ def reference(pairs_csv: str | None, dirs: tuple[str, str] | None, profiles: tup
 def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
     """The pair table on the terminal (stdout) in the style of `haaqi score`: one line per pair x
     profile x ear."""
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
     segmented = bool((table["segments"].fillna(1) > 1).any())
-    # as `haaqi score` prints its table: compact, a failed pair's score says "error", its reason below
-    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    # as `haaqi score` prints its table: a failed pair's score says "error", its reason below
+    view = compact_table()
     columns = ["processed", "profile", "ear", "score"] + (["min"] if segmented else []) + ["delay"]
     for column in columns:
         view.add_column(column, justify="right" if column in ("score", "min", "delay") else "left", no_wrap=True)
@@ -114,12 +114,11 @@ def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
             view.add_row(*cells, f"{row.delay_s * 1000:.1f} ms")
         else:
             view.add_row(row.processed, row.profile, row.ear, "[red]error[/]", *([""] if segmented else []), "")
-            message, named = str(row.error), [p for p in (row.processed, row.reference) if p]
-            if not any(path in message for path in named):  # most reasons name their file already
-                message = f"{named[0]}: {message}" if named else message
-            if message not in errors:
-                errors.append(message)
+            paths = [path for path in (row.processed, row.reference) if isinstance(path, str)]  # NaN: none
+            line = failure_line(str(row.error), *paths)
+            if line not in errors:
+                errors.append(line)
     console = Console(soft_wrap=True)
     console.print(view)
-    for message in errors:
-        console.print(f"error: {message}", markup=False)
+    for line in errors:
+        console.print(f"error: {line}", markup=False)

@@ -11,6 +11,8 @@ from haaqicli.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     check_table_outputs,
+    compact_table,
+    failure_line,
     one_line_errors,
     output_options,
     quiet_option,
@@ -106,17 +108,14 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
     score with its calibrated interval."""
     import math
 
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
-    # compact, so that 80 columns show a row whole: a failed file's score says "error" and its reason is
-    # printed below the table, once per file
-    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    # a failed file's score says "error"; its reason is printed below the table, once
+    view = compact_table()
     for column in ("file", "profile", "ear", "score", "interval", "min", "p10", "worst at"):
         view.add_column(column, justify="right" if column in ("score", "interval", "min", "p10", "worst at") else "left",
                         no_wrap=True)
-    errors: dict[str, str] = {}
+    errors: list[str] = []
     for row in table.itertuples(index=False):
         if row.status == "ok":
             lo, hi = getattr(row, "score_lo", math.nan), getattr(row, "score_hi", math.nan)
@@ -132,11 +131,13 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
             )
         else:  # the reason is printed below the table
             view.add_row(row.file, row.profile, row.ear, "[red]error[/]", "", "", "", "")
-            errors.setdefault(str(row.file), str(row.error))
+            line = failure_line(str(row.error), str(row.file))
+            if line not in errors:
+                errors.append(line)
     console = Console(soft_wrap=True)
     console.print(view)
-    for file, message in errors.items():  # the message names the file (audio.io's one-line errors)
-        console.print(f"error: {message if file in message else f'{file}: {message}'}", markup=False)
+    for line in errors:
+        console.print(f"error: {line}", markup=False)
     models = ", ".join(sorted({str(m) for m in table.get("model", []) if isinstance(m, str) and m}))
     if models:
         console.print(f"Predicted by the {models} model (no reference). Interval: where the exact HAAQI lay for "
@@ -151,7 +152,6 @@ def models(as_json: bool) -> None:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from haaqicli.models.registry import default_weights_dir, list_models
 
@@ -163,9 +163,7 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
         return
-    from rich import box
-
-    view = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    view = compact_table()
     for column in ("model", "arch", "params", "MB", "LCC", "SRCC", "MSE", "sha256"):
         view.add_column(column, no_wrap=True)
     measured_on: dict[str, str] = {}
