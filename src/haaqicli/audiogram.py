@@ -300,12 +300,11 @@ def _load_csv(path: Path) -> list[Profile]:
             return _load_long_csv(path, header, header_line, roles, reader)
         raise ProfileError(f"{label}:{header_line}: no frequency columns (expected name,250,500,1000,...,8000, or "
                            "one row per frequency: frequency,left,right)")
-    if name_col is None and any(role is None for index, role in enumerate(roles)
-                                if all(index != col for col, _ in freq_cols)):
+    frequency_columns = {index for index, _ in freq_cols}
+    if name_col is None and any(role is None for index, role in enumerate(roles) if index not in frequency_columns):
         raise ProfileError(f"{label}:{header_line}: no 'name' column in the header")
 
-    rows: EarPoints = {}
-    order: list[str] = []
+    rows: EarPoints = {}  # in file order
     for line, where, cells, name in _data_rows(reader, path, header, name_col):
         ear = _ear_of(cells, ear_col, where)
         points: dict[float, float] = {}
@@ -314,8 +313,6 @@ def _load_csv(path: Path) -> list[Profile]:
             if value is not None:
                 points[freq] = value
         entry = rows.setdefault(name, {})
-        if name not in order:
-            order.append(name)
         clash = "both" in entry or ear in entry or (ear == "both" and entry)
         if clash:
             first_line = min(line_ for _, line_ in entry.values())
@@ -324,19 +321,18 @@ def _load_csv(path: Path) -> list[Profile]:
                                    f"listener, one row per ear; the first is on line {first_line})")
             raise ProfileError(f"{where}: duplicate name '{name}' (first defined on line {first_line})")
         entry[ear] = (points, line)
-    if not order:
+    if not rows:
         raise ProfileError(f"{label}:{header_line}: no profiles (header only)")
-    return _profiles_from_ears(path, order, rows)
+    return _profiles_from_ears(path, rows)
 
 
 EarPoints = dict[str, dict[str, tuple[dict[float, float], int]]]  # name -> {ear: ({Hz: dB HL}, line)}
 
 
-def _profiles_from_ears(path: Path, order: list[str], rows: EarPoints) -> list[Profile]:
+def _profiles_from_ears(path: Path, rows: EarPoints) -> list[Profile]:
     """One profile per name (in file order) from its ears' points: "both", or "left" and "right"."""
     profiles = []
-    for name in order:
-        entry = rows[name]
+    for name, entry in rows.items():
         if "both" in entry:
             points, line = entry["both"]
             levels = Audiogram(_to_ear_levels(points, f"{path.name}:{line}", name, None)[0])
@@ -385,9 +381,8 @@ def _column_role(header: str) -> str | None:
 
 def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[str | None],
                    reader: Any) -> list[Profile]:
-    """One row per frequency: `frequency,left,right` (either ear's column may be left out only with
-    the other ear given elsewhere), `frequency,ear,level`, or `frequency,level` (both ears); an
-    optional name column holds several listeners, else the file is one listener named after it."""
+    """One row per frequency: `frequency,left,right`, `frequency,ear,level`, or `frequency,level` (both
+    ears); an optional name column holds several listeners, else the file is one listener named after it."""
     label = path.name
     _single_columns(label, header_line, header, roles, ("name", "ear", "frequency", "level", "left", "right"))
     column = {role: index for index, role in enumerate(roles) if role is not None}
@@ -400,8 +395,7 @@ def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[
     else:
         raise ProfileError(f"{label}:{header_line}: one row per frequency needs left and right columns or a level "
                            "column (e.g. frequency,left,right)")
-    rows: EarPoints = {}
-    order: list[str] = []
+    rows: EarPoints = {}  # in file order
     for line, where, cells, name in _data_rows(reader, path, header, column.get("name")):
         raw_freq = cells[column["frequency"]].strip()
         freq = _parse_frequency(raw_freq)
@@ -409,8 +403,6 @@ def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[
             raise ProfileError(f"{where}: frequency {raw_freq!r} is not a frequency in Hz (20..30000)")
         row_ear = _ear_of(cells, column.get("ear"), where)
         entry = rows.setdefault(name, {})
-        if name not in order:
-            order.append(name)
         for index, ear in value_columns:
             value = _cell_level(cells[index], header[index], freq, where)
             if value is None:
@@ -418,14 +410,14 @@ def _load_long_csv(path: Path, header: list[str], header_line: int, roles: list[
             ear = ear or row_ear
             if ear == "both" and (set(entry) - {"both"}) or ear != "both" and "both" in entry:
                 raise ProfileError(f"{where}: '{name}' mixes rows for both ears with rows for one ear")
-            points, first = entry.setdefault(ear, ({}, line))
+            points, _ = entry.setdefault(ear, ({}, line))
             if freq in points:
                 raise ProfileError(f"{where}: '{name}' has a second value at {freq:g} Hz"
                                    + (f" ({ear} ear)" if ear != "both" else ""))
             points[freq] = value
-    if not order:
+    if not rows:
         raise ProfileError(f"{label}:{header_line}: no profiles (header only)")
-    return _profiles_from_ears(path, order, rows)
+    return _profiles_from_ears(path, rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,8 +77,9 @@ def discover(inputs: Sequence[str | Path]) -> list[InputFile]:
     """Files as given plus audio files found recursively under directories.
 
     Order: inputs in the order given; inside a directory, sorted by relative path. Hidden files and
-    directories are skipped (so are fifos and devices; a broken symlink is listed, to fail as a row), directory symlinks are followed but each real directory is visited once
-    (so symlink loops terminate), and the same real file is listed only once.
+    directories are skipped (so are fifos and devices; a broken symlink is listed, to fail as a row),
+    directory symlinks are followed but each real directory is visited once (so symlink loops
+    terminate), and the same real file is listed only once.
     """
     found: list[InputFile] = []
     seen_files: set[str] = set()
