@@ -255,3 +255,11 @@ def failure_line(message: str, *paths: str) -> str:
     if not named or any(path in message for path in named):
         return message
     return f"{named[0]}: {message}"
+
+
+def print_table_and_failures(console: Any, table: Any, failures: list[str]) -> None:
+    """A result table, then each distinct failure reason once (a file fails the same way for every
+    profile and ear), as `error: ...` lines."""
+    console.print(table)
+    for line in dict.fromkeys(failures):
+        console.print(f"error: {line}", markup=False)

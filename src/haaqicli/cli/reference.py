@@ -14,6 +14,7 @@ from haaqicli.cli.common import (
     failure_line,
     one_line_errors,
     output_options,
+    print_table_and_failures,
     profile_option,
     quiet_option,
     reference_spl_option,
@@ -106,7 +107,7 @@ def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
     columns = ["processed", "profile", "ear", "score"] + (["min"] if segmented else []) + ["delay"]
     for column in columns:
         view.add_column(column, justify="right" if column in ("score", "min", "delay") else "left", no_wrap=True)
-    errors: list[str] = []  # one line per reason, in table order
+    failures: list[str] = []
     for row in table.itertuples(index=False):
         if row.status == "ok":
             cells = [row.processed, row.profile, row.ear, f"{row.score:.3f}"]
@@ -115,10 +116,5 @@ def print_pair_scores(table) -> None:  # type: ignore[no-untyped-def]
         else:
             view.add_row(row.processed, row.profile, row.ear, "[red]error[/]", *([""] if segmented else []), "")
             paths = [path for path in (row.processed, row.reference) if isinstance(path, str)]  # NaN: none
-            line = failure_line(str(row.error), *paths)
-            if line not in errors:
-                errors.append(line)
-    console = Console(soft_wrap=True)
-    console.print(view)
-    for line in errors:
-        console.print(f"error: {line}", markup=False)
+            failures.append(failure_line(str(row.error), *paths))
+    print_table_and_failures(Console(soft_wrap=True), view, failures)

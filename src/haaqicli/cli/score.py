@@ -15,6 +15,7 @@ from haaqicli.cli.common import (
     failure_line,
     one_line_errors,
     output_options,
+    print_table_and_failures,
     quiet_option,
     resume_option,
     scheduler_option,
@@ -115,7 +116,7 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
     for column in ("file", "profile", "ear", "score", "interval", "min", "p10", "worst at"):
         view.add_column(column, justify="right" if column in ("score", "interval", "min", "p10", "worst at") else "left",
                         no_wrap=True)
-    errors: list[str] = []
+    failures: list[str] = []
     for row in table.itertuples(index=False):
         if row.status == "ok":
             lo, hi = getattr(row, "score_lo", math.nan), getattr(row, "score_hi", math.nan)
@@ -131,13 +132,9 @@ def print_scores(table) -> None:  # type: ignore[no-untyped-def]
             )
         else:  # the reason is printed below the table
             view.add_row(row.file, row.profile, row.ear, "[red]error[/]", "", "", "", "")
-            line = failure_line(str(row.error), str(row.file))
-            if line not in errors:
-                errors.append(line)
+            failures.append(failure_line(str(row.error), str(row.file)))
     console = Console(soft_wrap=True)
-    console.print(view)
-    for line in errors:
-        console.print(f"error: {line}", markup=False)
+    print_table_and_failures(console, view, failures)
     models = ", ".join(sorted({str(m) for m in table.get("model", []) if isinstance(m, str) and m}))
     if models:
         console.print(f"Predicted by the {models} model (no reference). Interval: where the exact HAAQI lay for "
